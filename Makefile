@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test bench clean
+
+# Create the venv; take the local CPU build of torch first when the machine has one
+# (pip's find-links), so that the range in pyproject.toml installs nothing bigger.
+$(PY):
+	python3 -m venv $(VENV)
+	@if $(PIP) install -q --no-index torch==2.13.0 2>/dev/null; then \
+		echo "installed the local CPU build of torch 2.13.0"; \
+	else \
+		echo "no local torch build found; pip will resolve torch from pyproject.toml"; \
+	fi
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(PY) pyproject.toml
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m mtlkit demo
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

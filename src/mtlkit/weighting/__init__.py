@@ -1,0 +1,14 @@
+"""Loss and gradient balancing methods behind one interface (see `Balancer`)."""
+
+from mtlkit.weighting.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
+from mtlkit.weighting.registry import available, get, register
+
+__all__ = [
+    "Balancer",
+    "BalanceResult",
+    "GradientBalancer",
+    "LossBalancer",
+    "available",
+    "get",
+    "register",
+]

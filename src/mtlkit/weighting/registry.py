@@ -1,0 +1,49 @@
+"""Balancers looked up by name: `get("cagrad", c=0.4)`, `available()`."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, TypeVar
+
+from mtlkit.errors import ConfigError
+from mtlkit.weighting.base import Balancer
+
+_REGISTRY: dict[str, type[Balancer]] = {}
+
+B = TypeVar("B", bound=type[Balancer])
+
+
+def register(*names: str) -> Callable[[B], B]:
+    """Class decorator: make a balancer available under each of `names` (case-insensitive)."""
+
+    def decorate(cls: B) -> B:
+        for name in names:
+            key = name.lower()
+            if key in _REGISTRY and _REGISTRY[key] is not cls:
+                raise ValueError(f"balancer name {name!r} is already taken by {_REGISTRY[key].__name__}")
+            _REGISTRY[key] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    """The registered balancer names, sorted."""
+    _load_methods()
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs: Any) -> Balancer:
+    """Build the balancer registered as `name` with the method's keyword options."""
+    _load_methods()
+    key = name.lower()
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"unknown balancer {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[key](**kwargs)
+
+
+def _load_methods() -> None:
+    # Importing the method modules runs their @register decorators.
+    import mtlkit.weighting.methods  # noqa: F401
