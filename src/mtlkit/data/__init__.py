@@ -1,0 +1,29 @@
+"""Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers."""
+
+from mtlkit.data.dataset import DictDataset
+from mtlkit.data.loader import DictDataLoader, EpochSampler, collate_dicts, move_to_device, pad_sequences
+from mtlkit.data.schedulers import (
+    SCHEDULERS,
+    BatchScheduler,
+    RoundRobinScheduler,
+    SequentialScheduler,
+    ShuffledScheduler,
+    TemperatureScheduler,
+    get_scheduler,
+)
+
+__all__ = [
+    "SCHEDULERS",
+    "BatchScheduler",
+    "DictDataLoader",
+    "DictDataset",
+    "EpochSampler",
+    "RoundRobinScheduler",
+    "SequentialScheduler",
+    "ShuffledScheduler",
+    "TemperatureScheduler",
+    "collate_dicts",
+    "get_scheduler",
+    "move_to_device",
+    "pad_sequences",
+]

@@ -1,5 +1,7 @@
 """Training machinery: the model protocol, the Trainer, checkpoints and loggers."""
 
+from mtlkit.training.config import TrainerConfig
 from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.training.trainer import Trainer
 
-__all__ = ["MultiTaskModel", "StepOutput"]
+__all__ = ["MultiTaskModel", "StepOutput", "Trainer", "TrainerConfig"]

@@ -1,9 +1,11 @@
 """Loss and gradient balancing methods behind one interface (see `Balancer`)."""
 
 from mtlkit.weighting.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
+from mtlkit.weighting.methods.imtl import IMTL
 from mtlkit.weighting.registry import available, get, register
 
 __all__ = [
+    "IMTL",
     "Balancer",
     "BalanceResult",
     "GradientBalancer",

@@ -9,6 +9,17 @@ A balancer turns per-task losses into parameter gradients:
   them, and the result is written into the shared parameters' `.grad` — or, with
   `shared_reps`, pushed through the trunk from the representation. Task-specific
   parameters always receive their own task's (unweighted) gradient.
+
+Zero and non-finite values:
+
+- A non-finite task loss, or (gradient methods) a non-finite row of the task
+  Jacobian or a non-finite combined update, raises `FloatingPointError` naming the task(s) (or the method),
+  before any `.grad` of the shared part is written; nothing NaN reaches a parameter
+  or a method's state. (Each check costs one host-device sync per step.)
+- A task whose gradient is exactly zero (its loss is constant in the shared part, or
+  its head is frozen) is a valid input to every method: methods that normalise by a
+  norm add a small `eps`, and a method whose weights' normaliser vanishes returns
+  zero weights rather than dividing by zero.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.jacobian import jacobian, task_specific_leaves
+from mtlkit.weighting.jacobian import gramian, jacobian, reachable_leaves
 
 Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
 Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
@@ -77,6 +88,7 @@ class Balancer(nn.Module):
         names, index, vec = self._active_losses(losses)
         if vec.numel() == 0:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
+        _check_finite_rows(vec.detach().unsqueeze(1), names, "loss")
         return self._backward(names, index, vec, shared_params, shared_reps)
 
     def epoch_end(self) -> None:
@@ -157,19 +169,21 @@ class GradientBalancer(Balancer):
         raise NotImplementedError(f"{type(self).__name__} does not define weights from a Gramian")
 
     def aggregate(self, J: Tensor) -> Tensor:
-        return self.weights(J @ J.T) @ J
+        return self.weights(gramian(J)) @ J
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Return (combined gradient, task weights or None) for this step."""
+        """Return (combined gradient, task weights or None) for this step.
+
+        Methods defined by `weights(G)` report their weights; methods that override
+        `aggregate` report None (their update is not a fixed combination of the rows).
+        """
+        if type(self).aggregate is GradientBalancer.aggregate:
+            w = self.weights(gramian(J))
+            return w @ J, w
         return self.aggregate(J), None
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
-        if shared_reps is not None:
-            g, weights = self._backward_through_reps(losses, index, shared_reps)
-        elif shared_params is not None:
-            g, weights = self._backward_on_params(losses, index, shared_params)
-        else:
-            raise ValueError(f"{type(self).__name__} needs shared_params or shared_reps to take task gradients")
+        g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
         w = weights.detach() if weights is not None else torch.ones_like(losses)
         scaled = (w * losses).detach()
         return BalanceResult(
@@ -179,13 +193,43 @@ class GradientBalancer(Balancer):
             stats={"grad_norm": g.detach().norm()},
         )
 
-    def _backward_on_params(self, losses: Tensor, index: Tensor, shared_params: Params):
-        params = _flatten_params(shared_params)
-        specific = task_specific_leaves(losses, exclude=params)
-        if specific:
-            torch.autograd.backward(losses.sum(), inputs=specific, retain_graph=True)
-        J = jacobian(losses, params, chunk_size=self.chunk_size)
+    def _shared_backward(self, names, index, losses, shared_params, shared_reps) -> tuple[Tensor, Tensor | None]:
+        """Backward of `losses` with the combined task gradient on the shared part: (g, weights)."""
+        if shared_reps is not None:
+            return self._backward_through_reps(names, losses, index, shared_reps)
+        if shared_params is not None:
+            return self._backward_on_params(names, losses, index, shared_params)
+        raise ValueError(f"{type(self).__name__} needs shared_params or shared_reps to take task gradients")
+
+    def _combine_checked(self, J: Tensor, names: list[str], losses: Tensor, index: Tensor):
+        hint = (
+            "" if self.chunk_size == 1 else " With batched task backward passes, an inf inside one "
+            "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
+        )
+        _check_finite_rows(J, names, "gradient", hint)
         g, weights = self.combine(J, losses.detach(), index)
+        if not bool(torch.isfinite(g).all()):
+            raise FloatingPointError(
+                f"{type(self).__name__} produced a non-finite update from finite task gradients "
+                f"(tasks {names}); this is a bug in the method, please report it"
+            )
+        return g, weights
+
+    def _backward_on_params(self, names: list[str], losses: Tensor, index: Tensor, shared_params: Params):
+        leaves = reachable_leaves(losses)
+        reached = {id(leaf) for leaf in leaves}
+        # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
+        params = [p for p in _flatten_params(shared_params) if id(p) in reached]
+        shared = {id(p) for p in params}
+        if not params:
+            # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
+            torch.autograd.backward(losses.sum(), inputs=leaves)
+            return losses.new_zeros(0), None
+        J = jacobian(losses, params, chunk_size=self.chunk_size)
+        g, weights = self._combine_checked(J, names, losses, index)
+        specific = [leaf for leaf in leaves if id(leaf) not in shared]
+        if specific:
+            torch.autograd.backward(losses.sum(), inputs=specific)
         offset = 0
         for p in params:
             n = p.numel()
@@ -194,10 +238,16 @@ class GradientBalancer(Balancer):
             offset += n
         return g, weights
 
-    def _backward_through_reps(self, losses: Tensor, index: Tensor, shared_reps: Reps):
+    def _backward_through_reps(self, names: list[str], losses: Tensor, index: Tensor, shared_reps: Reps):
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
+        for i, r in enumerate(reps):
+            if not r.requires_grad:
+                raise ValueError(
+                    f"shared_reps[{i}] does not require grad: pass the representation the shared "
+                    "trunk computed in this forward (not a detached copy)"
+                )
         J = jacobian(losses, reps, chunk_size=self.chunk_size, retain_graph=True)
-        g, weights = self.combine(J, losses.detach(), index)
+        g, weights = self._combine_checked(J, names, losses, index)
         # One backward: Σ_t L_t gives every head its own gradient but pushes Σ_t J_t
         # into the trunk; adding (g − Σ_t J_t) at the representation makes it g.
         correction = g - J.sum(0)
@@ -207,6 +257,17 @@ class GradientBalancer(Balancer):
             offset += r.numel()
         torch.autograd.backward([losses.sum(), *reps], [None, *grads])
         return g, weights
+
+
+def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -> None:
+    """Raise FloatingPointError naming the tasks whose row of `M` is not finite."""
+    finite = torch.isfinite(M).all(dim=1)
+    if not bool(finite.all()):
+        bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
+        raise FloatingPointError(
+            f"the {what} of task(s) {bad} is not finite (inf or NaN); check these tasks' "
+            f"loss functions, inputs and learning rate (no gradient was applied).{hint}"
+        )
 
 
 def _flatten_params(shared_params: Params) -> list[Tensor]:

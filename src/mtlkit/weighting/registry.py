@@ -1,8 +1,13 @@
-"""Balancers looked up by name: `get("cagrad", c=0.4)`, `available()`."""
+"""Balancers looked up by name: `get("cagrad", c=0.4)`, `available()`.
+
+Names are case-insensitive and `-` reads as `_`, so "Nash-MTL", "nash_mtl" and
+"NASH_MTL" are one name.
+"""
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Callable, TypeVar
 
 from mtlkit.errors import ConfigError
@@ -14,11 +19,11 @@ B = TypeVar("B", bound=type[Balancer])
 
 
 def register(*names: str) -> Callable[[B], B]:
-    """Class decorator: make a balancer available under each of `names` (case-insensitive)."""
+    """Class decorator: make a balancer available under each of `names`."""
 
     def decorate(cls: B) -> B:
         for name in names:
-            key = name.lower()
+            key = _key(name)
             if key in _REGISTRY and _REGISTRY[key] is not cls:
                 raise ValueError(f"balancer name {name!r} is already taken by {_REGISTRY[key].__name__}")
             _REGISTRY[key] = cls
@@ -36,12 +41,22 @@ def available() -> list[str]:
 def get(name: str, **kwargs: Any) -> Balancer:
     """Build the balancer registered as `name` with the method's keyword options."""
     _load_methods()
-    key = name.lower()
+    key = _key(name)
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ConfigError(f"unknown balancer {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[key](**kwargs)
+    cls = _REGISTRY[key]
+    signature = inspect.signature(cls)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"balancer {name!r} takes the options {signature}; {error}") from error
+    return cls(**kwargs)
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
 def _load_methods() -> None:

@@ -1,0 +1,362 @@
+"""The base class of the architectures, and the pieces several of them share.
+
+Every architecture splits its network at a *cut*: a few tensors (`reps`) that every
+shared parameter reaches the tasks through. Below the cut lies `shared_parameters()`;
+above it each parameter serves one task (a head, a gate, a task's own expert or
+branch). With `rep_grad=True`, `training_step` returns the cut of that forward as
+`StepOutput.shared_reps`, so a gradient balancer takes the task gradients there and
+pushes the combined gradient through the shared part in one backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
+
+from mtlkit.errors import SpecError
+from mtlkit.training.protocol import StepOutput
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+_RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
+_RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass
+class _Pass:
+    """One forward through the shared part, for the requested tasks."""
+
+    features: dict[str, Tensor]  # what each task's decoder reads
+    reps: list[Tensor]  # the cut (see the module docstring)
+    penalties: dict[str, Tensor] = field(default_factory=dict)  # added to that task's training loss
+
+
+class Architecture(nn.Module):
+    """A shared part and one decoder per task, with LibMTL's constructor and `forward`.
+
+    Args:
+        task_name: the task names, in order.
+        encoder_class: a callable (a class, a lambda) that builds a fresh encoder; the
+            architecture calls it once per copy it needs (experts, task columns).
+        decoders: `{task: nn.Module}`, one head per task, reading the task's representation.
+        rep_grad: `training_step` returns the shared representation of its forward as
+            `StepOutput.shared_reps`, so that gradient balancers act there (LibMTL's flag).
+        multi_input: accepted for LibMTL compatibility. Whatever its value,
+            `forward(inputs, task_name)` runs only that task's head, and `training_step`
+            runs only the tasks labelled in the batch.
+        device: where to move the module after building it; None leaves it where the
+            encoder and decoders are.
+
+    mtlkit-only keyword arguments:
+        losses: `{task: loss_fn(prediction, target) -> scalar}`, used by `training_step`.
+            A 1-D integer target with value -1 marks a row without label; such rows are
+            left out of that task's loss.
+        metrics: `{task: mtlkit.Scorer}`, returned by `scorers()`.
+        img_size: the input shape without the batch dimension (LibMTL's name). Parts whose
+            size depends on the input (gates, attention masks) are sized by the first
+            forward; with `img_size` they are built at construction instead, by a dry
+            forward on zeros. Run one forward (or pass `img_size`) before counting
+            parameters; optimizers may be built before.
+        input_key: the field of a dict batch `X` (as `DictDataLoader` yields) that holds
+            the input, for `training_step` and `task_outputs`; None passes `X` unchanged.
+    """
+
+    def __init__(
+        self,
+        task_name: Sequence[str],
+        encoder_class: Callable[[], Any],
+        decoders: Mapping[str, nn.Module],
+        rep_grad: bool = False,
+        multi_input: bool = False,
+        device: torch.device | str | None = None,
+        *,
+        losses: Mapping[str, LossFn] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        img_size: Sequence[int] | None = None,
+        input_key: str | None = "input_data",
+    ) -> None:
+        super().__init__()
+        self.task_name = _task_names(task_name, type(self).__name__)
+        self.task_num = len(self.task_name)
+        if isinstance(encoder_class, nn.Module) or not callable(encoder_class):
+            raise TypeError(
+                f"{type(self).__name__}: encoder_class must be a callable that builds a fresh encoder "
+                f"(a class or a lambda), not {type(encoder_class).__name__}; the architecture may need several copies"
+            )
+        self.encoder_class = encoder_class
+        self.decoders = nn.ModuleDict(_per_task(decoders, self.task_name, "decoders", type(self).__name__, every=True))
+        self.rep_grad = bool(rep_grad)
+        self.multi_input = bool(multi_input)
+        self.losses: dict[str, LossFn] = _per_task(losses or {}, self.task_name, "losses", type(self).__name__)
+        self._metrics = _per_task(metrics or {}, self.task_name, "metrics", type(self).__name__)
+        self.input_key = input_key
+        self._img_size = tuple(img_size) if img_size is not None else None
+        self._device = device
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def _encode(self, inputs: Any, tasks: list[str]) -> _Pass:
+        """Run the shared part for `tasks` and return their features and the cut."""
+        raise NotImplementedError
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters below the cut: those more than one task depends on."""
+        raise NotImplementedError
+
+    def _new_encoder(self) -> nn.Module:
+        encoder = self.encoder_class()
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(
+                f"{type(self).__name__}: encoder_class() returned {type(encoder).__name__}, not an nn.Module"
+            )
+        return encoder
+
+    def _new_stages(self, min_stages: int = 1) -> nn.ModuleList:
+        """A fresh encoder split into its stages (see `_as_stages`)."""
+        return _as_stages(self.encoder_class(), type(self).__name__, min_stages)
+
+    def _finish_init(self) -> None:
+        """Move to `device` and, with `img_size`, size the lazy parts; call at the end of `__init__`."""
+        if self._device is not None:
+            self.to(self._device)
+        if self._img_size is not None:
+            device = next((p.device for p in self.parameters()), None)
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                self.forward(torch.zeros(2, *self._img_size, device=device))
+            self.train(was_training)
+
+    # ------------------------------------------------------------------ LibMTL interface
+
+    def forward(self, inputs: Any, task_name: str | None = None) -> dict[str, Tensor]:
+        """`{task: prediction}` for every task, or only for `task_name`."""
+        return self.forward_with_reps(inputs, task_name)[0]
+
+    def forward_with_reps(self, inputs: Any, task_name: str | None = None) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """The predictions and the shared representation(s) of this forward.
+
+        Pass the second element as `shared_reps` to a gradient balancer's `backward` to
+        take the task gradients at the representation (what `rep_grad` does in LibMTL).
+        """
+        tasks = self.task_name if task_name is None else [self._known_task(task_name)]
+        step = self._encode(inputs, list(tasks))
+        return self._decode(step), [r for r in step.reps if r.requires_grad]
+
+    def get_share_params(self) -> list[nn.Parameter]:
+        """LibMTL's name for `shared_parameters()`."""
+        return self.shared_parameters()
+
+    def zero_grad_share_params(self) -> None:
+        """Clear the gradients of the shared parameters."""
+        for p in self.shared_parameters():
+            p.grad = None
+
+    # ------------------------------------------------------------------ MultiTaskModel protocol
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.task_name)
+
+    def training_step(self, X: Any, Y: Mapping[str, Tensor]) -> StepOutput:
+        """Forward the tasks labelled in `Y` and return their losses (see `losses`)."""
+        labelled = self._labelled(Y)
+        if not labelled:
+            return StepOutput(losses={}, counts={}, shared_reps=[] if self.rep_grad else None)
+        step = self._encode(self._input(X), list(labelled))
+        predictions = self._decode(step)
+        losses, counts = {}, {}
+        for task, (target, mask) in labelled.items():
+            prediction = predictions[task]
+            if mask is not None:
+                prediction, target = prediction[mask], target[mask]
+            loss = self.losses[task](prediction, target)
+            if task in step.penalties:
+                loss = loss + step.penalties[task]
+            losses[task] = loss
+            counts[task] = int(target.shape[0])
+        if not self.rep_grad:
+            return StepOutput(losses=losses, counts=counts)
+        reps = [r for r in step.reps if r.requires_grad]
+        if not reps:
+            raise ValueError(
+                f"{type(self).__name__}(rep_grad=True): no shared representation requires grad in this step; "
+                "are the shared parameters frozen? Use rep_grad=False"
+            )
+        return StepOutput(losses=losses, counts=counts, shared_reps=reps)
+
+    def task_outputs(self, X: Any, task_names: list[str]) -> dict[str, Tensor]:
+        """The decoders' outputs (no gradient) for `task_names`."""
+        tasks = [self._known_task(t) for t in task_names]
+        with torch.no_grad():
+            return self._decode(self._encode(self._input(X), tasks))
+
+    def scorers(self) -> Mapping[str, Any]:
+        return dict(self._metrics)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _decode(self, step: _Pass) -> dict[str, Tensor]:
+        return {task: self.decoders[task](feature) for task, feature in step.features.items()}
+
+    def _known_task(self, task: str) -> str:
+        if task not in self.task_name:
+            raise KeyError(f"{type(self).__name__}: unknown task {task!r}; tasks: {self.task_name}")
+        return task
+
+    def _input(self, X: Any) -> Any:
+        if self.input_key is None or not isinstance(X, Mapping):
+            return X
+        if self.input_key not in X:
+            raise KeyError(
+                f"{type(self).__name__}: the batch has no field {self.input_key!r} (fields: {sorted(X)}); "
+                "pass input_key=<field name> to the constructor, or input_key=None to give the encoder the whole dict"
+            )
+        return X[self.input_key]
+
+    def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """`{task: (target, row mask or None)}` for the tasks with at least one label in `Y`."""
+        if not isinstance(Y, Mapping):
+            raise TypeError(f"{type(self).__name__}.training_step: Y must be a dict task -> target, got {type(Y).__name__}")
+        unknown = [key for key in Y if key not in self.task_name]
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: labels for unknown task(s) {unknown}; tasks: {self.task_name}")
+        labelled = {}
+        for task in self.task_name:
+            if task not in Y:
+                continue
+            if task not in self.losses:
+                raise KeyError(
+                    f"{type(self).__name__}: the batch is labelled for task {task!r} but no loss was given for it; "
+                    f"pass losses={{{task!r}: loss_fn, ...}} to the constructor"
+                )
+            target = Y[task]
+            mask = None
+            if target.dim() == 1 and not target.is_floating_point() and not target.is_complex():
+                keep = target != -1
+                if not bool(keep.any()):
+                    continue
+                mask = None if bool(keep.all()) else keep
+            labelled[task] = (target, mask)
+        return labelled
+
+
+def _as_stages(encoder: Any, arch: str = "this architecture", min_stages: int = 1) -> nn.ModuleList:
+    """Split an encoder into the stages that per-stage architectures mix between.
+
+    Accepts an `nn.Sequential` or `nn.ModuleList` (each element is one stage: group
+    layers with an inner `nn.Sequential`), a list or tuple of modules, or a ResNet with
+    `conv1, bn1, relu, maxpool, layer1 … layer4` (as LibMTL's and torchvision's), split
+    into the stem and the four layers; its `avgpool`/`fc`, if any, are not used.
+    """
+    if isinstance(encoder, (nn.Sequential, nn.ModuleList, list, tuple)):
+        stages = list(encoder)
+    elif all(hasattr(encoder, name) for name in _RESNET_STEM + _RESNET_LAYERS):
+        stem = nn.Sequential(*(getattr(encoder, name) for name in _RESNET_STEM))
+        stages = [stem, *(getattr(encoder, name) for name in _RESNET_LAYERS)]
+    else:
+        raise SpecError(
+            f"{arch} mixes the encoder stage by stage: encoder_class must build an nn.Sequential, an "
+            f"nn.ModuleList or a list of modules (one per stage), or a ResNet with conv1, bn1, relu, maxpool, "
+            f"layer1…layer4; got {type(encoder).__name__}"
+        )
+    not_modules = [i for i, stage in enumerate(stages) if not isinstance(stage, nn.Module)]
+    if not_modules:
+        raise SpecError(f"{arch}: encoder stage #{not_modules[0]} is not an nn.Module")
+    if len(stages) < min_stages:
+        raise SpecError(
+            f"{arch} needs an encoder of at least {min_stages} stages to mix between, got {len(stages)}; "
+            "give encoder_class a sequence of stages"
+        )
+    return nn.ModuleList(stages)
+
+
+def _mix(experts: Tensor, weights: Tensor) -> Tensor:
+    """Σ_e weights[b, e] · experts[e, b, …]: per-row mixture of stacked expert outputs."""
+    return torch.einsum("eb...,be->b...", experts, weights.to(experts.dtype))
+
+
+def _softmax_gate(num_experts: int) -> nn.Sequential:
+    """A linear softmax gate over the flattened input; its input size is set by the first call."""
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_experts), nn.Softmax(dim=-1))
+
+
+def _gate_input(inputs: Any, arch: str) -> Tensor:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"{arch}'s gates read the input tensor; got {type(inputs).__name__} (set input_key)")
+    return inputs
+
+
+class _LazyChannelLinear(LazyModuleMixin, nn.Module):
+    """A linear map over dimension 1 (a 1×1 convolution on images), sized by its first call.
+
+    `forward(x, out_channels)`: the input size is `x.shape[1]`; `out_channels` fixes the
+    output size at the first call (later calls must give the same). Initialised as
+    `nn.Linear`.
+    """
+
+    cls_to_become = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = UninitializedParameter()
+        self.bias = UninitializedParameter()
+
+    def initialize_parameters(self, x: Tensor, out_channels: int) -> None:
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                fan_in = x.shape[1]
+                self.weight.materialize((out_channels, fan_in))
+                self.bias.materialize((out_channels,))
+                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+                nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+    def forward(self, x: Tensor, out_channels: int) -> Tensor:
+        if out_channels != self.weight.shape[0]:
+            raise ValueError(f"_LazyChannelLinear was sized for {self.weight.shape[0]} outputs, asked for {out_channels}")
+        y = nn.functional.linear(torch.movedim(x, 1, -1), self.weight, self.bias)
+        return torch.movedim(y, -1, 1)
+
+
+def _expert_counts(num_experts: Any, tasks: list[str], arch: str) -> tuple[int, dict[str, int]]:
+    """Read LibMTL's `num_experts=[shared, per task …]` as (shared count, {task: count})."""
+    counts = list(num_experts) if isinstance(num_experts, (list, tuple)) else None
+    if counts is None or len(counts) != 1 + len(tasks) or not all(isinstance(c, int) and c >= 0 for c in counts):
+        raise SpecError(
+            f"{arch}: num_experts must list 1 + {len(tasks)} non-negative ints "
+            f"[shared, {', '.join(tasks)}], got {num_experts!r}"
+        )
+    if counts[0] < 1:
+        raise SpecError(f"{arch}: num_experts[0] (shared experts) must be at least 1, got {counts[0]}")
+    return counts[0], dict(zip(tasks, counts[1:]))
+
+
+def _task_names(task_name: Sequence[str], arch: str) -> list[str]:
+    if isinstance(task_name, str) or not all(isinstance(t, str) for t in task_name):
+        raise SpecError(f"{arch}: task_name must be a list of task names (strings), got {task_name!r}")
+    names = list(task_name)
+    if not names:
+        raise SpecError(f"{arch}: task_name is empty; name at least one task")
+    duplicates = sorted({t for t in names if names.count(t) > 1})
+    if duplicates:
+        raise SpecError(f"{arch}: task {duplicates[0]!r} appears twice in task_name")
+    return names
+
+
+def _per_task(mapping: Mapping[str, Any], tasks: list[str], what: str, arch: str, every: bool = False) -> dict:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{arch}: {what} must be a dict task -> value, got {type(mapping).__name__}")
+    unknown = [key for key in mapping if key not in tasks]
+    if unknown:
+        raise SpecError(f"{arch}: {what} names unknown task(s) {unknown}; tasks: {tasks}")
+    missing = [t for t in tasks if t not in mapping]
+    if every and missing:
+        raise SpecError(f"{arch}: {what} has no entry for task(s) {missing}; give one per task")
+    return {t: mapping[t] for t in tasks if t in mapping}

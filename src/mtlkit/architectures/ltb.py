@@ -1,0 +1,96 @@
+"""Learning to branch: each task column picks, after every stage, which column to read."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.architectures.base import Architecture, _Pass
+from mtlkit.architectures.cross_stitch import _run_columns
+from mtlkit.errors import ConfigError, SpecError
+
+
+class LTB(Architecture):
+    """Learning To Branch (LTB).
+
+    [Guo et al., ICML 2020](http://proceedings.mlr.press/v119/guo20e.html). Every task
+    has a column (a copy of the staged encoder); after each stage but the last, column
+    t's next stage reads one column j, sampled from softmax(θ[t]) by hard Gumbel-softmax
+    (straight-through), so the columns learn a tree of shared and branched stages. The
+    schedule follows LibMTL: for the first `warmup` fraction of `epochs`, every column
+    reads the mean of all columns; then the temperature is τ = epochs / 20 / √(epoch + 1).
+    Set the epoch with `set_epoch(epoch)` (or assign `model.epoch` and `model.epochs`,
+    as LibMTL's Trainer does). In eval mode each column reads its most likely parent.
+
+    Departures from LibMTL: any staged encoder (not only its ResNet); the warm-up
+    averages the columns (LibMTL sums them); eval is deterministic (argmax). The shared
+    parameters are the columns below the last stage and the branching logits before the
+    last; the shared representation (`rep_grad`) is the stack of column outputs entering
+    the last branching, whose row t, like column t's last stage, serves task t only.
+    """
+
+    def __init__(
+        self,
+        task_name: Sequence[str],
+        encoder_class: Callable[[], Any],
+        decoders: Mapping[str, nn.Module],
+        rep_grad: bool = False,
+        multi_input: bool = False,
+        device: torch.device | str | None = None,
+        *,
+        epochs: int | None = None,
+        warmup: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+        if self.task_num < 2:
+            raise SpecError("LTB branches between task columns: it needs at least two tasks")
+        self.columns = nn.ModuleDict({t: self._new_stages(min_stages=2) for t in self.task_name})
+        self.num_stages = len(self.columns[self.task_name[0]])
+        T = self.task_num
+        self.branch_logits = nn.ParameterList(nn.Parameter(torch.zeros(T, T)) for _ in range(self.num_stages - 1))
+        self.epoch = 0
+        self.epochs = epochs
+        self.warmup = warmup
+        self._finish_init()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the branching schedule which epoch (from 0) is starting."""
+        self.epoch = epoch
+
+    def temperature(self) -> float:
+        """The Gumbel-softmax temperature at the current epoch."""
+        return self._epochs() / 20 / math.sqrt(self.epoch + 1)
+
+    def branches(self) -> Tensor:
+        """(stages − 1, T): after each stage, the column each task's next stage reads in eval mode."""
+        return torch.stack([logits.detach().argmax(-1) for logits in self.branch_logits])
+
+    def _mixing(self, i: int) -> Tensor:
+        logits = self.branch_logits[i]
+        T = self.task_num
+        if not self.training:
+            return nn.functional.one_hot(logits.argmax(-1), T).to(logits.dtype)
+        if self.epoch < self.warmup * self._epochs():
+            return torch.full_like(logits, 1 / T)
+        return nn.functional.gumbel_softmax(logits, tau=self.temperature(), hard=True, dim=-1)
+
+    def _epochs(self) -> int:
+        if self.epochs is None:
+            raise ConfigError(
+                "LTB needs the length of training for its temperature schedule: pass epochs=<number of epochs> "
+                "(or set model.epochs) and call model.set_epoch(epoch) at the start of each epoch"
+            )
+        return self.epochs
+
+    def _encode(self, inputs: Any, tasks: list[str]) -> _Pass:
+        return _run_columns(self.columns, self.task_name, inputs, tasks, self._mixing)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        last = self.num_stages - 1
+        columns = [p for t in self.task_name for p in self.columns[t][:last].parameters()]
+        return columns + list(self.branch_logits[: last - 1])

@@ -1,0 +1,165 @@
+"""`DictDataLoader`, its collate function and its epoch-seeded, shardable sampler."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from mtlkit.data.dataset import DictDataset, XDict, YDict
+from mtlkit.data.seeding import generator
+
+X_PAD_VALUE = 0
+Y_PAD_VALUE = -1  # the abstain label: padded label positions are ignored by losses and the Scorer
+
+
+def pad_sequences(tensors: Sequence[Tensor], pad_value: float) -> Tensor:
+    """Stack 1-D or 2-D tensors, right-padding each dimension to the batch's largest size."""
+    shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    padded = tensors[0].new_full((len(tensors), *shape), pad_value)
+    for row, tensor in zip(padded, tensors):
+        row[tuple(slice(0, size) for size in tensor.shape)] = tensor
+    return padded
+
+
+def _collate_field(where: str, key: str, values: list[Any], pad_value: float) -> Tensor | list[Any]:
+    tensor_flags = [isinstance(v, Tensor) for v in values]
+    if not any(tensor_flags):
+        return values
+    if not all(tensor_flags):
+        raise TypeError(f"{where}[{key!r}] mixes tensors and non-tensors in one batch; make every entry one kind.")
+    if all(v.shape == values[0].shape for v in values):
+        return torch.stack(values)
+    dims = {v.dim() for v in values}
+    if len(dims) > 1 or dims.pop() not in (1, 2):
+        shapes = sorted({tuple(v.shape) for v in values})
+        raise ValueError(
+            f"{where}[{key!r}] has entries of shapes {shapes}: collate_dicts pads only 1-D/2-D tensors with the "
+            f"same number of dimensions; resize them in the dataset or pass your own collate_fn."
+        )
+    return pad_sequences(values, pad_value)
+
+
+def collate_dicts(batch: Sequence[tuple[XDict, YDict]]) -> tuple[XDict, YDict]:
+    """Merge `(x_dict, y_dict)` examples into one batch.
+
+    Tensors of equal shape are stacked; 1-D/2-D tensors of different lengths are
+    right-padded (X with 0, labels with -1 so that padded positions count as
+    unlabelled); non-tensor X fields (strings, ids, ...) stay Python lists.
+    """
+    x_keys, y_keys = batch[0][0].keys(), batch[0][1].keys()
+    X = {key: _collate_field("X_dict", key, [x[key] for x, _ in batch], X_PAD_VALUE) for key in x_keys}
+    Y = {key: _collate_field("Y_dict", key, [y[key] for _, y in batch], Y_PAD_VALUE) for key in y_keys}
+    return X, Y
+
+
+class EpochSampler(Sampler[int]):
+    """The indices of one replica's shard, in an order fixed by `(seed, epoch, pass)`.
+
+    With `shuffle`, each epoch (`set_epoch`) gets its own permutation, and each further
+    pass over the data within one epoch (a scheduler may restart a loader) another one.
+    With `num_replicas > 1` the index list is padded by wrapping around so that every
+    rank gets `ceil(n / num_replicas)` indices, the same sharding as
+    `torch.utils.data.DistributedSampler`.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int | None, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got num_replicas={num_replicas}, rank={rank}")
+        if shuffle and seed is None:
+            raise ValueError("a shuffling EpochSampler needs an integer seed")
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next passes use."""
+        self.epoch = epoch
+        self._passes = 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes)).tolist()
+        else:
+            indices = list(range(self.length))
+        self._passes += 1
+        total = len(self) * self.num_replicas
+        padded = (indices * math.ceil(total / max(self.length, 1)))[:total]
+        return iter(padded[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return math.ceil(self.length / self.num_replicas)
+
+
+class DictDataLoader(DataLoader):
+    """A `torch.utils.data.DataLoader` over a `DictDataset`, yielding `(X_dict, Y_dict)`.
+
+    Snorkel's API plus determinism: with `shuffle=True` the order depends only on
+    `seed` and the epoch set by `set_epoch` (Snorkel used the global RNG). `seed=None`
+    draws a seed from torch's global generator when the loader is built, so loaders
+    built after `torch.manual_seed(s)` are reproducible. `num_replicas`/`rank` shard
+    the dataset for distributed training. A user `sampler`/`batch_sampler` is used
+    as given (then `shuffle`, `num_replicas` and `rank` must stay at their defaults).
+    """
+
+    def __init__(
+        self,
+        dataset: DictDataset,
+        collate_fn: Callable[..., Any] = collate_dicts,
+        *,
+        seed: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(dataset, DictDataset):
+            raise TypeError(f"DictDataLoader needs a DictDataset, got {type(dataset).__name__}")
+        shuffle = bool(kwargs.pop("shuffle", False))
+        if "sampler" in kwargs or "batch_sampler" in kwargs:
+            if shuffle or num_replicas != 1 or rank != 0:
+                raise ValueError(
+                    f"DictDataLoader for dataset {dataset.name!r}: a custom sampler/batch_sampler cannot be combined "
+                    f"with shuffle, num_replicas or rank; shuffle/shard inside your sampler instead."
+                )
+        else:
+            if shuffle and seed is None:
+                seed = int(torch.randint(0, 2**62, ()).item())
+            kwargs["sampler"] = EpochSampler(len(dataset), shuffle, seed, num_replicas, rank)
+        super().__init__(dataset, collate_fn=collate_fn, **kwargs)
+
+    @property
+    def seed(self) -> int | None:
+        """The shuffling seed (None when not shuffling or with a custom sampler)."""
+        return self.sampler.seed if isinstance(self.sampler, EpochSampler) else None
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        if not isinstance(self.sampler, EpochSampler):
+            raise AttributeError("this DictDataLoader uses a custom sampler; set its seed there")
+        self.sampler.seed = value
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle (deterministically) for `epoch`; forwarded to any sampler that has `set_epoch`."""
+        set_epoch = getattr(self.sampler, "set_epoch", None) or getattr(self.batch_sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+
+
+def move_to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move every tensor in nested dicts/lists/tuples to `device`; other values are returned as they are."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {key: move_to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [move_to_device(value, device) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(move_to_device(value, device) for value in obj)
+    return obj

@@ -1,0 +1,402 @@
+"""The Trainer: one training loop for every model that implements `MultiTaskModel`.
+
+A batch's path, top to bottom (`Trainer._train_step`): the batch scheduler picks a
+dataloader → `model.training_step(X, Y)` gives per-task losses → finiteness check →
+the balancer's `backward` fills `.grad` (on the shared parameters, or through the
+shared representation when the model returns `shared_reps`) → gradient clipping →
+optimizer step → LR-schedule step. After each epoch: `balancer.epoch_end()`, scoring of
+the validation loaders, best-model tracking, early stopping and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mtlkit import metrics
+from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
+from mtlkit.errors import ConfigError
+from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from mtlkit.training.config import TrainerConfig
+from mtlkit.training.loggers import Logger, build_loggers
+from mtlkit.training.monitor import MetricMonitor
+from mtlkit.training.optim import build_lr_scheduler, build_optimizer
+from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.weighting import Balancer, BalanceResult
+from mtlkit.weighting import get as get_balancer
+
+
+class Trainer:
+    """Trains a `MultitaskClassifier`, an `MTLModel` or an architecture: `Trainer(**config).fit(model, loaders)`.
+
+    Snorkel's Trainer with a pluggable balancer (`weighting`), exact resume and
+    checkpoints that cannot run code. The options and their defaults are those of
+    `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
+    scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
+    `batch_scheduler` are the objects that trained the model.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        self.config = TrainerConfig.from_dict(config)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.balancer: Balancer | None = None
+        self.batch_scheduler: BatchScheduler | None = None
+        self.monitor: MetricMonitor | None = None
+        self.best_model: dict[str, torch.Tensor] | None = None
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.skipped_steps = 0  # steps skipped for a non-finite loss
+        self.history: list[dict[str, float]] = []
+        self._pending: dict[str, Any] | None = None  # a checkpoint read by `Trainer.load`, resumed by `fit`
+
+    # ------------------------------------------------------------------ public API
+
+    def fit(
+        self,
+        model: MultiTaskModel,
+        dataloaders: Sequence[DataLoader],
+        resume_from: str | Path | None = None,
+    ) -> dict[str, float]:
+        """Train `model`, restore its best state, and return the final validation and test scores.
+
+        `dataloaders` are `DictDataLoader`s; each one's `dataset.split` assigns it to
+        training, validation and/or test (`train_split`, `valid_split`, `test_split`).
+        With `resume_from` (a checkpoint path), training continues exactly where that
+        run stopped.
+        """
+        cfg = self.config
+        train, valid, test = _split_loaders(dataloaders, cfg)
+        checkpoint = load_checkpoint(resume_from) if resume_from is not None else self._pending
+        self._pending = None
+        if checkpoint is None and cfg.seed is not None:
+            seed_everything(cfg.seed)
+        self._setup(model, train)
+        if checkpoint is not None:
+            self._restore(checkpoint, train)
+        loggers = build_loggers(cfg.log_writers, cfg.log_dir, self.step if checkpoint is not None else None) if cfg.logging else []
+        try:
+            while self.epoch < cfg.n_epochs and not self._should_stop():
+                epoch_losses = self._train_epoch(train, loggers)
+                self.balancer.epoch_end()
+                self.epoch += 1
+                if self.epoch % cfg.evaluate_every == 0 or self.epoch == cfg.n_epochs:
+                    self._evaluate(epoch_losses, valid, loggers)
+                if cfg.checkpointing and self.epoch % cfg.checkpoint_every == 0:
+                    self.save(Path(cfg.checkpoint_dir) / "last.pt")
+            if self.best_model is not None:
+                self.model.load_state_dict(self.best_model)
+            scored = list({id(loader): loader for loader in valid + test}.values())
+            final = metrics.score(self.model, scored) if scored else {}
+            _log(loggers, final, self.step, self.epoch)
+            return final
+        finally:
+            for logger in loggers:
+                logger.close()
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole training state (atomically) so that `fit(..., resume_from=path)` continues it."""
+        if self.model is None:
+            raise RuntimeError("Trainer.save: nothing to save yet; call fit(model, dataloaders) first")
+        save_checkpoint(self._state(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: MultiTaskModel, **overrides: Any) -> Trainer:
+        """A Trainer with a checkpoint's configuration; loads its weights into `model` and resumes on `fit`.
+
+        Options that a checkpoint cannot hold (a custom optimizer class, a Balancer or
+        BatchScheduler object) must be given again in `overrides`, which also replace
+        saved options (e.g. `n_epochs` to train longer).
+        """
+        checkpoint = load_checkpoint(path)
+        missing = [key for key in checkpoint["unsaved_config"] if key not in overrides]
+        if missing:
+            raise ConfigError(
+                f"the run in {str(path)!r} used objects a checkpoint cannot hold for {missing}; "
+                f"pass them again: Trainer.load(path, model, {missing[0]}=...)"
+            )
+        saved = {k: v for k, v in checkpoint["config"].items() if k not in checkpoint["unsaved_config"]}
+        trainer = cls(**{**saved, **overrides})
+        model.load_state_dict(checkpoint["model"])
+        trainer._pending = checkpoint
+        return trainer
+
+    # ------------------------------------------------------------------ one batch
+
+    def _train_step(self, X: Any, Y: Any, dataset: Any) -> tuple[StepOutput, BalanceResult] | None:
+        """One optimizer step on one batch; None when the step is skipped."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.model.training_step(X, Y)
+        if not out.losses:
+            return None  # no task has a label in this batch: nothing to learn from it
+        nonfinite = [task for task, loss in out.losses.items() if not bool(torch.isfinite(loss.detach()).all())]
+        if nonfinite:
+            if cfg.nonfinite_loss == "raise":
+                raise FloatingPointError(
+                    f"the loss of task(s) {nonfinite} is not finite at step {self.step + 1} (epoch {self.epoch + 1}) "
+                    f"on a batch of dataset {dataset.name!r} (split {dataset.split!r}); check the inputs and labels, "
+                    "lower lr, or pass nonfinite_loss='skip' to skip such steps"
+                )
+            self.skipped_steps += 1
+            return None
+        result = self.balancer.backward(
+            out.losses,
+            shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
+            shared_reps=out.shared_reps,
+        )
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.step += 1
+        return out, result
+
+    # ------------------------------------------------------------------ one epoch
+
+    def _train_epoch(self, train: list[DataLoader], loggers: list[Logger]) -> dict[str, float]:
+        """Train on every batch the scheduler plans for this epoch; return the epoch's mean losses."""
+        cfg = self.config
+        self.model.train()
+        self.batch_scheduler.set_epoch(self.epoch)
+        losses = _EpochLosses()
+        bar = tqdm(
+            total=self._batches_per_epoch,
+            desc=f"Epoch {self.epoch + 1}/{cfg.n_epochs}",
+            disable=not cfg.progress_bar,
+            leave=False,
+        )
+        for (X, Y), loader in self.batch_scheduler.get_batches(train):
+            lr = self.optimizer.param_groups[0]["lr"]
+            done = self._train_step(move_to_device(X, self.device), move_to_device(Y, self.device), loader.dataset)
+            bar.update()
+            if done is None:
+                continue
+            out, result = done
+            losses.add(out, loader.dataset)
+            bar.set_postfix(loss=f"{losses.running:.4f}")
+            if self.step % cfg.log_every == 0:
+                _log(loggers, _step_record(out, result, lr), self.step, self.epoch)
+        bar.close()
+        return losses.means()
+
+    def _evaluate(self, epoch_losses: dict[str, float], valid: list[DataLoader], loggers: list[Logger]) -> None:
+        """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
+        scores = {**epoch_losses, **(metrics.score(self.model, valid) if valid else {})}
+        self.history.append({"epoch": self.epoch, **scores})
+        _log(loggers, scores, self.step, self.epoch)
+        if self.monitor is not None and self.monitor.update(scores, self.epoch):
+            self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if self.config.checkpointing:
+                best = {"model": self.best_model, "epoch": self.epoch, "metric": self.monitor.best}
+                save_checkpoint(best, Path(self.config.checkpoint_dir) / "best.pt")
+
+    def _should_stop(self) -> bool:
+        return self.monitor is not None and self.monitor.should_stop
+
+    # ------------------------------------------------------------------ set-up and state
+
+    def _setup(self, model: MultiTaskModel, train: list[DataLoader]) -> None:
+        """Fresh run state: device, balancer, optimizer, batch scheduler, LR schedule, counters."""
+        cfg = self.config
+        _check_model(model)
+        if cfg.device is not None:
+            model.to(cfg.device)
+        self.model = model
+        self.device = _device_of(model)
+        self.balancer = self._build_balancer(model.task_names).to(self.device)
+        self.optimizer = build_optimizer(cfg, model.parameters(), self.balancer.parameters())
+        if isinstance(cfg.batch_scheduler, BatchScheduler):
+            self.batch_scheduler = cfg.batch_scheduler
+        else:
+            seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            self.batch_scheduler = get_scheduler(cfg.batch_scheduler, seed=seed)
+        self._train_loaders = train
+        self._batches_per_epoch = len(self.batch_scheduler.plan([len(loader) for loader in train]))
+        if self._batches_per_epoch == 0:
+            raise ConfigError("the training dataloaders hold no batch; check the train split's datasets")
+        self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer, self._batches_per_epoch)
+        tracked = cfg.checkpointing or cfg.early_stopping is not None
+        self.monitor = MetricMonitor(*cfg.metric, cfg.checkpoint_runway, cfg.early_stopping) if tracked else None
+        self.best_model = None
+        self.epoch = 0
+        self.step = 0
+        self.skipped_steps = 0
+        self.history = []
+
+    def _build_balancer(self, task_names: list[str]) -> Balancer:
+        spec = self.config.weighting
+        if isinstance(spec, Balancer):
+            if spec.task_names is None:
+                spec.task_names = list(task_names)
+            elif set(spec.task_names) != set(task_names):
+                raise ConfigError(
+                    f"weighting: the balancer was built for tasks {spec.task_names} but the model has {task_names}"
+                )
+            return spec
+        name, kwargs = (spec, {}) if isinstance(spec, str) else spec
+        return get_balancer(name, tasks=list(task_names), **kwargs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "unsaved_config": self.config.unsaved_keys(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "batch_scheduler_seed": self.batch_scheduler.seed,
+            "loader_seeds": self._loader_seeds,
+            "rng": rng_state(),
+            "counters": {"epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps},
+            "monitor": self.monitor.state_dict() if self.monitor is not None else None,
+            "best_model": self.best_model,
+            "history": self.history,
+        }
+
+    def _restore(self, checkpoint: dict[str, Any], train: list[DataLoader]) -> None:
+        """Put the run back in the state a checkpoint recorded (the random generators last)."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        pass
+        self.batch_scheduler.seed = checkpoint["batch_scheduler_seed"]
+        _set_loader_seeds(train, checkpoint["loader_seeds"])
+        counters = checkpoint["counters"]
+        self.epoch, self.step, self.skipped_steps = counters["epoch"], counters["step"], counters["skipped_steps"]
+        if self.monitor is not None and checkpoint["monitor"] is not None:
+            self.monitor.load_state_dict(checkpoint["monitor"])
+            self.best_model = checkpoint["best_model"]
+        self.history = list(checkpoint["history"])
+        set_rng_state(checkpoint["rng"])
+
+    @property
+    def _loader_seeds(self) -> dict[str, int | None]:
+        return {_loader_key(loader): getattr(loader, "seed", None) for loader in self._train_loaders}
+
+
+class _EpochLosses:
+    """Running means of one epoch's training losses, as scores.
+
+    `model/all/train/loss` is the mean over steps of Σ_t L_t (unweighted, so comparable
+    across balancers); `task/dataset/split/loss` the mean of each task's loss on each
+    training dataset, weighted by its labelled rows when the model reports `counts`.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.steps = 0
+        self.sums: dict[str, list[float]] = {}
+
+    def add(self, out: StepOutput, dataset: Any) -> None:
+        values = {task: float(loss.detach()) for task, loss in out.losses.items()}
+        self.total += sum(values.values())
+        self.steps += 1
+        for task, value in values.items():
+            n = out.counts.get(task, 1)
+            acc = self.sums.setdefault(f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0])
+            acc[0] += value * n
+            acc[1] += n
+
+    @property
+    def running(self) -> float:
+        return self.total / max(self.steps, 1)
+
+    def means(self) -> dict[str, float]:
+        if self.steps == 0:
+            return {}
+        return {"model/all/train/loss": self.running, **{k: s / n for k, (s, n) in self.sums.items()}}
+
+
+def _step_record(out: StepOutput, result: BalanceResult, lr: float) -> dict[str, float]:
+    record = {"train/loss": float(sum(loss.detach() for loss in out.losses.values())), "train/lr": lr}
+    record.update({f"train/loss/{task}": float(loss.detach()) for task, loss in out.losses.items()})
+    record.update({f"train/weight/{task}": float(w) for task, w in result.weights.items()})
+    record.update({f"train/{name}": float(v) for name, v in result.stats.items()})
+    return record
+
+
+def _log(loggers: list[Logger], values: dict[str, float], step: int, epoch: int) -> None:
+    for logger in loggers:
+        logger.log(values, step, epoch)
+
+
+def _split_loaders(
+    dataloaders: Sequence[DataLoader], cfg: TrainerConfig
+) -> tuple[list[DataLoader], list[DataLoader], list[DataLoader]]:
+    """The train, validation and test loaders, by exact `dataset.split` name."""
+    train, valid, test = [], [], []
+    for i, loader in enumerate(dataloaders):
+        dataset = getattr(loader, "dataset", None)
+        if not hasattr(dataset, "split") or not hasattr(dataset, "name"):
+            raise TypeError(
+                f"dataloader #{i} has no dataset.name/dataset.split: "
+                "use mtlkit.DictDataLoader(mtlkit.DictDataset(name, split, X_dict, Y_dict))"
+            )
+        roles = [
+            group
+            for group, splits in ((train, cfg.train_split), (valid, cfg.valid_split), (test, cfg.test_split))
+            if dataset.split in splits
+        ]
+        if not roles:
+            raise ConfigError(
+                f"dataloader of dataset {dataset.name!r} has split {dataset.split!r}, which is none of "
+                f"train_split={list(cfg.train_split)}, valid_split={list(cfg.valid_split)}, "
+                f"test_split={list(cfg.test_split)}; rename the split or add it to one of these options"
+            )
+        for group in roles:
+            group.append(loader)
+    if not train:
+        raise ConfigError(f"no dataloader has a training split {list(cfg.train_split)}; nothing to train on")
+    return train, valid, test
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module) or not isinstance(model, MultiTaskModel):
+        missing = [
+            name
+            for name in ("task_names", "training_step", "shared_parameters", "task_outputs", "scorers")
+            if not hasattr(model, name)
+        ]
+        raise TypeError(
+            f"Trainer.fit needs an nn.Module implementing mtlkit.training.MultiTaskModel; "
+            f"{type(model).__name__} {'lacks ' + ', '.join(missing) if missing else 'is not an nn.Module'}"
+        )
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        raise ValueError(f"{type(model).__name__} has no parameters to train")
+    return parameter.device
+
+
+def _loader_key(loader: DataLoader) -> str:
+    return f"{loader.dataset.name}/{loader.dataset.split}"
+
+
+def _set_loader_seeds(train: list[DataLoader], seeds: dict[str, int | None]) -> None:
+    """Give the training loaders the shuffling seeds of the checkpointed run."""
+    current = {_loader_key(loader): loader for loader in train}
+    if set(current) != set(seeds):
+        raise ValueError(
+            f"resume with the training dataloaders of the checkpointed run: it trained on {sorted(seeds)}, "
+            f"this run on {sorted(current)}"
+        )
+    for key, seed in seeds.items():
+        if seed is not None:
+            current[key].seed = seed

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from mtlkit.data import DictDataLoader, DictDataset, EpochSampler, collate_dicts, move_to_device
+
+
+def _dataset(n=10):
+    return DictDataset("d", "train", {"x": torch.arange(n).float().unsqueeze(1), "ids": [f"id{i}" for i in range(n)]}, {"t": torch.arange(n)})
+
+
+def test_collate_stacks_equal_shapes_and_keeps_non_tensors_as_lists():
+    X, Y = collate_dicts([({"x": torch.ones(2), "s": "a"}, {"t": torch.tensor(1)}), ({"x": torch.zeros(2), "s": "b"}, {"t": torch.tensor(0)})])
+    assert torch.equal(X["x"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert X["s"] == ["a", "b"] and torch.equal(Y["t"], torch.tensor([1, 0]))
+
+
+def test_collate_pads_1d_inputs_with_zero_and_labels_with_minus_one():
+    batch = [
+        ({"tok": torch.tensor([5, 6, 7])}, {"tags": torch.tensor([1, 2, 3])}),
+        ({"tok": torch.tensor([8])}, {"tags": torch.tensor([4])}),
+    ]
+    X, Y = collate_dicts(batch)
+    assert X["tok"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert Y["tags"].tolist() == [[1, 2, 3], [4, -1, -1]]
+
+
+def test_collate_pads_2d_sequences_along_every_dimension():
+    a, b = torch.ones(2, 3), torch.full((4, 1), 2.0)
+    X, _ = collate_dicts([({"f": a}, {}), ({"f": b}, {})])
+    expected = torch.zeros(2, 4, 3)
+    expected[0, :2, :3] = 1.0
+    expected[1, :4, :1] = 2.0
+    assert torch.equal(X["f"], expected)
+
+
+def test_collate_rejects_ragged_3d_and_mixed_entries_naming_the_key():
+    with pytest.raises(ValueError, match=r"X_dict\['img'\]"):
+        collate_dicts([({"img": torch.zeros(1, 2, 2)}, {}), ({"img": torch.zeros(1, 3, 3)}, {})])
+    with pytest.raises(TypeError, match=r"X_dict\['x'\] mixes"):
+        collate_dicts([({"x": torch.zeros(1)}, {}), ({"x": "a"}, {})])
+
+
+def test_loader_yields_x_and_y_dicts():
+    X, Y = next(iter(DictDataLoader(_dataset(), batch_size=4)))
+    assert X["x"].shape == (4, 1) and X["ids"] == ["id0", "id1", "id2", "id3"] and Y["t"].tolist() == [0, 1, 2, 3]
+
+
+def test_loader_requires_dict_dataset():
+    with pytest.raises(TypeError, match="DictDataset"):
+        DictDataLoader(torch.utils.data.TensorDataset(torch.zeros(2)))
+
+
+def _order(loader):
+    return [i for _, Y in loader for i in Y["t"].tolist()]
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch():
+    a = DictDataLoader(_dataset(), batch_size=3, shuffle=True, seed=7)
+    b = DictDataLoader(_dataset(), batch_size=3, shuffle=True, seed=7)
+    first = _order(a)
+    assert sorted(first) == list(range(10)) and first == _order(b)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    second = _order(a)
+    assert second == _order(b) and second != first
+    a.set_epoch(0)
+    assert _order(a) == first
+
+
+def test_shuffle_seed_drawn_from_global_generator_when_not_given():
+    torch.manual_seed(3)
+    a = DictDataLoader(_dataset(), batch_size=3, shuffle=True)
+    torch.manual_seed(3)
+    b = DictDataLoader(_dataset(), batch_size=3, shuffle=True)
+    assert a.seed == b.seed and _order(a) == _order(b)
+
+
+def test_second_pass_within_an_epoch_is_reshuffled():
+    loader = DictDataLoader(_dataset(), batch_size=10, shuffle=True, seed=0)
+    assert _order(loader) != _order(loader)
+
+
+def test_unshuffled_loader_keeps_dataset_order():
+    assert _order(DictDataLoader(_dataset(), batch_size=4)) == list(range(10))
+
+
+def test_shards_cover_the_dataset_with_equal_lengths_per_rank():
+    shards = [list(EpochSampler(10, shuffle=True, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]
+    flat = [i for s in shards for i in s]
+    assert set(flat) == set(range(10)) and len(flat) == 12  # 2 indices repeated to pad
+
+
+def test_sharded_loaders_have_equal_batch_counts():
+    lengths = [len(DictDataLoader(_dataset(), batch_size=2, num_replicas=4, rank=r)) for r in range(4)]
+    assert lengths == [2, 2, 2, 2]
+
+
+def test_custom_sampler_cannot_be_combined_with_shuffle():
+    with pytest.raises(ValueError, match="custom sampler"):
+        DictDataLoader(_dataset(), sampler=range(10), shuffle=True)
+
+
+def test_invalid_rank_is_rejected():
+    with pytest.raises(ValueError, match="rank"):
+        DictDataLoader(_dataset(), num_replicas=2, rank=2)
+
+
+def test_move_to_device_recurses_and_keeps_other_values():
+    moved = move_to_device({"a": [torch.zeros(1), ("s", torch.ones(1))], "b": 3}, "meta")
+    assert moved["a"][0].device.type == "meta" and moved["a"][1][1].device.type == "meta"
+    assert moved["a"][1][0] == "s" and moved["b"] == 3

@@ -1,0 +1,301 @@
+import math
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+import torch
+from torch import nn
+
+from mtlkit.data import DictDataLoader, DictDataset
+from mtlkit.metrics import METRICS, Scorer, delta_m, labels_to_tasks, predict, score
+
+CLASSIFICATION = ["accuracy", "precision", "recall", "f1", "fbeta", "f1_micro", "f1_macro", "matthews_corrcoef", "roc_auc"]
+
+
+def _random_classification(n, num_classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    golds = torch.randint(0, num_classes, (n,), generator=g)
+    probs = torch.softmax(torch.randn(n, num_classes, generator=g) + 1.5 * nn.functional.one_hot(golds, num_classes), dim=1)
+    return golds, probs.argmax(1), probs
+
+
+def test_binary_metrics_match_sklearn():
+    golds, preds, probs = _random_classification(200, 2, seed=0)
+    got = Scorer(CLASSIFICATION, beta=0.5).score(golds, preds, probs)
+    y, p = golds.numpy(), preds.numpy()
+    expected = {
+        "accuracy": skm.accuracy_score(y, p),
+        "precision": skm.precision_score(y, p),
+        "recall": skm.recall_score(y, p),
+        "f1": skm.f1_score(y, p),
+        "fbeta": skm.fbeta_score(y, p, beta=0.5),
+        "f1_micro": skm.f1_score(y, p, average="micro"),
+        "f1_macro": skm.f1_score(y, p, average="macro"),
+        "matthews_corrcoef": skm.matthews_corrcoef(y, p),
+        "roc_auc": skm.roc_auc_score(y, probs[:, 1].numpy()),
+    }
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_multiclass_metrics_match_sklearn_macro_averages():
+    golds, preds, probs = _random_classification(300, 4, seed=1)
+    got = Scorer(CLASSIFICATION, beta=2.0).score(golds, preds, probs)
+    y, p = golds.numpy(), preds.numpy()
+    expected = {
+        "accuracy": skm.accuracy_score(y, p),
+        "precision": skm.precision_score(y, p, average="macro"),
+        "recall": skm.recall_score(y, p, average="macro"),
+        "f1": skm.f1_score(y, p, average="macro"),
+        "fbeta": skm.fbeta_score(y, p, beta=2.0, average="macro"),
+        "f1_micro": skm.f1_score(y, p, average="micro"),
+        "f1_macro": skm.f1_score(y, p, average="macro"),
+        "matthews_corrcoef": skm.matthews_corrcoef(y, p),
+        "roc_auc": skm.roc_auc_score(y, probs.double().numpy(), multi_class="ovr", average="macro"),
+    }
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_multiclass_macro_ignores_classes_absent_from_golds_and_preds_like_sklearn():
+    golds, preds = torch.tensor([0, 0, 1, 3, 3]), torch.tensor([0, 1, 1, 3, 0])
+    got = Scorer(["precision", "recall", "f1"]).score(golds, preds)
+    for name, func in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+        assert got[name] == pytest.approx(func(golds.numpy(), preds.numpy(), average="macro"), abs=1e-6)
+
+
+def test_regression_metrics_match_sklearn_including_multi_output():
+    g = torch.Generator().manual_seed(2)
+    golds, preds = torch.randn(50, generator=g), torch.randn(50, 1, generator=g)
+    scorer = Scorer(["mse", "mae", "r2"])
+    assert scorer.is_regression
+    got = scorer.score(golds, preds)
+    y, p = golds.numpy(), preds[:, 0].numpy()
+    assert got == pytest.approx({"mse": skm.mean_squared_error(y, p), "mae": skm.mean_absolute_error(y, p), "r2": skm.r2_score(y, p)}, abs=1e-5)
+    golds2, preds2 = torch.randn(40, 3, generator=g), torch.randn(40, 3, generator=g)
+    assert scorer.score(golds2, preds2)["r2"] == pytest.approx(skm.r2_score(golds2.numpy(), preds2.numpy()), abs=1e-5)
+
+
+def test_gold_abstains_are_dropped_and_pred_abstains_count_against_coverage_only():
+    # The example of Snorkel's own Scorer test.
+    golds = [1, 0, 1, 0, -1]
+    assert Scorer(["accuracy"], abstain_label=None).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])["accuracy"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="abstain label"):
+        Scorer(["accuracy"], abstain_label=None).score(golds, [1, 0, 1, 1, 0])
+    assert Scorer(["accuracy"]).score(golds, [1, 0, 1, 1, 0])["accuracy"] == pytest.approx(0.75)
+    got = Scorer(["accuracy", "coverage"]).score(golds, [-1, -1, 1, 1, 0])
+    assert got == pytest.approx({"accuracy": 0.5, "coverage": 0.5})
+
+
+def test_abstain_rows_match_sklearn_on_the_kept_rows():
+    golds, preds, probs = _random_classification(100, 3, seed=3)
+    golds[::7] = -1
+    got = Scorer(["f1_macro", "roc_auc"]).score(golds, preds, probs)
+    keep = golds != -1
+    y, p = golds[keep].numpy(), preds[keep].numpy()
+    assert got["f1_macro"] == pytest.approx(skm.f1_score(y, p, average="macro"), abs=1e-5)
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs[keep].double().numpy(), multi_class="ovr"), abs=1e-5)
+
+
+def test_nan_abstain_drops_missing_regression_targets():
+    golds, preds = torch.tensor([1.0, float("nan"), 3.0]), torch.tensor([2.0, 100.0, 3.0])
+    assert Scorer(["mse"], abstain_label=float("nan")).score(golds, preds)["mse"] == pytest.approx(0.5)
+
+
+def test_preds_default_to_argmax_of_probs_and_numpy_inputs_work():
+    golds, preds, probs = _random_classification(30, 3, seed=4)
+    scorer = Scorer(["accuracy"])
+    assert scorer.score(golds.numpy(), None, probs.numpy()) == scorer.score(golds, preds, probs)
+
+
+def test_custom_metric_functions_get_numpy_without_gold_abstains_and_return_float_or_dict():
+    def pred_sum(golds, preds, probs):
+        return np.sum(preds)
+
+    def pair(golds, preds, probs):
+        return {"a": 1, "kappa": skm.cohen_kappa_score(golds, preds)}
+
+    got = Scorer(["accuracy"], custom_metric_funcs={"pred_sum": pred_sum, "pair": pair}).score([1, 0, 1, -1], [1, 1, 1, 0])
+    kappa = skm.cohen_kappa_score([1, 0, 1], [1, 1, 1])
+    assert got == pytest.approx({"accuracy": 2 / 3, "pred_sum": 3.0, "a": 1.0, "kappa": kappa})
+
+
+def test_custom_metric_returning_a_non_number_is_an_error():
+    with pytest.raises(TypeError, match="custom metric 'bad'"):
+        Scorer(custom_metric_funcs={"bad": lambda g, p, pr: "x"}).score([0, 1], [0, 1])
+
+
+def test_unknown_metric_lists_allowed_names():
+    with pytest.raises(ValueError, match="Unrecognized metric 'f2'") as info:
+        Scorer(["accuracy", "f2"])
+    assert all(name in str(info.value) for name in METRICS)
+
+
+def test_mixing_classification_and_regression_metrics_is_an_error():
+    with pytest.raises(ValueError, match="mix classification and regression"):
+        Scorer(["accuracy", "mse"])
+
+
+def test_scoring_errors_name_the_problem():
+    with pytest.raises(ValueError, match="Cannot score empty"):
+        Scorer(["accuracy"]).score([], [])
+    with pytest.raises(ValueError, match="every gold label is the abstain label"):
+        Scorer(["accuracy"]).score([-1, -1], [0, 1])
+    with pytest.raises(ValueError, match=r"golds hold labels in \[0, 2\].*2 classes"):
+        Scorer(["accuracy"]).score([0, 2], None, torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
+    with pytest.raises(ValueError, match="1-D class indices"):
+        Scorer(["accuracy"]).score(torch.zeros(2, 2), [0, 1])
+    with pytest.raises(ValueError, match=r"roc_auc is undefined when gold labels lack classes \[0\]"):
+        Scorer(["roc_auc"]).score([1, 1], None, torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
+    with pytest.raises(ValueError, match="roc_auc' needs probs"):
+        Scorer(["roc_auc"]).score([0, 1], [0, 1])
+
+
+def test_delta_m_matches_hand_computation():
+    results = {"seg": {"accuracy": 0.8, "f1": 0.6}, "depth": {"mse": 0.9}}
+    baselines = {"seg": {"accuracy": 0.75, "f1": 0.5}, "depth": {"mse": 1.0}}
+    # seg: (+0.05/0.75 + 0.1/0.5)/2 = 0.1333...; depth: -(0.9-1.0)/1.0 = +0.1; mean = 0.11666... -> 11.666...%
+    assert delta_m(results, baselines) == pytest.approx(100 * ((0.05 / 0.75 + 0.2) / 2 + 0.1) / 2)
+    assert delta_m(results, baselines) == pytest.approx(35 / 3)
+
+
+def test_delta_m_directions_by_metric_or_by_task():
+    results, baselines = {"a": {"err": 2.0}, "b": {"err": 2.0}}, {"a": {"err": 4.0}, "b": {"err": 1.0}}
+    assert delta_m(results, baselines, {"err": False}) == pytest.approx(100 * (0.5 - 1.0) / 2)
+    assert delta_m(results, baselines, {"a": {"err": False}, "b": {"err": True}}) == pytest.approx(100 * (0.5 + 1.0) / 2)
+    with pytest.raises(ValueError, match="no known direction for metric 'err'"):
+        delta_m(results, baselines)
+    with pytest.raises(ValueError, match="baseline a/err is 0"):
+        delta_m(results, {"a": {"err": 0.0}}, {"err": False})
+    with pytest.raises(ValueError, match="results have no task 'c'"):
+        delta_m(results, {"c": {"err": 1.0}}, {"err": False})
+
+
+def test_delta_m_is_zero_at_the_baseline():
+    base = {"t": {"accuracy": 0.7, "mae": 0.3}}
+    assert delta_m(base, base) == 0.0
+
+
+# --- scoring loop ---------------------------------------------------------------------
+
+
+class _TwoTaskModel(nn.Module):
+    """A minimal MultiTaskModel: a classifier `cls` (3 classes) and a regressor `reg`."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = nn.ModuleDict({"cls": nn.Linear(2, 3), "reg": nn.Linear(2, 1)})
+        self.calls = []
+
+    @property
+    def task_names(self):
+        return ["cls", "reg"]
+
+    def task_outputs(self, X, task_names):
+        self.calls.append((list(task_names), self.training))
+        out = {}
+        if "cls" in task_names:
+            out["cls"] = torch.softmax(self.heads["cls"](X["x"]), dim=1)
+        if "reg" in task_names:
+            out["reg"] = self.heads["reg"](X["x"])
+        return out
+
+    def scorers(self):
+        return {"cls": Scorer(["accuracy", "f1_macro"]), "reg": Scorer(["mse"])}
+
+
+def _loader(name, split, Y, n=12, batch_size=5):
+    X = torch.randn(n, 2, generator=torch.Generator().manual_seed(len(name) + len(split)))
+    return DictDataLoader(DictDataset(name, split, {"x": X}, Y), batch_size=batch_size)
+
+
+def test_predict_returns_golds_probs_and_argmax_or_value_preds():
+    model = _TwoTaskModel()
+    loader = _loader("both", "valid", {"cls": torch.arange(12) % 3, "reg": torch.randn(12)})
+    results = predict(model, loader, return_preds=True)
+    X = loader.dataset.X_dict["x"]
+    with torch.no_grad():
+        probs = torch.softmax(model.heads["cls"](X), dim=1)
+        values = model.heads["reg"](X)
+    assert torch.allclose(results["probs"]["cls"], probs) and torch.equal(results["preds"]["cls"], probs.argmax(1))
+    assert torch.allclose(results["preds"]["reg"], values)
+    assert torch.equal(results["golds"]["cls"], torch.arange(12) % 3)
+
+
+def test_score_keys_by_label_dataset_split_metric_and_matches_scorer():
+    model = _TwoTaskModel()
+    a = _loader("onlycls", "test", {"cls": torch.arange(12) % 3})
+    b = _loader("both", "valid", {"cls": torch.full((12,), -1), "reg": torch.randn(12)})
+    scores = score(model, [a, b])
+    assert set(scores) == {"cls/onlycls/test/accuracy", "cls/onlycls/test/f1_macro", "reg/both/valid/mse"}
+    direct = predict(model, a, return_preds=True)
+    expected = skm.accuracy_score(direct["golds"]["cls"].numpy(), direct["preds"]["cls"].numpy())
+    assert scores["cls/onlycls/test/accuracy"] == pytest.approx(expected)
+    values = predict(model, b)["probs"]["reg"][:, 0]
+    assert scores["reg/both/valid/mse"] == pytest.approx(skm.mean_squared_error(b.dataset.Y_dict["reg"].numpy(), values.numpy()), abs=1e-6)
+
+
+def test_score_runs_only_labelled_tasks_in_eval_mode_and_restores_training_mode():
+    model = _TwoTaskModel()
+    model.train()
+    score(model, [_loader("onlycls", "test", {"cls": torch.arange(12) % 3})])
+    assert model.calls and all(tasks == ["cls"] and not training for tasks, training in model.calls)
+    assert model.training
+
+
+def test_remap_labels_scores_a_label_with_another_task_or_drops_it():
+    model = _TwoTaskModel()
+    loader = _loader("d", "train", {"other": torch.arange(12) % 3, "cls": torch.arange(12) % 3})
+    scores = score(model, [loader], remap_labels={"other": "cls", "cls": None})
+    assert set(scores) == {"other/d/train/accuracy", "other/d/train/f1_macro"}
+    with pytest.raises(ValueError, match="task 'nope'"):
+        score(model, [loader], remap_labels={"other": "nope"})
+
+
+def test_labels_to_tasks_matches_by_name():
+    assert labels_to_tasks(["a", "x"], ["a", "b"]) == {"a": "a"}
+
+
+def test_duplicate_dataset_split_is_an_error():
+    model = _TwoTaskModel()
+    loader = _loader("d", "train", {"cls": torch.arange(12) % 3})
+    with pytest.raises(ValueError, match="dataset 'd', split 'train'"):
+        score(model, [loader, loader])
+
+
+def test_token_level_labels_are_flattened_and_padding_ignored():
+    class Tagger(_TwoTaskModel):
+        def task_outputs(self, X, task_names):
+            return {"cls": torch.softmax(self.heads["cls"](X["x"]), dim=-1)}
+
+    seqs = [torch.randn(3, 2), torch.randn(1, 2), torch.randn(2, 2)]
+    tags = [torch.tensor([0, 1, 2]), torch.tensor([1]), torch.tensor([2, 0])]
+    ds = DictDataset("tok", "test", {"x": seqs}, {"cls": tags})
+    model = Tagger()
+    scores = score(model, [DictDataLoader(ds, batch_size=2)], scorers={"cls": Scorer(["accuracy"])})
+    with torch.no_grad():
+        pred = [model.heads["cls"](s).argmax(-1) for s in seqs]
+    correct = sum(int((p == t).sum()) for p, t in zip(pred, tags))
+    assert scores["cls/tok/test/accuracy"] == pytest.approx(correct / 6)
+
+
+def test_as_dataframe_has_snorkel_columns():
+    pd = pytest.importorskip("pandas")
+    frame = score(_TwoTaskModel(), [_loader("d", "test", {"cls": torch.arange(12) % 3})], as_dataframe=True)
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == ["label", "dataset", "split", "metric", "score"]
+    assert set(frame["metric"]) == {"accuracy", "f1_macro"}
+
+
+def test_one_d_classifier_outputs_are_rejected_with_advice():
+    class Flat(_TwoTaskModel):
+        def task_outputs(self, X, task_names):
+            return {"cls": X["x"][:, 0]}
+
+    with pytest.raises(ValueError, match="regression Scorer"):
+        score(Flat(), [_loader("d", "test", {"cls": torch.arange(12) % 3})])
+
+
+def test_scores_are_the_shortest_decimal_of_their_float32_value():
+    got = Scorer(["accuracy", "f1"]).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
+    assert got["accuracy"] == 0.6  # not 0.6000000238418579
+    assert got["f1"] == 0.6666667  # float32 precision: 2/3 to 7 digits

@@ -1,0 +1,140 @@
+import dataclasses
+
+import pytest
+import torch
+
+from mtlkit import ConfigError
+from mtlkit.training import TrainerConfig
+from mtlkit.training.config import parse_metric
+from mtlkit.weighting import get
+
+
+def test_defaults_live_in_the_record():
+    config = TrainerConfig()
+    assert (config.n_epochs, config.optimizer, config.lr_scheduler, config.weighting) == (1, "adam", "constant", "ew")
+    assert config.nonfinite_loss == "raise"
+
+
+def test_config_is_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainerConfig().lr = 1.0
+
+
+def test_unknown_key_is_named_with_close_spellings():
+    with pytest.raises(ConfigError, match=r"'n_epoch'.*Did you mean 'n_epochs'"):
+        TrainerConfig.from_dict({"n_epoch": 3})
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("optimizer", "adamm", "'sgd', 'adam', 'adamw', 'adamax'"),
+        ("lr_scheduler", "cosin", "'constant', 'linear', 'exponential', 'step', 'cosine'"),
+        ("warmup_unit", "steps", "'batches', 'epochs'"),
+        ("nonfinite_loss", "ignore", "'raise', 'skip'"),
+        ("precision", "fp16", "'fp32', 'bf16'"),
+        ("log_writers", ["csv"], "'json', 'tensorboard'"),
+        ("batch_scheduler", "shuffle", "'round_robin', 'sequential', 'shuffled', 'temperature'"),
+    ],
+)
+def test_bad_choice_names_the_key_and_allowed_values(key, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        TrainerConfig.from_dict({key: value})
+    assert key in str(info.value) and allowed in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("n_epochs", 0), ("n_epochs", 1.5), ("n_epochs", True), ("lr", 0), ("lr", "0.1"), ("l2", -1.0),
+     ("grad_clip", 0.0), ("log_every", 0), ("checkpoint_runway", -1), ("early_stopping", 0), ("seed", -3)],
+)
+def test_bad_number_is_rejected_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        TrainerConfig.from_dict({key: value})
+
+
+def test_warmup_in_batches_must_be_whole():
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        TrainerConfig(warmup_steps=2.5)
+    assert TrainerConfig(warmup_steps=0.5, warmup_unit="epochs").warmup_steps == 0.5
+
+
+@pytest.mark.parametrize(
+    "text", ["a/b/c/accuracy", "a/b/c/accuracy:maximum", "a/b/accuracy:max", "a//c/d:min", "a/b/c/d:max:min"]
+)
+def test_malformed_checkpoint_metric_is_rejected_when_the_trainer_starts(text):
+    with pytest.raises(ConfigError, match="checkpoint_metric"):
+        TrainerConfig(checkpoint_metric=text)
+
+
+def test_checkpoint_metric_splits_into_key_and_mode():
+    assert parse_metric("circle_task/circleDataset/valid/accuracy:max") == (
+        "circle_task/circleDataset/valid/accuracy",
+        "max",
+    )
+
+
+def test_scheduler_that_needs_an_option_says_which():
+    with pytest.raises(ConfigError, match="step_size"):
+        TrainerConfig(lr_scheduler="step")
+    with pytest.raises(ConfigError, match="gamma"):
+        TrainerConfig(lr_scheduler="exponential")
+
+
+def test_unknown_optimizer_option_is_named_with_close_spellings():
+    with pytest.raises(ConfigError, match=r"'momentun'.*Did you mean 'momentum'"):
+        TrainerConfig(optimizer="sgd", optimizer_kwargs={"momentun": 0.9})
+
+
+def test_optimizer_kwargs_cannot_shadow_lr_or_l2():
+    with pytest.raises(ConfigError, match="lr and l2"):
+        TrainerConfig(optimizer_kwargs={"weight_decay": 0.1})
+
+
+def test_any_torch_optimizer_class_or_its_name_is_accepted():
+    class MySGD(torch.optim.SGD):
+        pass
+
+    assert TrainerConfig(optimizer="RAdam").optimizer == "RAdam"
+    assert TrainerConfig(optimizer=MySGD, optimizer_kwargs={"momentum": 0.5}).optimizer is MySGD
+    with pytest.raises(ConfigError, match="not a torch.optim.Optimizer"):
+        TrainerConfig(optimizer=dict)
+
+
+def test_weighting_forms_normalise_to_name_or_name_and_options():
+    assert TrainerConfig(weighting="dwa").weighting == "dwa"
+    tuple_form = TrainerConfig(weighting=("dwa", {"temperature": 3.0})).weighting
+    dict_form = TrainerConfig(weighting={"name": "dwa", "temperature": 3.0}).weighting
+    yaml_form = TrainerConfig(weighting=["dwa", {"temperature": 3.0}]).weighting
+    assert tuple_form[0] == dict_form[0] == yaml_form[0] == "dwa"
+    assert dict(tuple_form[1]) == dict(dict_form[1]) == dict(yaml_form[1]) == {"temperature": 3.0}
+    balancer = get("ew")
+    assert TrainerConfig(weighting=balancer).weighting is balancer
+
+
+def test_unknown_weighting_name_suggests_close_names():
+    with pytest.raises(ConfigError, match=r"'dwaa'.*Did you mean 'dwa'"):
+        TrainerConfig(weighting="dwaa")
+
+
+def test_splits_and_writers_accept_a_single_name():
+    config = TrainerConfig(train_split="training", log_writers="tensorboard")
+    assert config.train_split == ("training",)
+    assert config.log_writers == ("tensorboard",)
+
+
+def test_to_dict_is_plain_and_round_trips():
+    config = TrainerConfig(optimizer=torch.optim.RAdam, weighting=("dwa", {"temperature": 3.0}), device="cpu")
+    plain = config.to_dict()
+    assert plain["optimizer"] == "RAdam" and plain["weighting"] == ["dwa", {"temperature": 3.0}]
+    assert plain["device"] == "cpu"
+    assert TrainerConfig.from_dict(plain) == TrainerConfig.from_dict(TrainerConfig.from_dict(plain).to_dict())
+
+
+def test_objects_a_checkpoint_cannot_hold_are_listed():
+    class MySGD(torch.optim.SGD):
+        pass
+
+    config = TrainerConfig(optimizer=MySGD, weighting=get("ew"))
+    assert config.unsaved_keys() == ["optimizer", "weighting"]
+    assert config.to_dict()["optimizer"] is None

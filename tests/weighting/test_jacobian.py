@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from mtlkit.weighting import GradientBalancer
+from mtlkit.weighting.jacobian import gramian, jacobian
+
+
+def _sequential_reference(losses, inputs):
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, inputs)]))
+    return torch.stack(rows)
+
+
+def test_batched_jacobian_equals_one_autograd_grad_call_per_task(small_mtl):
+    model = small_mtl(num_tasks=4, dtype=torch.float64)
+    losses, _ = model()
+    params = list(model.parameters())
+    J = jacobian(torch.stack(losses), params)
+    assert torch.allclose(J, _sequential_reference(losses, params), atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7])
+def test_chunked_and_sequential_jacobians_equal_the_unchunked_one(small_mtl, chunk_size):
+    model = small_mtl(num_tasks=5, dtype=torch.float64)
+    losses, rep = model()
+    vec = torch.stack(losses)
+    inputs = [rep, *model.trunk.parameters()]
+    full = jacobian(vec, inputs)
+    assert torch.allclose(jacobian(vec, inputs, chunk_size=chunk_size), full, atol=1e-12)
+
+
+def test_inputs_a_loss_does_not_reach_get_zero_columns(small_mtl):
+    model = small_mtl(num_tasks=2)
+    losses, _ = model()
+    head0 = list(model.heads[0].parameters())
+    J = jacobian(torch.stack(losses), head0)
+    assert J[1].abs().sum() == 0 and J[0].abs().sum() > 0
+
+
+def test_chunk_size_below_one_is_rejected(small_mtl):
+    losses, rep = small_mtl()()
+    with pytest.raises(ValueError, match="chunk_size"):
+        jacobian(torch.stack(losses), [rep], chunk_size=0)
+
+
+class _NumpyDouble(torch.autograd.Function):
+    """Leaves PyTorch in its backward, which vmap cannot batch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.from_numpy(grad.detach().numpy() * 2)
+
+
+def test_unbatchable_backward_falls_back_to_sequential_with_a_warning():
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = _NumpyDouble.apply(x)
+    losses = torch.stack([y.sum(), (y**2).sum()])
+    with pytest.warns(RuntimeWarning, match="chunk_size=1"):
+        J = jacobian(losses, [x])
+    expected = torch.stack([torch.full_like(x, 2.0), 8 * x.detach()])
+    assert torch.allclose(J, expected)
+
+
+def test_errors_that_are_not_about_batching_propagate():
+    x = torch.randn(3, requires_grad=True)
+    losses = torch.stack([(x * 2).sum(), (x**2).sum()])
+    losses.sum().backward()  # frees the graph
+    with pytest.raises(RuntimeError, match="second time"):
+        jacobian(losses, [x])
+
+
+class _FixedWeights(GradientBalancer):
+    """A linear aggregation: the case where rep mode and param mode must agree."""
+
+    def weights(self, G):
+        return torch.linspace(0.5, 1.5, G.shape[0], dtype=G.dtype)
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_rep_mode_equals_param_mode_for_a_fixed_combination(small_mtl):
+    by_params, by_reps = small_mtl(dtype=torch.float64), small_mtl(dtype=torch.float64)
+    losses, _ = by_params()
+    _FixedWeights().backward(losses, shared_params=by_params.trunk.parameters())
+    losses, rep = by_reps()
+    _FixedWeights().backward(losses, shared_reps=rep)
+    expected, actual = _grads(by_params), _grads(by_reps)
+    for name in expected:
+        assert torch.allclose(actual[name], expected[name], atol=1e-12), name
+
+
+def test_heads_get_their_own_unweighted_gradient_in_both_modes(small_mtl):
+    for mode in ("params", "reps"):
+        model = small_mtl(dtype=torch.float64)
+        losses, rep = model()
+        reference = [torch.autograd.grad(loss, list(head.parameters()), retain_graph=True) for loss, head in zip(losses, model.heads)]
+        kwargs = {"shared_params": model.trunk.parameters()} if mode == "params" else {"shared_reps": rep}
+        _FixedWeights().backward(losses, **kwargs)
+        for head, grads in zip(model.heads, reference):
+            for p, g in zip(head.parameters(), grads):
+                assert torch.allclose(p.grad, g, atol=1e-12), mode
+
+
+def test_gramian_is_the_matrix_of_row_inner_products():
+    J = torch.randn(3, 7, dtype=torch.float64)
+    G = gramian(J)
+    assert torch.allclose(G[0, 2], J[0] @ J[2]) and torch.allclose(G, G.T)
