@@ -11,11 +11,12 @@ The upstream tutorial: https://github.com/snorkel-team/snorkel-tutorials (multit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from mtlkit import DictDataLoader, DictDataset, MultitaskClassifier, Operation, Scorer, Task, Trainer
 from mtlkit.data.tutorial import make_circle_dataset, make_inv_circle_dataset, make_square_dataset
@@ -25,7 +26,7 @@ N = 1000  # data points per dataset
 R = 1  # unit distance
 
 
-def make_dataloaders(name: str, splits, batch_size: int = 32) -> list[DictDataLoader]:
+def make_dataloaders(name: str, splits: Sequence[tuple[Tensor, Tensor]], batch_size: int = 32) -> list[DictDataLoader]:
     """One loader per split; X field `<name>_data`, labels for task `<name>_task`."""
     loaders = []
     for split, (X, Y) in zip(("train", "valid", "test"), splits):
@@ -100,7 +101,7 @@ def main(seed: int = SEED, verbose: bool = True) -> tuple[MultitaskClassifier, d
 def _print_scores(title: str, scores: dict[str, float]) -> None:
     print(title)
     for key, value in scores.items():
-        print(f"  {key:45s} {value:.3f}")
+        print(f"  {key:50s} {value:.3f}")
 
 
 if __name__ == "__main__":

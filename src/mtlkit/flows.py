@@ -48,8 +48,9 @@ class Operation:
             ``(op_name, key)`` selecting ``output[key]`` (a dict key or a tuple
             index). ``"_input_"`` names the batch's X dict, so
             ``("_input_", "circle_data")`` is that field of the batch.
-        name: the operation's name (default: `module_name`). Operations with the same
-            name in several tasks are one computation, run once per forward pass.
+        name: the operation's name (default: `module_name`). Tasks whose operations
+            agree in name, module and inputs share one computation, run once per
+            forward pass.
 
     Departure from Snorkel: an operation must name its inputs (Snorkel passes the
     dict of all earlier outputs to a module whose `inputs` is empty).
@@ -75,13 +76,6 @@ class Operation:
     def sources(self) -> list[str]:
         """The operation names this operation reads from (``"_input_"`` included)."""
         return [ref if isinstance(ref, str) else ref[0] for ref in self.inputs]
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Operation):
-            return NotImplemented
-        return (self.name, self.module_name, self.inputs) == (other.name, other.module_name, other.inputs)
-
-    __hash__ = None  # mutable attributes: equality by value, not hashable
 
     def __repr__(self) -> str:
         return f"Operation(name={self.name!r}, module_name={self.module_name!r}, inputs={self.inputs!r})"
@@ -130,10 +124,6 @@ class Task:
         """The name of the last operation, whose output the loss and output functions get."""
         return self.op_sequence[-1].name
 
-    def module_names(self) -> list[str]:
-        """The pool keys the op sequence uses, in first-use order."""
-        return list(dict.fromkeys(op.module_name for op in self.op_sequence))
-
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, ops={[op.name for op in self.op_sequence]})"
 
@@ -156,10 +146,12 @@ class MultitaskClassifier(nn.Module):
 
     Departures from Snorkel: no `DataParallel` wrapping; `device=None` by default
     (Snorkel moves to GPU 0); reusing a module name for a different module object,
-    a task name twice, or an operation name for a different operation is a
-    `SpecError` (Snorkel keeps the first silently); a label in `calculate_loss`'s
-    Y dict with no task of that name is an error (a typo would otherwise train
-    nothing); `load` refuses pickled code (`torch.load(weights_only=True)`).
+    or a task name, is a `SpecError` (Snorkel keeps the first silently); an
+    operation name that two tasks define differently becomes two graph nodes
+    (Snorkel caches by name, so a forward for both tasks fed the second task the
+    first one's input); a label in `calculate_loss`'s Y dict with no task of that
+    name is an error (a typo would otherwise train nothing); `load` refuses pickled
+    code (`torch.load(weights_only=True)`).
 
     Implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
     it and any balancer acts on `shared_parameters()`.
@@ -177,6 +169,7 @@ class MultitaskClassifier(nn.Module):
         self.tasks: dict[str, Task] = {}
         self.task_graph = TaskGraph([], outputs=[])
         self._heads: dict[str, str] = {}  # task name -> graph node of its last operation
+        self._shared_keys: set[str] = set()  # pool keys of the modules more than one task's head needs
         for task in tasks:
             self.add_task(task)
         if device is not None:
@@ -188,9 +181,8 @@ class MultitaskClassifier(nn.Module):
         The task's new modules are moved to the model's device (as in Snorkel).
 
         Raises:
-            SpecError: the task name is taken, a module name is bound to a different
-                module object, or an operation name to a different operation. The model
-                is left unchanged.
+            SpecError: the task name is taken, or one of its module names is bound to a
+                different module object; the model is left unchanged.
         """
         self._check_new_task(task)
         nodes, heads = _compile([*self.tasks.values(), task])
@@ -200,6 +192,7 @@ class MultitaskClassifier(nn.Module):
             if key not in self.module_pool:
                 self.module_pool[key] = module if device is None else module.to(device)
         self.task_graph, self._heads = graph, heads
+        self._shared_keys = _shared_module_keys(graph, heads)
         self.tasks[task.name] = task
 
     @property
@@ -311,17 +304,12 @@ class MultitaskClassifier(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters of the modules that more than one task's head depends on."""
-        users: dict[str, int] = {}
-        for task in self.tasks.values():
-            keys = {self.task_graph.nodes[n].module_key for n in self.task_graph.needed([self._heads[task.name]])}
-            for key in keys:
-                users[key] = users.get(key, 0) + 1
         shared: dict[int, nn.Parameter] = {}
-        for key, count in users.items():
-            if count > 1:
-                for p in self.module_pool[key].parameters():
+        for key, module in self.module_pool.items():
+            if key in self._shared_keys:
+                for p in module.parameters():
                     shared.setdefault(id(p), p)
-        return [p for p in self.parameters() if id(p) in shared]
+        return list(shared.values())
 
     def task_outputs(self, X: Mapping[str, Any], task_names: list[str]) -> dict[str, Any]:
         """Each named task's `output_func` applied to its last operation's output."""
@@ -392,6 +380,14 @@ def _compile(tasks: Sequence[Task]) -> tuple[list[Node], dict[str, str]]:
     ]
     heads = {task.name: node_names[identities[task.name][task.op_sequence[-1].name]] for task in tasks}
     return nodes, heads
+
+
+def _shared_module_keys(graph: TaskGraph, heads: Mapping[str, str]) -> set[str]:
+    users: dict[str, int] = {}
+    for head in heads.values():
+        for key in {graph.nodes[name].module_key for name in graph.needed([head])}:
+            users[key] = users.get(key, 0) + 1
+    return {key for key, count in users.items() if count > 1}
 
 
 def _refs(op: Operation) -> list[tuple[str, str | int | None]]:

@@ -14,8 +14,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torchmetrics.functional as tmf
-import torchmetrics.functional.classification as tmc
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -43,6 +41,14 @@ HIGHER_IS_BETTER: dict[str, bool] = {name: True for name in CLASSIFICATION_METRI
 }
 
 CustomMetric = Callable[..., Any]  # (golds, preds, probs) as NumPy arrays -> float or {name: float}
+
+
+def _torchmetrics() -> Any:
+    # Imported on first use: `import torchmetrics` pulls in scipy and matplotlib when they are
+    # installed, which would more than double the time of `import mtlkit`.
+    import torchmetrics.functional
+
+    return torchmetrics.functional
 
 
 def _as_float(value: Tensor) -> float:
@@ -200,6 +206,7 @@ class Scorer:
     def _classification_metric(
         self, metric: str, golds: Tensor, preds: Tensor, probs: Tensor | None, num_classes: int
     ) -> Tensor:
+        tmc = _torchmetrics().classification
         binary = num_classes == 2
         if metric == "accuracy":
             return tmc.multiclass_accuracy(preds, golds, num_classes, average="micro")
@@ -223,6 +230,7 @@ class Scorer:
 
     @staticmethod
     def _roc_auc(golds: Tensor, probs: Tensor | None, num_classes: int) -> Tensor:
+        tmc = _torchmetrics().classification
         if probs is None:
             raise ValueError("Scorer: metric 'roc_auc' needs probs")
         missing = sorted(set(range(num_classes)) - set(golds.unique().tolist()))
@@ -246,6 +254,7 @@ class Scorer:
             values = values.squeeze(-1)
         if values.shape != golds.shape:
             raise ValueError(f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}")
+        tmf = _torchmetrics()
         funcs = {"mse": tmf.mean_squared_error, "mae": tmf.mean_absolute_error, "r2": tmf.r2_score}
         return {metric: _as_float(funcs[metric](values, golds)) for metric in self.metrics}
 

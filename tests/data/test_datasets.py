@@ -269,6 +269,20 @@ def test_multi_mnist_resizes_to_the_requested_side():
     assert _one(data, "test").X_dict["image"].shape == (50, 1, 14, 14)
 
 
+# --- correlated_regression --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("correlation, low, high", [(1.0, 0.98, 1.0), (0.0, -0.1, 0.1)])
+def test_correlated_regression_task_correlation_follows_the_parameter(correlation, low, high):
+    data = load("correlated_regression", n=2000, dim=8, correlation=correlation, seed=0)
+    _check_labels(data)
+    assert [len(_one(data, s)) for s in SPLITS] == [1600, 200, 200]
+    Y = _one(data, "train").Y_dict
+    pearson = torch.corrcoef(torch.stack([Y["task1"], Y["task2"]]))[0, 1].item()
+    assert low <= pearson <= high
+    assert abs(Y["task1"].mean().item()) < 1e-5 and abs(Y["task1"].std(unbiased=False).item() - 1) < 1e-4
+
+
 # --- circles / squares --------------------------------------------------------------------------
 
 

@@ -14,16 +14,18 @@ from mtlkit.training import StepOutput
 class ToyMTL(nn.Module):
     """Shared Linear+ReLU(+Dropout) trunk, one Linear head per task, cross-entropy; label -1 = none.
 
-    `rep_grad=True` returns the trunk output as `shared_reps`. `interrupt_at` raises
+    `rep_grad=True` returns the trunk output as `shared_reps`; `nan_grad=True` makes
+    every gradient NaN while the losses stay finite. `interrupt_at` raises
     KeyboardInterrupt on that call of `training_step` (to cut a run short).
     """
 
-    def __init__(self, tasks=("a", "b"), rep_grad=False, dropout=0.0, interrupt_at=None):
+    def __init__(self, tasks=("a", "b"), rep_grad=False, dropout=0.0, interrupt_at=None, nan_grad=False):
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Dropout(dropout))
         self.heads = nn.ModuleDict({t: nn.Linear(8, 2) for t in tasks})
         self.rep_grad = rep_grad
         self.interrupt_at = interrupt_at
+        self.nan_grad = nan_grad
         self.calls = 0
         self.trunk_dtypes: list[torch.dtype] = []
 
@@ -42,6 +44,8 @@ class ToyMTL(nn.Module):
             mask = y != -1
             if task in self.heads and mask.any():
                 losses[task] = F.cross_entropy(self.heads[task](h)[mask], y[mask])
+                if self.nan_grad:  # adds 0 to the loss and NaN to its gradient (d sqrt(u)/du at u = 0)
+                    losses[task] = losses[task] + (h * 0).sum().abs().sqrt()
                 counts[task] = int(mask.sum())
         return StepOutput(losses, counts, [h] if self.rep_grad else None)
 

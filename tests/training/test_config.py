@@ -138,3 +138,8 @@ def test_objects_a_checkpoint_cannot_hold_are_listed():
     config = TrainerConfig(optimizer=MySGD, weighting=get("ew"))
     assert config.unsaved_keys() == ["optimizer", "weighting"]
     assert config.to_dict()["optimizer"] is None
+
+
+def test_snorkel_nested_option_points_to_the_flat_options():
+    with pytest.raises(ConfigError, match="checkpoint_dir, checkpoint_metric"):
+        TrainerConfig.from_dict({"checkpointer_config": {"checkpoint_dir": "c"}})

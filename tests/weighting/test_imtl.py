@@ -56,7 +56,7 @@ def test_imtl_g_handles_two_identical_task_gradients():
     assert torch.isfinite(alpha).all() and torch.allclose(p, p[0].expand_as(p), rtol=1e-8)
 
 
-def _fit_scales(balancer, values, steps=400, lr=0.1):
+def _fit_scales(balancer, values, steps=100, lr=0.5):
     losses = [torch.tensor(v, requires_grad=True) for v in values]
     optimizer = torch.optim.SGD(balancer.parameters(), lr=lr)
     for _ in range(steps):
@@ -143,3 +143,8 @@ def test_constructor_rejects_unknown_method_and_mismatched_sizes():
         IMTL(num_losses=2, tasks=3)
     with pytest.raises(ValueError, match="init_loss has 1 values for 2"):
         IMTL(num_losses=2, init_loss=[0.0])
+
+
+def test_learning_scales_without_a_loss_count_says_to_give_num_losses():
+    with pytest.raises(ValueError, match="num_losses="):
+        IMTL("hybrid")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mtlkit.weighting import GradientBalancer
-from mtlkit.weighting.jacobian import gramian, jacobian
+from mtlkit.weighting.jacobian import gramian, jacobian, rep_jacobian, task_jacobian
 
 
 def _sequential_reference(losses, inputs):
@@ -113,3 +113,35 @@ def test_gramian_is_the_matrix_of_row_inner_products():
     J = torch.randn(3, 7, dtype=torch.float64)
     G = gramian(J)
     assert torch.allclose(G[0, 2], J[0] @ J[2]) and torch.allclose(G, G.T)
+
+
+def test_per_task_jacobian_equals_the_batched_one(small_mtl):
+    model = small_mtl(num_tasks=4, dtype=torch.float64)
+    losses, rep = model()
+    inputs = [rep, *model.trunk.parameters()]
+    assert torch.allclose(task_jacobian(losses, inputs), jacobian(torch.stack(losses), inputs), atol=1e-12)
+
+
+def test_one_pass_rep_jacobian_equals_per_task_passes(small_mtl):
+    model = small_mtl(num_tasks=4, dtype=torch.float64)
+    losses, rep = model()
+    losses[2] = losses[2] + (rep * rep).mean()  # a task reading the representation twice
+    assert torch.allclose(rep_jacobian(losses, [rep]), task_jacobian(losses, [rep]), atol=1e-12)
+
+
+def test_rep_jacobian_with_a_layer_shared_after_the_representation_is_still_exact(small_mtl):
+    model = small_mtl(num_tasks=3, dtype=torch.float64)
+    _, rep = model()
+    shared = torch.tanh(rep)  # read by every task: one pass cannot separate them
+    losses = [((head(shared) - y) ** 2).mean() for head, y in zip(model.heads, model.y)]
+    assert torch.allclose(rep_jacobian(losses, [rep]), task_jacobian(losses, [rep]), atol=1e-12)
+
+
+def test_rep_jacobian_over_two_representations_and_an_unreached_one(small_mtl):
+    model = small_mtl(num_tasks=2, dtype=torch.float64)
+    _, rep = model()
+    a, b = rep[:, :3], rep[:, 3:]
+    unused = rep * 2
+    losses = [(a**2).sum(), (a * b).sum()]
+    J = rep_jacobian(losses, [a, b, unused])
+    assert torch.allclose(J, task_jacobian(losses, [a, b, unused]), atol=1e-12)

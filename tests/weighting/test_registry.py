@@ -30,3 +30,9 @@ def test_a_name_cannot_be_taken_twice():
 def test_available_lists_the_loss_methods_and_imtl_variants():
     names = set(available())
     assert {"ew", "uw", "dwa", "rlw", "gls", "famo", "stch", "imtl_l", "imtl_g", "imtl", "imtl_h"} <= names
+
+
+def test_available_without_aliases_lists_each_method_once_by_its_main_name():
+    names = available(aliases=False)
+    assert "ew" in names and "equal" not in names and "imtl" in names and "imtl_h" not in names
+    assert len({type(get(n, tasks=2)) for n in names}) == len(names)

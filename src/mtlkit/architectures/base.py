@@ -351,7 +351,7 @@ def _task_names(task_name: Sequence[str], arch: str) -> list[str]:
 
 
 def _per_task(mapping: Mapping[str, Any], tasks: list[str], what: str, arch: str, every: bool = False) -> dict:
-    if not isinstance(mapping, Mapping):
+    if not isinstance(mapping, (Mapping, nn.ModuleDict)):
         raise TypeError(f"{arch}: {what} must be a dict task -> value, got {type(mapping).__name__}")
     unknown = [key for key in mapping if key not in tasks]
     if unknown:

@@ -38,7 +38,7 @@ class MTLModel(nn.Module):
     ``loss += l_weights[i] * l_funcs[i](y_hat[i], y[i])``: the weight is a free
     learnable scale with no regulariser, so gradient descent shrinks it (and can
     drive it below zero) rather than balancing tasks. For principled learnable
-    weights use a balancer such as uncertainty weighting from `mtlkit.weighting`.
+    weights use a balancer, e.g. uncertainty weighting ``mtlkit.weighting.get("uw")``.
 
     Also implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer`
     can train it: `training_step` returns ``loss_weight * loss(y_hat, y)`` per task

@@ -37,6 +37,17 @@ LOG_WRITERS = ("json", "tensorboard")
 NONFINITE_POLICIES = ("raise", "skip")
 PRECISIONS = ("fp32", "bf16")
 METRIC_MODES = ("min", "max")
+DIST_BACKENDS = ("gloo", "nccl")
+
+# Snorkel's nested Trainer options and the flat options that replace them.
+_SNORKEL_NESTED = {
+    "checkpointer_config": "checkpoint_dir, checkpoint_metric, checkpoint_every, checkpoint_runway",
+    "log_manager_config": "evaluate_every (epochs)",
+    "log_writer": "log_writers=['json'] or ['tensorboard']",
+    "log_writer_config": "log_dir",
+    "lr_scheduler_config": "warmup_steps, warmup_unit, lr_scheduler_kwargs",
+    "optimizer_config": "optimizer_kwargs",
+}
 
 WeightingSpec = Union[str, tuple, Mapping, Balancer]
 
@@ -63,12 +74,22 @@ class TrainerConfig:
             (or W epochs with warmup_unit='epochs'), before the schedule starts.
         weighting: how task losses become gradients: a balancer name ('ew' = sum of
             losses), `(name, kwargs)`, `{'name': name, **kwargs}`, or a `Balancer`.
-        nonfinite_loss: 'raise' a FloatingPointError naming the task, step and dataset,
-            or 'skip' the step (no update).
+        nonfinite_loss: when a task loss (or, with grad_clip, the gradient norm) is not
+            finite: 'raise' a FloatingPointError naming the task, step and dataset, or
+            'skip' the step (no update, no LR-schedule step; `Trainer.skipped_steps`).
         precision: 'fp32', or 'bf16' for `torch.autocast` with bfloat16 (CPU and CUDA;
             needs no loss scaling). fp16 is left out: its loss scaling would change the
             losses that loss-based balancers see.
-        device: where to train; None keeps the model where it is.
+        device: where to train; None keeps the model where it is (with distributed=True:
+            `cuda:LOCAL_RANK` when CUDA is available, else the CPU; 'cuda' means `cuda:LOCAL_RANK`).
+    Multi-process training (see docs/distributed.md)
+        distributed: train as one rank of a torch.distributed run launched by `torchrun`:
+            the training loaders are sharded across ranks (`batch_size` is per rank), the
+            balancer sees the global batch's losses and gradients, and rank 0 alone logs
+            and writes checkpoints.
+        dist_backend: 'gloo' or 'nccl'; None picks 'nccl' on CUDA and 'gloo' on the CPU.
+        dist_timeout: seconds a collective may wait for the other ranks before failing
+            (applies to the process group the Trainer creates).
     Data
         batch_scheduler: 'shuffled', 'sequential', 'round_robin', 'temperature' (built
             with `seed`), or a `mtlkit.data.BatchScheduler` object (used as it is).
@@ -78,17 +99,20 @@ class TrainerConfig:
             `fit`, and the batch scheduler built by name; None leaves the global
             generators as they are and draws the scheduler's seed from torch's.
     Evaluation, logging, checkpoints
-        evaluate_every: epochs between scorings of the validation loaders.
+        evaluate_every: epochs between scorings of the validation loaders (and after
+            the last epoch).
         progress_bar: a tqdm bar per epoch showing the running loss.
         logging, log_writers, log_dir, log_every: write 'json' lines (`log.jsonl`) and/or
             'tensorboard' events into log_dir; training records every log_every batches.
         checkpointing, checkpoint_dir, checkpoint_every: write the full training state
-            to `checkpoint_dir/last.pt` every checkpoint_every epochs and the best model
-            to `checkpoint_dir/best.pt`.
+            to `checkpoint_dir/last.pt` every checkpoint_every epochs and after the last
+            (resume with `fit(..., resume_from=...)`), and the best model's weights to
+            `checkpoint_dir/best.pt`.
         checkpoint_metric: 'task/dataset/split/metric:min|max' that defines the best
             model; it is tracked (and the best model restored at the end of `fit`)
             when checkpointing or early_stopping is on. The Trainer adds
-            'model/all/train/loss' and 'task/dataset/train/loss' to the scores.
+            'model/all/train/loss' and 'task/dataset/split/loss' of the training
+            loaders (epoch means) to the scores.
         checkpoint_runway: epochs before the best model is tracked.
         early_stopping: stop after this many evaluations without improvement of the
             checkpoint metric; None = never.
@@ -108,6 +132,9 @@ class TrainerConfig:
     nonfinite_loss: str = "raise"
     precision: str = "fp32"
     device: str | torch.device | None = None
+    distributed: bool = False
+    dist_backend: str | None = None
+    dist_timeout: float = 600.0
 
     batch_scheduler: Any = "shuffled"
     train_split: tuple[str, ...] = ("train",)
@@ -133,6 +160,10 @@ class TrainerConfig:
         """Build from user keys, naming any unknown key and its close spellings."""
         known = [f.name for f in fields(cls)]
         for key in config:
+            if key in _SNORKEL_NESTED:
+                raise ConfigError(
+                    f"{key!r} is Snorkel's nested form; mtlkit's Trainer options are flat: use {_SNORKEL_NESTED[key]}"
+                )
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=3)
                 hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -158,13 +189,16 @@ class TrainerConfig:
         _choice(self, "precision", PRECISIONS)
         if self.device is not None:
             _set(self, "device", _device(self.device))
+        if self.dist_backend is not None:
+            _choice(self, "dist_backend", DIST_BACKENDS)
+        _number(self, "dist_timeout", positive=True)
         _check_batch_scheduler(self.batch_scheduler)
         for key in ("train_split", "valid_split", "test_split"):
             _set(self, key, _names(key, getattr(self, key)))
         if self.seed is not None:
             _int(self, "seed", minimum=0)
         _int(self, "evaluate_every", minimum=1)
-        for key in ("progress_bar", "logging", "checkpointing"):
+        for key in ("distributed", "progress_bar", "logging", "checkpointing"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be True or False, got {getattr(self, key)!r}")
         _set(self, "log_writers", _names("log_writers", self.log_writers))
@@ -208,11 +242,9 @@ class TrainerConfig:
     def unsaved_keys(self) -> list[str]:
         """Keys whose value is an object or a class outside torch, which a checkpoint cannot hold."""
         unsaved = []
-        if isinstance(self.optimizer, type) and getattr(torch.optim, self.optimizer.__name__, None) is not self.optimizer:
+        if not _in_module(self.optimizer, torch.optim):
             unsaved.append("optimizer")
-        if isinstance(self.lr_scheduler, type) and (
-            getattr(torch.optim.lr_scheduler, self.lr_scheduler.__name__, None) is not self.lr_scheduler
-        ):
+        if not _in_module(self.lr_scheduler, torch.optim.lr_scheduler):
             unsaved.append("lr_scheduler")
         if not isinstance(self.weighting, (str, tuple)):
             unsaved.append("weighting")
@@ -261,7 +293,9 @@ def _check_optimizer(spec: Any, kwargs: Mapping[str, Any]) -> None:
             raise ConfigError(f"optimizer={spec.__name__} is not a torch.optim.Optimizer subclass")
     elif not isinstance(spec, str) or (spec not in OPTIMIZERS and spec not in torch_names):
         raise ConfigError(
-            _not_allowed("optimizer", spec, list(OPTIMIZERS), "the name of a torch.optim optimizer or an Optimizer subclass")
+            _not_allowed(
+                "optimizer", spec, list(OPTIMIZERS), "the name of a torch.optim optimizer or an Optimizer subclass"
+            )
         )
     reserved = {"params", "lr", "weight_decay"} & set(kwargs)
     if reserved:
@@ -290,6 +324,11 @@ def _check_lr_scheduler(spec: Any, kwargs: Mapping[str, Any]) -> None:
             example = ", ".join(f"{k!r}: ..." for k in missing)
             raise ConfigError(f"lr_scheduler={spec!r} needs lr_scheduler_kwargs={{{example}}} (counted in batches)")
     _check_kwargs("lr_scheduler_kwargs", resolve_lr_scheduler(spec), kwargs, skip=1)
+
+
+def _in_module(spec: Any, module: Any) -> bool:
+    """A name, or a class that `module` exports under its own name (so that the name finds it again)."""
+    return not isinstance(spec, type) or getattr(module, spec.__name__, None) is spec
 
 
 def _check_kwargs(key: str, cls: type, kwargs: Mapping[str, Any], skip: int) -> None:

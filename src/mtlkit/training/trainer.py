@@ -6,12 +6,18 @@ the balancer's `backward` fills `.grad` (on the shared parameters, or through th
 shared representation when the model returns `shared_reps`) → gradient clipping →
 optimizer step → LR-schedule step. After each epoch: `balancer.epoch_end()`, scoring of
 the validation loaders, best-model tracking, early stopping and checkpoints.
+
+With `distributed=True` each process is one rank of a torch.distributed run and trains on
+its share of the data; `mtlkit.training.distributed` makes every rank compute what one
+process would on the global batch (global losses before the balancer, the balancer's
+per-task gradients averaged across ranks, then the other gradients), and rank 0 alone
+logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +31,12 @@ from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from mtlkit.training.config import TrainerConfig
+from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
 from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
 from mtlkit.training.protocol import MultiTaskModel, StepOutput
-from mtlkit.weighting import Balancer, BalanceResult
+from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
 
 
@@ -40,7 +47,8 @@ class Trainer:
     checkpoints that cannot run code. The options and their defaults are those of
     `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
     scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
-    `batch_scheduler` are the objects that trained the model.
+    `batch_scheduler` are the objects that trained the model. With `distributed=True`,
+    `dist` is this rank's `Distributed` (rank, world size, time spent in collectives).
     """
 
     def __init__(self, **config: Any) -> None:
@@ -57,6 +65,7 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss
         self.history: list[dict[str, float]] = []
         self._pending: dict[str, Any] | None = None  # a checkpoint read by `Trainer.load`, resumed by `fit`
+        self.dist: Distributed | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -71,42 +80,62 @@ class Trainer:
         `dataloaders` are `DictDataLoader`s; each one's `dataset.split` assigns it to
         training, validation and/or test (`train_split`, `valid_split`, `test_split`).
         With `resume_from` (a checkpoint path), training continues exactly where that
-        run stopped.
+        run stopped (under distributed=True, also on another number of ranks).
         """
         cfg = self.config
         train, valid, test = _split_loaders(dataloaders, cfg)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else self._pending
         self._pending = None
-        if checkpoint is None and cfg.seed is not None:
-            seed_everything(cfg.seed)
-        self._setup(model, train)
-        if checkpoint is not None:
-            self._restore(checkpoint, train)
-        loggers = build_loggers(cfg.log_writers, cfg.log_dir, self.step if checkpoint is not None else None) if cfg.logging else []
+        self.dist = Distributed.start(cfg.device, cfg.dist_backend, cfg.dist_timeout) if cfg.distributed else None
+        loggers: list[Logger] = []
         try:
+            if checkpoint is None and cfg.seed is not None:
+                seed_everything(cfg.seed)
+            self._setup(model, train)
+            if checkpoint is not None:
+                self._restore(checkpoint)
+            resume_step = self.step if checkpoint is not None else None
+            if cfg.logging and self.is_main_process:
+                loggers = build_loggers(cfg.log_writers, cfg.log_dir, resume_step)
             while self.epoch < cfg.n_epochs and not self._should_stop():
-                epoch_losses = self._train_epoch(train, loggers)
+                epoch_losses = self._train_epoch(loggers)
                 self.balancer.epoch_end()
                 self.epoch += 1
-                if self.epoch % cfg.evaluate_every == 0 or self.epoch == cfg.n_epochs:
+                if self.dist is not None:  # rank 0's buffers (BatchNorm statistics) everywhere, as DDP does
+                    self.dist.broadcast_tensors(self.model.buffers())
+                last = self.epoch == cfg.n_epochs
+                if self.epoch % cfg.evaluate_every == 0 or last:
                     self._evaluate(epoch_losses, valid, loggers)
-                if cfg.checkpointing and self.epoch % cfg.checkpoint_every == 0:
-                    self.save(Path(cfg.checkpoint_dir) / "last.pt")
+                if cfg.checkpointing and (self.epoch % cfg.checkpoint_every == 0 or last):
+                    self._write_checkpoint(self._state, Path(cfg.checkpoint_dir) / "last.pt")
             if self.best_model is not None:
                 self.model.load_state_dict(self.best_model)
-            scored = list({id(loader): loader for loader in valid + test}.values())
-            final = metrics.score(self.model, scored) if scored else {}
+            scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
+            final = self._score(scored) if scored else {}
             _log(loggers, final, self.step, self.epoch)
             return final
         finally:
             for logger in loggers:
                 logger.close()
+            if self.dist is not None:
+                self._leave_process_group()
+
+    @property
+    def is_main_process(self) -> bool:
+        """True in a single-process run and on rank 0: the process that logs and writes checkpoints."""
+        return self.dist is None or self.dist.is_main
 
     def save(self, path: str | Path) -> None:
-        """Write the whole training state (atomically) so that `fit(..., resume_from=path)` continues it."""
+        """Write the whole training state (atomically) so that `fit(..., resume_from=path)` continues it.
+
+        After `fit` the model holds its restored best weights (when a checkpoint metric
+        is tracked); `checkpoint_dir/last.pt` holds the state at the end of training.
+        Under distributed=True only rank 0 writes (every rank holds the same state).
+        """
         if self.model is None:
             raise RuntimeError("Trainer.save: nothing to save yet; call fit(model, dataloaders) first")
-        save_checkpoint(self._state(), path)
+        if self.is_main_process:
+            save_checkpoint(self._state(), path)
 
     @classmethod
     def load(cls, path: str | Path, model: MultiTaskModel, **overrides: Any) -> Trainer:
@@ -131,39 +160,64 @@ class Trainer:
 
     # ------------------------------------------------------------------ one batch
 
-    def _train_step(self, X: Any, Y: Any, dataset: Any) -> tuple[StepOutput, BalanceResult] | None:
-        """One optimizer step on one batch; None when the step is skipped."""
+    def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, BalanceResult, Any] | None:
+        """One optimizer step on the next batch: (losses, balancer result, dataset), or None when skipped."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            out = self.model.training_step(X, Y)
+        out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
         nonfinite = [task for task, loss in out.losses.items() if not bool(torch.isfinite(loss.detach()).all())]
         if nonfinite:
-            if cfg.nonfinite_loss == "raise":
-                raise FloatingPointError(
-                    f"the loss of task(s) {nonfinite} is not finite at step {self.step + 1} (epoch {self.epoch + 1}) "
-                    f"on a batch of dataset {dataset.name!r} (split {dataset.split!r}); check the inputs and labels, "
-                    "lower lr, or pass nonfinite_loss='skip' to skip such steps"
-                )
-            self.skipped_steps += 1
-            return None
+            return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
         result = self.balancer.backward(
             out.losses,
             shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
             shared_reps=out.shared_reps,
         )
+        if self.dist is not None:  # the gradients the balancer left local: averaged over ranks
+            self.dist.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if not bool(torch.isfinite(norm)):
+                return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.step += 1
-        return out, result
+        return out, result, dataset
+
+    def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
+        """The next batch's task losses and dataset; under torch.distributed, the global batch's losses."""
+        if self.dist is None:
+            (X, Y), loader = next(batches)
+            return self._training_step(X, Y), loader.dataset
+        out = dataset = failure = None
+        try:
+            (X, Y), loader = next(batches)
+            dataset = loader.dataset
+            out = self._training_step(X, Y)
+        except Exception as error:  # passed to every rank by global_step_output, where all of them raise
+            failure = error
+        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
+
+    def _training_step(self, X: Any, Y: Any) -> StepOutput:
+        with self._autocast():
+            return self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+
+    def _nonfinite(self, what: str, dataset: Any) -> None:
+        """Apply `nonfinite_loss`: raise, naming the step and the batch's dataset, or skip the step."""
+        if self.config.nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"{what} is not finite at step {self.step + 1} (epoch {self.epoch + 1}) on a batch of dataset "
+                f"{dataset.name!r} (split {dataset.split!r}); check the inputs and labels, lower lr, "
+                "or pass nonfinite_loss='skip' to skip such steps"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
 
     # ------------------------------------------------------------------ one epoch
 
-    def _train_epoch(self, train: list[DataLoader], loggers: list[Logger]) -> dict[str, float]:
+    def _train_epoch(self, loggers: list[Logger]) -> dict[str, float]:
         """Train on every batch the scheduler plans for this epoch; return the epoch's mean losses."""
         cfg = self.config
         self.model.train()
@@ -172,17 +226,18 @@ class Trainer:
         bar = tqdm(
             total=self._batches_per_epoch,
             desc=f"Epoch {self.epoch + 1}/{cfg.n_epochs}",
-            disable=not cfg.progress_bar,
+            disable=not cfg.progress_bar or not self.is_main_process,
             leave=False,
         )
-        for (X, Y), loader in self.batch_scheduler.get_batches(train):
+        batches = self.batch_scheduler.get_batches(self._train_loaders)
+        for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
-            done = self._train_step(move_to_device(X, self.device), move_to_device(Y, self.device), loader.dataset)
+            done = self._train_step(batches)
             bar.update()
             if done is None:
                 continue
-            out, result = done
-            losses.add(out, loader.dataset)
+            out, result, dataset = done
+            losses.add(out, dataset)
             bar.set_postfix(loss=f"{losses.running:.4f}")
             if self.step % cfg.log_every == 0:
                 _log(loggers, _step_record(out, result, lr), self.step, self.epoch)
@@ -191,14 +246,31 @@ class Trainer:
 
     def _evaluate(self, epoch_losses: dict[str, float], valid: list[DataLoader], loggers: list[Logger]) -> None:
         """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
-        scores = {**epoch_losses, **(metrics.score(self.model, valid) if valid else {})}
+        scores = {**epoch_losses, **(self._score(valid) if valid else {})}
         self.history.append({"epoch": self.epoch, **scores})
         _log(loggers, scores, self.step, self.epoch)
         if self.monitor is not None and self.monitor.update(scores, self.epoch):
             self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             if self.config.checkpointing:
                 best = {"model": self.best_model, "epoch": self.epoch, "metric": self.monitor.best}
-                save_checkpoint(best, Path(self.config.checkpoint_dir) / "best.pt")
+                self._write_checkpoint(lambda: best, Path(self.config.checkpoint_dir) / "best.pt")
+
+    def _score(self, loaders: list[DataLoader]) -> dict[str, float]:
+        """`metrics.score` of the loaders; under torch.distributed, over every rank's share of them."""
+        return metrics.score(self.model, loaders) if self.dist is None else self.dist.score(self.model, loaders)
+
+    def _write_checkpoint(self, state: Callable[[], dict[str, Any]], path: Path) -> None:
+        """Write `state()` on rank 0; under torch.distributed a failed write stops every rank."""
+        if self.dist is None:
+            save_checkpoint(state(), path)
+            return
+        failure = None
+        if self.dist.is_main:
+            try:
+                save_checkpoint(state(), path)
+            except OSError as error:  # passed to the other ranks by `check`, then raised everywhere
+                failure = error
+        self.dist.check(failure, f"writing the checkpoint {str(path)!r}")
 
     def _should_stop(self) -> bool:
         return self.monitor is not None and self.monitor.should_stop
@@ -209,11 +281,25 @@ class Trainer:
         """Fresh run state: device, balancer, optimizer, batch scheduler, LR schedule, counters."""
         cfg = self.config
         _check_model(model)
-        if cfg.device is not None:
-            model.to(cfg.device)
+        device = cfg.device if self.dist is None else self.dist.device
+        if device is not None:
+            model.to(device)
         self.model = model
         self.device = _device_of(model)
+        self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        if self.dist is not None:
+            # Every rank starts from rank 0's random state and shuffling seeds, and trains on its share.
+            set_rng_state(self.dist.broadcast_object(rng_state()))
+            seeds = self.dist.broadcast_object([getattr(loader, "seed", None) for loader in train])
+            train = [
+                shard_training_loader(loader, self.dist.world_size, self.dist.rank, seed)
+                for loader, seed in zip(train, seeds)
+            ]
         self.balancer = self._build_balancer(model.task_names).to(self.device)
+        if self.dist is not None:
+            self.dist.broadcast_tensors(module_tensors(model, self.balancer))  # rank 0's initial weights
+            if isinstance(self.balancer, GradientBalancer):
+                self.balancer.reducer = self.dist
         self.optimizer = build_optimizer(cfg, model.parameters(), self.balancer.parameters())
         if isinstance(cfg.batch_scheduler, BatchScheduler):
             self.batch_scheduler = cfg.batch_scheduler
@@ -268,14 +354,17 @@ class Trainer:
             "history": self.history,
         }
 
-    def _restore(self, checkpoint: dict[str, Any], train: list[DataLoader]) -> None:
-        """Put the run back in the state a checkpoint recorded (the random generators last)."""
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Put the run back in the state a checkpoint recorded (the random generators last).
+
+        Nothing in a checkpoint depends on the number of ranks: a run resumes on any number.
+        """
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        pass
+        self.balancer.load_state_dict(checkpoint["balancer"])
         self.batch_scheduler.seed = checkpoint["batch_scheduler_seed"]
-        _set_loader_seeds(train, checkpoint["loader_seeds"])
+        _set_loader_seeds(self._train_loaders, checkpoint["loader_seeds"])
         counters = checkpoint["counters"]
         self.epoch, self.step, self.skipped_steps = counters["epoch"], counters["step"], counters["skipped_steps"]
         if self.monitor is not None and checkpoint["monitor"] is not None:
@@ -283,6 +372,12 @@ class Trainer:
             self.best_model = checkpoint["best_model"]
         self.history = list(checkpoint["history"])
         set_rng_state(checkpoint["rng"])
+
+    def _leave_process_group(self) -> None:
+        """Detach the balancer from the collectives and leave the process group if `fit` created it."""
+        if isinstance(self.balancer, GradientBalancer):
+            self.balancer.reducer = None
+        self.dist.close()
 
     @property
     def _loader_seeds(self) -> dict[str, int | None]:

@@ -23,57 +23,123 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     (MGDA); with a = G·1/T it is CAGrad's dual problem. A primal active-set method in
     the spirit of Wolfe's min-norm-point algorithm: on the current support it jumps to
     the minimiser over the support's affine hull (closed form, see `_affine_minimiser`),
-    steps back to the simplex boundary when that point leaves it, and adds the vertex
+    walks back to the simplex boundary when that point leaves it, and adds the vertex
     with the most negative KKT gap until none is left. Finite in exact arithmetic;
-    `10·T + 10` moves bound it against rounding-induced cycling.
+    `10·T + 10` moves bound it against rounding-induced cycling. The bookkeeping is in
+    Python floats: with T this small, tensor calls would cost more than the arithmetic.
     """
     if c <= 0:
         raise ValueError(f"simplex_min needs c > 0, got {c}")
     T = G.shape[0]
     a = torch.zeros(T, dtype=G.dtype) if a is None else a
-    start = int(torch.argmin(a + c * (G.diagonal().clamp(min=0) + eps).sqrt()))
-    support = [start]
-    w = torch.zeros(T, dtype=G.dtype)
-    w[start] = 1.0
-    entering = start
+    K = torch.ones(T + 1, T + 1, dtype=G.dtype)  # the KKT matrix [[G, 1], [1ᵀ, 0]]
+    K[:T, :T] = G
+    K[T, T] = 0.0
+    R = torch.zeros(T + 1, 2, dtype=G.dtype)  # right-hand sides for w0 and z
+    R[T, 0] = 1.0
+    R[:T, 1] = -a
+    a_list = a.tolist()
+    vertex_values = (a + c * (G.diagonal().clamp(min=0) + eps).sqrt()).tolist()
+    entering = min(range(T), key=vertex_values.__getitem__)
+    support = [entering]
+    w = [0.0] * T
+    w[entering] = 1.0
     for _ in range(10 * T + 10):
-        target, direction = _affine_minimiser(G, a, c, eps, support)
-        if target is not None and bool((target[support] > 0).all()):
+        target, direction = _affine_minimiser(K, R, a_list, c, eps, support)
+        if target is not None and all(target[i] > 0 for i in support):
             w = target
-            entering = _entering_vertex(G, a, c, eps, w, support)
+            entering = _entering_vertex(G, a_list, c, eps, w, support)
             if entering is None:
-                return w
+                break
             support.append(entering)
             continue
         # The support's minimiser lies outside the simplex (or at infinity): walk
         # towards it and stop where the first coordinate reaches zero.
-        idx = torch.tensor(support)
         if target is None:
             step = direction
-            blocking = idx[step[idx] < 0]
+            blocking = {i: w[i] / -step[i] for i in support if step[i] < 0}
         else:
-            step = target - w
-            blocking = idx[target[idx] <= 0]
-        ratios = w[blocking] / (-step[blocking])
-        k = int(torch.argmin(ratios))
-        if float(ratios[k]) <= 0:
+            step = [t - x for t, x in zip(target, w)]
+            blocking = {i: w[i] / (w[i] - target[i]) if w[i] > 0 else 0.0 for i in support if target[i] <= 0}
+        k = min(blocking, key=blocking.__getitem__)
+        theta = blocking[k]
+        if theta <= 0:
             # Only the vertex that just entered has zero weight; the walk would drop it
             # at once, so move towards it instead (its KKT gap makes that a descent).
-            w = _line_search_to_vertex(G, a, c, eps, w, entering)
+            w = _line_search_to_vertex(G, a_list, c, eps, w, entering)
         else:
-            w = (w + ratios[k] * step).clamp(min=0)
-            w[blocking[k]] = 0.0
-            w = w / w.sum()
+            w = [max(x + theta * s, 0.0) for x, s in zip(w, step)]
+            w[k] = 0.0
+            total = sum(w)
+            w = [x / total for x in w]
         support = [i for i in support if w[i] > 0]
-    return w
+    return torch.tensor(w, dtype=G.dtype)
 
 
-def _line_search_to_vertex(G: Tensor, a: Tensor, c: float, eps: float, w: Tensor, j: int) -> Tensor:
-    """w + θ(e_j − w) for the θ in [0, 1] minimising the objective (convex in θ: bisection on its slope)."""
-    d = -w.clone()
+def _affine_minimiser(
+    K: Tensor, R: Tensor, a: list[float], c: float, eps: float, support: list[int]
+) -> tuple[list[float] | None, list[float] | None]:
+    """Minimiser of aᵀw + c·sqrt(wᵀGw + eps) on {w: Σw = 1, w zero off `support`}.
+
+    Write w = w0 + v with w0 the affine min-norm point (G w0 = m² 1, from the KKT
+    system) and 1ᵀv = 0; the objective is aᵀw0 + aᵀv + c·sqrt(m² + eps + vᵀGv),
+    minimised along z, the minimiser of aᵀz + ½zᵀGz on 1ᵀz = 0 (for which
+    aᵀz = −zᵀGz = −ζ): w = w0 + t z with t = sqrt(m² + eps) / sqrt(c² − ζ). When
+    ζ ≥ c² the objective is unbounded below along z: the point is None and z is
+    returned as the direction.
+    """
+    n, T = len(support), K.shape[0] - 1
+    rows = torch.tensor([*support, T])
+    K_s, R_s = K[rows][:, rows], R[rows]
+    sol, info = torch.linalg.solve_ex(K_s, R_s)
+    if info.item() != 0:
+        # Singular: rounding let affinely dependent gradients into the support; SVD copes.
+        sol = torch.linalg.lstsq(K_s, R_s, driver="gelsd").solution
+    values = sol.tolist()
+    m2 = max(-values[n][0], 0.0)  # the multiplier of Σw = 1 is −m²
+    z = [row[1] for row in values[:n]]
+    zeta = -sum(a[i] * zi for i, zi in zip(support, z))
+    full = [0.0] * T
+    if zeta >= c * c * (1 - 1e-12):
+        for i, zi in zip(support, z):
+            full[i] = zi
+        return None, full
+    t = (m2 + eps) ** 0.5 / (c * c - zeta) ** 0.5
+    for i, row in zip(support, values):
+        full[i] = row[0] + t * row[1]
+    return full, None
+
+
+def _entering_vertex(G: Tensor, a: list[float], c: float, eps: float, w: list[float], support: list[int]) -> int | None:
+    """The vertex off the support whose KKT gap is most negative, or None at the optimum."""
+    Gw = (G @ torch.tensor(w, dtype=G.dtype)).tolist()
+    q = sum(x * y for x, y in zip(w, Gw)) + eps
+    top = float(G.diagonal().max())
+    if q <= 1e-24 * top:  # zero is in the hull (to rounding): the min-norm point is reached
+        return None
+    scale = c / q**0.5
+    grad = [ai + scale * gi for ai, gi in zip(a, Gw)]
+    level = sum(grad[i] for i in support) / len(support)
+    outside = [j for j in range(len(w)) if j not in support]
+    if not outside:
+        return None
+    j = min(outside, key=grad.__getitem__)
+    # Gw carries rounding of order eps·T·max G; divided by sqrt(q) it dominates when q is small.
+    tolerance = 1e-10 * (1.0 + abs(level)) + scale * 1e-14 * len(w) * top
+    return j if grad[j] - level < -tolerance else None
+
+
+def _line_search_to_vertex(G: Tensor, a: list[float], c: float, eps: float, w: list[float], j: int) -> list[float]:
+    """w + θ(e_j − w) with the θ in [0, 1] minimising the objective (convex: bisection on the slope)."""
+    Gw = (G @ torch.tensor(w, dtype=G.dtype)).tolist()
+    Gj = G[:, j].tolist()
+    d = [-x for x in w]
     d[j] += 1.0
-    A, B, C = float(w @ G @ w) + eps, float(w @ G @ d), float(d @ G @ d)
-    p = float(a @ d)
+    Gd = [gj - gw for gj, gw in zip(Gj, Gw)]
+    A = sum(x * y for x, y in zip(w, Gw)) + eps
+    B = sum(x * y for x, y in zip(w, Gd))
+    C = sum(x * y for x, y in zip(d, Gd))
+    p = sum(x * y for x, y in zip(a, d))
 
     def slope(theta: float) -> float:
         return p + c * (B + C * theta) / max(A + 2 * B * theta + C * theta * theta, 1e-300) ** 0.5
@@ -83,58 +149,7 @@ def _line_search_to_vertex(G: Tensor, a: Tensor, c: float, eps: float, w: Tensor
         for _ in range(60):
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
-    return w + hi * d
-
-
-def _affine_minimiser(
-    G: Tensor, a: Tensor, c: float, eps: float, support: list[int]
-) -> tuple[Tensor | None, Tensor | None]:
-    """Minimiser of aᵀw + c·sqrt(wᵀGw + eps) on {w: Σw = 1, w zero off `support`}.
-
-    Write w = w0 + v with w0 the affine min-norm point (G w0 = m² 1) and 1ᵀv = 0; then
-    the objective is aᵀw0 + aᵀv + c·sqrt(m² + eps + vᵀGv), minimised along z, the
-    minimiser of aᵀz + ½zᵀGz on 1ᵀz = 0 (for which aᵀz = −zᵀGz = −ζ): w = w0 + t z,
-    t = sqrt(m² + eps) / sqrt(c² − ζ). When ζ ≥ c² the objective is unbounded below
-    along z; the point is then None and z is returned as a direction.
-    """
-    n = len(support)
-    idx = torch.tensor(support)
-    K = torch.zeros(n + 1, n + 1, dtype=G.dtype)
-    K[:n, :n] = G[idx][:, idx]
-    K[:n, n] = 1.0
-    K[n, :n] = 1.0
-    rhs = torch.zeros(n + 1, 2, dtype=G.dtype)
-    rhs[n, 0] = 1.0
-    rhs[:n, 1] = -a[idx]
-    # gelsd (SVD) rather than solve: rounding can let affinely dependent gradients into the support.
-    sol = torch.linalg.lstsq(K, rhs, driver="gelsd").solution
-    w0, z = sol[:n, 0], sol[:n, 1]
-    m2 = float(w0 @ K[:n, :n] @ w0)
-    zeta = float(z @ K[:n, :n] @ z)
-    full_z = torch.zeros_like(a)
-    full_z[idx] = z
-    if zeta >= c * c * (1 - 1e-12):
-        return None, full_z
-    t = (max(m2, 0.0) + eps) ** 0.5 / (c * c - zeta) ** 0.5
-    target = torch.zeros_like(a)
-    target[idx] = w0 + t * z
-    return target, None
-
-
-def _entering_vertex(G: Tensor, a: Tensor, c: float, eps: float, w: Tensor, support: list[int]) -> int | None:
-    """The vertex off the support whose KKT gap is most negative, or None at the optimum."""
-    q = float(w @ G @ w) + eps
-    if q <= 0:  # zero is in the hull: the min-norm point is reached (a = 0 here).
-        return None
-    grad = a + c * (G @ w) / q**0.5
-    level = float(grad[support].mean())
-    outside = torch.ones_like(grad, dtype=torch.bool)
-    outside[support] = False
-    if not bool(outside.any()):
-        return None
-    gaps = torch.where(outside, grad - level, torch.full_like(grad, float("inf")))
-    j = int(torch.argmin(gaps))
-    return j if float(gaps[j]) < -1e-10 * (1.0 + abs(level)) else None
+    return [x + hi * y for x, y in zip(w, d)]
 
 
 def dual_cone_weights(G: Tensor, U: Tensor) -> Tensor:
@@ -144,33 +159,37 @@ def dual_cone_weights(G: Tensor, U: Tensor) -> Tensor:
     (UPGrad's building block, Quinton & Rey 2024, Prop. 1). Solved as the non-negative
     quadratic program min_{v ≥ 0} ½(u+v)ᵀG(u+v) by Lawson–Hanson's active-set method,
     run on all rows at once: each row keeps its own passive set, and the equality-
-    constrained subproblems are one batched solve with identity rows off the set.
+    constrained subproblems of the rows still moving are one batched Cholesky solve.
     """
-    B, T = U.shape
+    T = U.shape[1]
     V = torch.zeros_like(U)
-    passive = torch.zeros(B, T, dtype=torch.bool)
-    rhs_full = -(U @ G)
+    passive = torch.zeros(U.shape, dtype=torch.bool)
+    rhs = -(U @ G)
     tol = 1e-12 * float(G.diagonal().max())
     for _ in range(3 * T + 10):
         grad = (U + V) @ G
         candidates = ~passive & (grad < -tol)
-        rows = candidates.any(dim=1)
-        if not bool(rows.any()):
+        moving = candidates.any(dim=1).nonzero().flatten()
+        if moving.numel() == 0:
             break
         entering = torch.where(candidates, grad, torch.full_like(grad, float("inf"))).argmin(dim=1)
-        passive[rows, entering[rows]] = True
+        passive[moving, entering[moving]] = True
         for _ in range(3 * T + 10):
-            S = _passive_solve(G, rhs_full, passive)
-            bad = passive & (S <= 0)
+            S = _passive_solve(G, rhs[moving], passive[moving])
+            bad = passive[moving] & (S <= 0)
             bad_rows = bad.any(dim=1)
+            done = moving[~bad_rows]
+            V[done] = S[~bad_rows]
             if not bool(bad_rows.any()):
-                V = S
                 break
-            ratios = torch.where(bad, V / (V - S).clamp(min=1e-300), torch.full_like(V, float("inf")))
-            theta = ratios.min(dim=1).values.clamp(max=1.0).where(bad_rows, torch.ones(B, dtype=G.dtype))
-            V = V + theta.unsqueeze(1) * (S - V)
-            passive &= V > tol
-            V = torch.where(passive, V, torch.zeros_like(V))
+            # Rows whose solution left the orthant: step towards it until a coordinate hits 0.
+            moving, bad, S = moving[bad_rows], bad[bad_rows], S[bad_rows]
+            Vm = V[moving]
+            ratios = torch.where(bad, Vm / (Vm - S).clamp(min=1e-300), torch.full_like(Vm, float("inf")))
+            Vm = Vm + ratios.min(dim=1, keepdim=True).values.clamp(max=1.0) * (S - Vm)
+            kept = passive[moving] & (Vm > tol)
+            passive[moving] = kept
+            V[moving] = torch.where(kept, Vm, torch.zeros_like(Vm))
     return U + V
 
 
@@ -179,4 +198,8 @@ def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:
     both = passive.unsqueeze(2) & passive.unsqueeze(1)
     A = torch.where(both, G.unsqueeze(0), torch.zeros((), dtype=G.dtype))
     A = A + torch.diag_embed((~passive).to(G.dtype))
-    return torch.linalg.solve(A, torch.where(passive, rhs, torch.zeros_like(rhs)))
+    b = torch.where(passive, rhs, torch.zeros_like(rhs)).unsqueeze(2)
+    L, info = torch.linalg.cholesky_ex(A)  # A: G's principal block, identity elsewhere
+    if bool((info != 0).any()):  # rounding left a block indefinite; LU still solves it
+        return torch.linalg.solve(A, b).squeeze(2)
+    return torch.cholesky_solve(b, L).squeeze(2)

@@ -4,34 +4,38 @@ A balancer turns per-task losses into parameter gradients:
 
 - `LossBalancer`s weight the losses (`combine`) and call backward once.
 - `GradientBalancer`s need one gradient per task on the shared part. The Jacobian
-  engine (`mtlkit.weighting.jacobian`) computes them in one batched backward, the
-  method's pure core (`aggregate(J)`, or `weights(G)` from the T×T Gramian) combines
-  them, and the result is written into the shared parameters' `.grad` — or, with
-  `shared_reps`, pushed through the trunk from the representation. Task-specific
-  parameters always receive their own task's (unweighted) gradient.
+  engine (`mtlkit.weighting.jacobian`) takes them on the shared parameters in one
+  batched backward (`chunk_size` rows at a time), or, with `shared_reps`, at the
+  representation in one pass over the heads; the method's pure core (`aggregate(J)`,
+  or `weights(G)` from the T×T Gramian) combines them; the result is written into the
+  shared parameters' `.grad`, or pushed through the trunk from the representation in
+  one backward. Task-specific parameters always receive their own task's (unweighted)
+  gradient; shared parameters that no active loss reaches keep their `.grad`.
 
 Zero and non-finite values:
 
-- A non-finite task loss, or (gradient methods) a non-finite row of the task
-  Jacobian or a non-finite combined update, raises `FloatingPointError` naming the task(s) (or the method),
-  before any `.grad` of the shared part is written; nothing NaN reaches a parameter
-  or a method's state. (Each check costs one host-device sync per step.)
+- A non-finite task loss, or (gradient methods) a non-finite row of the task Jacobian
+  or a non-finite combined update, raises `FloatingPointError` naming the task(s) (or
+  the method) before any `.grad` is written: nothing NaN reaches a parameter or a
+  method's state. Each check is one reduction and one host-device sync per step.
+  Under fp16 autocast with a `GradScaler`, overflowing steps therefore raise instead
+  of being skipped; use bf16 or unscaled losses with gradient balancers.
 - A task whose gradient is exactly zero (its loss is constant in the shared part, or
   its head is frozen) is a valid input to every method: methods that normalise by a
   norm add a small `eps`, and a method whose weights' normaliser vanishes returns
-  zero weights rather than dividing by zero.
+  zero weights rather than dividing by zero (tested for every registered method).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Protocol, Union
 
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.jacobian import gramian, jacobian, reachable_leaves
+from mtlkit.weighting.jacobian import gramian, jacobian, reachable_leaves, rep_jacobian
 
 Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
 Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
@@ -85,11 +89,11 @@ class Balancer(nn.Module):
         shared_reps: Reps | None = None,
     ) -> BalanceResult:
         """Run the backward pass for these task losses and return what was decided."""
-        names, index, vec = self._active_losses(losses)
-        if vec.numel() == 0:
+        names, index, active = self._active_losses(losses)
+        if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
-        _check_finite_rows(vec.detach().unsqueeze(1), names, "loss")
-        return self._backward(names, index, vec, shared_params, shared_reps)
+        _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
+        return self._backward(names, index, active, shared_params, shared_reps)
 
     def epoch_end(self) -> None:
         """Hook called by the Trainer after each epoch (DWA and friends use it)."""
@@ -98,14 +102,15 @@ class Balancer(nn.Module):
         self,
         names: list[str],
         index: Tensor,
-        losses: Tensor,
+        losses: list[Tensor],
         shared_params: Params | None,
         shared_reps: Reps | None,
     ) -> BalanceResult:
+        """Backpropagate the active tasks' scalar losses (`index`: their task positions)."""
         raise NotImplementedError
 
-    def _active_losses(self, losses: Losses) -> tuple[list[str], Tensor, Tensor]:
-        """Names, task indices and stacked values of the losses that require grad."""
+    def _active_losses(self, losses: Losses) -> tuple[list[str], Tensor, list[Tensor]]:
+        """Names, task indices and the (0-d) losses of the tasks whose loss requires grad."""
         if isinstance(losses, Mapping):
             items = list(losses.items())
             if self.task_names is None:
@@ -131,8 +136,7 @@ class Balancer(nn.Module):
         names = [n for n, _, _ in active]
         device = active[0][2].device if active else None
         index = torch.tensor([i for _, i, _ in active], dtype=torch.long, device=device)
-        vec = torch.stack([loss.reshape(()) for _, _, loss in active]) if active else torch.empty(0)
-        return names, index, vec
+        return names, index, [loss.reshape(()) for _, _, loss in active]
 
 
 class LossBalancer(Balancer):
@@ -143,14 +147,28 @@ class LossBalancer(Balancer):
         raise NotImplementedError
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
-        objective, weights = self.combine(losses, index)
+        vec = torch.stack(losses)
+        objective, weights = self.combine(vec, index)
         objective.backward()
-        scaled = (weights * losses).detach()
+        scaled = (weights * vec).detach()
         return BalanceResult(
             loss=scaled.sum(),
             scaled_losses=dict(zip(names, scaled)),
             weights=dict(zip(names, weights.detach())),
         )
+
+
+class CrossRankReducer(Protocol):
+    """Collectives that let a gradient balancer act on the global batch of a torch.distributed run.
+
+    The Trainer sets `GradientBalancer.reducer` to one (`mtlkit.training.distributed.Distributed`).
+    """
+
+    def reduce_jacobian(self, J: Tensor, params: list[Tensor], reached: list[bool]) -> tuple[Tensor, list[Tensor]]:
+        """The mean J over ranks, restricted to the parameters some rank reached, and those parameters."""
+
+    def reduce_gramian(self, G: Tensor) -> Tensor:
+        """The Gramian of the global batch's representation gradients, from this rank's."""
 
 
 class GradientBalancer(Balancer):
@@ -159,7 +177,13 @@ class GradientBalancer(Balancer):
     Implement `weights(G)` (T weights from the T×T Gramian) when the method needs only
     the Gramian, or `aggregate(J)` (the P-vector to apply, from the T×P Jacobian)
     otherwise. Stateful methods override `combine`, which also sees the losses.
+
+    `chunk_size` bounds the rows of one batched backward on the shared parameters
+    (None: all T at once; 1: one plain backward per task, for graphs vmap cannot batch).
+    `reducer` (None outside torch.distributed) is set by the Trainer under distributed=True.
     """
+
+    reducer: CrossRankReducer | None = None
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -184,8 +208,9 @@ class GradientBalancer(Balancer):
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
-        w = weights.detach() if weights is not None else torch.ones_like(losses)
-        scaled = (w * losses).detach()
+        vec = torch.stack(losses).detach()
+        w = weights.detach() if weights is not None else torch.ones_like(vec)
+        scaled = w * vec
         return BalanceResult(
             loss=scaled.sum(),
             scaled_losses=dict(zip(names, scaled)),
@@ -201,35 +226,40 @@ class GradientBalancer(Balancer):
             return self._backward_on_params(names, losses, index, shared_params)
         raise ValueError(f"{type(self).__name__} needs shared_params or shared_reps to take task gradients")
 
-    def _combine_checked(self, J: Tensor, names: list[str], losses: Tensor, index: Tensor):
-        hint = (
-            "" if self.chunk_size == 1 else " With batched task backward passes, an inf inside one "
-            "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
-        )
+    def _combine_checked(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, hint: str = ""):
         _check_finite_rows(J, names, "gradient", hint)
-        g, weights = self.combine(J, losses.detach(), index)
-        if not bool(torch.isfinite(g).all()):
+        g, weights = self.combine(J, torch.stack(losses).detach(), index)
+        if not bool(torch.isfinite(g.sum())):
             raise FloatingPointError(
                 f"{type(self).__name__} produced a non-finite update from finite task gradients "
                 f"(tasks {names}); this is a bug in the method, please report it"
             )
         return g, weights
 
-    def _backward_on_params(self, names: list[str], losses: Tensor, index: Tensor, shared_params: Params):
-        leaves = reachable_leaves(losses)
+    def _backward_on_params(self, names: list[str], losses: list[Tensor], index: Tensor, shared_params: Params):
+        vec = torch.stack(losses)
+        leaves = reachable_leaves(vec)
         reached = {id(leaf) for leaf in leaves}
         # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
-        params = [p for p in _flatten_params(shared_params) if id(p) in reached]
+        # Under torch.distributed every rank takes all of them (zero columns where unreached), so
+        # that the ranks' Jacobians line up; the reducer averages them and drops what no rank reached.
+        params = [p for p in _flatten_params(shared_params) if id(p) in reached or self.reducer is not None]
+        J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
+        if self.reducer is not None:
+            J, params = self.reducer.reduce_jacobian(J, params, [id(p) in reached for p in params])
         shared = {id(p) for p in params}
         if not params:
             # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
-            torch.autograd.backward(losses.sum(), inputs=leaves)
-            return losses.new_zeros(0), None
-        J = jacobian(losses, params, chunk_size=self.chunk_size)
-        g, weights = self._combine_checked(J, names, losses, index)
+            torch.autograd.backward(vec.sum(), inputs=leaves)
+            return vec.new_zeros(0), None
+        hint = (
+            "" if self.chunk_size == 1 else " With batched task backward passes, an inf inside one "
+            "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
+        )
+        g, weights = self._combine_checked(J, names, losses, index, hint)
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:
-            torch.autograd.backward(losses.sum(), inputs=specific)
+            torch.autograd.backward(vec.sum(), inputs=specific)
         offset = 0
         for p in params:
             n = p.numel()
@@ -238,7 +268,7 @@ class GradientBalancer(Balancer):
             offset += n
         return g, weights
 
-    def _backward_through_reps(self, names: list[str], losses: Tensor, index: Tensor, shared_reps: Reps):
+    def _backward_through_reps(self, names: list[str], losses: list[Tensor], index: Tensor, shared_reps: Reps):
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -246,8 +276,13 @@ class GradientBalancer(Balancer):
                     f"shared_reps[{i}] does not require grad: pass the representation the shared "
                     "trunk computed in this forward (not a detached copy)"
                 )
-        J = jacobian(losses, reps, chunk_size=self.chunk_size, retain_graph=True)
-        g, weights = self._combine_checked(J, names, losses, index)
+        # One pass over the heads with per-task hooks (rep_jacobian); a batched pass would
+        # push T rows (T−1 of them zero) through every head.
+        J = rep_jacobian(losses, reps) if reps else torch.stack(losses).new_zeros(len(losses), 0)
+        if self.reducer is None:
+            g, weights = self._combine_checked(J, names, losses, index)
+        else:
+            g, weights = self._combine_global_gramian(J, names, losses, index)
         # One backward: Σ_t L_t gives every head its own gradient but pushes Σ_t J_t
         # into the trunk; adding (g − Σ_t J_t) at the representation makes it g.
         correction = g - J.sum(0)
@@ -255,13 +290,37 @@ class GradientBalancer(Balancer):
         for r in reps:
             grads.append(correction[offset : offset + r.numel()].view_as(r).to(r.dtype))
             offset += r.numel()
-        torch.autograd.backward([losses.sum(), *reps], [None, *grads])
+        torch.autograd.backward([torch.stack(losses).sum(), *reps], [None, *grads])
         return g, weights
+
+    def _combine_global_gramian(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor):
+        """Under torch.distributed at a representation: weights from the global batch's Gramian, applied to J.
+
+        Rows of J are per-sample here, so ranks cannot average them; their Gramians add up
+        instead. Exact for methods that see J only through G: those defined by `weights(G)`.
+        """
+        cls = type(self)
+        if cls.weights is GradientBalancer.weights or cls.aggregate is not GradientBalancer.aggregate:
+            raise ValueError(
+                f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "
+                "torch.distributed it cannot act at a shared representation: train without rep_grad (the "
+                "per-task gradients of the shared parameters are then averaged across ranks), or use a "
+                "method defined by weights(G) such as mgda, pcgrad, cagrad, imtl or nash_mtl"
+            )
+        G = self.reducer.reduce_gramian(gramian(J))
+        _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+        # Any matrix with Gramian G stands in for the global J: the method sees G only.
+        eigenvalues, vectors = torch.linalg.eigh(G.double())
+        root = (vectors * eigenvalues.clamp(min=0).sqrt()).to(J.dtype)
+        _, weights = self._combine_checked(root, names, losses, index)
+        return weights @ J, weights
 
 
 def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -> None:
     """Raise FloatingPointError naming the tasks whose row of `M` is not finite."""
-    finite = torch.isfinite(M).all(dim=1)
+    # A row sum is inf/NaN iff the row holds an inf/NaN (or overflows, itself a failure):
+    # one reduction instead of a full-size boolean mask.
+    finite = torch.isfinite(M.sum(dim=1))
     if not bool(finite.all()):
         bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
         raise FloatingPointError(

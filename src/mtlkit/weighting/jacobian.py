@@ -1,16 +1,22 @@
-"""Per-task gradients in one batched backward pass, and the T×T Gramian.
+"""Per-task gradients (the T×N task Jacobian) and the T×T Gramian.
 
-`jacobian(losses, inputs)` returns the T×N matrix of per-task gradients. The T
-backward passes run as one batched pass (`torch.autograd.grad(..., is_grads_batched=True)`,
-which vmaps the backward graph), `chunk_size` rows at a time. `chunk_size=1` runs T
-plain `autograd.grad` calls instead: use it for graphs whose backward cannot be vmapped
-(a custom `autograd.Function` that leaves PyTorch in its backward, `.item()` in a hook).
-When the batched pass hits such an operation, the engine says so in a `RuntimeWarning`
-and computes the rows one by one; other errors propagate unchanged.
+- `jacobian(losses, inputs)`: the T backward passes run as one batched pass
+  (`torch.autograd.grad(..., is_grads_batched=True)`, which vmaps the backward graph),
+  `chunk_size` rows at a time. Used on shared parameters, where every row traverses the
+  trunk and batching turns T matrix products into one. `chunk_size=1` runs T plain
+  `autograd.grad` calls instead, for graphs whose backward cannot be vmapped (a custom
+  `autograd.Function` that leaves PyTorch in its backward, `.item()` in a hook). When the
+  batched pass hits such an operation, the engine says so in a `RuntimeWarning` and
+  computes the rows one by one; other errors propagate unchanged.
+- `rep_jacobian(losses, reps)`: rows at a shared representation from ONE backward pass
+  over the heads (per-task hooks on the nodes that read the representation). A batched
+  pass would push T rows, T−1 of them zero, through every head (T² head passes).
+- `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -19,7 +25,7 @@ from torch import Tensor
 
 
 def jacobian(
-    losses: Tensor,
+    losses: Tensor | Sequence[Tensor],
     inputs: Sequence[Tensor],
     *,
     chunk_size: int | None = None,
@@ -27,26 +33,78 @@ def jacobian(
 ) -> Tensor:
     """T×N matrix whose row t is ∂losses[t]/∂inputs, flattened and concatenated.
 
-    `chunk_size` bounds how many rows one batched backward computes (None: all T);
-    1 means T sequential backward passes. Inputs a loss does not reach get zeros.
+    `losses` holds T scalar losses (a sequence, or a 1-D tensor). `chunk_size` bounds
+    how many rows one batched backward computes (None: all T); 1 means one plain
+    backward per loss (`task_jacobian`). Inputs a loss does not reach get zeros.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
     inputs = list(inputs)
     if chunk_size == 1:
-        return _sequential(losses, inputs, retain_graph)
+        return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
     try:
-        return _batched(losses, inputs, chunk_size)
+        return _batched(_as_vector(losses), inputs, chunk_size)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
         warnings.warn(
             f"the task backward passes could not be batched ({error}); computing the "
-            f"{losses.numel()} task gradients one at a time. Pass chunk_size=1 to do so directly.",
+            f"{len(_as_list(losses))} task gradients one at a time. Pass chunk_size=1 to do so directly.",
             RuntimeWarning,
             stacklevel=2,
         )
-        return _sequential(losses, inputs, retain_graph)
+        return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
+
+
+def task_jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, retain_graph: bool = True) -> Tensor:
+    """T×N Jacobian from one `autograd.grad` call per scalar loss, on the losses' own graphs.
+
+    For inputs that each task reaches through its own sub-graph (a shared
+    representation feeding separate heads) this does T head-sized passes, where one
+    batched pass over the stacked losses does T² (every head sees all T rows).
+    """
+    inputs = list(inputs)
+    rows = []
+    for t, loss in enumerate(losses):
+        keep = retain_graph or t < len(losses) - 1
+        grads = torch.autograd.grad(loss, inputs, retain_graph=keep, allow_unused=True)
+        rows.append(_flatten_rows([_zeros_if_none(g, x, None) for g, x in zip(grads, inputs)]))
+    return torch.cat(rows, dim=0)
+
+
+def rep_jacobian(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:
+    """T×N Jacobian at shared representations, from a single backward pass.
+
+    Each task reads a representation through autograd nodes of its own (its head's
+    first operations). Hooks on those nodes record each task's share of one backward
+    of Σ_t L_t, which is exactly ∂L_t/∂rep. When a node reading a representation is
+    reached from several tasks (a layer shared after the representation), the shares
+    cannot be told apart and the rows come from `task_jacobian` instead.
+    """
+    reps = list(reps)
+    targets = [(r.grad_fn, r.output_nr) for r in reps]
+    if any(fn is None for fn, _ in targets):  # a leaf representation has no node to find
+        return task_jacobian(losses, reps)
+    owner: dict = {}
+    for t, loss in enumerate(losses):
+        for node in _readers(loss, targets):
+            if owner.setdefault(node, t) != t:
+                return task_jacobian(losses, reps)
+    rows: list[list[Tensor | None]] = [[None] * len(reps) for _ in losses]
+    handles = []
+    for node, t in owner.items():
+        edges = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
+        handles.append(node.register_hook(functools.partial(_record, rows[t], edges)))
+    try:
+        torch.autograd.grad(torch.stack(list(losses)).sum(), reps, retain_graph=True, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    blocks = [
+        torch.stack([row[k] if row[k] is not None else torch.zeros_like(r) for row in rows]).reshape(len(rows), -1)
+        for k, r in enumerate(reps)
+    ]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
 
 def gramian(J: Tensor) -> Tensor:
@@ -72,12 +130,6 @@ def reachable_leaves(losses: Tensor) -> list[Tensor]:
     return leaves
 
 
-def task_specific_leaves(losses: Tensor, exclude: Sequence[Tensor]) -> list[Tensor]:
-    """Leaf tensors requiring grad that `losses` depends on, other than `exclude`."""
-    excluded = {id(t) for t in exclude}
-    return [leaf for leaf in reachable_leaves(losses) if id(leaf) not in excluded]
-
-
 def _batched(losses: Tensor, inputs: list[Tensor], chunk_size: int | None) -> Tensor:
     T = losses.numel()
     eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
@@ -95,14 +147,36 @@ def _batched(losses: Tensor, inputs: list[Tensor], chunk_size: int | None) -> Te
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
 
 
-def _sequential(losses: Tensor, inputs: list[Tensor], retain_graph: bool) -> Tensor:
-    T = losses.numel()
-    flat = losses.reshape(-1)
-    rows = []
-    for t in range(T):
-        grads = torch.autograd.grad(flat[t], inputs, retain_graph=retain_graph or t < T - 1, allow_unused=True)
-        rows.append(_flatten_rows([_zeros_if_none(g, x, None) for g, x in zip(grads, inputs)]))
-    return torch.cat(rows, dim=0)
+def _readers(loss: Tensor, targets: list[tuple]) -> set:
+    """Autograd nodes on `loss`'s graph with an input edge to one of `targets` (not below them)."""
+    found, seen = set(), set()
+    stack = [loss.grad_fn]
+    target_nodes = {fn for fn, _ in targets}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in target_nodes:
+            continue
+        seen.add(node)
+        for edge in node.next_functions:
+            if edge in targets:
+                found.add(node)
+            else:
+                stack.append(edge[0])
+    return found
+
+
+def _record(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> None:
+    for i, k in edges:
+        if grad_inputs[i] is not None:
+            row[k] = grad_inputs[i] if row[k] is None else row[k] + grad_inputs[i]
+
+
+def _as_list(losses: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    return list(losses.reshape(-1).unbind()) if isinstance(losses, Tensor) else list(losses)
+
+
+def _as_vector(losses: Tensor | Sequence[Tensor]) -> Tensor:
+    return losses.reshape(-1) if isinstance(losses, Tensor) else torch.stack([loss.reshape(()) for loss in losses])
 
 
 def _zeros_if_none(grad: Tensor | None, x: Tensor, rows: int | None) -> Tensor:

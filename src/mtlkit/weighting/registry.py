@@ -14,14 +14,16 @@ from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import Balancer
 
 _REGISTRY: dict[str, type[Balancer]] = {}
+_PRIMARY: dict[type[Balancer], str] = {}  # each class's first registered name
 
 B = TypeVar("B", bound=type[Balancer])
 
 
 def register(*names: str) -> Callable[[B], B]:
-    """Class decorator: make a balancer available under each of `names`."""
+    """Class decorator: make a balancer available under each of `names` (the first is its main name)."""
 
     def decorate(cls: B) -> B:
+        _PRIMARY.setdefault(cls, _key(names[0]))
         for name in names:
             key = _key(name)
             if key in _REGISTRY and _REGISTRY[key] is not cls:
@@ -32,10 +34,12 @@ def register(*names: str) -> Callable[[B], B]:
     return decorate
 
 
-def available() -> list[str]:
-    """The registered balancer names, sorted."""
+def available(aliases: bool = True) -> list[str]:
+    """The registered balancer names, sorted; `aliases=False`: one (main) name per method."""
     _load_methods()
-    return sorted(_REGISTRY)
+    if aliases:
+        return sorted(_REGISTRY)
+    return sorted(_PRIMARY[cls] for cls in set(_REGISTRY.values()))
 
 
 def get(name: str, **kwargs: Any) -> Balancer:

@@ -15,6 +15,7 @@ from typing import Any
 
 from mtlkit.data.datasets.base import DatasetInfo, LoadedDataset, MissingExtraError, TaskInfo
 from mtlkit.data.datasets.circles_squares import load_circles_squares
+from mtlkit.data.datasets.correlated_regression import load_correlated_regression
 from mtlkit.data.datasets.digits import load_digits
 from mtlkit.data.datasets.multi_mnist import load_multi_mnist
 from mtlkit.data.datasets.penguins import load_penguins
@@ -23,6 +24,7 @@ from mtlkit.errors import ConfigError
 
 _LOADERS: dict[str, Callable[..., LoadedDataset]] = {
     "circles_squares": load_circles_squares,
+    "correlated_regression": load_correlated_regression,
     "digits": load_digits,
     "multi_mnist": load_multi_mnist,
     "penguins": load_penguins,
@@ -59,6 +61,7 @@ __all__ = [
     "available",
     "load",
     "load_circles_squares",
+    "load_correlated_regression",
     "load_digits",
     "load_multi_mnist",
     "load_penguins",

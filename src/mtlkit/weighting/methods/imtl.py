@@ -117,6 +117,8 @@ class IMTL(GradientBalancer):
         super().__init__(tasks if tasks is not None else num_losses, chunk_size=chunk_size)
         self.method = method
         if method != "gradient":
+            if self.task_names is None:
+                raise ValueError(f"IMTL(method={method!r}) learns one scale per loss: give num_losses=<number of losses>")
             init = torch.zeros(self.num_tasks) if init_loss is None else torch.tensor(init_loss, dtype=torch.float32)
             if init.shape != (self.num_tasks,):
                 raise ValueError(f"IMTL init_loss has {init.numel()} values for {self.num_tasks} losses")
@@ -150,22 +152,24 @@ class IMTL(GradientBalancer):
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         if self.method == "gradient":
             return super()._backward(names, index, losses, shared_params, shared_reps)
+        raw = torch.stack(losses).detach()
         s = self.log_scale[index]
-        scaled = torch.exp(s) * losses
         stats = {}
         if self.method == "loss":
-            (scaled - s).sum().backward()
-            alpha = torch.ones_like(losses)
+            (torch.exp(s) * torch.stack(losses) - s).sum().backward()
+            alpha = torch.ones_like(raw)
         else:
-            # s_t receives ∂(e^{s_t} L_t)/∂s_t through the scaled losses' own backward; add the −1.
+            # Each scaled loss keeps its own graph (the engine differentiates them one by one
+            # at the representation); s_t receives ∂(e^{s_t} L_t)/∂s_t through it, the −1 below.
+            scaled = [torch.exp(self.log_scale[i]) * loss for i, loss in zip(index.tolist(), losses)]
             g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps)
-            (-self.log_scale[index]).sum().backward()  # fresh index: the first one's graph is freed
+            (-self.log_scale[index]).sum().backward()
             stats["grad_norm"] = g.detach().norm()
-        w = (alpha * torch.exp(s)).detach()
+        s = s.detach()
+        w = alpha.detach() * torch.exp(s)
         return BalanceResult(
-            loss=(w * losses).detach().sum(),
-            scaled_losses=dict(zip(names, (scaled - s).detach())),
+            loss=(w * raw).sum(),
+            scaled_losses=dict(zip(names, torch.exp(s) * raw - s)),
             weights=dict(zip(names, w)),
             stats=stats,
         )
-

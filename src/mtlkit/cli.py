@@ -1,0 +1,148 @@
+"""The `mtlkit` command: demo, train, eval, graph, bench, list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mtlkit.errors import ConfigError, SpecError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, SpecError, ImportError) as err:
+        print(f"mtlkit {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mtlkit.experiments.suite import demo_variants, run_suite
+
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"mtlkit demo: {args.dataset}, single-task baselines and 2 architectures x 4 balancers, seed 0")
+    result = run_suite(args.dataset, demo_variants(), seeds=[0], scale=args.scale)
+    _write_table(result.table(), out, f"Demo on {args.dataset}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mtlkit.experiments import load_config, run
+    from mtlkit.experiments.report import scores_table
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run(config, run_dir, progress_bar=not args.no_progress)
+    print(scores_table(result.scores))
+    print(f"\nrun folder: {run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mtlkit.experiments import evaluate
+    from mtlkit.experiments.report import scores_table
+
+    print(scores_table(evaluate(args.run_dir, tuple(args.splits))))
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from mtlkit.experiments import load_config
+    from mtlkit.experiments.build import build_model, load_data, model_graph, select_tasks
+    from mtlkit.viz import draw_graph
+
+    config = load_config(args.config, args.overrides)
+    loaded = load_data(config)
+    model = build_model(config, loaded.info, select_tasks(loaded.info, config.data))
+    draw_graph(model_graph(model), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from mtlkit.experiments import suite
+
+    if args.name == "balancers":
+        names = args.methods.split(",") if args.methods else suite.DEFAULT_BALANCERS
+        variants = suite.balancer_variants(names, architecture=args.architecture)
+    else:
+        names = args.architectures.split(",") if args.architectures else suite.DEFAULT_ARCHITECTURES
+        variants = suite.architecture_variants(names)
+    scale = args.scale * (5 if args.full else 1)
+    result = suite.run_suite(args.dataset, variants, seeds=range(args.seeds), scale=scale)
+    title = f"`mtlkit bench {args.name} --dataset {args.dataset}` ({args.seeds} seeds, epochs x{scale:g})"
+    _write_table(result.table(), Path(args.out) if args.out else None, title)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from mtlkit.data.datasets import available as datasets
+    from mtlkit.experiments.config import ARCHITECTURES
+    from mtlkit.metrics import METRICS
+    from mtlkit.weighting import available as balancers
+
+    print("architectures:", ", ".join(ARCHITECTURES))
+    print("balancers:    ", ", ".join(balancers()))
+    print("datasets:     ", ", ".join(datasets()))
+    print("metrics:      ", ", ".join(METRICS))
+    return 0
+
+
+def _write_table(table: str, out: Path | None, title: str) -> None:
+    print(f"\n{title}\n\n{table}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(f"# {title}\n\n{table}\n")
+        print(f"\nresults: {out / 'results.md'}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from mtlkit.data.datasets import available as datasets
+
+    parser = argparse.ArgumentParser(prog="mtlkit", description="Multi-task learning for PyTorch.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the main job: architectures x balancers on a built-in dataset")
+    demo.add_argument("--dataset", default="digits", choices=datasets())
+    demo.add_argument("--out", help="folder for results.md (default runs/demo-<time>)")
+    demo.add_argument("--scale", type=float, default=1.0, help="multiply the number of epochs")
+    demo.set_defaults(handler=_demo)
+
+    train = commands.add_parser("train", help="train one run from a YAML config")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.n_epochs=5 weighting=uw")
+    train.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="score a saved run folder")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--splits", nargs="+", default=["train", "valid", "test"])
+    evaluate.set_defaults(handler=_eval)
+
+    graph = commands.add_parser("graph", help="draw the task graph of a config")
+    graph.add_argument("config")
+    graph.add_argument("overrides", nargs="*", metavar="key=value")
+    graph.add_argument("--out", default="graph.png")
+    graph.set_defaults(handler=_graph)
+
+    bench = commands.add_parser("bench", help="compare balancers or architectures (mean ± std over seeds, Δm)")
+    bench.add_argument("name", choices=["balancers", "architectures"])
+    bench.add_argument("--dataset", default="digits", choices=datasets())
+    bench.add_argument("--seeds", type=int, default=3)
+    bench.add_argument("--methods", help="comma-separated balancer names (balancers)")
+    bench.add_argument("--architectures", help="comma-separated architecture names (architectures)")
+    bench.add_argument("--architecture", default="hps", help="the architecture the balancers train (balancers)")
+    bench.add_argument("--scale", type=float, default=1.0, help="multiply the number of epochs")
+    bench.add_argument("--full", action="store_true", help="the full size: 5x the epochs")
+    bench.add_argument("--out", help="folder for results.md")
+    bench.set_defaults(handler=_bench)
+
+    listing = commands.add_parser("list", help="architectures, balancers, datasets and metrics")
+    listing.set_defaults(handler=_list)
+    return parser

@@ -1,0 +1,112 @@
+"""Run one experiment: build it, train it, score it, and write its run folder.
+
+A run folder holds `config.yaml` (the resolved config), `logs/` (JSON lines and, when
+TensorBoard is installed, its events), `checkpoints/` (`last.pt`, `best.pt`),
+`graph.png`, `curves.png` and `results.md`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from mtlkit import metrics
+from mtlkit.errors import ConfigError
+from mtlkit.experiments.build import build_loaders, build_model, load_data, model_graph, select_tasks
+from mtlkit.experiments.config import ExperimentConfig, load_config, weighting_spec
+from mtlkit.experiments.report import plot_curves, scores_table
+from mtlkit.training import Trainer
+from mtlkit.training.checkpoint import load_checkpoint
+
+
+@dataclass
+class RunResult:
+    """The final validation/test scores of a run, its per-epoch history and its timing."""
+
+    config: ExperimentConfig
+    scores: dict[str, float]
+    history: list[dict[str, float]]
+    seconds_per_epoch: float
+    model: nn.Module
+    run_dir: Path | None = None
+
+
+def run(config: ExperimentConfig, run_dir: str | Path | None = None, progress_bar: bool = True) -> RunResult:
+    """Train and score `config`; with `run_dir`, also log, checkpoint and write the run folder."""
+    torch.manual_seed(config.seed)
+    loaded = load_data(config)
+    tasks = select_tasks(loaded.info, config.data)
+    loaders = build_loaders(loaded, tasks, config.data.batch_size, config.seed)
+    model = build_model(config, loaded.info, tasks)
+    name, options = weighting_spec(config.weighting)
+    trainer_options: dict[str, Any] = {"progress_bar": progress_bar, **config.trainer}
+    trainer_options.update(weighting=(name, options), seed=config.seed)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        writers = ["json", "tensorboard"] if importlib.util.find_spec("tensorboard") else ["json"]
+        first = tasks[0]
+        info = loaded.info.tasks[first]
+        best = f"{first}/{loaded.info.name}/valid/{info.metric}:{'max' if info.higher_is_better else 'min'}"
+        trainer_options = {
+            "logging": True,
+            "log_writers": writers,
+            "log_dir": str(run_dir / "logs"),
+            "checkpointing": True,
+            "checkpoint_dir": str(run_dir / "checkpoints"),
+            "checkpoint_metric": best,
+            **trainer_options,
+        }
+    trainer = Trainer(**trainer_options)
+    start = time.perf_counter()
+    scores = trainer.fit(model, loaders)
+    seconds = (time.perf_counter() - start) / max(trainer.epoch, 1)
+    result = RunResult(config, scores, trainer.history, seconds, model, run_dir)
+    if run_dir is not None:
+        write_run_folder(result)
+    return result
+
+
+def write_run_folder(result: RunResult) -> None:
+    """`results.md`, `graph.png` and `curves.png` of a finished run."""
+    run_dir = result.run_dir
+    from mtlkit.viz import draw_graph
+
+    draw_graph(model_graph(result.model), run_dir / "graph.png")
+    plot_curves(result.history, run_dir / "curves.png")
+    weighting, _ = weighting_spec(result.config.weighting)
+    model = result.config.model.architecture or "graph"
+    text = (
+        f"# {result.config.name}\n\n"
+        f"dataset `{result.config.data.name}`, model `{model}`, weighting `{weighting}`, seed {result.config.seed}, "
+        f"{result.seconds_per_epoch:.2f} s/epoch\n\n{scores_table(result.scores)}\n"
+    )
+    (run_dir / "results.md").write_text(text)
+
+
+def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict[str, float]:
+    """Rebuild a saved run from its `config.yaml`, load its best (else last) weights, score its splits."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    checkpoints = run_dir / "checkpoints"
+    path = next((p for p in (checkpoints / "best.pt", checkpoints / "last.pt") if p.is_file()), None)
+    if path is None:
+        raise ConfigError(f"{run_dir}: no checkpoints/best.pt or checkpoints/last.pt to evaluate")
+    loaded = load_data(config)
+    tasks = select_tasks(loaded.info, config.data)
+    model = build_model(config, loaded.info, tasks)
+    model.load_state_dict(load_checkpoint(path)["model"])
+    loaders = [
+        loader
+        for loader in build_loaders(loaded, tasks, config.data.batch_size, config.seed)
+        if loader.dataset.split in splits
+    ]
+    return metrics.score(model, loaders)

@@ -1,0 +1,163 @@
+"""The benchmark suite and the demo: many runs of one dataset, summarised as MTL papers do.
+
+For each variant (an architecture with a balancer) and seed, a run trains for a fixed
+number of epochs and is scored on the test split with the model of its last epoch.
+Single-task baselines (one HPS network per task, same encoder and budget) give Δm, the
+average relative gain over them (`mtlkit.metrics.delta_m`). Tables show each task's
+metric as mean ± std over seeds, Δm in percent and the wall time per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tqdm import tqdm
+
+from mtlkit.data.datasets import DatasetInfo
+from mtlkit.data.datasets import load as load_dataset
+from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
+from mtlkit.experiments.report import mean_std
+from mtlkit.experiments.runner import RunResult, run
+from mtlkit.metrics import delta_m
+
+# Small settings per dataset: minutes on two CPU cores (`scale` multiplies the epochs).
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": {"batch_size": 64, "encoder": {"hidden": [128, 64]}, "trainer": {"n_epochs": 15, "lr": 2e-3}},
+    "penguins": {"batch_size": 32, "encoder": {"hidden": [32, 32]}, "trainer": {"n_epochs": 40, "lr": 3e-3}},
+    "multi_mnist": {"batch_size": 128, "encoder": {"channels": [16, 32]}, "trainer": {"n_epochs": 4, "lr": 2e-3}},
+    "qm9": {
+        "batch_size": 128,
+        "options": {"max_molecules": 6000},
+        "encoder": {"hidden": [256, 128]},
+        "trainer": {"n_epochs": 15, "lr": 1e-3},
+    },
+    "correlated_regression": {"batch_size": 128, "encoder": {"hidden": [32]}, "trainer": {"n_epochs": 20, "lr": 1e-3}},
+    "circles_squares": {"batch_size": 32, "encoder": {"hidden": [8, 4]}, "trainer": {"n_epochs": 10, "lr": 2e-2}},
+}
+DEFAULT_BALANCERS = ("ew", "uw", "dwa", "rlw", "gls", "famo", "mgda", "pcgrad", "cagrad", "imtl_h", "nash_mtl", "upgrad")
+DEFAULT_ARCHITECTURES = ("hps", "cross_stitch", "mmoe", "mtan", "cgc", "ple", "dselect_k", "ltb")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a table: an architecture trained with a balancer."""
+
+    label: str
+    architecture: str = "hps"
+    weighting: Any = "ew"
+    options: dict[str, Any] = field(default_factory=dict)
+    rep_grad: bool = False
+
+
+@dataclass
+class SuiteResult:
+    """Per-variant runs (one per seed) and the single-task baselines, with the dataset's task info."""
+
+    dataset: str
+    info: DatasetInfo
+    runs: dict[str, list[RunResult]]
+    baselines: list[dict[str, dict[str, float]]]
+
+    def table(self) -> str:
+        """Markdown: a row per variant; each task's test metric, Δm (%) and s/epoch as mean ± std over seeds."""
+        tasks = list(self.info.tasks)
+        header = ["method"] + [f"{t} {self.info.tasks[t].metric} {'↑' if self.info.tasks[t].higher_is_better else '↓'}" for t in tasks]
+        header += ["Δm % ↑", "s/epoch"]
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        if self.baselines:
+            cells = [mean_std([b[t][self.info.tasks[t].metric] for b in self.baselines]) for t in tasks]
+            lines.append("| single-task | " + " | ".join(cells) + " | 0 | |")
+        for label, results in self.runs.items():
+            per_seed = [test_metrics(r, self.info) for r in results]
+            cells = [mean_std([m[t][self.info.tasks[t].metric] for m in per_seed]) for t in tasks]
+            if self.baselines:
+                directions = {t: {self.info.tasks[t].metric: self.info.tasks[t].higher_is_better} for t in tasks}
+                deltas = [delta_m(m, b, directions) for m, b in zip(per_seed, self.baselines)]
+                cells.append(mean_std(deltas, digits=2))
+            else:
+                cells.append("")
+            cells.append(mean_std([r.seconds_per_epoch for r in results], digits=2))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def test_metrics(result: RunResult, info: DatasetInfo) -> dict[str, dict[str, float]]:
+    """`{task: {metric: value}}` on the test split of a run."""
+    values: dict[str, dict[str, float]] = {}
+    for key, value in result.scores.items():
+        task, _dataset, split, metric = key.split("/")
+        if split == "test" and task in info.tasks:
+            values.setdefault(task, {})[metric] = value
+    return values
+
+
+def base_config(dataset: str, seed: int = 0, scale: float = 1.0) -> ExperimentConfig:
+    """The dataset's preset as an `ExperimentConfig` (HPS, EW); `scale` multiplies the epochs."""
+    preset = PRESETS[dataset]
+    trainer = dict(preset["trainer"])
+    trainer["n_epochs"] = max(1, round(trainer["n_epochs"] * scale))
+    return ExperimentConfig(
+        name=dataset,
+        seed=seed,
+        data=DataConfig(name=dataset, batch_size=preset["batch_size"], options=preset.get("options", {})),
+        model=ModelConfig(architecture="hps", encoder=preset["encoder"]),
+        trainer=trainer,
+    )
+
+
+def run_suite(
+    dataset: str,
+    variants: Sequence[Variant],
+    seeds: Iterable[int] = (0, 1, 2),
+    scale: float = 1.0,
+    baselines: bool = True,
+    on_run: Callable[[str], None] | None = None,
+) -> SuiteResult:
+    """Train every variant (and the single-task baselines) on every seed; one progress bar over all runs."""
+    seeds = list(seeds)
+    info = load_dataset(dataset, **PRESETS[dataset].get("options", {})).info
+    tasks = list(info.tasks)
+    jobs = len(seeds) * (len(variants) + (len(tasks) if baselines else 0))
+    bar = tqdm(total=jobs, desc=f"{dataset}", unit="run")
+    runs: dict[str, list[RunResult]] = {v.label: [] for v in variants}
+    baseline_scores: list[dict[str, dict[str, float]]] = []
+    for seed in seeds:
+        config = base_config(dataset, seed, scale)
+        if baselines:
+            scores: dict[str, dict[str, float]] = {}
+            for task in tasks:
+                bar.set_postfix_str(f"single-task {task}, seed {seed}")
+                single = replace(config, data=replace(config.data, tasks=(task,)))
+                scores.update(test_metrics(run(single, progress_bar=False), info))
+                bar.update()
+            baseline_scores.append(scores)
+        for variant in variants:
+            bar.set_postfix_str(f"{variant.label}, seed {seed}")
+            model = replace(config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad)
+            runs[variant.label].append(run(replace(config, model=model, weighting=variant.weighting), progress_bar=False))
+            bar.update()
+            if on_run is not None:
+                on_run(variant.label)
+    bar.close()
+    return SuiteResult(dataset, info, runs, baseline_scores)
+
+
+def balancer_variants(names: Sequence[str] = DEFAULT_BALANCERS, architecture: str = "hps") -> list[Variant]:
+    """One variant per balancer on one architecture (gradient methods on the shared parameters)."""
+    return [Variant(label=name, architecture=architecture, weighting=name) for name in names]
+
+
+def architecture_variants(names: Sequence[str] = DEFAULT_ARCHITECTURES, weighting: str = "ew") -> list[Variant]:
+    """One variant per architecture with one balancer."""
+    return [Variant(label=name, architecture=name, weighting=weighting) for name in names]
+
+
+def demo_variants() -> list[Variant]:
+    """The demo's grid: two architectures × three balancers (a loss method and two gradient methods)."""
+    return [
+        Variant(label=f"{arch} + {weighting}", architecture=arch, weighting=weighting)
+        for arch in ("hps", "mmoe")
+        for weighting in ("ew", "uw", "pcgrad", "imtl_h")
+    ]

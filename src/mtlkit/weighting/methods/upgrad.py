@@ -1,0 +1,81 @@
+"""UPGrad: unconflicting projection of gradients (Quinton & Rey, 2024)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mtlkit.weighting._qp import dual_cone_weights, host
+from mtlkit.weighting.base import GradientBalancer
+from mtlkit.weighting.jacobian import gramian
+from mtlkit.weighting.registry import register
+
+# Ridge on the correlation matrix (unit diagonal): makes it positive definite so the
+# active-set solver terminates (TorchJD regularises likewise, with 1e-4). Raised to the
+# rounding level of the Gramian's dtype (T·eps), below which its eigenvalues are noise.
+_RIDGE = 1e-9
+
+
+def upgrad_weights(G: Tensor, preference: Tensor | None = None) -> Tensor:
+    """Weights w with Σ_t w_t g_t = Σ_i π(p_i g_i), π the projection onto the dual cone.
+
+    The dual cone is {x: g_t·x ≥ 0 for every t}; π(p_i g_i) = Jᵀw^(i) with w^(i) the
+    minimiser of wᵀGw over w ≥ p_i e_i (`dual_cone_weights`). Solved in the scaled
+    variables y = n ⊙ w (n_t = ‖g_t‖), i.e. on the correlation matrix G/(n nᵀ), so that
+    gradients of very different norms are treated alike; the problem is the same.
+    `preference` p defaults to 1/T for every task (the paper's mean). Zero gradients
+    constrain nothing and project to 0: they keep their own weight p_t.
+    """
+    T = G.shape[0]
+    p = torch.full((T,), 1.0 / T, dtype=torch.float64) if preference is None else host(preference)
+    G64 = host(G)
+    norms = G64.diagonal().clamp(min=0).sqrt()
+    live = norms > 1e-12 * float(norms.max())
+    weights = p.clone()
+    if float(norms.max()) > 0:
+        n = norms[live]
+        ridge = max(_RIDGE, n.numel() * torch.finfo(G.dtype).eps)
+        C = G64[live][:, live] / (n.unsqueeze(0) * n.unsqueeze(1)) + ridge * torch.eye(n.numel(), dtype=torch.float64)
+        Y = dual_cone_weights(C, torch.diag(p[live] * n))
+        weights[live] = Y.sum(dim=0) / n
+    return weights.to(dtype=G.dtype, device=G.device)
+
+
+@register("upgrad")
+class UPGrad(GradientBalancer):
+    """UPGrad: average of the task gradients, each projected onto the dual cone of all of them.
+
+    `Jacobian Descent for Multi-Objective Optimization <https://arxiv.org/abs/2406.16232>`_
+    (Quinton & Rey, 2024), the aggregator of TorchJD. The update has a non-negative
+    inner product with every task gradient (no task is made worse to first order) and
+    equals the mean gradient when no two tasks conflict. Each projection is a small
+    non-negative quadratic program on the Gramian, solved exactly by an active-set method
+    for all tasks at once (`mtlkit.weighting._qp.dual_cone_weights`); TorchJD calls
+    quadprog. `preference` (default: equal, 1/T) weights the projected gradients.
+    Departure: a 1e-9 ridge on the correlation matrix (see `_RIDGE`). Stateless.
+    """
+
+    def __init__(
+        self,
+        tasks: int | Sequence[str] | None = None,
+        preference: Sequence[float] | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(tasks, chunk_size=chunk_size)
+        self.preference = None if preference is None else torch.as_tensor(preference, dtype=torch.float64)
+        if self.preference is not None and bool((self.preference < 0).any()):
+            raise ValueError(f"UPGrad preference values must be >= 0, got {list(preference)}")
+
+    def weights(self, G: Tensor) -> Tensor:
+        if self.preference is not None and self.preference.numel() != G.shape[0]:
+            raise ValueError(
+                f"UPGrad has {self.preference.numel()} preference values but got {G.shape[0]} task gradients"
+            )
+        return upgrad_weights(G, self.preference)
+
+    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        preference = None if self.preference is None else self.preference[index.cpu()]
+        w = upgrad_weights(gramian(J), preference)
+        return w @ J, w

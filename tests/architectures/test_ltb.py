@@ -1,0 +1,55 @@
+"""Learning to branch: warm-up, Gumbel-softmax branching, deterministic eval."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mtlkit.architectures import LTB
+from mtlkit.errors import ConfigError
+
+TASKS = ["a", "b"]
+
+
+def stages() -> nn.Sequential:
+    return nn.Sequential(*(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(3)))
+
+
+def make(**kwargs) -> LTB:
+    torch.manual_seed(0)
+    return LTB(TASKS, stages, {t: nn.Linear(4, 1) for t in TASKS}, **kwargs)
+
+
+def test_warm_up_reads_the_mean_of_the_columns_then_one_sampled_column():
+    model = make(epochs=200)  # warm-up: the first 2 epochs
+    assert model.warmup * model.epochs == 2
+    model.set_epoch(1)
+    torch.testing.assert_close(model._mixing(0), torch.full((2, 2), 0.5))
+    model.set_epoch(2)
+    assert model.temperature() == pytest.approx(200 / 20 / math.sqrt(3))
+    M = model._mixing(0)
+    assert set(M.flatten().tolist()) <= {0.0, 1.0} and (M.sum(1) == 1).all()
+    x = torch.randn(5, 4)
+    model(x)["a"].sum().backward()
+    assert model.branch_logits[0].grad is not None and model.branch_logits[0].grad.abs().sum() > 0
+
+
+def test_eval_reads_each_tasks_most_likely_parent():
+    model = make(epochs=10)
+    with torch.no_grad():
+        model.branch_logits[0].copy_(torch.tensor([[0.0, 3.0], [0.0, 3.0]]))
+        model.branch_logits[1].copy_(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    model.eval()
+    assert model.branches().tolist() == [[1, 1], [0, 1]]
+    torch.testing.assert_close(model._mixing(0), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(model(x)["a"], model(x)["a"])
+
+
+def test_training_without_the_number_of_epochs_says_how_to_set_it():
+    model = make()
+    with pytest.raises(ConfigError, match="epochs="):
+        model(torch.randn(2, 4))
+    model.eval()
+    model(torch.randn(2, 4))  # eval needs no schedule

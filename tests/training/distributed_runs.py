@@ -1,0 +1,176 @@
+"""What each rank runs in tests/training/test_distributed.py (spawned processes import this module by name).
+
+A float64 three-task model and two training datasets whose labels are partly missing
+(so ranks hold different numbers of labelled rows, and sometimes none of a task), the
+runs the test compares, and `worker`, the entry point of each spawned rank.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer
+from mtlkit.training import StepOutput
+
+LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
+WORLD = 2
+METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")
+REP_METHODS = ("mgda", "nash_mtl")  # Gramian-based methods at the shared representation
+TIMEOUT_S = 60
+
+
+class Net(nn.Module):
+    """Tanh trunk, heads a (3 classes), b (regression), c (2 classes); label -1 = none.
+
+    `fail=(kind, rank, call)` makes that rank's `call`-th training step raise a
+    ValueError (kind 'raise') or return a NaN loss for task a (kind 'nan').
+    """
+
+    def __init__(self, rep_grad: bool = False, fail: tuple[str, int, int] | None = None) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh())
+        self.heads = nn.ModuleDict({"a": nn.Linear(6, 3), "b": nn.Linear(6, 1), "c": nn.Linear(6, 2)})
+        self.rep_grad = rep_grad
+        self.fail = fail
+        self.calls = 0
+
+    @property
+    def task_names(self) -> list[str]:
+        return ["a", "b", "c"]
+
+    def training_step(self, X, Y) -> StepOutput:
+        self.calls += 1
+        failing = self.fail is not None and (dist.get_rank(), self.calls) == self.fail[1:]
+        if failing and self.fail[0] == "raise":
+            raise ValueError(f"bad batch on rank {dist.get_rank()}")
+        h = self.trunk(X["x"])
+        losses, counts = {}, {}
+        for task in self.task_names:
+            if task not in Y:
+                continue
+            y, out = Y[task], self.heads[task](h)
+            if task == "b":
+                losses[task], counts[task] = F.mse_loss(out.squeeze(-1), y), len(y)
+            elif bool((y != -1).any()):
+                mask = y != -1
+                losses[task], counts[task] = F.cross_entropy(out[mask], y[mask]), int(mask.sum())
+        if failing:
+            losses["a"] = losses["a"] * float("nan")
+        return StepOutput(losses, counts, [h] if self.rep_grad else None)
+
+    def shared_parameters(self):
+        return list(self.trunk.parameters())
+
+    def task_outputs(self, X, task_names):
+        h = self.trunk(X["x"])
+        return {t: self.heads[t](h).squeeze(-1) if t == "b" else F.softmax(self.heads[t](h), -1) for t in task_names}
+
+    def scorers(self):
+        return {"a": Scorer(["accuracy"]), "b": Scorer(["mse"]), "c": Scorer(["accuracy", "coverage"])}
+
+
+def make_model(rep_grad: bool = False, fail=None) -> Net:
+    torch.manual_seed(0)
+    return Net(rep_grad, fail).double()
+
+
+def make_loaders(batch_size: int) -> list[DictDataLoader]:
+    """Training dsA (32 rows: a, c on a quarter) and dsB (16 rows: b, c on half); valid (15 rows) and test (9)."""
+    g = torch.Generator().manual_seed(1)
+
+    def rows(n, c_every):
+        x = torch.randn(n, 4, generator=g, dtype=torch.float64)
+        a = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+        b = x[:, 2] - x[:, 3]
+        c = (x[:, 1] * x[:, 2] > 0).long()
+        c[torch.arange(n) % c_every != 0] = -1
+        return x, a, b, c
+
+    x, a, _, c = rows(32, 4)
+    ds_a = DictDataset("dsA", "train", {"x": x}, {"a": a, "c": c})
+    x, _, b, c = rows(16, 2)
+    ds_b = DictDataset("dsB", "train", {"x": x}, {"b": b, "c": c})
+    x, a, b, c = rows(15, 1)
+    valid = DictDataset("dsV", "valid", {"x": x}, {"a": a, "b": b, "c": c})
+    x, a, b, c = rows(9, 1)
+    test = DictDataset("dsV", "test", {"x": x}, {"a": a, "b": b, "c": c})
+    return [
+        DictDataLoader(ds_a, batch_size=batch_size, shuffle=True, seed=10),
+        DictDataLoader(ds_b, batch_size=batch_size, shuffle=True, seed=11),
+        DictDataLoader(valid, batch_size=4),
+        DictDataLoader(test, batch_size=4),
+    ]
+
+
+def config(weighting: str, **overrides) -> dict:
+    return {"n_epochs": 2, "lr": 0.1, "optimizer": "sgd", "weighting": weighting, "seed": 0,
+            "progress_bar": False, **overrides}
+
+
+def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None, **overrides) -> dict:
+    """Train with `processes` ranks' worth of batch; return what the tests compare."""
+    model = make_model(rep_grad)
+    trainer = Trainer(**config(weighting, **overrides))
+    final = trainer.fit(model, make_loaders(LOCAL_BATCH * (WORLD // processes)), resume_from=resume_from)
+    return {
+        "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
+        "final": final,
+        "history": trainer.history,
+        "step": trainer.step,
+    }
+
+
+def _error(fn) -> dict:
+    try:
+        fn()
+    except Exception as error:
+        return {"type": type(error).__name__, "message": str(error)}
+    return {"type": None, "message": ""}
+
+
+def _scenarios(rank: int, out: Path) -> dict:
+    results: dict = {}
+    for method in METHODS:
+        results[method] = run(method, WORLD, distributed=True)
+    for method in REP_METHODS:
+        results[f"{method}/rep"] = run(method, WORLD, rep_grad=True, distributed=True)
+    results["graddrop/rep"] = _error(lambda: run("graddrop", WORLD, rep_grad=True, distributed=True))
+    # Rank-specific folders show who writes; rank 0's checkpoint is resumed on one process by the test.
+    results["written"] = run(
+        "uw", WORLD, distributed=True, n_epochs=1, logging=True, checkpointing=True,
+        log_dir=str(out / f"logs{rank}"), checkpoint_dir=str(out / f"checkpoints{rank}"),
+    )
+    results["resumed"] = run("uw", WORLD, distributed=True, resume_from=out / "one_process.pt")
+    results["raise"] = _error(lambda: Trainer(**config("mgda", distributed=True)).fit(
+        make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)))
+    results["nan"] = _error(lambda: Trainer(**config("ew", distributed=True)).fit(
+        make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH)))
+    return results
+
+
+def worker(rank: int, ports: tuple[int, int], out: str) -> None:
+    """One rank: a run whose process group the Trainer creates from torchrun's variables, then the scenarios."""
+    torch.set_num_threads(1)
+    out = Path(out)
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank),
+                          WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+        results = {"env": run("ew", WORLD, distributed=True, dist_timeout=TIMEOUT_S)}
+        results["env"]["left_group"] = not dist.is_initialized()
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[1]}", rank=rank,
+                                world_size=WORLD, timeout=timedelta(seconds=TIMEOUT_S))
+        results.update(_scenarios(rank, out))
+        dist.destroy_process_group()
+    except Exception:
+        (out / f"failure{rank}.txt").write_text(traceback.format_exc())
+        raise
+    torch.save(results, out / f"rank{rank}.pt")
