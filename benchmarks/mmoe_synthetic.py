@@ -43,7 +43,8 @@ def build(kind: str, dim: int, experts: int, expert_width: int) -> nn.Module:
         # one hidden layer of h units: (dim + 1) h + 2 (8 h + 17) parameters ≈ MMoE's
         mmoe_params = experts * (dim + 1) * expert_width + 2 * (dim + 1) * experts + 2 * (8 * expert_width + 17)
         h = round((mmoe_params - 34) / (dim + 1 + 16))
-        return HPS(TASKS, lambda: nn.Sequential(nn.Linear(dim, h), nn.ReLU()), {t: tower(h) for t in TASKS}, losses=losses)
+        bottom = lambda: nn.Sequential(nn.Linear(dim, h), nn.ReLU())  # noqa: E731
+        return HPS(TASKS, bottom, {t: tower(h) for t in TASKS}, losses=losses)
     return MMoE(
         TASKS,
         lambda: nn.Sequential(nn.Linear(dim, expert_width), nn.ReLU()),
@@ -94,7 +95,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     start = time.time()
-    results = {p: {kind: [run(kind, p, seed, args) for seed in range(args.seeds)] for kind in MODELS} for p in args.correlations}
+    results = {
+        p: {kind: [run(kind, p, seed, args) for seed in range(args.seeds)] for kind in MODELS}
+        for p in args.correlations
+    }
     print(f"final test MSE (mean of the two tasks), mean ± s.e. over {args.seeds} seeds; "
           f"{args.n_train} train / {args.n_test} test rows, {args.epochs} epochs")
     print(f"{'correlation':>11} | " + " | ".join(f"{kind:>15}" for kind in MODELS) + " | MMoE / shared-bottom")
@@ -107,7 +111,8 @@ def main() -> None:
         ratios = [m / s for m, s in zip(by_kind["MMoE"], by_kind["shared-bottom"])]
         wins = sum(r < 1 for r in ratios)
         geo = statistics.geometric_mean(ratios)
-        print(f"{p:>11.2f} | " + " | ".join(f"{c:>15}" for c in cells) + f" | ×{geo:.2f} (lower in {wins}/{len(ratios)} seeds)")
+        row = " | ".join(f"{c:>15}" for c in cells)
+        print(f"{p:>11.2f} | {row} | ×{geo:.2f} (lower in {wins}/{len(ratios)} seeds)")
     print(f"({time.time() - start:.0f} s)")
 
 

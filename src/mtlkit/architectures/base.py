@@ -66,6 +66,13 @@ class Architecture(nn.Module):
             parameters; optimizers may be built before.
         input_key: the field of a dict batch `X` (as `DictDataLoader` yields) that holds
             the input, for `training_step` and `task_outputs`; None passes `X` unchanged.
+
+    For a custom loop with a gradient balancer at the representation, use
+    `predictions, reps = model.forward_with_reps(x)` and
+    `balancer.backward(losses, shared_reps=reps)`. To write an architecture, build its
+    modules in `__init__` and end it with `self._finish_init()`, return the task
+    features and the cut from `_encode`, and list the parameters below the cut in
+    `shared_parameters`.
     """
 
     def __init__(
@@ -224,7 +231,9 @@ class Architecture(nn.Module):
     def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None]]:
         """`{task: (target, row mask or None)}` for the tasks with at least one label in `Y`."""
         if not isinstance(Y, Mapping):
-            raise TypeError(f"{type(self).__name__}.training_step: Y must be a dict task -> target, got {type(Y).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}.training_step: Y must be a dict task -> target, got {type(Y).__name__}"
+            )
         unknown = [key for key in Y if key not in self.task_name]
         if unknown:
             raise KeyError(f"{type(self).__name__}: labels for unknown task(s) {unknown}; tasks: {self.task_name}")
@@ -320,7 +329,7 @@ class _LazyChannelLinear(LazyModuleMixin, nn.Module):
 
     def forward(self, x: Tensor, out_channels: int) -> Tensor:
         if out_channels != self.weight.shape[0]:
-            raise ValueError(f"_LazyChannelLinear was sized for {self.weight.shape[0]} outputs, asked for {out_channels}")
+            raise ValueError(f"projection sized for {self.weight.shape[0]} outputs, asked for {out_channels}")
         y = nn.functional.linear(torch.movedim(x, 1, -1), self.weight, self.bias)
         return torch.movedim(y, -1, 1)
 

@@ -70,7 +70,7 @@ class SuiteResult:
             cells = [mean_std([b[t][self.info.tasks[t].metric] for b in self.baselines]) for t in tasks]
             lines.append("| single-task | " + " | ".join(cells) + " | 0 | |")
         for label, results in self.runs.items():
-            per_seed = [test_metrics(r, self.info) for r in results]
+            per_seed = [split_metrics(r, self.info) for r in results]
             cells = [mean_std([m[t][self.info.tasks[t].metric] for m in per_seed]) for t in tasks]
             if self.baselines:
                 directions = {t: {self.info.tasks[t].metric: self.info.tasks[t].higher_is_better} for t in tasks}
@@ -83,12 +83,12 @@ class SuiteResult:
         return "\n".join(lines)
 
 
-def test_metrics(result: RunResult, info: DatasetInfo) -> dict[str, dict[str, float]]:
-    """`{task: {metric: value}}` on the test split of a run."""
+def split_metrics(result: RunResult, info: DatasetInfo, split: str = "test") -> dict[str, dict[str, float]]:
+    """`{task: {metric: value}}` of a run on `split`."""
     values: dict[str, dict[str, float]] = {}
     for key, value in result.scores.items():
-        task, _dataset, split, metric = key.split("/")
-        if split == "test" and task in info.tasks:
+        task, _dataset, key_split, metric = key.split("/")
+        if key_split == split and task in info.tasks:
             values.setdefault(task, {})[metric] = value
     return values
 
@@ -130,7 +130,7 @@ def run_suite(
             for task in tasks:
                 bar.set_postfix_str(f"single-task {task}, seed {seed}")
                 single = replace(config, data=replace(config.data, tasks=(task,)))
-                scores.update(test_metrics(run(single, progress_bar=False), info))
+                scores.update(split_metrics(run(single, progress_bar=False), info))
                 bar.update()
             baseline_scores.append(scores)
         for variant in variants:

@@ -199,6 +199,7 @@ class Distributed:
                 losses[task] = scaled - scaled.detach() + value  # value: exactly the global loss
             else:
                 losses[task] = value.requires_grad_()  # no row here: the global value, zero gradient
+                print("LEAF", self.rank, task, flush=True)
         shared_reps = None if out is None else out.shared_reps
         return StepOutput(losses, {task: int(counts[task_names.index(task)]) for task in losses}, shared_reps)
 

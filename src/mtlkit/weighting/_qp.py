@@ -24,9 +24,11 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     the spirit of Wolfe's min-norm-point algorithm: on the current support it jumps to
     the minimiser over the support's affine hull (closed form, see `_affine_minimiser`),
     walks back to the simplex boundary when that point leaves it, and adds the vertex
-    with the most negative KKT gap until none is left. Finite in exact arithmetic;
-    `10·T + 10` moves bound it against rounding-induced cycling. The bookkeeping is in
-    Python floats: with T this small, tensor calls would cost more than the arithmetic.
+    with the most negative KKT gap until none is left. Finite in exact arithmetic; against
+    rounding (nearly affinely dependent gradients), it stops when a new support's
+    minimiser no longer improves on the best one, and after `10·T + 10` moves. The
+    bookkeeping is in Python floats: with T this small, tensor calls cost more than the
+    arithmetic.
     """
     if c <= 0:
         raise ValueError(f"simplex_min needs c > 0, got {c}")
@@ -44,11 +46,18 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     support = [entering]
     w = [0.0] * T
     w[entering] = 1.0
+    best, best_value = w, float("inf")
     for _ in range(10 * T + 10):
         target, direction = _affine_minimiser(K, R, a_list, c, eps, support)
         if target is not None and all(target[i] > 0 for i in support):
             w = target
-            entering = _entering_vertex(G, a_list, c, eps, w, support)
+            Gw = (G @ torch.tensor(w, dtype=G.dtype)).tolist()
+            q = sum(x * y for x, y in zip(w, Gw)) + eps
+            value = sum(x * y for x, y in zip(a_list, w)) + c * max(q, 0.0) ** 0.5
+            if value >= best_value - 1e-12 * (1.0 + abs(best_value)):
+                break  # no progress: nearly affinely dependent gradients make rounding cycle
+            best, best_value = w, value
+            entering = _entering_vertex(G, a_list, c, w, Gw, q, support)
             if entering is None:
                 break
             support.append(entering)
@@ -73,7 +82,7 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
             total = sum(w)
             w = [x / total for x in w]
         support = [i for i in support if w[i] > 0]
-    return torch.tensor(w, dtype=G.dtype)
+    return torch.tensor(best, dtype=G.dtype)
 
 
 def _affine_minimiser(
@@ -110,10 +119,13 @@ def _affine_minimiser(
     return full, None
 
 
-def _entering_vertex(G: Tensor, a: list[float], c: float, eps: float, w: list[float], support: list[int]) -> int | None:
-    """The vertex off the support whose KKT gap is most negative, or None at the optimum."""
-    Gw = (G @ torch.tensor(w, dtype=G.dtype)).tolist()
-    q = sum(x * y for x, y in zip(w, Gw)) + eps
+def _entering_vertex(
+    G: Tensor, a: list[float], c: float, w: list[float], Gw: list[float], q: float, support: list[int]
+) -> int | None:
+    """The vertex off the support whose KKT gap is most negative, or None at the optimum.
+
+    `Gw` is G·w and `q` = wᵀGw + eps, the smoothed squared norm.
+    """
     top = float(G.diagonal().max())
     if q <= 1e-24 * top:  # zero is in the hull (to rounding): the min-norm point is reached
         return None

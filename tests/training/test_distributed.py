@@ -1,0 +1,182 @@
+"""Multi-process training: 2 ranks (gloo on 127.0.0.1) against 1 process on the same global batches.
+
+One spawn runs every multi-process scenario (tests/training/distributed_runs.py) and
+saves each rank's results; the tests compare them with single-process runs made here.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mtlkit import ConfigError, DictDataLoader, DictDataset, Trainer
+from mtlkit.training.distributed import is_main_process, shard_evaluation_loader, shard_training_loader
+from mtlkit.weighting import available
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_runs as runs  # noqa: E402  (importable by name: the spawned ranks import it too)
+
+TIGHT = {"rtol": 1e-10, "atol": 1e-12}
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """Both ranks' results (see `distributed_runs._scenarios`) and their output folder."""
+    out = tmp_path_factory.mktemp("ddp")
+    torch.set_num_threads(1)
+    # The checkpoint that two ranks resume: one epoch of a one-process run.
+    runs.run("uw", 1, n_epochs=1, checkpointing=True, checkpoint_dir=str(out / "one"))
+    (out / "one" / "last.pt").rename(out / "one_process.pt")
+    context = mp.start_processes(runs.worker, args=(tuple(_free_ports(2)), str(out)), nprocs=runs.WORLD,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the spawned ranks did not finish in 240 s (a hang)")
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(runs.WORLD)], out
+
+
+def _assert_same_run(two, one):
+    for name, value in one["params"].items():
+        torch.testing.assert_close(two["params"][name], value, **TIGHT, msg=f"parameter {name}")
+    for name, value in one["balancer"].items():
+        torch.testing.assert_close(two["balancer"][name], value, **TIGHT, msg=f"balancer state {name}")
+    assert two["step"] == one["step"]
+    assert two["final"].keys() == one["final"].keys()
+    for key, value in one["final"].items():
+        assert two["final"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    for two_record, one_record in zip(two["history"], one["history"], strict=True):
+        for key, value in one_record.items():
+            assert two_record[key] == pytest.approx(value, rel=1e-9), key
+
+
+@pytest.mark.parametrize("method", [*runs.METHODS, *(f"{m}/rep" for m in runs.REP_METHODS)])
+def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, method):
+    name = method.split("/")[0]
+    if name not in available():
+        pytest.skip(f"balancer {name!r} is not registered yet")
+    (rank0, rank1), _ = spawned
+    one = runs.run(name, 1, rep_grad=method.endswith("/rep"))
+    _assert_same_run(rank0[method], one)
+    _assert_same_run(rank1[method], one)  # every rank holds the same model and balancer state
+
+
+def test_trainer_creates_the_process_group_from_torchrun_variables_and_leaves_it(spawned):
+    (rank0, rank1), _ = spawned
+    _assert_same_run(rank0["env"], runs.run("ew", 1))
+    assert rank0["env"]["left_group"] and rank1["env"]["left_group"]
+
+
+def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
+    (rank0, rank1), _ = spawned
+    for result in (rank0["graddrop/rep"], rank1["graddrop/rep"]):
+        assert result["type"] == "ValueError"
+        assert "GradDrop" in result["message"] and "rep_grad" in result["message"]
+
+
+def test_only_rank_0_logs_and_writes_checkpoints(spawned):
+    _, out = spawned
+    assert (out / "logs0" / "log.jsonl").is_file() and (out / "checkpoints0" / "last.pt").is_file()
+    assert not (out / "logs1").exists() and not (out / "checkpoints1").exists()
+    records = [json.loads(line) for line in (out / "logs0" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6  # global steps: 48 rows, global batch 8
+
+
+def test_checkpoint_of_two_ranks_resumes_on_one_process(spawned):
+    _, out = spawned
+    resumed = runs.run("uw", 1, resume_from=out / "checkpoints0" / "last.pt")
+    _assert_same_run(resumed, runs.run("uw", 1))
+
+
+def test_checkpoint_of_one_process_resumes_on_two_ranks(spawned):
+    (rank0, rank1), _ = spawned
+    one = runs.run("uw", 1)
+    _assert_same_run(rank0["resumed"], one)
+    _assert_same_run(rank1["resumed"], one)
+
+
+def test_exception_on_one_rank_stops_every_rank_with_its_message(spawned):
+    (rank0, rank1), _ = spawned
+    assert rank1["raise"] == {"type": "ValueError", "message": "bad batch on rank 1"}
+    assert rank0["raise"]["type"] == "RankFailure"
+    assert "rank 1: ValueError: bad batch on rank 1" in rank0["raise"]["message"]
+
+
+def test_nonfinite_loss_on_one_rank_raises_on_every_rank(spawned):
+    (rank0, rank1), _ = spawned
+    for result in (rank0["nan"], rank1["nan"]):
+        assert result["type"] == "FloatingPointError"
+        assert "task(s) ['a']" in result["message"] and "step 3" in result["message"]
+
+
+# ---------------------------------------------------------------------- without a process group
+
+
+def _dataset(n):
+    return DictDataset("ds", "train", {"x": torch.arange(n)}, {"t": torch.arange(n)})
+
+
+def _indices(loader):
+    return [batch[0]["x"].tolist() for batch in loader]
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_training_shards_together_hold_the_one_process_batches_of_each_epoch(epoch):
+    one = DictDataLoader(_dataset(24), batch_size=6, shuffle=True, seed=3)
+    shards = [shard_training_loader(DictDataLoader(_dataset(24), batch_size=3, shuffle=True, seed=99), 2, r, 3)
+              for r in range(2)]
+    for loader in (one, *shards):
+        loader.set_epoch(epoch)
+    merged = [sorted(a + b) for a, b in zip(*map(_indices, shards), strict=True)]
+    assert merged == [sorted(batch) for batch in _indices(one)]
+
+
+def test_training_shards_of_an_uneven_dataset_pad_by_wrapping_like_distributed_sampler():
+    shards = [shard_training_loader(DictDataLoader(_dataset(5), batch_size=2), 2, r, None) for r in range(2)]
+    seen = [x for loader in shards for batch in _indices(loader) for x in batch]
+    assert sorted(seen) == [0, 0, 1, 2, 3, 4]  # 3 per rank; example 0 fills the gap
+
+
+def test_evaluation_shards_score_every_example_once():
+    loader = DictDataLoader(_dataset(7), batch_size=2)
+    seen = [x for r in range(3) for batch in _indices(shard_evaluation_loader(loader, 3, r)) for x in batch]
+    assert sorted(seen) == list(range(7))
+
+
+def test_a_loader_with_a_custom_sampler_cannot_be_sharded():
+    loader = DictDataLoader(_dataset(4), sampler=[0, 1, 2, 3], batch_size=2)
+    with pytest.raises(ConfigError, match="without a custom sampler"):
+        shard_training_loader(loader, 2, 0, None)
+
+
+def test_distributed_without_torchrun_or_process_group_is_a_config_error(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="torchrun"):
+        Trainer(distributed=True, progress_bar=False).fit(runs.make_model(), runs.make_loaders(4))
+
+
+def test_main_process_is_rank_0_of_the_launch(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main_process()
+    monkeypatch.setenv("RANK", "0")
+    assert is_main_process()
