@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import platform
 import statistics
 import sys
 import time
@@ -227,6 +229,28 @@ def targets(results: dict, names: list[str], args: argparse.Namespace) -> list[s
     return report
 
 
+_SECTION = """## balancers.py — step time of every balancer, relative to EW, and against TorchJD
+
+One training step (zero_grad, forward, `balancer.backward`, SGD step) of a shared MLP
+trunk with T linear heads (MSE), for every method in `mtlkit.weighting.available(aliases=False)`,
+with the task gradients on the shared parameters (`params`) or at the representation
+(`reps`, rep_grad); loss methods have one column per T. Beside mtlkit's `params` mode, the
+same aggregation through TorchJD 0.18 (`autojac.mtl_backward` + `jac_to_grad`), where
+TorchJD has the method and its optional solvers are installed. All entries of one cell
+alternate step by step in one process; CPU times are the thread's CPU time (one torch
+thread), so other jobs' load does not inflate them.
+
+```
+python benchmarks/balancers.py                 # T = 2 10 40, about 4 min on 1 core
+python benchmarks/balancers.py --quick         # T = 2 10, smaller trunk, about 20 s
+python benchmarks/balancers.py --write-readme  # also replaces the table below
+```
+
+Targets (issue 4): every gradient method with rep_grad at T=10 <= 1.5x an EW step; with
+shared parameters, mtlkit at least as fast as TorchJD on the same method.
+"""
+
+
 def _write_readme(text: str) -> None:
     """Replace only the text between this benchmark's markers (other sections stay)."""
     block = f"{BEGIN}\n{text}\n{END}"
@@ -235,7 +259,7 @@ def _write_readme(text: str) -> None:
         head, rest = current.split(BEGIN, 1)
         current = head + block + rest.split(END, 1)[1]
     else:
-        current = current.rstrip("\n") + "\n\n## Balancers: step time per method (`balancers.py`)\n\n" + block + "\n"
+        current = current.rstrip("\n") + "\n\n" + _SECTION + "\n" + block + "\n"
     README.write_text(current)
 
 
@@ -270,7 +294,8 @@ def main() -> None:
         args.d_in, args.hidden, args.rep = 128, 512, 256
         args.rounds, args.warmup = args.rounds or 10, 2
     results, names, skipped = run(args)
-    text = tables(results, names, skipped, args)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    text = f"Measured {time.strftime('%Y-%m-%d')} ({machine}).\n\n" + tables(results, names, skipped, args)
     checks = targets(results, names, args)
     text += "\n\nTargets on this run: " + "; ".join(checks) + "."
     print(text)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mtlkit.weighting import GradientBalancer
-from mtlkit.weighting.jacobian import gramian, jacobian, rep_jacobian, task_jacobian
+from mtlkit.weighting.jacobian import gramian, jacobian, leaves_above, rep_jacobian, task_jacobian
 
 
 def _sequential_reference(losses, inputs):
@@ -126,7 +126,7 @@ def test_one_pass_rep_jacobian_equals_per_task_passes(small_mtl):
     model = small_mtl(num_tasks=4, dtype=torch.float64)
     losses, rep = model()
     losses[2] = losses[2] + (rep * rep).mean()  # a task reading the representation twice
-    assert torch.allclose(rep_jacobian(losses, [rep]), task_jacobian(losses, [rep]), atol=1e-12)
+    assert torch.allclose(rep_jacobian(losses, [rep])[0], task_jacobian(losses, [rep]), atol=1e-12)
 
 
 def test_rep_jacobian_with_a_layer_shared_after_the_representation_is_still_exact(small_mtl):
@@ -134,7 +134,7 @@ def test_rep_jacobian_with_a_layer_shared_after_the_representation_is_still_exac
     _, rep = model()
     shared = torch.tanh(rep)  # read by every task: one pass cannot separate them
     losses = [((head(shared) - y) ** 2).mean() for head, y in zip(model.heads, model.y)]
-    assert torch.allclose(rep_jacobian(losses, [rep]), task_jacobian(losses, [rep]), atol=1e-12)
+    assert torch.allclose(rep_jacobian(losses, [rep])[0], task_jacobian(losses, [rep]), atol=1e-12)
 
 
 def test_rep_jacobian_over_two_representations_and_an_unreached_one(small_mtl):
@@ -143,5 +143,23 @@ def test_rep_jacobian_over_two_representations_and_an_unreached_one(small_mtl):
     a, b = rep[:, :3], rep[:, 3:]
     unused = rep * 2
     losses = [(a**2).sum(), (a * b).sum()]
-    J = rep_jacobian(losses, [a, b, unused])
+    J, _ = rep_jacobian(losses, [a, b, unused])
     assert torch.allclose(J, task_jacobian(losses, [a, b, unused]), atol=1e-12)
+
+
+def test_rep_jacobian_also_returns_the_heads_gradients_of_the_summed_losses(small_mtl):
+    model = small_mtl(num_tasks=3, dtype=torch.float64)
+    losses, rep = model()
+    heads = list(model.heads.parameters())
+    expected = torch.autograd.grad(sum(losses), heads, retain_graph=True)
+    shared = (rep * 0).sum()  # one node reading rep for every task: the per-task fallback
+    for inputs in (losses, [loss + shared for loss in losses]):
+        _, grads = rep_jacobian(inputs, [rep], also=heads)
+        assert all(torch.allclose(g, e) for g, e in zip(grads, expected))
+
+
+def test_leaves_above_stop_at_the_representation(small_mtl):
+    model = small_mtl(num_tasks=2)
+    losses, rep = model()
+    found = {id(p) for p in leaves_above(losses, [rep])}
+    assert found == {id(p) for p in model.heads.parameters()}

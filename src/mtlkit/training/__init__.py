@@ -1,7 +1,8 @@
 """Training machinery: the model protocol, the Trainer, checkpoints and loggers."""
 
 from mtlkit.training.config import TrainerConfig
+from mtlkit.training.distributed import RankFailure, is_main_process
 from mtlkit.training.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.trainer import Trainer
 
-__all__ = ["MultiTaskModel", "StepOutput", "Trainer", "TrainerConfig"]
+__all__ = ["MultiTaskModel", "RankFailure", "StepOutput", "Trainer", "TrainerConfig", "is_main_process"]

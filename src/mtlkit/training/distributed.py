@@ -74,6 +74,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def module_tensors(*modules: nn.Module) -> list[Tensor]:
+    """The parameters and buffers of `modules` (what `broadcast_tensors` copies from rank 0)."""
+    return [t for module in modules for t in (*module.parameters(), *module.buffers())]
+
+
 class Distributed:
     """One rank's part in a torch.distributed run: rank, world size, device, and the Trainer's collectives.
 
@@ -102,6 +107,8 @@ class Distributed:
         'gloo' on the CPU. `timeout` (seconds) bounds every collective of a group
         created here, so that a rank that died cannot leave the others waiting forever.
         """
+        if not dist.is_available():
+            raise ConfigError("distributed=True, but this PyTorch build has no torch.distributed support")
         owns_group = not dist.is_initialized()
         if owns_group:
             missing = [name for name in _LAUNCH_VARIABLES if name not in os.environ]
@@ -111,8 +118,7 @@ class Distributed:
                     f"lacks {missing}: launch with `torchrun --nproc_per_node=N script.py` (or call "
                     "torch.distributed.init_process_group before fit), or set distributed=False"
                 )
-        local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank() if not owns_group else 0))
-        device = _rank_device(device, local_rank)
+        device = _rank_device(device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if owns_group:
@@ -136,7 +142,7 @@ class Distributed:
         """Rank 0's `value` (any picklable object), on every rank."""
         box = [value]
         with self._timed("setup"):
-            dist.broadcast_object_list(box, src=0, device=self._object_device)
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def broadcast_tensors(self, tensors: Iterable[Tensor]) -> None:
@@ -190,6 +196,7 @@ class Distributed:
         sums, counts = buffer[:T], buffer[T : 2 * T].tolist()
         dtype = next((loss.dtype for loss in local.values()), dtype)
         losses: dict[str, Tensor] = {}
+        global_counts: dict[str, int] = {}
         for i, task in enumerate(task_names):
             if counts[i] == 0:
                 continue  # no rank has a label for this task
@@ -199,9 +206,8 @@ class Distributed:
                 losses[task] = scaled - scaled.detach() + value  # value: exactly the global loss
             else:
                 losses[task] = value.requires_grad_()  # no row here: the global value, zero gradient
-                print("LEAF", self.rank, task, flush=True)
-        shared_reps = None if out is None else out.shared_reps
-        return StepOutput(losses, {task: int(counts[task_names.index(task)]) for task in losses}, shared_reps)
+            global_counts[task] = int(counts[i])
+        return StepOutput(losses, global_counts, None if out is None else out.shared_reps)
 
     def reduce_jacobian(self, J: Tensor, params: list[Tensor], reached: list[bool]) -> tuple[Tensor, list[Tensor]]:
         """The mean over ranks of J (T × all shared parameters), restricted to the parameters some rank reached.
@@ -213,7 +219,7 @@ class Distributed:
         flat = torch.cat([J.reshape(-1), flags])
         with self._timed("jacobian"):
             dist.all_reduce(flat)
-        J = flat[: J.numel()].view_as(J) / self.world_size
+        J = flat[: J.numel()].div_(self.world_size).view_as(J)
         used = (flat[J.numel() :] > 0).tolist()
         if not all(used):
             columns = torch.cat([torch.full((p.numel(),), u, device=J.device) for p, u in zip(params, used)])
@@ -244,7 +250,7 @@ class Distributed:
             with self._timed("gradients"):
                 dist.all_reduce(flat)
             sizes = [p.numel() for p in group]
-            grads = (flat[: sum(sizes)] / self.world_size).split(sizes)
+            grads = flat[: sum(sizes)].div_(self.world_size).split(sizes)
             for p, grad, has in zip(group, grads, (flat[sum(sizes) :] > 0).tolist()):
                 if has:
                     p.grad = grad.view_as(p)
@@ -300,18 +306,14 @@ class Distributed:
             torch.cuda.synchronize(self.device)
         self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - start
 
-    @property
-    def _object_device(self) -> torch.device | None:
-        return self.device if dist.get_backend() == "nccl" else None
-
 
 def shard_training_loader(loader: DataLoader, num_replicas: int, rank: int, seed: int | None) -> DictDataLoader:
     """This rank's share of a training `DictDataLoader`: `DistributedSampler`'s split, reshuffled by `(seed, epoch)`.
 
     Over the ranks, an epoch sees every example once (the last global batch is padded by
     wrapping around when the dataset does not divide evenly). The local batch keeps the
-    loader's `batch_size`: the global batch holds `num_replicas × batch_size` examples, the
-    same ones, in the same order, as one process with that batch size and `seed`.
+    loader's `batch_size`: the global batch holds the `num_replicas × batch_size` examples
+    that one process with a loader of that batch size and `seed` takes in the same step.
     A loader already sharded for this rank is kept (with `seed`).
     """
     sampler = getattr(loader, "sampler", None)
@@ -360,11 +362,15 @@ class _Strided(Sampler[int]):
         return max(0, math.ceil((self.length - self.start) / self.step))
 
 
-def _rank_device(device: torch.device | None, local_rank: int) -> torch.device:
-    if device is None:
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank)
+def _rank_device(device: torch.device | None) -> torch.device:
+    """The configured device, with `cuda:LOCAL_RANK` for None (when CUDA is available) and for a bare 'cuda'."""
+    if device is None and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if device is None or (device.type == "cuda" and device.index is None):
+        if "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return torch.device("cuda", rank % torch.cuda.device_count())
     return device
 
 
@@ -392,8 +398,3 @@ def _to_cpu(results: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, 
 def _gathered(parts: list[Mapping[str, Mapping[str, Tensor]]], key: str, label: str) -> Tensor | None:
     pieces = [part[key][label] for part in parts if label in part.get(key, {})]
     return torch.cat(pieces) if pieces else None
-
-
-def module_tensors(*modules: nn.Module) -> list[Tensor]:
-    """The parameters and buffers of `modules` (what `broadcast_tensors` copies from rank 0)."""
-    return [t for module in modules for t in (*module.parameters(), *module.buffers())]

@@ -201,8 +201,12 @@ class Trainer:
         return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
 
     def _training_step(self, X: Any, Y: Any) -> StepOutput:
+        """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
         with self._autocast():
-            return self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+            out = self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+        order = {task: i for i, task in enumerate(self.model.task_names)}
+        out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
+        return out
 
     def _nonfinite(self, what: str, dataset: Any) -> None:
         """Apply `nonfinite_loss`: raise, naming the step and the batch's dataset, or skip the step."""

@@ -41,11 +41,11 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     R[T, 0] = 1.0
     R[:T, 1] = -a
     a_list = a.tolist()
-    vertex_values = (a + c * (G.diagonal().clamp(min=0) + eps).sqrt()).tolist()
-    entering = min(range(T), key=vertex_values.__getitem__)
-    support = [entering]
-    w = [0.0] * T
-    w[entering] = 1.0
+    # Start from the centre with every vertex in the support: in multi-task problems the
+    # optimum usually keeps most tasks, so few vertices have to be dropped (or added).
+    support = list(range(T))
+    w = [1.0 / T] * T
+    entering = None
     best, best_value = w, float("inf")
     for _ in range(10 * T + 10):
         target, direction = _affine_minimiser(K, R, a_list, c, eps, support)
@@ -72,7 +72,7 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
             blocking = {i: w[i] / (w[i] - target[i]) if w[i] > 0 else 0.0 for i in support if target[i] <= 0}
         k = min(blocking, key=blocking.__getitem__)
         theta = blocking[k]
-        if theta <= 0:
+        if theta <= 0 and entering is not None:
             # Only the vertex that just entered has zero weight; the walk would drop it
             # at once, so move towards it instead (its KKT gap makes that a descent).
             w = _line_search_to_vertex(G, a_list, c, eps, w, entering)
@@ -174,10 +174,9 @@ def dual_cone_weights(G: Tensor, U: Tensor) -> Tensor:
     constrained subproblems of the rows still moving are one batched Cholesky solve.
     """
     T = U.shape[1]
-    V = torch.zeros_like(U)
-    passive = torch.zeros(U.shape, dtype=torch.bool)
-    rhs = -(U @ G)
+    rhs = -(U @ G)  # G_PP v_P = rhs_P on the passive set P
     tol = 1e-12 * float(G.diagonal().max())
+    passive, V = _warm_start(G, rhs, tol)
     for _ in range(3 * T + 10):
         grad = (U + V) @ G
         candidates = ~passive & (grad < -tol)
@@ -203,6 +202,28 @@ def dual_cone_weights(G: Tensor, U: Tensor) -> Tensor:
             passive[moving] = kept
             V[moving] = torch.where(kept, Vm, torch.zeros_like(Vm))
     return U + V
+
+
+def _warm_start(G: Tensor, rhs: Tensor, tol: float) -> tuple[Tensor, Tensor]:
+    """Passive sets and iterates to start Lawson–Hanson from, instead of the empty set.
+
+    Guess each row's passive set as the coordinates where uᵀG < 0 (for u = e_i, the
+    tasks that conflict with task i) and drop those whose subproblem solution is not
+    positive until all are: the result is a valid Lawson–Hanson iterate (the minimiser
+    on its passive set, positive there), usually close to the answer.
+    """
+    passive = rhs > tol
+    V = torch.zeros_like(rhs)
+    for _ in range(rhs.shape[1]):
+        if not bool(passive.any()):
+            break
+        S = _passive_solve(G, rhs, passive)
+        bad = passive & (S <= 0)
+        if not bool(bad.any()):
+            V = torch.where(passive, S, V)
+            break
+        passive &= ~bad
+    return passive, V
 
 
 def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:

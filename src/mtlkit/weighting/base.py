@@ -35,7 +35,7 @@ from typing import Protocol, Union
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.jacobian import gramian, jacobian, reachable_leaves, rep_jacobian
+from mtlkit.weighting.jacobian import gramian, jacobian, leaves_above, reachable_leaves, rep_jacobian
 
 Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
 Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
@@ -276,21 +276,24 @@ class GradientBalancer(Balancer):
                     f"shared_reps[{i}] does not require grad: pass the representation the shared "
                     "trunk computed in this forward (not a detached copy)"
                 )
-        # One pass over the heads with per-task hooks (rep_jacobian); a batched pass would
-        # push T rows (T−1 of them zero) through every head.
-        J = rep_jacobian(losses, reps) if reps else torch.stack(losses).new_zeros(len(losses), 0)
+        # Two passes: one over the heads (rep_jacobian: per-task rows at the representation by
+        # hooks, and the heads' own gradients), one through the trunk from g. A batched pass
+        # would push T rows (T−1 of them zero) through every head.
+        specific = leaves_above(losses, reps)
+        J, specific_grads = rep_jacobian(losses, reps, also=specific)
         if self.reducer is None:
             g, weights = self._combine_checked(J, names, losses, index)
         else:
             g, weights = self._combine_global_gramian(J, names, losses, index)
-        # One backward: Σ_t L_t gives every head its own gradient but pushes Σ_t J_t
-        # into the trunk; adding (g − Σ_t J_t) at the representation makes it g.
-        correction = g - J.sum(0)
+        for leaf, grad in zip(specific, specific_grads):
+            if grad is not None:
+                leaf.grad = grad if leaf.grad is None else leaf.grad + grad
         grads, offset = [], 0
         for r in reps:
-            grads.append(correction[offset : offset + r.numel()].view_as(r).to(r.dtype))
+            grads.append(g[offset : offset + r.numel()].view_as(r).to(r.dtype))
             offset += r.numel()
-        torch.autograd.backward([torch.stack(losses).sum(), *reps], [None, *grads])
+        if reps:
+            torch.autograd.backward(reps, grads)
         return g, weights
 
     def _combine_global_gramian(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor):

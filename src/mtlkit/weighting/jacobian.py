@@ -8,9 +8,10 @@
   `autograd.Function` that leaves PyTorch in its backward, `.item()` in a hook). When the
   batched pass hits such an operation, the engine says so in a `RuntimeWarning` and
   computes the rows one by one; other errors propagate unchanged.
-- `rep_jacobian(losses, reps)`: rows at a shared representation from ONE backward pass
-  over the heads (per-task hooks on the nodes that read the representation). A batched
-  pass would push T rows, T−1 of them zero, through every head (T² head passes).
+- `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
+  ONE backward pass over the heads (per-task hooks on the nodes that read the
+  representation), which also yields the heads' own gradients. A batched pass would
+  push T rows, T−1 of them zero, through every head (T² head passes).
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
@@ -72,31 +73,32 @@ def task_jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, retain_
     return torch.cat(rows, dim=0)
 
 
-def rep_jacobian(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:
-    """T×N Jacobian at shared representations, from a single backward pass.
+def rep_jacobian(
+    losses: Sequence[Tensor], reps: Sequence[Tensor], *, also: Sequence[Tensor] = ()
+) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """T×N Jacobian at shared representations from one backward pass, and ∂Σ_t L_t/∂`also`.
 
     Each task reads a representation through autograd nodes of its own (its head's
     first operations). Hooks on those nodes record each task's share of one backward
-    of Σ_t L_t, which is exactly ∂L_t/∂rep. When a node reading a representation is
-    reached from several tasks (a layer shared after the representation), the shares
+    of Σ_t L_t, which is exactly ∂L_t/∂rep; the same pass gives the gradients of `also`
+    (the heads' parameters; None where unreached). When a node reading a representation
+    is reached from several tasks (a layer shared after the representation), the shares
     cannot be told apart and the rows come from `task_jacobian` instead.
     """
-    reps = list(reps)
+    reps, also = list(reps), list(also)
+    total = torch.stack(list(losses)).sum()
     targets = [(r.grad_fn, r.output_nr) for r in reps]
-    if any(fn is None for fn, _ in targets):  # a leaf representation has no node to find
-        return task_jacobian(losses, reps)
-    owner: dict = {}
-    for t, loss in enumerate(losses):
-        for node in _readers(loss, targets):
-            if owner.setdefault(node, t) != t:
-                return task_jacobian(losses, reps)
+    owner = _reader_owners(losses, targets)
+    if owner is None:
+        J = task_jacobian(losses, reps)
+        return J, torch.autograd.grad(total, also, retain_graph=True, allow_unused=True) if also else ()
     rows: list[list[Tensor | None]] = [[None] * len(reps) for _ in losses]
     handles = []
     for node, t in owner.items():
         edges = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
         handles.append(node.register_hook(functools.partial(_record, rows[t], edges)))
     try:
-        torch.autograd.grad(torch.stack(list(losses)).sum(), reps, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(total, [*reps, *also], retain_graph=True, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -104,7 +106,29 @@ def rep_jacobian(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> Tensor:
         torch.stack([row[k] if row[k] is not None else torch.zeros_like(r) for row in rows]).reshape(len(rows), -1)
         for k, r in enumerate(reps)
     ]
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    if not blocks:  # no representation given: a Jacobian without columns
+        return total.new_zeros(len(rows), 0), grads
+    return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)), grads[len(reps) :]
+
+
+def leaves_above(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> list[Tensor]:
+    """Leaf tensors requiring grad that the losses reach without going through `reps`."""
+    stops = {r.grad_fn for r in reps if r.grad_fn is not None}
+    stop_leaves = {id(r) for r in reps if r.grad_fn is None}
+    leaves, seen = [], set()
+    stack = [loss.grad_fn for loss in losses]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            if id(variable) not in stop_leaves:
+                leaves.append(variable)
+            continue
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return leaves
 
 
 def gramian(J: Tensor) -> Tensor:
@@ -145,6 +169,18 @@ def _batched(losses: Tensor, inputs: list[Tensor], chunk_size: int | None) -> Te
         # Not materialize_grads: with batched grads it returns unused inputs' zeros without the batch dim.
         rows.append(_flatten_rows([_zeros_if_none(g, x, len(seeds)) for g, x in zip(grads, inputs)]))
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+
+
+def _reader_owners(losses: Sequence[Tensor], targets: list[tuple]) -> dict | None:
+    """{node reading a target: its task}, or None if a reader serves several tasks (or a target is a leaf)."""
+    if any(fn is None for fn, _ in targets):  # a leaf representation has no node to find
+        return None
+    owner: dict = {}
+    for t, loss in enumerate(losses):
+        for node in _readers(loss, targets):
+            if owner.setdefault(node, t) != t:
+                return None
+    return owner
 
 
 def _readers(loss: Tensor, targets: list[tuple]) -> set:

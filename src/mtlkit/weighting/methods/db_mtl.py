@@ -78,7 +78,7 @@ class DBMTL(GradientBalancer):
         beta = (self.beta / self.steps[rows].to(J.dtype) ** self.beta_sigma).to(J.device).unsqueeze(1)
         log_grads = J / (losses.to(J) + _LOG_EPS).unsqueeze(1)
         ema_rows = index.to(self.grad_ema.device)
-        ema = beta * self.grad_ema[ema_rows].to(J) + (1 - beta) * log_grads
+        ema = self.grad_ema[ema_rows].to(J).lerp_(log_grads, 1 - beta)  # β ĝ + (1 − β) ∇log L
         self.grad_ema[ema_rows] = ema.to(self.grad_ema)
         return magnitude_balance(ema), None
 

@@ -85,13 +85,20 @@ class GradVac(GradientBalancer):
         self.generator = torch.Generator().manual_seed(seed)
         self.register_buffer("targets", torch.zeros(self.num_tasks, self.num_tasks))
 
+    def weights(self, G: Tensor) -> Tensor:
+        """One step on the Gramian of all tasks (it updates the targets)."""
+        return self._step(G, torch.arange(G.shape[0]))
+
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        w = self._step(gramian(J), index)
+        return w @ J, w
+
+    def _step(self, G: Tensor, index: Tensor) -> Tensor:
         rows = index.to(self.targets.device)
         block = self.targets[rows][:, rows]
-        orders = random_orders(len(rows), self.generator)
-        w, block = gradvac_weights(gramian(J), block, orders, self.beta)
+        w, block = gradvac_weights(G, block, random_orders(len(rows), self.generator), self.beta)
         self.targets[rows.unsqueeze(1), rows.unsqueeze(0)] = block
-        return w @ J, w
+        return w
 
     def get_extra_state(self) -> Any:
         return {"generator": self.generator.get_state()}
