@@ -50,7 +50,9 @@ STEP_COLLECTIVES = ("losses", "jacobian", "gradients")  # the per-step all-reduc
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU()
+        )
         self.heads = nn.ModuleDict({t: nn.Linear(64, 1) for t in TASKS})
 
     @property
@@ -131,7 +133,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=300))
     results = {method: _measure(method, args, world, distributed=True) for method in args.methods}
-    results["all_reduce_ms"] = _all_reduce_costs(torch.device(args.device, rank) if args.device == "cuda" else torch.device("cpu"))
+    device = torch.device("cuda", rank) if args.device == "cuda" else torch.device("cpu")
+    results["all_reduce_ms"] = _all_reduce_costs(device)
     dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps(results))
@@ -201,7 +204,8 @@ def main() -> None:
 
     print(f"device {args.device}, {args.threads} thread(s)/process, {args.batch} rows/rank/step, "
           f"{args.steps} timed steps, median of {args.repeats}\n")
-    print("| method | processes | global batch | steps/s | examples/s | collectives ms/step (losses / jacobian / gradients) | collectives share |")
+    print("| method | processes | global batch | steps/s | examples/s "
+          "| collectives ms/step (losses / jacobian / gradients) | collectives share |")
     print("|---|---|---:|---:|---:|---|---:|")
     for method, procs, batch, r in rows:
         comm = r["comm_s"]

@@ -3,7 +3,7 @@
 Ma et al., KDD 2018, section 4: two regression tasks from
 `mtlkit.data.synthetic.correlated_regression` whose weight vectors have cosine
 similarity p ∈ {1.0, 0.9, 0.5}. The paper's finding: MMoE's advantage over the
-shared-bottom model grows as p falls. Models, as in the paper: 8 experts of one hidden
+shared-bottom model grows as p falls. Models after the paper's setup: 8 experts of one hidden
 layer of 16 ReLU units, towers of one hidden layer of 8 units; OMoE is MMoE with a
 single gate for both tasks; the shared bottom has one hidden layer sized so that it
 has about as many parameters as MMoE. Trained with Adam on Σ_t MSE_t (mtlkit's "ew"

@@ -34,12 +34,17 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from mtlkit.experiments import load_config, run
     from mtlkit.experiments.report import scores_table
+    from mtlkit.experiments.runner import launched_by_torchrun
+    from mtlkit.training import is_main_process
 
     config = load_config(args.config, args.overrides)
+    if args.run_dir is None and launched_by_torchrun():
+        raise ConfigError("under torchrun, give --run-dir: every rank must agree on the run folder")
     run_dir = Path(args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = run(config, run_dir, progress_bar=not args.no_progress)
-    print(scores_table(result.scores))
-    print(f"\nrun folder: {run_dir}")
+    if is_main_process():
+        print(scores_table(result.scores))
+        print(f"\nrun folder: {run_dir}")
     return 0
 
 

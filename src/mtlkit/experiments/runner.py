@@ -8,6 +8,7 @@ TensorBoard is installed, its events), `checkpoints/` (`last.pt`, `best.pt`),
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.experiments.build import build_loaders, build_model, load_data, model_graph, select_tasks
 from mtlkit.experiments.config import ExperimentConfig, load_config, weighting_spec
 from mtlkit.experiments.report import plot_curves, scores_table
-from mtlkit.training import Trainer
+from mtlkit.training import Trainer, is_main_process
 from mtlkit.training.checkpoint import load_checkpoint
 
 
@@ -48,10 +49,16 @@ def run(config: ExperimentConfig, run_dir: str | Path | None = None, progress_ba
     name, options = weighting_spec(config.weighting)
     trainer_options: dict[str, Any] = {"progress_bar": progress_bar, **config.trainer}
     trainer_options.update(weighting=(name, options), seed=config.seed)
+    if launched_by_torchrun():
+        if config.trainer.get("distributed") is False:
+            raise ConfigError("trainer.distributed is false, but this process was launched by torchrun")
+        trainer_options["distributed"] = True
+    main = is_main_process()
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if main:  # under torchrun only rank 0 writes; the Trainer does the same for logs and checkpoints
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         writers = ["json", "tensorboard"] if importlib.util.find_spec("tensorboard") else ["json"]
         first = tasks[0]
         info = loaded.info.tasks[first]
@@ -70,9 +77,14 @@ def run(config: ExperimentConfig, run_dir: str | Path | None = None, progress_ba
     scores = trainer.fit(model, loaders)
     seconds = (time.perf_counter() - start) / max(trainer.epoch, 1)
     result = RunResult(config, scores, trainer.history, seconds, model, run_dir)
-    if run_dir is not None:
+    if run_dir is not None and main:
         write_run_folder(result)
     return result
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def write_run_folder(result: RunResult) -> None:

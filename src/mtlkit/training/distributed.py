@@ -179,7 +179,7 @@ class Distributed:
         local = {} if out is None else dict(out.losses)
         unknown = [task for task in local if task not in task_names]
         if unknown and failure is None:
-            failure = KeyError(f"training_step returned losses for unknown task(s) {unknown}; the tasks are {task_names}")
+            failure = KeyError(f"training_step returned losses of unknown task(s) {unknown}; tasks: {task_names}")
         T = len(task_names)
         buffer = torch.zeros(2 * T + 1, dtype=torch.float64, device=self.device)
         if failure is None:
@@ -229,7 +229,7 @@ class Distributed:
         return J, params
 
     def reduce_gramian(self, G: Tensor) -> Tensor:
-        """The global batch's Gramian Σ_r G_r / world_size² from this rank's (each rank's rows are 1/world_size of the global ones)."""
+        """The global batch's Gramian Σ_r G_r / world_size² (a rank's rows are world_size × its share)."""
         G = G.contiguous().clone()
         with self._timed("gramian"):
             dist.all_reduce(G)
@@ -258,7 +258,7 @@ class Distributed:
     # ------------------------------------------------------------------ evaluation
 
     def score(self, model: Any, dataloaders: list[DataLoader]) -> dict[str, float]:
-        """`metrics.score` over the whole of each loader: each rank predicts its share, all score the gathered predictions."""
+        """`metrics.score` over the whole of each loader: each rank predicts its share, all score them gathered."""
         scorers = dict(model.scorers())
         scores: dict[str, float] = {}
         for loader in dataloaders:

@@ -226,6 +226,8 @@ class Trainer:
         cfg = self.config
         self.model.train()
         self.batch_scheduler.set_epoch(self.epoch)
+        if hasattr(self.model, "set_epoch"):  # models with schedules of their own (LTB's temperature)
+            self.model.set_epoch(self.epoch)
         losses = _EpochLosses()
         bar = tqdm(
             total=self._batches_per_epoch,
