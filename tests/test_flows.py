@@ -14,15 +14,6 @@ from mtlkit import DictDataLoader, DictDataset, MultitaskClassifier, Operation, 
 from mtlkit.training.protocol import MultiTaskModel, StepOutput
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Counting(nn.Module):
     """Wraps a module and counts its calls."""
 

@@ -13,15 +13,6 @@ from mtlkit.data.tutorial import make_circle_dataset, make_inv_circle_dataset, m
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "snorkel_tutorial.py"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _all_points(splits):
     return torch.cat([X for X, _ in splits]), torch.cat([Y for _, Y in splits])
 
