@@ -6,10 +6,11 @@ PIP := $(PY) -m pip
 .PHONY: demo test bench clean
 
 # Create the venv; take the local CPU build of torch first when the machine has one
-# (pip's find-links), so that the range in pyproject.toml installs nothing bigger.
+# (pip's find-links; its own dependencies come with the package install), so that the
+# range in pyproject.toml installs nothing bigger.
 $(PY):
 	python3 -m venv $(VENV)
-	@if $(PIP) install -q --no-index torch==2.13.0 2>/dev/null; then \
+	@if $(PIP) install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then \
 		echo "installed the local CPU build of torch 2.13.0"; \
 	else \
 		echo "no local torch build found; pip will resolve torch from pyproject.toml"; \

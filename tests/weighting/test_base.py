@@ -51,12 +51,16 @@ def test_non_finite_gradient_raises_naming_the_task_before_any_grad_is_written(s
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_result_unpacks_as_loss_and_scaled_losses(small_mtl):
+def test_result_unpacks_as_loss_and_scaled_losses_in_the_input_container(small_mtl):
     losses, _ = small_mtl(num_tasks=2)()
     result = get("ew").backward(losses)
     loss, scaled = result
     assert isinstance(result, BalanceResult)
-    assert torch.allclose(loss, sum(l.detach() for l in losses)) and set(scaled) == {"0", "1"}
+    assert torch.allclose(loss, sum(l.detach() for l in losses))
+    assert isinstance(scaled, list) and all(torch.allclose(s, l.detach()) for s, l in zip(scaled, losses))
+    losses, _ = small_mtl(num_tasks=2)()
+    _, scaled = get("ew").backward({"a": losses[0], "b": losses[1]})
+    assert set(scaled) == {"a", "b"}
 
 
 def test_gradient_methods_need_somewhere_to_take_task_gradients(small_mtl):

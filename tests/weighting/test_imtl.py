@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 import torch
@@ -93,7 +94,7 @@ def test_hybrid_applies_alpha_from_the_scaled_losses_gradients(small_mtl):
     values = torch.stack([l.detach() for l in losses])
     assert torch.allclose(imtl.log_scale.grad, scale * values - 1, atol=1e-12)
     assert torch.allclose(grad_loss, (alpha * scale * values).sum(), atol=1e-10)
-    assert torch.allclose(scaled_losses["1"], scale[1] * values[1] - imtl.log_scale[1].detach())
+    assert torch.allclose(scaled_losses[1], scale[1] * values[1] - imtl.log_scale[1].detach())
 
 
 def test_seed_usage_chains_parameters_and_takes_the_shared_feature_z(small_mtl):
@@ -111,7 +112,7 @@ def test_seed_usage_chains_parameters_and_takes_the_shared_feature_z(small_mtl):
     assert all(torch.allclose(p.grad, g) for p, g in zip(model.trunk.parameters(), grads_z))
     optimizer.step()
     grad_loss, scaled_losses = by_z
-    assert grad_loss.ndim == 0 and set(scaled_losses) == {"0", "1", "2"}
+    assert grad_loss.ndim == 0 and isinstance(scaled_losses, list) and len(scaled_losses) == 3
 
 
 def test_seed_usage_skips_losses_that_do_not_require_grad(small_mtl):
@@ -120,7 +121,7 @@ def test_seed_usage_skips_losses_that_do_not_require_grad(small_mtl):
     losses, _ = model()
     losses[0] = losses[0].detach()
     _, scaled_losses = imtl.backward(shared_parameters=[model.parameters()], losses=losses)
-    assert set(scaled_losses) == {"1", "2"}
+    assert len(scaled_losses) == 3 and torch.equal(scaled_losses[0], losses[0])  # passed through unscaled
     assert imtl.log_scale.grad[0] == 0 and imtl.log_scale.grad[1] != 0
     assert model.heads[0].weight.grad is None
 
@@ -148,3 +149,17 @@ def test_constructor_rejects_unknown_method_and_mismatched_sizes():
 def test_learning_scales_without_a_loss_count_says_to_give_num_losses():
     with pytest.raises(ValueError, match="num_losses="):
         IMTL("hybrid")
+
+
+def test_seed_unpacking_gives_scaled_losses_as_a_list_in_input_order_with_skipped_losses_unscaled():
+    torch.manual_seed(0)
+    trunk, heads = torch.nn.Linear(3, 4), [torch.nn.Linear(4, 1) for _ in range(3)]
+    z = trunk(torch.randn(6, 3))
+    losses = [h(z).pow(2).mean() for h in heads]
+    frozen = losses[1].detach()  # requires_grad=False: left out, as in the seed
+    imtl = IMTL(method="hybrid", num_losses=3, init_loss=[0.5, 0.0, -0.5])
+    grad_loss, scaled = imtl.backward(shared_parameters=[trunk.parameters()], losses=[losses[0], frozen, losses[2]])
+    assert isinstance(scaled, list) and len(scaled) == 3
+    assert torch.equal(scaled[1], frozen)
+    assert torch.allclose(scaled[0], math.exp(0.5) * losses[0].detach() - 0.5)
+    assert torch.allclose(scaled[2], math.exp(-0.5) * losses[2].detach() + 0.5)

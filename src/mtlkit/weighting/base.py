@@ -48,16 +48,19 @@ class BalanceResult:
 
     `loss` is the combined objective Σ w_t L_t and `scaled_losses` the w_t L_t; for
     methods that act on gradients without task weights, w_t = 1. The result unpacks
-    as `(loss, scaled_losses)`, the pair that IMTL's `backward` returns.
+    as `(loss, scaled_losses)`, the pair that IMTL's `backward` returns: for losses
+    given as a list, `scaled_losses` is then a list in the same order, in which a
+    loss left out of the step (no grad) appears unscaled.
     """
 
     loss: Tensor
     scaled_losses: dict[str, Tensor]
     weights: dict[str, Tensor] = field(default_factory=dict)
     stats: dict[str, Tensor] = field(default_factory=dict)
+    positional: list[Tensor] | None = None  # the unpacked scaled losses, for list input
 
     def __iter__(self):
-        return iter((self.loss, self.scaled_losses))
+        return iter((self.loss, self.scaled_losses if self.positional is None else self.positional))
 
 
 class Balancer(nn.Module):
@@ -89,11 +92,19 @@ class Balancer(nn.Module):
         shared_reps: Reps | None = None,
     ) -> BalanceResult:
         """Run the backward pass for these task losses and return what was decided."""
+        if not isinstance(losses, Mapping):
+            losses = list(losses)
         names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
         _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
-        return self._backward(names, index, active, shared_params, shared_reps)
+        result = self._backward(names, index, active, shared_params, shared_reps)
+        if not isinstance(losses, Mapping):
+            result.positional = [
+                result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
+                for name, loss in zip(self.task_names, losses)
+            ]
+        return result
 
     def epoch_end(self) -> None:
         """Hook called by the Trainer after each epoch (DWA and friends use it)."""
