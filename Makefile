@@ -17,7 +17,7 @@ $(PY):
 	fi
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[demo]"
 	touch $@
 
 $(VENV)/.installed-dev: $(PY) pyproject.toml
