@@ -65,6 +65,7 @@ class MTLModel(nn.Module):
         self._auto_weights: dict[str, str] = {}  # node name -> name of its registered weight parameter
         self.metrics: dict[str, tuple[str, ...]] = {s.name: s.metrics for s in specs if s.metrics is not None}
         self._scorers: dict[str, Any] | None = None
+        self._shared_names: list[str] | None = None
         reserved = set(dir(self))
         for spec in specs:
             if spec.name in reserved:
@@ -133,12 +134,15 @@ class MTLModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters that more than one output task depends on (from graph ancestry)."""
-        users: dict[int, int] = {}
-        for task in self.output_tasks:
-            params = {id(p) for name in self.task_graph.needed([task]) for p in self._modules[name].parameters()}
-            for pid in params:
-                users[pid] = users.get(pid, 0) + 1
-        return [p for p in self.parameters() if users.get(id(p), 0) > 1]
+        if self._shared_names is None:  # the graph is fixed once built: find the names once
+            users: dict[int, int] = {}
+            for task in self.output_tasks:
+                params = {id(p) for name in self.task_graph.needed([task]) for p in self._modules[name].parameters()}
+                for pid in params:
+                    users[pid] = users.get(pid, 0) + 1
+            self._shared_names = [n for n, p in self.named_parameters() if users.get(id(p), 0) > 1]
+        params = dict(self.named_parameters())
+        return [params[name] for name in self._shared_names]
 
     def task_outputs(self, X: Any, task_names: list[str]) -> dict[str, Any]:
         """The raw output of each named node (the graph does not know probabilities from logits)."""
