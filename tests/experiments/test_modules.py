@@ -50,6 +50,10 @@ def test_encoder_type_must_fit_the_input():
         encoder_factory({"type": "mlp", "widths": [3]}, (6,))
 
 
-def test_heads_pool_feature_maps_and_return_vectors_for_one_output():
-    assert head((32, 2, 2), 10)(torch.zeros(5, 32, 2, 2)).shape == (5, 10)
+def test_heads_keep_the_spatial_layout_of_feature_maps_and_return_vectors_for_one_output():
+    h = head((2, 1, 2), 3)
+    assert h[1].in_features == 4  # every position has its own weights
+    left, right = torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2)
+    left[..., 0], right[..., 1] = 1.0, 1.0
+    assert not torch.allclose(h(left), h(right))  # global pooling would make these equal
     assert head((7,), 1)(torch.zeros(5, 7)).shape == (5,)

@@ -97,16 +97,10 @@ def encoder_factory(spec: Mapping[str, Any], input_shape: Sequence[int]) -> Call
 
 
 def head(representation_shape: Sequence[int], out_features: int) -> nn.Module:
-    """A task head: pooled (feature maps) or flattened, then linear; one output comes back as a vector."""
-    layers: list[nn.Module] = []
-    if len(representation_shape) == 3:
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        width = representation_shape[0]
-    else:
-        if len(representation_shape) > 1:
-            layers.append(nn.Flatten())
-        width = math.prod(representation_shape)
-    layers.append(nn.Linear(int(width), out_features))
+    """A task head: flatten (feature maps keep their spatial layout: MultiMNIST's left and right
+    digits differ only by position), then linear; one output comes back as a vector."""
+    layers: list[nn.Module] = [nn.Flatten()] if len(representation_shape) > 1 else []
+    layers.append(nn.Linear(math.prod(representation_shape), out_features))
     if out_features == 1:
         layers.append(nn.Flatten(0))
     return nn.Sequential(*layers)

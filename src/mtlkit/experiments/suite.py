@@ -26,7 +26,7 @@ from mtlkit.metrics import delta_m
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"batch_size": 64, "encoder": {"hidden": [128, 64]}, "trainer": {"n_epochs": 15, "lr": 2e-3}},
     "penguins": {"batch_size": 32, "encoder": {"hidden": [32, 32]}, "trainer": {"n_epochs": 40, "lr": 3e-3}},
-    "multi_mnist": {"batch_size": 128, "encoder": {"channels": [16, 32]}, "trainer": {"n_epochs": 4, "lr": 2e-3}},
+    "multi_mnist": {"batch_size": 128, "encoder": {"channels": [16, 32]}, "trainer": {"n_epochs": 6, "lr": 2e-3}},
     "qm9": {
         "batch_size": 128,
         "options": {"max_molecules": 6000},
