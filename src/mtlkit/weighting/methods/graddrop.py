@@ -19,18 +19,18 @@ def graddrop(J: Tensor, U: Tensor, leak: Tensor | float = 0.0) -> Tensor:
     coordinate when (P > U and J_t > 0) or (P < U and J_t < 0); the update is
     Σ_t (ℓ_t + (1 − ℓ_t) M_t) J_t with leak ℓ (a scalar or one value per task).
     Coordinates where every gradient is zero get purity ½ (nothing to keep or drop).
-    Written with the positive and negative parts of J, so that the kept sums cost two
-    T×P passes instead of a T×P mask.
+    Written with Σ_t J_t and Σ_t |J_t| (the kept positive part is half their sum, the
+    negative part half their difference), so that it costs one T×P temporary, |J|.
     """
-    positive, negative = J.clamp(min=0), J.clamp(max=0)
-    positive_sum, negative_sum = positive.sum(dim=0), negative.sum(dim=0)
-    total = positive_sum - negative_sum  # Σ_t |J_t|
-    purity = 0.5 * (1 + (positive_sum + negative_sum) / torch.where(total > 0, total, torch.ones_like(total)))
+    magnitude = J.abs()
+    signed, total = J.sum(dim=0), magnitude.sum(dim=0)
+    purity = 0.5 * (1 + signed / torch.where(total > 0, total, torch.ones_like(total)))
     leak = torch.as_tensor(leak, dtype=J.dtype).expand(J.shape[0])
     leaking = bool((leak != 0).any())
     if leaking:
         leak = leak.to(J.device)
-        positive_sum, negative_sum = (1 - leak) @ positive, (1 - leak) @ negative
+        signed, total = (1 - leak) @ J, (1 - leak) @ magnitude
+    positive_sum, negative_sum = 0.5 * (total + signed), 0.5 * (signed - total)
     kept = torch.where(purity > U, positive_sum, 0.0) + torch.where(purity < U, negative_sum, 0.0)
     return kept + leak @ J if leaking else kept
 
