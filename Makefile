@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test bench clean
+.PHONY: demo test clean
 
 # Create the venv; take the local CPU build of torch first when the machine has one
 # (pip's find-links; its own dependencies come with the package install), so that the
