@@ -67,3 +67,19 @@ def test_backward_through_registry_fills_finite_gradients(small_mtl):
     losses, rep = model()
     get("graddrop", leak=[0.0, 0.5, 1.0], tasks=3).backward(losses, shared_reps=rep)
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+def _graddrop_by_masks(J: torch.Tensor, U: torch.Tensor, leak: torch.Tensor) -> torch.Tensor:
+    """Algorithm 1 of the paper written literally: purity, per-task masks, leak."""
+    purity = 0.5 * (1 + J.sum(0) / J.abs().sum(0))
+    mask = ((purity > U) & (J > 0)) | ((purity < U) & (J < 0))
+    return ((leak[:, None] + (1 - leak[:, None]) * mask) * J).sum(0)
+
+
+@pytest.mark.parametrize("leak", [[0.0, 0.0, 0.0, 0.0], [0.3, 0.0, 1.0, 0.5]])
+def test_matches_a_literal_mask_based_transcription_on_random_gradients(leak):
+    generator = torch.Generator().manual_seed(0)
+    J = torch.randn(4, 1000, generator=generator, dtype=torch.float64)
+    U = torch.rand(1000, generator=generator, dtype=torch.float64)
+    leak = torch.tensor(leak, dtype=torch.float64)
+    assert torch.allclose(graddrop(J, U, leak), _graddrop_by_masks(J, U, leak), atol=1e-12)
