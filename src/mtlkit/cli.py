@@ -26,8 +26,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"mtlkit demo: {args.dataset}, single-task baselines and 2 architectures x 4 balancers, seed 0")
-    result = run_suite(args.dataset, demo_variants(), seeds=[0], scale=args.scale)
+    result = run_suite(args.dataset, demo_variants(), seeds=[0], scale=args.scale, out_dir=out)
     _write_table(result.table(), out, f"Demo on {args.dataset}")
+    print(f"run folders (config, logs, checkpoints, graph.png, curves.png): {out}/<variant>-seed0")
     return 0
 
 
@@ -79,9 +80,10 @@ def _bench(args: argparse.Namespace) -> int:
         names = args.architectures.split(",") if args.architectures else suite.DEFAULT_ARCHITECTURES
         variants = suite.architecture_variants(names)
     scale = args.scale * (5 if args.full else 1)
-    result = suite.run_suite(args.dataset, variants, seeds=range(args.seeds), scale=scale)
+    out = Path(args.out) if args.out else None
+    result = suite.run_suite(args.dataset, variants, seeds=range(args.seeds), scale=scale, out_dir=out)
     title = f"`mtlkit bench {args.name} --dataset {args.dataset}` ({args.seeds} seeds, epochs x{scale:g})"
-    _write_table(result.table(), Path(args.out) if args.out else None, title)
+    _write_table(result.table(), out, title)
     return 0
 
 
@@ -145,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--architecture", default="hps", help="the architecture the balancers train (balancers)")
     bench.add_argument("--scale", type=float, default=1.0, help="multiply the number of epochs")
     bench.add_argument("--full", action="store_true", help="the full size: 5x the epochs")
-    bench.add_argument("--out", help="folder for results.md")
+    bench.add_argument("--out", help="folder for results.md and each run's folder")
     bench.set_defaults(handler=_bench)
 
     listing = commands.add_parser("list", help="architectures, balancers, datasets and metrics")

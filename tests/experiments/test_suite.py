@@ -14,3 +14,15 @@ def test_suite_table_has_baselines_variants_and_delta_m():
     expected = delta_m(split_metrics(run, result.info), result.baselines[0], directions)
     mgda_row = next(line for line in table.splitlines() if line.startswith("| mgda |"))
     assert f"{expected:.2f}" in mgda_row
+
+
+def test_results_do_not_depend_on_writing_run_folders_and_eval_reproduces_them(tmp_path):
+    from mtlkit.experiments import evaluate
+
+    variants = [Variant("uw", weighting="uw")]
+    plain = run_suite("penguins", variants, seeds=[0], scale=0.1, baselines=False)
+    written = run_suite("penguins", variants, seeds=[0], scale=0.1, baselines=False, out_dir=tmp_path)
+    assert plain.runs["uw"][0].scores == written.runs["uw"][0].scores
+    again = evaluate(tmp_path / "uw-seed0", ("valid", "test"))
+    for key, value in written.runs["uw"][0].scores.items():
+        assert abs(again[key] - value) < 1e-6, key

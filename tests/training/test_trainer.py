@@ -278,3 +278,16 @@ def test_device_option_trains_on_cuda_in_bf16_and_resumes_exactly(make_model, ma
         resumed, make_loaders(), resume_from=tmp_path / "run" / "last.pt"
     )
     assert all(torch.equal(a, b) for a, b in zip(params(resumed), params(reference)))
+
+
+def test_restore_best_false_keeps_the_last_epoch_while_best_pt_holds_the_best(make_model, make_loaders, params, tmp_path):
+    config = dict(n_epochs=3, lr=0.05, checkpointing=True, progress_bar=False, seed=0)
+    config["checkpoint_metric"] = "model/all/train/loss:max"  # the worst epoch, which is not the last here
+    restored, kept = make_model(0), make_model(0)
+    Trainer(**config, checkpoint_dir=str(tmp_path / "a")).fit(restored, make_loaders())
+    Trainer(**config, checkpoint_dir=str(tmp_path / "b"), restore_best=False).fit(kept, make_loaders())
+    best = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["model"]
+    last = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in best.items())
+    assert all(torch.equal(kept.state_dict()[k], v) for k, v in last.items())
+    assert not all(torch.equal(a, b) for a, b in zip(params(restored), params(kept)))

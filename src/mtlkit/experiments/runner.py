@@ -105,13 +105,16 @@ def write_run_folder(result: RunResult) -> None:
 
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict[str, float]:
-    """Rebuild a saved run from its `config.yaml`, load its best (else last) weights, score its splits."""
+    """Rebuild a saved run from its `config.yaml`, load the weights it reported, score its splits.
+
+    Those are `checkpoints/best.pt`, or `checkpoints/last.pt` for a run with `restore_best: false`.
+    """
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
-    checkpoints = run_dir / "checkpoints"
-    path = next((p for p in (checkpoints / "best.pt", checkpoints / "last.pt") if p.is_file()), None)
-    if path is None:
-        raise ConfigError(f"{run_dir}: no checkpoints/best.pt or checkpoints/last.pt to evaluate")
+    name = "best.pt" if config.trainer.get("restore_best", True) else "last.pt"
+    path = run_dir / "checkpoints" / name
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no checkpoints/{name} to evaluate")
     loaded = load_data(config)
     tasks = select_tasks(loaded.info, config.data)
     model = build_model(config, loaded.info, tasks)

@@ -1,7 +1,8 @@
 """The benchmark suite and the demo: many runs of one dataset, summarised as MTL papers do.
 
 For each variant (an architecture with a balancer) and seed, a run trains for a fixed
-number of epochs and is scored on the test split with the model of its last epoch.
+number of epochs and is scored on the test split with the model of its last epoch
+(`restore_best: false`, with or without run folders).
 Single-task baselines (one HPS network per task, same encoder and budget) give Δm, the
 average relative gain over them (`mtlkit.metrics.delta_m`). Tables show each task's
 metric as mean ± std over seeds, Δm in percent and the wall time per epoch.
@@ -9,8 +10,10 @@ metric as mean ± std over seeds, Δm in percent and the wall time per epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -94,9 +97,9 @@ def split_metrics(result: RunResult, info: DatasetInfo, split: str = "test") -> 
 
 
 def base_config(dataset: str, seed: int = 0, scale: float = 1.0) -> ExperimentConfig:
-    """The dataset's preset as an `ExperimentConfig` (HPS, EW); `scale` multiplies the epochs."""
+    """The dataset's preset as an `ExperimentConfig` (HPS, EW, last-epoch model); `scale` multiplies the epochs."""
     preset = PRESETS[dataset]
-    trainer = dict(preset["trainer"])
+    trainer = {**preset["trainer"], "restore_best": False}
     trainer["n_epochs"] = max(1, round(trainer["n_epochs"] * scale))
     return ExperimentConfig(
         name=dataset,
@@ -113,9 +116,13 @@ def run_suite(
     seeds: Iterable[int] = (0, 1, 2),
     scale: float = 1.0,
     baselines: bool = True,
-    on_run: Callable[[str], None] | None = None,
+    out_dir: Path | None = None,
 ) -> SuiteResult:
-    """Train every variant (and the single-task baselines) on every seed; one progress bar over all runs."""
+    """Train every variant (and the single-task baselines) on every seed; one progress bar over all runs.
+
+    With `out_dir`, each variant's run on each seed writes its run folder (config, logs,
+    checkpoints, graph.png, curves.png, results.md) to `out_dir/<variant>-seed<seed>`.
+    """
     seeds = list(seeds)
     info = load_dataset(dataset, **PRESETS[dataset].get("options", {})).info
     tasks = list(info.tasks)
@@ -136,12 +143,16 @@ def run_suite(
         for variant in variants:
             bar.set_postfix_str(f"{variant.label}, seed {seed}")
             model = replace(config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad)
-            runs[variant.label].append(run(replace(config, model=model, weighting=variant.weighting), progress_bar=False))
+            variant_config = replace(config, name=f"{dataset}-{variant.label}", model=model, weighting=variant.weighting)
+            run_dir = out_dir / f"{_slug(variant.label)}-seed{seed}" if out_dir is not None else None
+            runs[variant.label].append(run(variant_config, run_dir, progress_bar=False))
             bar.update()
-            if on_run is not None:
-                on_run(variant.label)
     bar.close()
     return SuiteResult(dataset, info, runs, baseline_scores)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
 
 
 def balancer_variants(names: Sequence[str] = DEFAULT_BALANCERS, architecture: str = "hps") -> list[Variant]:

@@ -109,11 +109,13 @@ class TrainerConfig:
             (resume with `fit(..., resume_from=...)`), and the best model's weights to
             `checkpoint_dir/best.pt`.
         checkpoint_metric: 'task/dataset/split/metric:min|max' that defines the best
-            model; it is tracked (and the best model restored at the end of `fit`)
-            when checkpointing or early_stopping is on. The Trainer adds
+            model; it is tracked (and, with restore_best, the best model restored at the
+            end of `fit`) when checkpointing or early_stopping is on. The Trainer adds
             'model/all/train/loss' and 'task/dataset/split/loss' of the training
             loaders (epoch means) to the scores.
         checkpoint_runway: epochs before the best model is tracked.
+        restore_best: load the best model back at the end of `fit` (Snorkel's behaviour);
+            False keeps the state of the last epoch (`best.pt` is still written).
         early_stopping: stop after this many evaluations without improvement of the
             checkpoint metric; None = never.
     """
@@ -153,6 +155,7 @@ class TrainerConfig:
     checkpoint_every: int = 1
     checkpoint_metric: str = "model/all/train/loss:min"
     checkpoint_runway: int = 0
+    restore_best: bool = True
     early_stopping: int | None = None
 
     @classmethod
@@ -198,7 +201,7 @@ class TrainerConfig:
         if self.seed is not None:
             _int(self, "seed", minimum=0)
         _int(self, "evaluate_every", minimum=1)
-        for key in ("distributed", "progress_bar", "logging", "checkpointing"):
+        for key in ("distributed", "progress_bar", "logging", "checkpointing", "restore_best"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be True or False, got {getattr(self, key)!r}")
         _set(self, "log_writers", _names("log_writers", self.log_writers))

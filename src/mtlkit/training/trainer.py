@@ -108,7 +108,7 @@ class Trainer:
                     self._evaluate(epoch_losses, valid, loggers)
                 if cfg.checkpointing and (self.epoch % cfg.checkpoint_every == 0 or last):
                     self._write_checkpoint(self._state, Path(cfg.checkpoint_dir) / "last.pt")
-            if self.best_model is not None:
+            if self.best_model is not None and cfg.restore_best:
                 self.model.load_state_dict(self.best_model)
             scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
             final = self._score(scored) if scored else {}
