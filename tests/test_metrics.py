@@ -298,3 +298,16 @@ def test_scores_are_the_shortest_decimal_of_their_float32_value():
     got = Scorer(["accuracy", "f1"]).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
     assert got["accuracy"] == 0.6  # not 0.6000000238418579
     assert got["f1"] == 0.6666667  # float32 precision: 2/3 to 7 digits
+
+
+def test_roc_auc_refuses_logits_and_names_the_fix():
+    golds = torch.tensor([0, 1, 1, 0, 1])
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0], [-2.0, 1.0], [1.0, 0.2], [0.1, 2.5]])
+    with pytest.raises(ValueError, match="roc_auc needs probabilities.*output_funcs"):
+        Scorer(metrics=["roc_auc"]).score(golds, probs=logits)
+    # The ranking that matters is P(class 1) = softmax(logits)[:, 1], not logit 1.
+    from sklearn.metrics import roc_auc_score
+
+    probs = logits.softmax(dim=1)
+    expected = roc_auc_score(golds.numpy(), probs[:, 1].numpy())
+    assert Scorer(metrics=["roc_auc"]).score(golds, probs=probs)["roc_auc"] == pytest.approx(expected)

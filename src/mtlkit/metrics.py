@@ -238,6 +238,14 @@ class Scorer:
             # torchmetrics would return a meaningless 0 here; scikit-learn raises too
             raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {num_classes}")
         probs = probs.float()
+        rows_sum_to_one = probs.dim() == 1 or bool(torch.allclose(probs.sum(dim=1), torch.ones(len(probs)), atol=1e-3))
+        if not rows_sum_to_one or bool(((probs < 0) | (probs > 1)).any()):
+            # AUC of raw logits ranks by the wrong score (logit 1, not P(class 1)): refuse
+            raise ValueError(
+                "Scorer: roc_auc needs probabilities (values in [0, 1], rows summing to 1) but got what look "
+                "like logits; give the task an output function: Task(output_func=...), an architecture's "
+                "output_funcs={task: softmax}, or an MTLModel entry's 'output'"
+            )
         if probs.dim() == 1:
             return tmc.binary_auroc(probs, golds)
         if num_classes == 2:

@@ -54,3 +54,14 @@ def test_architecture_trains_through_the_trainer(name, weighting, rep_grad):
     assert losses[-1] < losses[0], losses
     assert "a/toy/valid/accuracy" in scores
     assert all(p.grad is not None for p in model.shared_parameters())
+
+
+def test_output_funcs_shape_what_scoring_sees_but_not_forward():
+    torch.manual_seed(0)
+    model = _model("HPS", rep_grad=False)
+    model.output_funcs = {"a": lambda y: y.softmax(dim=1)}
+    x = torch.randn(5, 4)
+    outputs = model.task_outputs({"x": x}, ["a", "b"])
+    assert torch.allclose(outputs["a"].sum(dim=1), torch.ones(5))
+    assert torch.allclose(outputs["a"], model(x)["a"].softmax(dim=1))
+    assert torch.equal(outputs["b"], model(x)["b"])

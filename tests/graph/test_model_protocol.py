@@ -100,3 +100,16 @@ def test_scorers_are_built_from_the_metrics_key(tasks):
     tasks[4]["metrics"] = ["accuracy"]
     scorers = MTLModel(tasks, output_tasks=OUTPUTS).scorers()
     assert list(scorers) == ["Task2"] and isinstance(scorers["Task2"], metrics.Scorer)
+
+
+def test_output_key_is_applied_to_task_outputs_only():
+    from mtlkit import SpecError
+
+    torch.manual_seed(0)
+    spec = [{"name": "a", "layers": nn.Linear(3, 2), "loss": nn.CrossEntropyLoss(), "output": lambda y: y.softmax(1)}]
+    model = MTLModel(spec, output_tasks=["a"])
+    x = torch.randn(4, 3)
+    (raw,), _, _ = model(x)
+    assert torch.allclose(model.task_outputs(x, ["a"])["a"], raw.softmax(1))
+    with pytest.raises(SpecError, match="'output'.*callable"):
+        MTLModel([{**spec[0], "output": "softmax"}], output_tasks=["a"])

@@ -59,6 +59,8 @@ class Architecture(nn.Module):
             A 1-D integer target with value -1 marks a row without label; such rows are
             left out of that task's loss.
         metrics: `{task: mtlkit.Scorer}`, returned by `scorers()`.
+        output_funcs: `{task: fn}` applied to that task's prediction in `task_outputs`
+            (what scoring sees), e.g. a softmax so that `roc_auc` gets probabilities.
         img_size: the input shape without the batch dimension (LibMTL's name). Parts whose
             size depends on the input (gates, attention masks) are sized by the first
             forward; with `img_size` they are built at construction instead, by a dry
@@ -86,6 +88,7 @@ class Architecture(nn.Module):
         *,
         losses: Mapping[str, LossFn] | None = None,
         metrics: Mapping[str, Any] | None = None,
+        output_funcs: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
         img_size: Sequence[int] | None = None,
         input_key: str | None = "input_data",
     ) -> None:
@@ -103,6 +106,7 @@ class Architecture(nn.Module):
         self.multi_input = bool(multi_input)
         self.losses: dict[str, LossFn] = _per_task(losses or {}, self.task_name, "losses", type(self).__name__)
         self._metrics = _per_task(metrics or {}, self.task_name, "metrics", type(self).__name__)
+        self.output_funcs = _per_task(output_funcs or {}, self.task_name, "output_funcs", type(self).__name__)
         self.input_key = input_key
         self._img_size = tuple(img_size) if img_size is not None else None
         self._device = device
@@ -203,7 +207,8 @@ class Architecture(nn.Module):
         """The decoders' outputs (no gradient) for `task_names`."""
         tasks = [self._known_task(t) for t in task_names]
         with torch.no_grad():
-            return self._decode(self._encode(self._input(X), tasks))
+            outputs = self._decode(self._encode(self._input(X), tasks))
+        return {t: self.output_funcs[t](y) if t in self.output_funcs else y for t, y in outputs.items()}
 
     def scorers(self) -> Mapping[str, Any]:
         return dict(self._metrics)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
-from torch import nn
+from torch import Tensor, nn
 
 from mtlkit import architectures
 from mtlkit.data import DictDataLoader, DictDataset
@@ -106,12 +106,18 @@ def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_
             rep_grad=spec.rep_grad,
             losses={t: loss_function(info.tasks[t].loss, f"task {t!r}") for t in tasks},
             metrics={t: scorer(info.tasks[t]) for t in tasks},
+            output_funcs={t: _softmax for t in tasks if info.tasks[t].kind == "classification"},
             img_size=input_shape,
             input_key=input_key,
             **options,
         )
     except TypeError as err:
         raise ConfigError(f"model.options: {spec.architecture} does not accept {dict(spec.options)}: {err}") from err
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    """Class probabilities from a head's logits (what scoring sees)."""
+    return logits.softmax(dim=1)
 
 
 def _default_options(architecture: str, num_tasks: int, n_epochs: int) -> dict[str, Any]:
@@ -140,6 +146,8 @@ def _graph_model(nodes: Sequence[Mapping[str, Any]], info: DatasetInfo, tasks: S
             task = info.tasks[node["name"]]
             node["loss"] = loss_function(node.get("loss", task.loss), where)
             node.setdefault("metrics", [task.metric])
+            if task.kind == "classification":
+                node["output"] = _softmax
         elif "loss" in node:
             node["loss"] = loss_function(node["loss"], where)
         built.append(node)

@@ -64,6 +64,7 @@ class MTLModel(nn.Module):
         self._fixed_weights: dict[str, float | None] = {}
         self._auto_weights: dict[str, str] = {}  # node name -> name of its registered weight parameter
         self.metrics: dict[str, tuple[str, ...]] = {s.name: s.metrics for s in specs if s.metrics is not None}
+        self.outputs: dict[str, Callable[[Any], Any] | None] = {s.name: s.output for s in specs}
         self._scorers: dict[str, Any] | None = None
         self._shared_names: list[str] | None = None
         reserved = set(dir(self))
@@ -145,10 +146,10 @@ class MTLModel(nn.Module):
         return [params[name] for name in self._shared_names]
 
     def task_outputs(self, X: Any, task_names: list[str]) -> dict[str, Any]:
-        """The raw output of each named node (the graph does not know probabilities from logits)."""
+        """Each named node's output, passed through its ``output`` callable where the entry has one."""
         names = _task_list(task_names)
         values = execute(self.task_graph.plan(names), self._modules, X)
-        return {t: values[t] for t in names}
+        return {t: values[t] if self.outputs.get(t) is None else self.outputs[t](values[t]) for t in names}
 
     def scorers(self) -> Mapping[str, Any]:
         """A `mtlkit.Scorer` per entry that lists ``metrics``; empty if none does."""

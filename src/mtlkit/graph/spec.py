@@ -11,6 +11,8 @@ Keys of one entry (torchMTL's six, plus one mtlkit key):
 - ``loss_weight``: a number, ``None``, or ``'auto'`` (a learnable weight).
 - ``loss_init_val``: the initial value of an ``'auto'`` weight (a finite number > 0).
 - ``metrics`` (mtlkit only): metric names for this node's `Scorer`.
+- ``output`` (mtlkit only): a callable applied to the node's output for scoring
+  (`task_outputs`), e.g. a softmax so that `roc_auc` sees probabilities.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mtlkit.errors import SpecError
 from mtlkit.layers import Lambda
 
 AUTO = "auto"
-KEYS = ("name", "layers", "anchor_layer", "loss", "loss_weight", "loss_init_val", "metrics")
+KEYS = ("name", "layers", "anchor_layer", "loss", "loss_weight", "loss_init_val", "metrics", "output")
 
 Weight = Union[float, str, None]
 
@@ -44,6 +46,7 @@ class TaskSpec:
     loss_weight: Weight
     loss_init_val: float | None
     metrics: tuple[str, ...] | None
+    output: Callable[[Any], Any] | None
 
 
 def parse_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[TaskSpec]:
@@ -79,6 +82,7 @@ def _parse_entry(index: int, entry: Mapping[str, Any]) -> TaskSpec:
         loss_weight=weight,
         loss_init_val=init_val,
         metrics=_parse_metrics(where, entry.get("metrics")),
+        output=_parse_output(where, entry.get("output")),
     )
 
 
@@ -129,6 +133,12 @@ def _parse_weight(where: str, entry: Mapping[str, Any]) -> tuple[Weight, float |
     if not _is_number(weight) or not math.isfinite(weight):
         raise SpecError(f"{where} has loss_weight {weight!r}; give a finite number, None or 'auto'")
     return float(weight), None
+
+
+def _parse_output(where: str, output: Any) -> Callable[[Any], Any] | None:
+    if output is None or callable(output):
+        return output
+    raise SpecError(f"{where} has 'output' of type {type(output).__name__}; give a callable, e.g. a softmax")
 
 
 def _parse_metrics(where: str, metrics: Any) -> tuple[str, ...] | None:
