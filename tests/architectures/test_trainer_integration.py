@@ -65,3 +65,16 @@ def test_output_funcs_shape_what_scoring_sees_but_not_forward():
     assert torch.allclose(outputs["a"].sum(dim=1), torch.ones(5))
     assert torch.allclose(outputs["a"], model(x)["a"].softmax(dim=1))
     assert torch.equal(outputs["b"], model(x)["b"])
+
+
+@pytest.mark.parametrize("name", ["CrossStitch", "LTB"])
+def test_column_mixing_architectures_need_two_tasks(name):
+    from mtlkit import SpecError
+
+    with pytest.raises(SpecError, match=f"{name} mixes between task columns: it needs at least two tasks"):
+        getattr(arch, name)(
+            ["a"],
+            encoder_class=lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8)),
+            decoders={"a": nn.Linear(8, 2)},
+            **OPTIONS[name],
+        )

@@ -129,6 +129,12 @@ class Architecture(nn.Module):
             )
         return encoder
 
+    def _new_task_columns(self) -> nn.ModuleDict:
+        """One fresh copy of the encoder's stages per task, for architectures that mix between columns."""
+        if self.task_num < 2:
+            raise SpecError(f"{type(self).__name__} mixes between task columns: it needs at least two tasks")
+        return nn.ModuleDict({t: self._new_stages(min_stages=2) for t in self.task_name})
+
     def _new_stages(self, min_stages: int = 1) -> nn.ModuleList:
         """A fresh encoder split into its stages (see `_as_stages`)."""
         return _as_stages(self.encoder_class(), type(self).__name__, min_stages)

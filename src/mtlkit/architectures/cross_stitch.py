@@ -9,7 +9,6 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.architectures.base import Architecture, _Pass
-from mtlkit.errors import SpecError
 
 
 class CrossStitch(Architecture):
@@ -44,9 +43,7 @@ class CrossStitch(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
-        if self.task_num < 2:
-            raise SpecError("CrossStitch mixes task columns: it needs at least two tasks")
-        self.columns = nn.ModuleDict({t: self._new_stages(min_stages=2) for t in self.task_name})
+        self.columns = self._new_task_columns()
         self.num_stages = len(self.columns[self.task_name[0]])
         T = self.task_num
         eye = torch.eye(T)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mtlkit.architectures.base import Architecture, _Pass
 from mtlkit.architectures.cross_stitch import _run_columns
-from mtlkit.errors import ConfigError, SpecError
+from mtlkit.errors import ConfigError
 
 
 class LTB(Architecture):
@@ -47,9 +47,7 @@ class LTB(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
-        if self.task_num < 2:
-            raise SpecError("LTB branches between task columns: it needs at least two tasks")
-        self.columns = nn.ModuleDict({t: self._new_stages(min_stages=2) for t in self.task_name})
+        self.columns = self._new_task_columns()
         self.num_stages = len(self.columns[self.task_name[0]])
         T = self.task_num
         self.branch_logits = nn.ParameterList(nn.Parameter(torch.zeros(T, T)) for _ in range(self.num_stages - 1))
