@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,9 +40,9 @@ def _train(args: argparse.Namespace) -> int:
     from mtlkit.training import is_main_process
 
     config = load_config(args.config, args.overrides)
-    if args.run_dir is None and launched_by_torchrun():
-        raise ConfigError("under torchrun, give --run-dir: every rank must agree on the run folder")
-    run_dir = Path(args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # Under torchrun every rank must name the same folder: the launch's run id is shared, a clock is not.
+    suffix = os.environ["TORCHELASTIC_RUN_ID"] if launched_by_torchrun() else time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.run_dir or f"runs/{config.name}-{suffix}")
     result = run(config, run_dir, progress_bar=not args.no_progress)
     if is_main_process():
         print(scores_table(result.scores))
@@ -123,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one run from a YAML config")
     train.add_argument("config")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.n_epochs=5 weighting=uw")
-    train.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
+    train.add_argument("--run-dir", help="run folder (default runs/<name>-<time>, under torchrun runs/<name>-<run id>)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
