@@ -22,6 +22,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def default_run_dir(name: str) -> Path:
+    """`runs/<name>-<time>`; under torchrun `runs/<name>-<run id>`, which every rank shares (a clock is not)."""
+    from mtlkit.experiments.runner import launched_by_torchrun
+
+    suffix = os.environ["TORCHELASTIC_RUN_ID"] if launched_by_torchrun() else time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{suffix}"
+
+
 def _demo(args: argparse.Namespace) -> int:
     from mtlkit.experiments.suite import demo_variants, run_suite
 
@@ -36,13 +44,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from mtlkit.experiments import load_config, run
     from mtlkit.experiments.report import scores_table
-    from mtlkit.experiments.runner import launched_by_torchrun
     from mtlkit.training import is_main_process
 
     config = load_config(args.config, args.overrides)
-    # Under torchrun every rank must name the same folder: the launch's run id is shared, a clock is not.
-    suffix = os.environ["TORCHELASTIC_RUN_ID"] if launched_by_torchrun() else time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or f"runs/{config.name}-{suffix}")
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.name)
     result = run(config, run_dir, progress_bar=not args.no_progress)
     if is_main_process():
         print(scores_table(result.scores))

@@ -34,3 +34,13 @@ def test_graph_command_draws_a_png(tmp_path):
     path.write_text("data: {name: digits}\nmodel: {architecture: mmoe}\n")
     assert main(["graph", str(path), "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_run_folder_is_shared_by_every_torchrun_rank(monkeypatch):
+    from mtlkit.cli import default_run_dir
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc-123")
+    assert str(default_run_dir("exp")) == "runs/exp-abc-123"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert str(default_run_dir("exp")).startswith("runs/exp-2")  # a timestamp outside torchrun
