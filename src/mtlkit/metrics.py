@@ -463,14 +463,29 @@ def score(
         seen.add((dataset.name, dataset.split))
         mapping = labels_to_tasks(dataset.Y_dict.keys(), model.task_names, remap_labels)
         results = predict(model, dataloader, return_preds=True, remap_labels=remap_labels, scorers=task_scorers)
-        for label, task in mapping.items():
-            scorer = task_scorers.get(task)
-            if scorer is None or not scorer.labelled(results["golds"][label]).any():
-                continue
-            metrics = scorer.score(results["golds"][label], results["preds"][label], results["probs"][label])
-            for metric, value in metrics.items():
-                scores[f"{label}/{dataset.name}/{dataset.split}/{metric}"] = value
+        scores.update(score_predictions(results, mapping, task_scorers, f"{dataset.name}/{dataset.split}"))
     return _to_dataframe(scores) if as_dataframe else scores
+
+
+def score_predictions(
+    results: Mapping[str, Mapping[str, Tensor]],
+    mapping: Mapping[str, str],
+    scorers: Mapping[str, Scorer],
+    where: str,
+) -> dict[str, float]:
+    """Score `predict`'s golds/preds/probs: `{"label/<where>/metric": value}` for each label mapped to a task.
+
+    A label without a Scorer for its task, without golds, or whose golds are all abstains gets no entry.
+    """
+    scores: dict[str, float] = {}
+    for label, task in mapping.items():
+        scorer = scorers.get(task)
+        golds = results["golds"].get(label)
+        if scorer is None or golds is None or not scorer.labelled(golds).any():
+            continue
+        for metric, value in scorer.score(golds, results["preds"].get(label), results["probs"].get(label)).items():
+            scores[f"{label}/{where}/{metric}"] = value
+    return scores
 
 
 def _to_dataframe(scores: Mapping[str, float]) -> Any:

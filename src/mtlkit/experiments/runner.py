@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from mtlkit import metrics
+from mtlkit.data.datasets import LoadedDataset
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.build import build_loaders, build_model, load_data, model_graph, select_tasks
 from mtlkit.experiments.config import ExperimentConfig, load_config, weighting_spec
@@ -39,10 +40,19 @@ class RunResult:
     run_dir: Path | None = None
 
 
-def run(config: ExperimentConfig, run_dir: str | Path | None = None, progress_bar: bool = True) -> RunResult:
-    """Train and score `config`; with `run_dir`, also log, checkpoint and write the run folder."""
+def run(
+    config: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    progress_bar: bool = True,
+    loaded: LoadedDataset | None = None,
+) -> RunResult:
+    """Train and score `config`; with `run_dir`, also log, checkpoint and write the run folder.
+
+    `loaded` is `load_data(config)` when the caller already has it (the suite runs many
+    variants on one dataset and seed).
+    """
     torch.manual_seed(config.seed)
-    loaded = load_data(config)
+    loaded = load_data(config) if loaded is None else loaded
     tasks = select_tasks(loaded.info, config.data)
     loaders = build_loaders(loaded, tasks, config.data.batch_size, config.seed)
     model = build_model(config, loaded.info, tasks)

@@ -19,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mtlkit.data.datasets import DatasetInfo
-from mtlkit.data.datasets import load as load_dataset
+from mtlkit.experiments.build import load_data
 from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
 from mtlkit.experiments.report import mean_std
 from mtlkit.experiments.runner import RunResult, run
@@ -124,7 +124,9 @@ def run_suite(
     checkpoints, graph.png, curves.png, results.md) to `out_dir/<variant>-seed<seed>`.
     """
     seeds = list(seeds)
-    info = load_dataset(dataset, **PRESETS[dataset].get("options", {})).info
+    # The splits depend on the seed only: one load serves every run of a seed.
+    loads = {seed: load_data(base_config(dataset, seed, scale)) for seed in seeds}
+    info = loads[seeds[0]].info
     tasks = list(info.tasks)
     jobs = len(seeds) * (len(variants) + (len(tasks) if baselines else 0))
     bar = tqdm(total=jobs, desc=f"{dataset}", unit="run")
@@ -132,12 +134,13 @@ def run_suite(
     baseline_scores: list[dict[str, dict[str, float]]] = []
     for seed in seeds:
         config = base_config(dataset, seed, scale)
+        loaded = loads[seed]
         if baselines:
             scores: dict[str, dict[str, float]] = {}
             for task in tasks:
                 bar.set_postfix_str(f"single-task {task}, seed {seed}")
                 single = replace(config, data=replace(config.data, tasks=(task,)))
-                scores.update(split_metrics(run(single, progress_bar=False), info))
+                scores.update(split_metrics(run(single, progress_bar=False, loaded=loaded), info))
                 bar.update()
             baseline_scores.append(scores)
         for variant in variants:
@@ -145,7 +148,7 @@ def run_suite(
             model = replace(config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad)
             variant_config = replace(config, name=f"{dataset}-{variant.label}", model=model, weighting=variant.weighting)
             run_dir = out_dir / f"{_slug(variant.label)}-seed{seed}" if out_dir is not None else None
-            runs[variant.label].append(run(variant_config, run_dir, progress_bar=False))
+            runs[variant.label].append(run(variant_config, run_dir, progress_bar=False, loaded=loaded))
             bar.update()
     bar.close()
     return SuiteResult(dataset, info, runs, baseline_scores)

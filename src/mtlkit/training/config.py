@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from mtlkit.data import SCHEDULERS, BatchScheduler
 from mtlkit.errors import ConfigError
-from mtlkit.weighting import Balancer, available
+from mtlkit.weighting import Balancer, available, is_registered
 
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamax": "Adamax"}
 # Named schedules -> (torch class name, keyword options the user must give).
@@ -365,9 +365,8 @@ def _normalise_weighting(spec: Any) -> WeightingSpec:
         raise ConfigError(
             f"weighting={spec!r} must be a balancer name, (name, options), {{'name': ..., **options}} or a Balancer"
         )
-    names = available()
-    if name.lower().replace("-", "_") not in names:  # the registry's spelling rule
-        raise ConfigError(_not_allowed("weighting", name, names))
+    if not is_registered(name):
+        raise ConfigError(_not_allowed("weighting", name, available()))
     return name if kwargs is None else (name, kwargs)
 
 

@@ -275,13 +275,8 @@ class Distributed:
             if any(part is None for part in parts):
                 self._raise_failure(failure, f"scoring dataset {dataset.name!r} (split {dataset.split!r})")
             mapping = metrics.labels_to_tasks(dataset.Y_dict.keys(), model.task_names)
-            for label, task in mapping.items():
-                scorer = scorers.get(task)
-                golds, preds, probs = (_gathered(parts, key, label) for key in ("golds", "preds", "probs"))
-                if scorer is None or golds is None or not scorer.labelled(golds).any():
-                    continue
-                for metric, value in scorer.score(golds, preds, probs).items():
-                    scores[f"{label}/{dataset.name}/{dataset.split}/{metric}"] = value
+            gathered = {key: {label: _gathered(parts, key, label) for label in mapping} for key in ("golds", "preds", "probs")}
+            scores.update(metrics.score_predictions(gathered, mapping, scorers, f"{dataset.name}/{dataset.split}"))
         return scores
 
     # ------------------------------------------------------------------ helpers

@@ -167,8 +167,9 @@ class Trainer:
         out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
-        nonfinite = [task for task, loss in out.losses.items() if not bool(torch.isfinite(loss.detach()).all())]
-        if nonfinite:
+        finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in out.losses.values()])
+        if not bool(finite.all()):  # one device sync per step, not one per task
+            nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
         result = self.balancer.backward(
             out.losses,

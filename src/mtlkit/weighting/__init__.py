@@ -2,7 +2,7 @@
 
 from mtlkit.weighting.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
 from mtlkit.weighting.methods.imtl import IMTL
-from mtlkit.weighting.registry import available, get, register
+from mtlkit.weighting.registry import available, get, is_registered, register
 
 __all__ = [
     "IMTL",
@@ -12,5 +12,6 @@ __all__ = [
     "LossBalancer",
     "available",
     "get",
+    "is_registered",
     "register",
 ]

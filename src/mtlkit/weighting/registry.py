@@ -42,6 +42,12 @@ def available(aliases: bool = True) -> list[str]:
     return sorted(_PRIMARY[cls] for cls in set(_REGISTRY.values()))
 
 
+def is_registered(name: str) -> bool:
+    """Whether `get(name)` finds a balancer (names are case-insensitive, '-' reads as '_')."""
+    _load_methods()
+    return _key(name) in _REGISTRY
+
+
 def get(name: str, **kwargs: Any) -> Balancer:
     """Build the balancer registered as `name` with the method's keyword options."""
     _load_methods()
