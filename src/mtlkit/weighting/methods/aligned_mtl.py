@@ -52,6 +52,8 @@ class AlignedMTL(GradientBalancer):
     the paper's Aligned-MTL-UB. Stateless.
     """
 
+    properties = frozenset({"expected_structure", "permutation_invariant"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

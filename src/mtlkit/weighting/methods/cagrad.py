@@ -54,6 +54,8 @@ class CAGrad(GradientBalancer):
     with an active-set method on the Gramian.
     """
 
+    properties = frozenset({"expected_structure", "permutation_invariant"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -55,6 +55,8 @@ class GradDrop(GradientBalancer):
     (resumed on another device type, the draws restart from the seed).
     """
 
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

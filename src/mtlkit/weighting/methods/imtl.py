@@ -47,6 +47,8 @@ class IMTLG(GradientBalancer):
     `shared_reps` it balances the gradients at the last shared feature, as the paper does.
     """
 
+    properties = frozenset({"expected_structure", "permutation_invariant"})
+
     def weights(self, G: Tensor) -> Tensor:
         return imtl_g_weights(G)
 
@@ -98,6 +100,8 @@ class IMTL(GradientBalancer):
     shared, as the seed's example does, also weights each head by its α_t; pass only the
     trunk's parameters to give heads their unweighted gradient, as in the paper.
     """
+
+    properties = frozenset({"expected_structure"})
 
     def __init__(
         self,

@@ -57,6 +57,8 @@ class MGDA(GradientBalancer):
     scales them by w_t too).
     """
 
+    properties = frozenset({"expected_structure", "non_conflicting", "permutation_invariant"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -87,6 +87,8 @@ class NashMTL(GradientBalancer):
     Needs `tasks` at construction. Zero gradients get α_t = 0 (see `nash_weights`).
     """
 
+    properties = frozenset({"expected_structure", "permutation_invariant"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -57,6 +57,10 @@ class UPGrad(GradientBalancer):
     Departure: a 1e-9 ridge on the correlation matrix (see `_RIDGE`). Stateless.
     """
 
+    properties = frozenset(
+        {"expected_structure", "non_conflicting", "permutation_invariant", "linear_under_scaling", "strongly_stationary"}
+    )
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
