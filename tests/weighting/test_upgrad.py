@@ -72,6 +72,30 @@ def test_projections_match_an_exact_quadratic_program_by_active_set_enumeration(
     assert torch.allclose(UPGrad().aggregate(J), reference, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_torchjd_regularisation_solves_the_trace_normalised_ridged_problem(seed):
+    gen = torch.Generator().manual_seed(seed)
+    J = torch.randn(4, 3, generator=gen, dtype=torch.float64)  # 4 tasks in 3-d: singular G
+    G = J @ J.T
+    R = G / G.trace() + 1e-3 * torch.eye(4, dtype=torch.float64)
+    expected = sum(_nonnegative_qp_by_enumeration(R, torch.eye(4, dtype=torch.float64)[i] / 4) for i in range(4))
+    assert torch.allclose(upgrad_weights(G, norm_eps=1e-4, reg_eps=1e-3), expected, atol=1e-9)
+
+
+def test_norm_eps_and_reg_eps_reproduce_torchjd_values_and_keep_permutation_invariance():
+    # TorchJD's published values for UPGrad() (norm_eps = reg_eps = 1e-4) on this Jacobian.
+    J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+    balancer = UPGrad(norm_eps=1e-4, reg_eps=1e-4)
+    assert torch.allclose(balancer.aggregate(J), torch.tensor([0.2929, 1.9004, 1.9004]), atol=1e-4)
+    assert torch.allclose(balancer.weights(J @ J.T), torch.tensor([1.1109, 0.7894]), atol=1e-4)
+    J = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = balancer.aggregate(J)
+    for perm in ([5, 4, 3, 2, 1, 0], [1, 3, 5, 0, 2, 4]):
+        assert torch.allclose(balancer.aggregate(J[perm]), d, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="reg_eps"):
+        UPGrad(reg_eps=-1.0)
+
+
 def test_preference_weights_the_projected_gradients_and_is_indexed_by_active_task():
     J = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # no conflict
     balancer = UPGrad(tasks=3, preference=[0.2, 0.3, 0.5])
