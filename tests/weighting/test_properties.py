@@ -25,6 +25,10 @@ CONFIGURATIONS = [(name, {}) for name in GRADIENT_METHODS] + [
     ("cagrad", {"c": 1.0}),
     ("cagrad", {"c": 2.0}),
     ("cagrad", {"c": 0.0}),
+    ("mgda", {"normalization": "l2"}),
+    ("mgda", {"normalization": "l2", "apply_to": "normalized"}),
+    ("upgrad", {"norm_eps": 1e-4, "reg_eps": 1e-4}),
+    ("aligned_mtl", {"reduction": "mean"}),
 ]
 
 

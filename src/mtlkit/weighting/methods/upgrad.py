@@ -91,6 +91,10 @@ class UPGrad(GradientBalancer):
                 raise ValueError(f"UPGrad {name} must be >= 0, got {value}")
         self.norm_eps = norm_eps
         self.reg_eps = reg_eps
+        if norm_eps is not None or reg_eps is not None:
+            # TorchJD's ridge shifts the projections by O(reg_eps): no longer exactly
+            # non-conflicting nor linear under scaling (TorchJD checks these at 4e-4 and 6e-2).
+            self.properties = frozenset({"expected_structure", "permutation_invariant", "strongly_stationary"})
         self.preference = None if preference is None else torch.as_tensor(preference, dtype=torch.float64)
         if self.preference is not None and bool((self.preference < 0).any()):
             raise ValueError(f"UPGrad preference values must be >= 0, got {list(preference)}")
