@@ -298,8 +298,9 @@ def test_task_outputs_read_the_input_field_of_a_dict_batch_without_gradient():
     assert list(out) == ["cls"] and not out["cls"].requires_grad
     torch.testing.assert_close(out["cls"], model(x)["cls"])
     assert model.scorers() == {"cls": "a scorer"}
+    torch.testing.assert_close(model.task_outputs({"pixels": x}, ["cls"])["cls"], out["cls"])  # the only field
     with pytest.raises(KeyError, match="input_key"):
-        model.task_outputs({"pixels": x}, ["cls"])
+        model.task_outputs({"pixels": x, "mask": x}, ["cls"])
 
 
 def test_libmtl_names_and_positional_signature():

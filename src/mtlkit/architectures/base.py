@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
+from torch.utils.data import DataLoader
 
+from mtlkit import metrics
 from mtlkit.errors import SpecError
 from mtlkit.graph.executor import NodeError
 from mtlkit.training.protocol import StepOutput
@@ -73,7 +75,9 @@ class Architecture(nn.Module):
             forward on zeros. Run one forward (or pass `img_size`) before counting
             parameters; optimizers may be built before.
         input_key: the field of a dict batch `X` (as `DictDataLoader` yields) that holds
-            the input, for `training_step` and `task_outputs`; None passes `X` unchanged.
+            the input, for `training_step`, `task_outputs`, `score` and `predict`. "auto"
+            (default): the field "input_data" if the batch has it, else the batch's only
+            field (e.g. "image" of the built-in multi_mnist); None passes `X` unchanged.
 
     For a custom loop with a gradient balancer at the representation, use
     `predictions, reps = model.forward_with_reps(x)` and
@@ -96,7 +100,7 @@ class Architecture(nn.Module):
         metrics: Mapping[str, Any] | None = None,
         output_funcs: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
         img_size: Sequence[int] | None = None,
-        input_key: str | None = "input_data",
+        input_key: str | None = "auto",
     ) -> None:
         super().__init__()
         self.task_name = _task_names(task_name, type(self).__name__)
@@ -232,6 +236,31 @@ class Architecture(nn.Module):
     def scorers(self) -> Mapping[str, Any]:
         return dict(self._metrics)
 
+    def predict(
+        self,
+        dataloader: DataLoader,
+        return_preds: bool = False,
+        remap_labels: Mapping[str, str | None] | None = None,
+    ) -> dict[str, dict[str, Tensor]]:
+        """`{"golds": {label: T}, "probs": {label: T}[, "preds": {label: T}]}` for one dataloader, as
+        `MultitaskClassifier.predict` (probs are the outputs after `output_funcs`)."""
+        return metrics.predict(self, dataloader, return_preds=return_preds, remap_labels=remap_labels)
+
+    def score(
+        self,
+        dataloaders: Sequence[DataLoader],
+        remap_labels: Mapping[str, str | None] | None = None,
+        as_dataframe: bool = False,
+    ) -> dict[str, float] | Any:
+        """Every task's `metrics` on every dataloader, keyed `task/dataset/split/metric`, as
+        `MultitaskClassifier.score`. Tasks without a Scorer in `metrics` get no entry."""
+        if not self._metrics:
+            raise ValueError(
+                f"{type(self).__name__} has no metrics to score: pass metrics={{task: mtlkit.Scorer([...]), ...}} "
+                "to the constructor"
+            )
+        return metrics.score(self, dataloaders, remap_labels=remap_labels, as_dataframe=as_dataframe)
+
     # ------------------------------------------------------------------ helpers
 
     def _run(self, inputs: Any, tasks: list[str]) -> _Pass:
@@ -296,12 +325,15 @@ class Architecture(nn.Module):
     def _input(self, X: Any) -> Any:
         if self.input_key is None or not isinstance(X, Mapping):
             return X
-        if self.input_key not in X:
+        key = self.input_key
+        if key == "auto":
+            key = "input_data" if "input_data" in X or len(X) != 1 else next(iter(X))
+        if key not in X:
             raise KeyError(
-                f"{type(self).__name__}: the batch has no field {self.input_key!r} (fields: {sorted(X)}); "
+                f"{type(self).__name__}: the batch has no field {key!r} (fields: {sorted(X)}); "
                 "pass input_key=<field name> to the constructor, or input_key=None to give the encoder the whole dict"
             )
-        return X[self.input_key]
+        return X[key]
 
     def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None]]:
         """`{task: (target, row mask or None)}` for the tasks with at least one label in `Y`."""
