@@ -67,5 +67,6 @@ def test_trains_under_the_trainer_without_epochs():
     x = torch.randn(32, 4, generator=g)
     data = DictDataset("d", "train", {"input_data": x}, {"a": x[:, :1], "b": -x[:, 1:2]})
     model = LTB(TASKS, stages, {t: nn.Linear(4, 1) for t in TASKS}, losses={t: nn.functional.mse_loss for t in TASKS})
-    Trainer(n_epochs=3, lr=0.01, progress_bar=False).fit(model, [DictDataLoader(data, batch_size=8)])
+    with pytest.warns(UserWarning, match="no metric to report"):  # no validation split here
+        Trainer(n_epochs=3, lr=0.01, progress_bar=False).fit(model, [DictDataLoader(data, batch_size=8)])
     assert model.epoch == 2 and model.branches().shape == (2, 2)
