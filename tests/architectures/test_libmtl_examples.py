@@ -24,7 +24,7 @@ from mtlkit.graph import NodeError
 from mtlkit.weighting import get
 
 sys.path.insert(0, str(Path(__file__).parent))
-from libmtl_example_encoders import (  # noqa: E402
+from libmtl_example_encoders import (
     DenseHead,
     DilatedResNet,
     GraphEncoder,
@@ -64,7 +64,10 @@ def _dense(channels: dict[str, int]):
 IMAGE_EXAMPLES = {
     "office": (_office, lambda n: {t: torch.randint(0, 5, (n,)) for t in TASKS}),
     "nyu": (_dense({"t1": 3, "t2": 1}), lambda n: {"t1": torch.randn(n, 3, 16, 16), "t2": torch.randn(n, 1, 16, 16)}),
-    "cityscapes": (_dense({"t1": 7, "t2": 1}), lambda n: {"t1": torch.randn(n, 7, 16, 16), "t2": torch.randn(n, 1, 16, 16)}),
+    "cityscapes": (
+        _dense({"t1": 7, "t2": 1}),
+        lambda n: {"t1": torch.randn(n, 7, 16, 16), "t2": torch.randn(n, 1, 16, 16)},
+    ),
 }
 
 
@@ -168,7 +171,9 @@ def test_graph_and_text_encoders_train_in_hps(example):
 def test_encoders_without_stages_are_refused_by_staged_architectures_with_the_fix(example, arch):
     encoder_class, width, _, _ = NON_IMAGE_EXAMPLES[example]
     cls, kwargs = ARCHS[arch]
-    with pytest.raises(SpecError, match=rf"{encoder_class.__name__} is not a sequence of stages.*lambda: nn.Sequential"):
+    with pytest.raises(
+        SpecError, match=rf"{encoder_class.__name__} is not a sequence of stages.*lambda: nn.Sequential"
+    ):
         cls(TASKS, encoder_class, {t: nn.Linear(width, 1) for t in TASKS}, **kwargs)
 
 

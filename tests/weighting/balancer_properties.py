@@ -25,8 +25,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-PROPERTIES = ("expected_structure", "non_conflicting", "permutation_invariant", "linear_under_scaling",
-              "strongly_stationary")
+PROPERTIES = (
+    "expected_structure",
+    "non_conflicting",
+    "permutation_invariant",
+    "linear_under_scaling",
+    "strongly_stationary",
+)
 
 DTYPE = torch.float64
 

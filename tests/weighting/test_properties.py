@@ -17,7 +17,7 @@ from mtlkit.weighting import GradientBalancer, available, get
 from mtlkit.weighting.registry import _REGISTRY
 
 sys.path.insert(0, str(Path(__file__).parent))
-from balancer_properties import CHECKS, PROPERTIES, check_non_conflicting, check_permutation_invariant  # noqa: E402
+from balancer_properties import CHECKS, PROPERTIES, check_non_conflicting, check_permutation_invariant
 
 GRADIENT_METHODS = [name for name in available(aliases=False) if issubclass(_REGISTRY[name], GradientBalancer)]
 # Configurations whose claims differ from the defaults', beside each method's defaults.

@@ -100,7 +100,7 @@ def test_preference_weights_the_projected_gradients_and_is_indexed_by_active_tas
     J = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # no conflict
     balancer = UPGrad(tasks=3, preference=[0.2, 0.3, 0.5])
     assert torch.allclose(balancer.aggregate(J), torch.tensor([0.7, 0.8], dtype=torch.float64))
-    g, w = balancer.combine(J[[0, 2]], torch.ones(2), torch.tensor([0, 2]))
+    _, w = balancer.combine(J[[0, 2]], torch.ones(2), torch.tensor([0, 2]))
     assert torch.allclose(w, torch.tensor([0.2, 0.5], dtype=torch.float64))
     with pytest.raises(ValueError, match="preference"):
         UPGrad(preference=[-1.0, 1.0])

@@ -13,7 +13,6 @@ from mtlkit.architectures.base import Architecture, _Pass
 from mtlkit.architectures.cross_stitch import _run_columns
 from mtlkit.errors import ConfigError
 
-
 _DEFAULT_EPOCHS = 100  # the schedule's length when `epochs` is not given
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.base import BalanceResult, GradientBalancer, Losses, LossBalancer, Params, Reps
+from mtlkit.weighting.base import BalanceResult, GradientBalancer, LossBalancer, Losses, Params, Reps
 from mtlkit.weighting.registry import register
 
 _METHODS = ("gradient", "loss", "hybrid")

@@ -74,7 +74,13 @@ class UPGrad(GradientBalancer):
     """
 
     properties = frozenset(
-        {"expected_structure", "non_conflicting", "permutation_invariant", "linear_under_scaling", "strongly_stationary"}
+        {
+            "expected_structure",
+            "non_conflicting",
+            "permutation_invariant",
+            "linear_under_scaling",
+            "strongly_stationary",
+        }
     )
 
     def __init__(
