@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from mtlkit.weighting import GradientBalancer, available, get
-from mtlkit.weighting.registry import _REGISTRY
 
 sys.path.insert(0, str(Path(__file__).parent))
 from balancer_properties import CHECKS, PROPERTIES, check_non_conflicting, check_permutation_invariant
 
-GRADIENT_METHODS = [name for name in available(aliases=False) if issubclass(_REGISTRY[name], GradientBalancer)]
+GRADIENT_METHODS = [name for name in available(aliases=False) if isinstance(get(name, tasks=2), GradientBalancer)]
 # Configurations whose claims differ from the defaults', beside each method's defaults.
 CONFIGURATIONS = [(name, {}) for name in GRADIENT_METHODS] + [
     ("cagrad", {"c": 1.0}),
