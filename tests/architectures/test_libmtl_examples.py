@@ -94,7 +94,7 @@ def test_image_example_encoders_train_in_every_architecture(example, arch):
 def test_office_is_multi_input_and_each_domain_brings_its_own_images(arch):
     encoder_class, decoders, losses = _office()
     cls, kwargs = ARCHS[arch]
-    model = cls(TASKS, encoder_class, decoders, multi_input=True, input_key=None, losses=losses, **kwargs)
+    model = cls(TASKS, encoder_class, decoders, multi_input=True, losses=losses, **kwargs)
     inputs = {"t1": image_batch(n=4, seed=1), "t2": image_batch(n=3, seed=2)}
     step = model.training_step(inputs, {"t1": torch.randint(0, 5, (4,)), "t2": torch.randint(0, 5, (3,))})
     assert step.counts == {"t1": 4, "t2": 3}

@@ -77,7 +77,8 @@ class Architecture(nn.Module):
         input_key: the field of a dict batch `X` (as `DictDataLoader` yields) that holds
             the input, for `training_step`, `task_outputs`, `score` and `predict`. "auto"
             (default): the field "input_data" if the batch has it, else the batch's only
-            field (e.g. "image" of the built-in multi_mnist); None passes `X` unchanged.
+            field (e.g. "image" of the built-in multi_mnist), or with `multi_input` a batch
+            keyed by task names as per-task inputs; None passes `X` unchanged.
 
     For a custom loop with a gradient balancer at the representation, use
     `predictions, reps = model.forward_with_reps(x)` and
@@ -326,6 +327,8 @@ class Architecture(nn.Module):
         if self.input_key is None or not isinstance(X, Mapping):
             return X
         key = self.input_key
+        if key == "auto" and self.multi_input and X and set(X) <= set(self.task_name):
+            return X  # per-task inputs, {task: input}
         if key == "auto":
             key = "input_data" if "input_data" in X or len(X) != 1 else next(iter(X))
         if key not in X:
