@@ -34,6 +34,7 @@ def _loaders() -> list[DictDataLoader]:
     return [DictDataLoader(DictDataset("quickstart", "train", {"x": data.X}, labels), batch_size=16, shuffle=True, seed=0)]
 
 
+@pytest.mark.filterwarnings("ignore:fit has no metric to report")  # training only: no validation split
 @pytest.mark.parametrize("method", available(aliases=False))
 def test_method_trains_the_quickstart_graph_for_a_few_steps(method):
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ class CrossStitch(Architecture):
     `alpha_same` (α_S, 0.9 by default) and α[t, j] = (1 − α_S)/(T − 1), which is the
     paper's (α_S, α_D) = (0.9, 0.1) for two tasks. The paper trains the units with a
     larger learning rate than the columns: `model.units.parameters()` can go in their
-    own optimizer group.
+    own optimizer group. `multi_input=True` is refused, as in LibMTL.
 
     Departures from LibMTL: any staged encoder (not only its ResNet), units initialised
     as in the paper rather than all ones, one unit after every stage but the last. The
@@ -43,6 +43,7 @@ class CrossStitch(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+        self._refuse_multi_input("every task column reads the other columns, so all tasks need the same input")
         self.columns = self._new_task_columns()
         self.num_stages = len(self.columns[self.task_name[0]])
         T = self.task_num

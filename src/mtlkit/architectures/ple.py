@@ -22,8 +22,10 @@ class PLE(Architecture):
     experts into the shared path's next input. `num_experts=[shared, per task …]` as in
     LibMTL.
 
+    `multi_input=True` is refused, as in LibMTL.
+
     Departures from LibMTL: any staged encoder (not only its ResNet), no `img_size`
-    needed, `multi_input` allowed. The shared representation (`rep_grad`) is the cut
+    needed. The shared representation (`rep_grad`) is the cut
     above which every parameter serves one task: the last level's shared-expert outputs
     and each task's input to the last level (everything below the last level reaches
     every task through the shared gates).
@@ -42,6 +44,7 @@ class PLE(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+        self._refuse_multi_input("the shared experts mix every task's path, so all tasks need the same input")
         n_shared, n_task = _expert_counts(num_experts, self.task_name, type(self).__name__)
         shared = [self._new_stages() for _ in range(n_shared)]
         own = {t: [self._new_stages() for _ in range(n_task[t])] for t in self.task_name}

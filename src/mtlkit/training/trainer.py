@@ -17,6 +17,7 @@ logs and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ class Trainer:
                 self.model.load_state_dict(self.best_model)
             scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
             final = self._score(scored) if scored else {}
+            if not final and self.is_main_process:
+                warnings.warn(_nothing_scored(self.model, scored, cfg), stacklevel=2)
             _log(loggers, final, self.step, self.epoch)
             return final
         finally:
@@ -430,6 +433,22 @@ def _step_record(out: StepOutput, result: BalanceResult, lr: float) -> dict[str,
     record.update({f"train/weight/{task}": float(w) for task, w in result.weights.items()})
     record.update({f"train/{name}": float(v) for name, v in result.stats.items()})
     return record
+
+
+def _nothing_scored(model: MultiTaskModel, scored: list[DataLoader], cfg: TrainerConfig) -> str:
+    """Why `fit` returns no score, and what to change."""
+    if not scored:
+        return (
+            f"fit has no metric to report: no dataloader is of a validation or test split "
+            f"({', '.join(map(repr, (*cfg.valid_split, *cfg.test_split)))}); "
+            "pass validation/test dataloaders (their dataset's split) to fit, or score the model yourself"
+        )
+    if not model.scorers():
+        return (
+            f"fit has no metric to report: {type(model).__name__} has no Scorer for any task; give it metrics "
+            "(e.g. an architecture's metrics={task: mtlkit.Scorer(['accuracy'])}, a Task's scorer)"
+        )
+    return "fit has no metric to report: no validation/test row is labelled for a task that has a Scorer"
 
 
 def _log(loggers: list[Logger], values: dict[str, float], step: int, epoch: int) -> None:

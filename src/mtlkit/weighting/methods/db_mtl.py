@@ -44,6 +44,8 @@ class DBMTL(GradientBalancer):
     Losses must be >= 0. Needs `tasks` at construction.
     """
 
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -47,6 +47,8 @@ class GradNorm(GradientBalancer):
     at the first step (for L_t(0)) and `tasks` at construction.
     """
 
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
