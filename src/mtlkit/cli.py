@@ -98,9 +98,11 @@ def _list(args: argparse.Namespace) -> int:
     from mtlkit.experiments.config import ARCHITECTURES
     from mtlkit.metrics import METRICS
     from mtlkit.weighting import available as balancers
+    from mtlkit.weighting.wrappers import WRAPPERS
 
     print("architectures:", ", ".join(ARCHITECTURES))
     print("balancers:    ", ", ".join(balancers()))
+    print("wrappers:     ", "; ".join(WRAPPERS.values()), "(e.g. weighting=mgda@every=4,ema=0.9)")
     print("datasets:     ", ", ".join(datasets()))
     print("metrics:      ", ", ".join(METRICS))
     return 0
