@@ -65,3 +65,9 @@ def test_trimmed_mean_is_permutation_invariant_and_reports_no_weights():
     assert balancer.combine(J, torch.ones(5), torch.arange(5))[1] is None
     with pytest.raises(ValueError, match="at least 2·trim \\+ 1 = 3"):
         balancer.aggregate(J[:2])
+
+
+def test_robust_aggregators_state_the_fewest_tasks_they_accept():
+    assert get("krum", tasks=5, n_byzantine=1).min_tasks == 5
+    assert get("krum", tasks=5, n_selected=4).min_tasks == 4
+    assert get("trimmed_mean", tasks=5, trim=2).min_tasks == 5

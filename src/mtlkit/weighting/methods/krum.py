@@ -52,7 +52,8 @@ class Krum(GradientBalancer):
     Stateless.
     """
 
-    properties = frozenset({"permutation_invariant"})
+    # On J with at least `min_tasks` rows (fewer raise, by the method's definition).
+    properties = frozenset({"expected_structure", "permutation_invariant"})
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Krum(GradientBalancer):
         if n_byzantine < 0 or n_selected < 1:
             raise ValueError(f"Krum needs n_byzantine >= 0 and n_selected >= 1, got {n_byzantine} and {n_selected}")
         self.n_byzantine, self.n_selected = n_byzantine, n_selected
+        self.min_tasks = max(2 * n_byzantine + 3, n_selected)
 
     def weights(self, G: Tensor) -> Tensor:
         return krum_weights(G, self.n_byzantine, self.n_selected)

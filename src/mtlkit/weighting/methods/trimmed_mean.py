@@ -34,13 +34,15 @@ class TrimmedMean(GradientBalancer):
     needs the task gradients themselves (no `weights(G)`). Stateless.
     """
 
-    properties = frozenset({"permutation_invariant"})
+    # On J with at least `min_tasks` rows (fewer raise, by the method's definition).
+    properties = frozenset({"expected_structure", "permutation_invariant"})
 
     def __init__(self, tasks: int | Sequence[str] | None = None, trim: int = 1, chunk_size: int | None = None) -> None:
         super().__init__(tasks, chunk_size=chunk_size)
         if trim < 0:
             raise ValueError(f"TrimmedMean trim must be >= 0, got {trim}")
         self.trim = trim
+        self.min_tasks = 2 * trim + 1
 
     def aggregate(self, J: Tensor) -> Tensor:
         return trimmed_mean(J, self.trim)
