@@ -19,14 +19,24 @@ def _krum_reference(J: torch.Tensor, f: int, m: int) -> torch.Tensor:
     for i in range(T):
         distances = sorted(sum((a - b) ** 2 for a, b in zip(rows[i], rows[j])) for j in range(T) if j != i)
         scores.append(sum(distances[: T - f - 2]))
-    chosen = sorted(range(T), key=lambda i: scores[i])[:m]
-    return J[chosen].mean(dim=0)
+    cutoff = sorted(scores)[m - 1]
+    tied = [i for i in range(T) if abs(scores[i] - cutoff) <= 1e-9 * cutoff]
+    below = [i for i in range(T) if scores[i] < cutoff and i not in tied]
+    share = (m - len(below)) / len(tied)  # rows tied at the cut-off share the slots left
+    return (sum(J[i] for i in below) + share * sum(J[i] for i in tied)) / m
 
 
 @pytest.mark.parametrize(("T", "f", "m"), [(3, 0, 1), (5, 1, 1), (6, 1, 3), (7, 2, 2)])
 def test_krum_matches_brute_force_scores(T, f, m):
     J = torch.randn(T, 4, generator=torch.Generator().manual_seed(T + f), dtype=torch.float64)
     assert torch.allclose(Krum(n_byzantine=f, n_selected=m).aggregate(J), _krum_reference(J, f, m))
+
+
+def test_krum_splits_the_weight_between_rows_tied_at_the_cutoff():
+    # T = 3, f = 0: each score is the distance to the nearest row; rows 0 and 1 are each other's nearest.
+    J = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]], dtype=torch.float64)
+    assert torch.allclose(Krum().aggregate(J), torch.tensor([0.5, 0.0], dtype=torch.float64))
+    assert torch.allclose(Krum().aggregate(J[[2, 1, 0]]), torch.tensor([0.5, 0.0], dtype=torch.float64))
 
 
 def test_krum_ignores_an_outlier_gradient():

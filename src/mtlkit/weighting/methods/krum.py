@@ -16,8 +16,10 @@ def krum_weights(G: Tensor, n_byzantine: int = 0, n_selected: int = 1) -> Tensor
     """Weight 1/m on each of the m rows with the lowest Krum score, 0 elsewhere.
 
     Score of row i: the sum of its squared distances to its T − f − 2 nearest other rows,
-    ‖g_i − g_j‖² = G_ii + G_jj − 2 G_ij (f = `n_byzantine`, m = `n_selected`). Ties go
-    to the lower row index.
+    ‖g_i − g_j‖² = G_ii + G_jj − 2 G_ij (f = `n_byzantine`, m = `n_selected`). Rows tied
+    (to 1e-9 relative) with the m-th lowest score share the slots left equally, so that the
+    result does not depend on the task order (with T − f − 2 = 1, the two mutually closest
+    rows always tie; TorchJD breaks ties by row index).
     """
     T = G.shape[0]
     if T < 2 * n_byzantine + 3:
@@ -32,9 +34,12 @@ def krum_weights(G: Tensor, n_byzantine: int = 0, n_selected: int = 1) -> Tensor
     distances = (norms.unsqueeze(0) + norms.unsqueeze(1) - 2 * G64).clamp(min=0)
     distances.fill_diagonal_(float("inf"))  # a row is not its own neighbour
     scores = distances.sort(dim=1).values[:, : T - n_byzantine - 2].sum(dim=1)
-    chosen = torch.sort(scores, stable=True).indices[:n_selected]
-    w = torch.zeros(T, dtype=torch.float64)
-    w[chosen] = 1.0 / n_selected
+    cutoff = float(scores.sort().values[n_selected - 1])
+    scale = max(abs(cutoff), float(torch.where(distances.isfinite(), distances, 0.0).max()))
+    tied = (scores - cutoff).abs() <= 1e-9 * scale
+    below = (scores < cutoff) & ~tied
+    w = below.to(torch.float64) / n_selected
+    w[tied] = (n_selected - int(below.sum())) / (n_selected * int(tied.sum()))
     return w.to(dtype=G.dtype, device=G.device)
 
 
@@ -48,7 +53,8 @@ class Krum(GradientBalancer):
     MTL baseline. With `n_selected` m > 1 it is Multi-Krum: the mean of the m best rows.
     Defaults: f = `n_byzantine` = 0, m = 1. Needs T ≥ 2f + 3 task gradients (the
     paper's condition n > 2f + 2) in every step, so a batch labelling fewer tasks raises.
-    Scores use squared distances, as in the paper (TorchJD sums plain distances).
+    Scores use squared distances, as in the paper (TorchJD sums plain distances); rows
+    tied at the cut-off share its weight.
     Stateless.
     """
 
