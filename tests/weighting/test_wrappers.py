@@ -215,3 +215,26 @@ def test_every_weighting_method_trains_with_both_wrappers(small_mtl, name, mode)
         balancer.epoch_end()
         smoothed.epoch_end()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_reuse_at_a_representation_read_through_a_shared_layer_takes_the_two_pass_route(small_mtl):
+    model = small_mtl(num_tasks=3, dtype=torch.float64)
+    balancer = get("upgrad", tasks=TASKS, every=2)
+
+    def forward():
+        rep = model.trunk(model.x)
+        shared_after = torch.tanh(rep)  # one node reads the representation for every task
+        return [((head(shared_after) - y) ** 2).mean() for head, y in zip(model.heads, model.y)], rep
+
+    for _ in range(2):  # the second step reuses the weights
+        _zero(model)
+        losses, rep = forward()
+        result = balancer.backward(dict(zip(TASKS, losses)), shared_reps=rep)
+    losses, _ = forward()
+    w = [result.weights[t] for t in TASKS]
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.trunk.parameters()),
+                                                                    retain_graph=True)]) for loss in losses]
+    assert torch.allclose(_trunk_grad(model), sum(wi * row for wi, row in zip(w, rows)), atol=1e-12)
+    for i, head in enumerate(model.heads):
+        own = torch.autograd.grad(losses[i], list(head.parameters()), retain_graph=True)
+        assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(head.parameters(), own))

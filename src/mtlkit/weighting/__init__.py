@@ -3,6 +3,7 @@
 from mtlkit.weighting.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
 from mtlkit.weighting.methods.imtl import IMTL
 from mtlkit.weighting.registry import available, get, is_registered, register
+from mtlkit.weighting.wrappers import wrap
 
 __all__ = [
     "IMTL",
@@ -14,4 +15,5 @@ __all__ = [
     "get",
     "is_registered",
     "register",
+    "wrap",
 ]

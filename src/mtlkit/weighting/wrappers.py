@@ -2,9 +2,11 @@
 
 - `every=k` computes the weights on one step in k and reuses them on the k − 1 steps in
   between (Nash-MTL's `update_weights_every`, generalised). A reuse step takes no task
-  Jacobian: one backward of Σ_t w_t L_t into the shared part (for a gradient method; the
-  heads still get their own, unweighted gradient from a second backward restricted to them,
-  the library's convention), or one backward of Σ_t w_t L_t for a loss method.
+  Jacobian. For a gradient method the shared part gets Σ_t w_t ∇L_t and the heads their own,
+  unweighted gradient (the library's convention): with `shared_reps`, in one backward of
+  Σ_t L_t whose task shares are scaled by w_t where each task reads the representation;
+  with `shared_params`, in one backward of Σ_t w_t L_t into the shared parameters and one
+  restricted to the task-specific ones. For a loss method: one backward of Σ_t w_t L_t.
 - `ema=β` replaces the method's weights w_k by their bias-corrected exponential moving
   average ŵ_k = m_k / (1 − β^k), m_k = β m_{k−1} + (1 − β) w_k (the smoothing of CR-MOGM,
   Zhou et al., NeurIPS 2022, with Adam's bias correction so that the first steps are not
@@ -19,9 +21,9 @@ Both options are spelled the same everywhere: `get("mgda", every=4, ema=0.9)`, t
 Which methods: every registered method whose step is Σ_t w_t ∇L_t for task weights it
 reports. Methods that transform the task gradients instead (GradDrop, TrimmedMean,
 DB-MTL: no weights to reuse or average) raise `ConfigError`. `ema` also needs the method's
-standard backward (IMTL-H runs its own and takes `every` only). On reuse steps a loss
-method's own parameters (UW, IMTL-H's scales) receive no gradient, and GradNorm-style
-weight updates wait for the next compute step.
+standard backward (IMTL-H runs its own and takes `every` only). A stateful method updates
+its state on compute steps only: on reuse steps its own parameters (UW's log-variances,
+IMTL-H's scales) receive no gradient, GradNorm's weights and FAMO's logits do not move.
 
 Task subsets: a method acts on the tasks labelled in the batch. `every` reuses weights only
 for the same set of tasks as the step that computed them; a batch labelling another set is a
@@ -31,6 +33,7 @@ updated only on steps that label the task.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -44,7 +47,7 @@ from mtlkit.weighting.base import (
     LossBalancer,
     _flatten_params,
 )
-from mtlkit.weighting.jacobian import leaves_above, reachable_leaves
+from mtlkit.weighting.jacobian import _reader_owners, leaves_above, reachable_leaves
 
 # The wrapper options, with a one-line description each (`mtlkit list` prints them).
 WRAPPERS = {
@@ -190,9 +193,16 @@ class GradientWrapper(_Wrapper, GradientBalancer):
     def _reuse(self, names, losses, w, shared_params, shared_reps) -> BalanceResult:
         """Σ_t w_t ∇L_t into the shared part, Σ_t ∇L_t into the task-specific leaves: no Jacobian."""
         vec = torch.stack(losses)
+        reps = None if shared_reps is None else [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
+        if reps is None or not _scaled_rep_backward(losses, reps, w):
+            self._two_pass_backward(vec, losses, w, shared_params, reps)
+        scaled = (w * vec).detach()
+        return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
+
+    def _two_pass_backward(self, vec: Tensor, losses, w: Tensor, shared_params, reps) -> None:
+        """Σ_t w_t L_t backpropagated into the shared leaves, then Σ_t L_t into the others."""
         leaves = reachable_leaves(vec)
-        if shared_reps is not None:
-            reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
+        if reps is not None:
             specific = {id(leaf) for leaf in leaves_above(losses, reps)}
             shared = [leaf for leaf in leaves if id(leaf) not in specific]
         elif shared_params is not None:
@@ -206,8 +216,33 @@ class GradientWrapper(_Wrapper, GradientBalancer):
             torch.autograd.backward((w * vec).sum(), inputs=shared, retain_graph=bool(specific_leaves))
         if specific_leaves:
             torch.autograd.backward(vec.sum(), inputs=specific_leaves)
-        scaled = (w * vec).detach()
-        return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
+
+
+def _scaled_rep_backward(losses: list[Tensor], reps: list[Tensor], w: Tensor) -> bool:
+    """One backward of Σ_t L_t in which task t's gradient at the representations is scaled by w_t.
+
+    The hooks sit on the autograd nodes through which each task reads the representations
+    (as in `rep_jacobian`), so the heads get their own gradient and the trunk Σ_t w_t ∂L_t/∂z.
+    False (nothing done) when a reader serves several tasks or a representation is a leaf.
+    """
+    targets = [(r.grad_fn, r.output_nr) for r in reps]
+    owner = _reader_owners(losses, targets)
+    if owner is None:
+        return False
+    handles = []
+    for node, t in owner.items():
+        edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
+        handles.append(node.register_hook(functools.partial(_scale_edges, edges, w[t])))
+    try:
+        torch.stack(losses).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return True
+
+
+def _scale_edges(edges: list[int], scale: Tensor, grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+    return tuple(g * scale if i in edges and g is not None else g for i, g in enumerate(grad_inputs))
 
 
 class LossWrapper(_Wrapper, LossBalancer):
