@@ -238,3 +238,19 @@ def test_reuse_at_a_representation_read_through_a_shared_layer_takes_the_two_pas
     for i, head in enumerate(model.heads):
         own = torch.autograd.grad(losses[i], list(head.parameters()), retain_graph=True)
         assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(head.parameters(), own))
+
+
+def test_reuse_with_shared_params_that_are_not_the_whole_shared_graph_keeps_the_compute_step_convention(small_mtl):
+    model = small_mtl(num_tasks=3, dtype=torch.float64)
+    balancer = get("mgda", tasks=TASKS, every=2)
+    first = list(model.trunk[0].parameters())  # only the first trunk layer is declared shared
+    for _ in range(2):  # the second step reuses the weights
+        _zero(model)
+        losses, _ = model()
+        result = balancer.backward(dict(zip(TASKS, losses)), shared_params=first)
+    w = [result.weights[t] for t in TASKS]
+    losses, _ = model()
+    for params, weights in ((first, w), (list(model.trunk[2].parameters()), [1.0, 1.0, 1.0])):
+        rows = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
+        for k, p in enumerate(params):
+            assert torch.allclose(p.grad, sum(wi * row[k] for wi, row in zip(weights, rows)), atol=1e-12)

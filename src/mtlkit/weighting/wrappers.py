@@ -5,8 +5,10 @@
   Jacobian. For a gradient method the shared part gets Σ_t w_t ∇L_t and the heads their own,
   unweighted gradient (the library's convention): with `shared_reps`, in one backward of
   Σ_t L_t whose task shares are scaled by w_t where each task reads the representation;
-  with `shared_params`, in one backward of Σ_t w_t L_t into the shared parameters and one
-  restricted to the task-specific ones. For a loss method: one backward of Σ_t w_t L_t.
+  with `shared_params`, likewise where each task enters the part of the graph several tasks
+  share, when the shared parameters are that part's leaves (else in one backward of
+  Σ_t w_t L_t into the shared parameters and one restricted to the task-specific ones).
+  For a loss method: one backward of Σ_t w_t L_t.
 - `ema=β` replaces the method's weights w_k by their bias-corrected exponential moving
   average ŵ_k = m_k / (1 − β^k), m_k = β m_{k−1} + (1 − β) w_k (the smoothing of CR-MOGM,
   Zhou et al., NeurIPS 2022, with Adam's bias correction so that the first steps are not
@@ -194,7 +196,13 @@ class GradientWrapper(_Wrapper, GradientBalancer):
         """Σ_t w_t ∇L_t into the shared part, Σ_t ∇L_t into the task-specific leaves: no Jacobian."""
         vec = torch.stack(losses)
         reps = None if shared_reps is None else [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
-        if reps is None or not _scaled_rep_backward(losses, reps, w):
+        if reps is not None:
+            done = _scaled_rep_backward(losses, reps, w)
+        elif shared_params is not None:
+            done = _scaled_shared_backward(losses, _flatten_params(shared_params), w)
+        else:
+            raise ValueError(f"{type(self.method).__name__} needs shared_params or shared_reps to take task gradients")
+        if not done:
             self._two_pass_backward(vec, losses, w, shared_params, reps)
         scaled = (w * vec).detach()
         return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
@@ -205,11 +213,9 @@ class GradientWrapper(_Wrapper, GradientBalancer):
         if reps is not None:
             specific = {id(leaf) for leaf in leaves_above(losses, reps)}
             shared = [leaf for leaf in leaves if id(leaf) not in specific]
-        elif shared_params is not None:
+        else:
             reached = {id(leaf) for leaf in leaves}
             shared = [p for p in _flatten_params(shared_params) if id(p) in reached]
-        else:
-            raise ValueError(f"{type(self.method).__name__} needs shared_params or shared_reps to take task gradients")
         shared_ids = {id(p) for p in shared}
         specific_leaves = [leaf for leaf in leaves if id(leaf) not in shared_ids]
         if shared:
@@ -239,6 +245,62 @@ def _scaled_rep_backward(losses: list[Tensor], reps: list[Tensor], w: Tensor) ->
         for handle in handles:
             handle.remove()
     return True
+
+
+def _scaled_shared_backward(losses: list[Tensor], shared_params: list[Tensor], w: Tensor) -> bool:
+    """One backward of Σ_t L_t in which task t's gradient is scaled by w_t where it enters the shared graph.
+
+    The shared graph is the part of the autograd graph that several tasks reach; the hooks
+    sit on each task's own nodes that feed it. That gives the shared parameters Σ_t w_t ∇L_t
+    when they are exactly the leaves of the shared graph (a trunk); otherwise (False,
+    nothing done) the caller takes the two-pass route.
+    """
+    owner = _task_owners(losses)
+    graph_shared = {id(node.variable) for node, t in owner.items() if t < 0 and hasattr(node, "variable")}
+    reached = {id(node.variable) for node in owner if hasattr(node, "variable")}
+    if graph_shared != {id(p) for p in shared_params if id(p) in reached}:
+        return False
+    handles = []
+    for node, t in owner.items():
+        if t >= 0:
+            edges = [i for i, (child, _) in enumerate(node.next_functions) if child is not None and owner[child] < 0]
+            if edges:
+                handles.append(node.register_hook(functools.partial(_scale_edges, edges, w[t])))
+    try:
+        torch.stack(losses).sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return True
+
+
+def _task_owners(losses: list[Tensor]) -> dict:
+    """{autograd node: the one task whose loss reaches it, or −1 if several do}, in O(nodes + edges)."""
+    owner: dict = {}
+    for t, loss in enumerate(losses):
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None:
+                continue
+            seen = owner.get(node)
+            if seen is None:
+                owner[node] = t
+                stack.extend(child for child, _ in node.next_functions)
+            elif seen != t and seen >= 0:
+                _mark_shared(node, owner)
+    return owner
+
+
+def _mark_shared(node, owner: dict) -> None:
+    """Mark `node` and everything below it as reached by several tasks."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if node is None or owner.get(node) == -1:
+            continue
+        owner[node] = -1
+        stack.extend(child for child, _ in node.next_functions)
 
 
 def _scale_edges(edges: list[int], scale: Tensor, grad_inputs: tuple, grad_outputs: tuple) -> tuple:
