@@ -235,10 +235,10 @@ def _scaled_rep_backward(losses: list[Tensor], reps: list[Tensor], w: Tensor) ->
     owner = _reader_owners(losses, targets)
     if owner is None:
         return False
-    handles = []
+    scales, handles = w.tolist(), []
     for node, t in owner.items():
         edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
-        handles.append(node.register_hook(functools.partial(_scale_edges, edges, w[t])))
+        handles.append(node.register_hook(functools.partial(_scale_edges, edges, scales[t])))
     try:
         torch.stack(losses).sum().backward()
     finally:
@@ -260,12 +260,12 @@ def _scaled_shared_backward(losses: list[Tensor], shared_params: list[Tensor], w
     reached = {id(node.variable) for node in owner if hasattr(node, "variable")}
     if graph_shared != {id(p) for p in shared_params if id(p) in reached}:
         return False
-    handles = []
+    scales, handles = w.tolist(), []
     for node, t in owner.items():
         if t >= 0:
             edges = [i for i, (child, _) in enumerate(node.next_functions) if child is not None and owner[child] < 0]
             if edges:
-                handles.append(node.register_hook(functools.partial(_scale_edges, edges, w[t])))
+                handles.append(node.register_hook(functools.partial(_scale_edges, edges, scales[t])))
     try:
         torch.stack(losses).sum().backward()
     finally:
@@ -303,27 +303,9 @@ def _mark_shared(node, owner: dict) -> None:
         stack.extend(child for child, _ in node.next_functions)
 
 
-def _scale_edges(edges: list[int], scale: Tensor, grad_inputs: tuple, grad_outputs: tuple) -> tuple:
-    return tuple(g * scale if i in edges and g is not None else g for i, g in enumerate(grad_inputs))
-
-
-class LossWrapper(_Wrapper, LossBalancer):
-    """A loss method with `every`/`ema` (build it with `wrap`)."""
-
-    def __init__(self, method: LossBalancer, every: int, ema: float | None) -> None:
-        LossBalancer.__init__(self, method.task_names)
-        self._setup(method, every, ema)
-
-    def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        objective, w = self.method.combine(losses, index)
-        if self.ema is None:
-            return objective, w
-        smoothed = self._smooth(w, index)
-        # The method reports w_t = ∂objective/∂L_t: adding (ŵ − w)·L makes the losses' weights ŵ.
-        return objective + ((smoothed - w).detach() * losses).sum(), smoothed
-
-    def _reuse(self, names, losses, w, shared_params, shared_reps) -> BalanceResult:
-        vec = torch.stack(losses)
-        (w * vec).sum().backward()
-        scaled = (w * vec).detach()
-        return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
+def _scale_edges(edges: list[int], scale: float, grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+    grads = list(grad_inputs)
+    for i in edges:
+        if grads[i] is not None:
+            grads[i] = grads[i] * scale
+    return tuple(grads)
