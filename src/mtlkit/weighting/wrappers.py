@@ -309,3 +309,25 @@ def _scale_edges(edges: list[int], scale: float, grad_inputs: tuple, grad_output
         if grads[i] is not None:
             grads[i] = grads[i] * scale
     return tuple(grads)
+
+
+class LossWrapper(_Wrapper, LossBalancer):
+    """A loss method with `every`/`ema` (build it with `wrap`)."""
+
+    def __init__(self, method: LossBalancer, every: int, ema: float | None) -> None:
+        LossBalancer.__init__(self, method.task_names)
+        self._setup(method, every, ema)
+
+    def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        objective, w = self.method.combine(losses, index)
+        if self.ema is None:
+            return objective, w
+        smoothed = self._smooth(w, index)
+        # The method reports w_t = ∂objective/∂L_t: adding (ŵ − w)·L makes the losses' weights ŵ.
+        return objective + ((smoothed - w).detach() * losses).sum(), smoothed
+
+    def _reuse(self, names, losses, w, shared_params, shared_reps) -> BalanceResult:
+        vec = torch.stack(losses)
+        (w * vec).sum().backward()
+        scaled = (w * vec).detach()
+        return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
