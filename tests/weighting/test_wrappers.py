@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mtlkit.weighting.base as base
 from mtlkit.errors import ConfigError
-from mtlkit.weighting import GradientBalancer, available, get
+from mtlkit.weighting import GradientBalancer, available, base, get
 from mtlkit.weighting.registry import _REGISTRY
 from mtlkit.weighting.wrappers import GradientWrapper, LossWrapper, parse_spec, wrap
 
