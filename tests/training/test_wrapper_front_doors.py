@@ -58,3 +58,16 @@ def test_wrapped_run_resumed_mid_epoch_ends_with_the_parameters_of_an_uninterrup
     assert all(torch.equal(a, b) for a, b in zip(params(resumed_model), params(reference)))
     mine, theirs = resumed.balancer.state_dict(), uninterrupted.balancer.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in mine.items())
+
+
+def test_cli_train_takes_the_wrapper_as_an_override_and_saves_it(tmp_path):
+    import yaml
+
+    from mtlkit.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "data": {"name": "penguins"}, "model": {"encoder": {"hidden": [8]}}}))
+    args = ["train", str(path), "trainer.n_epochs=1", "weighting=mgda@every=2,ema=0.5", "--run-dir", str(tmp_path / "r")]
+    assert main([*args, "--no-progress"]) == 0
+    assert yaml.safe_load((tmp_path / "r/config.yaml").read_text())["weighting"] == "mgda@every=2,ema=0.5"
+    assert main(["train", str(path), "weighting=mgda@every=two", "--no-progress"]) == 2  # one-line user error
