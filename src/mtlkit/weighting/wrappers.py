@@ -25,7 +25,8 @@ reports. Methods that transform the task gradients instead (GradDrop, TrimmedMea
 DB-MTL: no weights to reuse or average) raise `ConfigError`. `ema` also needs the method's
 standard backward (IMTL-H runs its own and takes `every` only). A stateful method updates
 its state on compute steps only: on reuse steps its own parameters (UW's log-variances,
-IMTL-H's scales) receive no gradient, GradNorm's weights and FAMO's logits do not move.
+IMTL-H's scales) receive no gradient, GradNorm's weights and FAMO's logits do not move,
+and the step reports no `grad_norm` stat.
 
 Task subsets: a method acts on the tasks labelled in the batch. `every` reuses weights only
 for the same set of tasks as the step that computed them; a batch labelling another set is a
