@@ -67,7 +67,14 @@ def test_cli_train_takes_the_wrapper_as_an_override_and_saves_it(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "data": {"name": "penguins"}, "model": {"encoder": {"hidden": [8]}}}))
-    args = ["train", str(path), "trainer.n_epochs=1", "weighting=mgda@every=2,ema=0.5", "--run-dir", str(tmp_path / "r")]
+    args = [
+        "train",
+        str(path),
+        "trainer.n_epochs=1",
+        "weighting=mgda@every=2,ema=0.5",
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
     assert main([*args, "--no-progress"]) == 0
     assert yaml.safe_load((tmp_path / "r/config.yaml").read_text())["weighting"] == "mgda@every=2,ema=0.5"
     assert main(["train", str(path), "weighting=mgda@every=two", "--no-progress"]) == 2  # one-line user error

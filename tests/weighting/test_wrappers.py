@@ -25,7 +25,9 @@ def _task_grads(model, tasks=TASKS):
     rows = {}
     for t in tasks:
         loss = losses[TASKS.index(t)]
-        rows[t] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.trunk.parameters()), retain_graph=True)])
+        rows[t] = torch.cat(
+            [g.reshape(-1) for g in torch.autograd.grad(loss, list(model.trunk.parameters()), retain_graph=True)]
+        )
     return rows
 
 
@@ -201,7 +203,7 @@ def test_every_weighting_method_trains_with_both_wrappers(small_mtl, name, mode)
         assert "runs its own backward" in str(error) or "no task weights" in str(error)
         return
     optimizer = torch.optim.SGD([*model.parameters(), *balancer.parameters(), *smoothed.parameters()], lr=0.05)
-    for step in range(4):
+    for _ in range(4):
         for b in (balancer, smoothed):
             optimizer.zero_grad()
             try:
@@ -231,8 +233,10 @@ def test_reuse_at_a_representation_read_through_a_shared_layer_takes_the_two_pas
         result = balancer.backward(dict(zip(TASKS, losses)), shared_reps=rep)
     losses, _ = forward()
     w = [result.weights[t] for t in TASKS]
-    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.trunk.parameters()),
-                                                                    retain_graph=True)]) for loss in losses]
+    rows = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.trunk.parameters()), retain_graph=True)])
+        for loss in losses
+    ]
     assert torch.allclose(_trunk_grad(model), sum(wi * row for wi, row in zip(w, rows)), atol=1e-12)
     for i, head in enumerate(model.heads):
         own = torch.autograd.grad(losses[i], list(head.parameters()), retain_graph=True)

@@ -7,8 +7,8 @@ from mtlkit.weighting.wrappers import wrap
 
 __all__ = [
     "IMTL",
-    "Balancer",
     "BalanceResult",
+    "Balancer",
     "GradientBalancer",
     "LossBalancer",
     "available",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import Balancer

@@ -77,8 +77,12 @@ def wrap(method: Balancer, every: int = 1, ema: float | None = None) -> Balancer
         raise ConfigError(f"{name}: build the method with tasks=<names or count> before wrapping it")
     if every == 1 and ema is None:
         return method
-    cls = GradientWrapper if isinstance(method, GradientBalancer) else LossWrapper
-    return cls(method, every, None if ema is None else float(ema))
+    smoothing = None if ema is None else float(ema)
+    if isinstance(method, GradientBalancer):
+        return GradientWrapper(method, every, smoothing)
+    if isinstance(method, LossBalancer):
+        return LossWrapper(method, every, smoothing)
+    raise ConfigError(f"{name} is neither a GradientBalancer nor a LossBalancer, so every/ema cannot wrap it")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -103,22 +107,27 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-class _Wrapper:
+class _Wrapper(Balancer):
     """The weight memory and step logic shared by the gradient and loss wrappers."""
 
     method: Balancer
     every: int
     ema: float | None
+    since_compute: Tensor  # buffers (see `_setup`)
+    stored: Tensor
+    stored_tasks: Tensor
+    average: Tensor
+    average_steps: Tensor
 
     def _setup(self, method: Balancer, every: int, ema: float | None) -> None:
         self.method, self.every, self.ema = method, every, ema
-        T = len(method.task_names)
+        T = method.num_tasks
         self.register_buffer("since_compute", torch.zeros((), dtype=torch.long))  # steps since the last compute
         self.register_buffer("stored", torch.zeros(T, dtype=torch.float64))  # the weights to reuse
         self.register_buffer("stored_tasks", torch.zeros(T, dtype=torch.bool))  # the tasks they were computed for
         self.register_buffer("average", torch.zeros(T, dtype=torch.float64))  # m_t of the moving average
         self.register_buffer("average_steps", torch.zeros(T, dtype=torch.long))  # k_t, per task
-        claims = getattr(method, "properties", frozenset())
+        claims: frozenset[str] = getattr(method, "properties", frozenset())
         self.properties = claims if ema is None else claims & {"expected_structure", "permutation_invariant"}
 
     def extra_repr(self) -> str:
@@ -145,6 +154,10 @@ class _Wrapper:
         self.since_compute.fill_(1)
         return result
 
+    def _reuse(self, names, losses, w, shared_params, shared_reps) -> BalanceResult:
+        """The step with the stored weights `w` (no Jacobian)."""
+        raise NotImplementedError
+
     def _standard_backward(self) -> bool:
         return type(self.method)._backward in (GradientBalancer._backward, LossBalancer._backward)
 
@@ -169,6 +182,8 @@ class _Wrapper:
 
 class GradientWrapper(_Wrapper, GradientBalancer):
     """A gradient method with `every`/`ema` (build it with `wrap`)."""
+
+    method: GradientBalancer
 
     def __init__(self, method: GradientBalancer, every: int, ema: float | None) -> None:
         GradientBalancer.__init__(self, method.task_names, chunk_size=method.chunk_size)
@@ -314,6 +329,8 @@ def _scale_edges(edges: list[int], scale: float, grad_inputs: tuple, grad_output
 
 class LossWrapper(_Wrapper, LossBalancer):
     """A loss method with `every`/`ema` (build it with `wrap`)."""
+
+    method: LossBalancer
 
     def __init__(self, method: LossBalancer, every: int, ema: float | None) -> None:
         LossBalancer.__init__(self, method.task_names)

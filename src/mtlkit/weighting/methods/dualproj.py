@@ -63,7 +63,7 @@ class DualProj(GradientBalancer):
         super().__init__(tasks, chunk_size=chunk_size)
         self.preference = None if preference is None else torch.as_tensor(preference, dtype=torch.float64)
         if self.preference is not None and bool((self.preference < 0).any()):
-            raise ValueError(f"DualProj preference values must be >= 0, got {list(preference)}")
+            raise ValueError(f"DualProj preference values must be >= 0, got {self.preference.tolist()}")
 
     def weights(self, G: Tensor) -> Tensor:
         if self.preference is not None and self.preference.numel() != G.shape[0]:

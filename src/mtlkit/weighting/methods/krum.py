@@ -22,7 +22,7 @@ def krum_weights(G: Tensor, n_byzantine: int = 0, n_selected: int = 1) -> Tensor
     rows always tie; TorchJD breaks ties by row index).
     """
     T = G.shape[0]
-    if T < 2 * n_byzantine + 3:
+    if T < 2 * n_byzantine + 3:  # noqa: SIM300 (T is the task count, not a constant)
         raise ValueError(
             f"Krum with n_byzantine={n_byzantine} needs at least 2·n_byzantine + 3 = {2 * n_byzantine + 3} task "
             f"gradients, got {T}: lower n_byzantine or use another method for this few tasks"

@@ -13,7 +13,7 @@ from mtlkit.weighting.registry import register
 def trimmed_mean(J: Tensor, trim: int) -> Tensor:
     """Per column of J: drop the `trim` largest and `trim` smallest entries, average the rest."""
     T = J.shape[0]
-    if T < 2 * trim + 1:
+    if T < 2 * trim + 1:  # noqa: SIM300 (T is the task count, not a constant)
         raise ValueError(
             f"TrimmedMean with trim={trim} needs at least 2·trim + 1 = {2 * trim + 1} task gradients, got {T}: "
             "lower trim or use another method for this few tasks"
