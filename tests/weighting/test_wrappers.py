@@ -8,7 +8,7 @@ import torch
 from mtlkit.errors import ConfigError
 from mtlkit.weighting import GradientBalancer, available, base, get
 from mtlkit.weighting.registry import _REGISTRY
-from mtlkit.weighting.wrappers import GradientWrapper, LossWrapper, parse_spec, wrap
+from mtlkit.weighting.wrappers import GradientWrapper, LossWrapper, parse_spec, split_specs, wrap
 
 TASKS = ["a", "b", "c"]
 
@@ -257,3 +257,12 @@ def test_reuse_with_shared_params_that_are_not_the_whole_shared_graph_keeps_the_
         rows = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
         for k, p in enumerate(params):
             assert torch.allclose(p.grad, sum(wi * row[k] for wi, row in zip(weights, rows)), atol=1e-12)
+
+
+def test_a_comma_list_of_specs_keeps_each_specs_wrapper_options():
+    assert split_specs("ew,mgda@every=4,ema=0.9,upgrad@ema=0.5,pcgrad") == [
+        "ew",
+        "mgda@every=4,ema=0.9",
+        "upgrad@ema=0.5",
+        "pcgrad",
+    ]

@@ -107,6 +107,20 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+def split_specs(text: str) -> list[str]:
+    """'ew,mgda@every=4,ema=0.9' as ['ew', 'mgda@every=4,ema=0.9']: a comma list of specs.
+
+    An item with '=' and no '@' continues the previous spec's wrapper options.
+    """
+    specs: list[str] = []
+    for item in text.split(","):
+        if specs and "=" in item and "@" not in item:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
+
+
 class _Wrapper(Balancer):
     """The weight memory and step logic shared by the gradient and loss wrappers."""
 
