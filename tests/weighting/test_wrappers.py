@@ -250,7 +250,7 @@ def test_reuse_with_shared_params_that_are_not_the_whole_shared_graph_keeps_the_
     for _ in range(2):  # the second step reuses the weights
         _zero(model)
         losses, _ = model()
-        result = balancer.backward(dict(zip(TASKS, losses)), shared_params=first)
+        result = balancer.backward(dict(zip(TASKS, losses)), shared_params=iter(first))  # a one-shot iterator
     w = [result.weights[t] for t in TASKS]
     losses, _ = model()
     for params, weights in ((first, w), (list(model.trunk[2].parameters()), [1.0, 1.0, 1.0])):
@@ -266,3 +266,32 @@ def test_a_comma_list_of_specs_keeps_each_specs_wrapper_options():
         "upgrad@ema=0.5",
         "pcgrad",
     ]
+
+
+def test_reuse_on_the_quickstart_graph_weights_exactly_the_shared_parameters():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_every_method_trains_the_quickstart_graph import _quickstart_model
+
+    from mtlkit.data.synthetic import QuickstartDataset
+
+    torch.manual_seed(0)
+    model = _quickstart_model().double()
+    data = QuickstartDataset(n=16, seed=0)
+    tasks = ["Task1", "Task2", "Task3"]
+    X, Y = {"x": data.X.double()}, dict(zip(tasks, [t.double() for t in data.targets]))
+    balancer = get("mgda@every=2", tasks=tasks)
+    for _ in range(2):  # the second step reuses the weights
+        _zero(model)
+        result = balancer.backward(model.training_step(X, Y).losses, shared_params=model.shared_parameters())
+    w = [result.weights[t] for t in tasks]
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared  # Embed1 and Embed2 serve two tasks each
+    losses = model.training_step(X, Y).losses
+    for p in model.parameters():
+        rows = [torch.autograd.grad(losses[t], p, retain_graph=True, allow_unused=True)[0] for t in tasks]
+        rows = [torch.zeros_like(p) if g is None else g for g in rows]
+        expected = sum(wi * g for wi, g in zip(w, rows)) if id(p) in shared else sum(rows)
+        assert torch.allclose(p.grad, expected, atol=1e-12)

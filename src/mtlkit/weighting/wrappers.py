@@ -226,18 +226,19 @@ class GradientWrapper(_Wrapper, GradientBalancer):
         """Σ_t w_t ∇L_t into the shared part, Σ_t ∇L_t into the task-specific leaves: no Jacobian."""
         vec = torch.stack(losses)
         reps = None if shared_reps is None else [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
+        params = None if shared_params is None else _flatten_params(shared_params)  # may be a generator: once
         if reps is not None:
             done = _scaled_rep_backward(losses, reps, w)
-        elif shared_params is not None:
-            done = _scaled_shared_backward(losses, _flatten_params(shared_params), w)
+        elif params is not None:
+            done = _scaled_shared_backward(losses, params, w)
         else:
             raise ValueError(f"{type(self.method).__name__} needs shared_params or shared_reps to take task gradients")
         if not done:
-            self._two_pass_backward(vec, losses, w, shared_params, reps)
+            self._two_pass_backward(vec, losses, w, params, reps)
         scaled = (w * vec).detach()
         return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
 
-    def _two_pass_backward(self, vec: Tensor, losses, w: Tensor, shared_params, reps) -> None:
+    def _two_pass_backward(self, vec: Tensor, losses, w: Tensor, params: list[Tensor] | None, reps) -> None:
         """Σ_t w_t L_t backpropagated into the shared leaves, then Σ_t L_t into the others."""
         leaves = reachable_leaves(vec)
         if reps is not None:
@@ -245,7 +246,7 @@ class GradientWrapper(_Wrapper, GradientBalancer):
             shared = [leaf for leaf in leaves if id(leaf) not in specific]
         else:
             reached = {id(leaf) for leaf in leaves}
-            shared = [p for p in _flatten_params(shared_params) if id(p) in reached]
+            shared = [p for p in params or () if id(p) in reached]
         shared_ids = {id(p) for p in shared}
         specific_leaves = [leaf for leaf in leaves if id(leaf) not in shared_ids]
         if shared:
