@@ -295,3 +295,29 @@ def test_reuse_on_the_quickstart_graph_weights_exactly_the_shared_parameters():
         rows = [torch.zeros_like(p) if g is None else g for g in rows]
         expected = sum(wi * g for wi, g in zip(w, rows)) if id(p) in shared else sum(rows)
         assert torch.allclose(p.grad, expected, atol=1e-12)
+
+
+def test_the_step_context_protocol_reaches_the_method_and_updates_follow_compute_steps_only(small_mtl):
+    from mtlkit.weighting import LossBalancer
+
+    class PostStep(LossBalancer):
+        needs = frozenset({"post_step_losses"})
+
+        def __init__(self, tasks=None):
+            super().__init__(tasks)
+            self.updates, self.context = [], None
+
+        def combine(self, losses, index):
+            return losses.sum(), torch.ones_like(losses)
+
+        def update(self, losses):
+            self.updates.append(self.context)
+
+    model = small_mtl(num_tasks=3)
+    balancer = wrap(PostStep(tasks=TASKS), every=2)
+    assert balancer.needs == {"post_step_losses"}
+    for step in range(4):
+        balancer.context = f"step {step}"  # what the Trainer does before backward
+        _backward(model, balancer, "params")
+        balancer.update({})  # and after optimizer.step()
+    assert balancer.method.updates == ["step 0", "step 2"]  # compute steps 0 and 2; 1 and 3 reuse

@@ -25,8 +25,9 @@ reports. Methods that transform the task gradients instead (GradDrop, TrimmedMea
 DB-MTL: no weights to reuse or average) raise `ConfigError`. `ema` also needs the method's
 standard backward (IMTL-H runs its own and takes `every` only). A stateful method updates
 its state on compute steps only: on reuse steps its own parameters (UW's log-variances,
-IMTL-H's scales) receive no gradient, GradNorm's weights and FAMO's logits do not move,
-and the step reports no `grad_norm` stat.
+IMTL-H's scales) receive no gradient, GradNorm's weights do not move, a post-step
+`update` (FAMO's) is not forwarded, and the step reports no `grad_norm` stat. What a method
+declares in `needs`, and the `context` the Trainer sets, are forwarded to it.
 
 Task subsets: a method acts on the tasks labelled in the batch. `every` reuses weights only
 for the same set of tasks as the step that computed them; a batch labelling another set is a
@@ -141,6 +142,7 @@ class _Wrapper(Balancer):
         self.register_buffer("stored_tasks", torch.zeros(T, dtype=torch.bool))  # the tasks they were computed for
         self.register_buffer("average", torch.zeros(T, dtype=torch.float64))  # m_t of the moving average
         self.register_buffer("average_steps", torch.zeros(T, dtype=torch.long))  # k_t, per task
+        self._computed = False  # whether the last step computed the weights (for `update`)
         claims: frozenset[str] = getattr(method, "properties", frozenset())
         self.properties = claims if ema is None else claims & {"expected_structure", "permutation_invariant"}
 
@@ -150,10 +152,30 @@ class _Wrapper(Balancer):
     def epoch_end(self) -> None:
         self.method.epoch_end()
 
+    # The step-context protocol (what a method declares in `needs`, the `context` the Trainer
+    # sets before a step, `update(losses)` after it) is the method's: forwarded to it.
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset(getattr(self.method, "needs", frozenset()))
+
+    @property
+    def context(self) -> Any:
+        return getattr(self.method, "context", None)
+
+    @context.setter
+    def context(self, value: Any) -> None:
+        self.method.context = value
+
+    def update(self, losses: Any) -> None:
+        """The method's post-step update, after compute steps only (its state waits on reuse steps)."""
+        if self._computed:
+            self.method.update(losses)  # type: ignore[operator]
+
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         active = torch.zeros_like(self.stored_tasks)
         active[index.to(active.device)] = True
-        if int(self.since_compute) < self.every and bool(torch.equal(active, self.stored_tasks)):
+        self._computed = not (int(self.since_compute) < self.every and bool(torch.equal(active, self.stored_tasks)))
+        if not self._computed:
             self.since_compute += 1
             w = self.stored[index.to(self.stored.device)].to(device=losses[0].device, dtype=losses[0].dtype)
             return self._reuse(names, losses, w, shared_params, shared_reps)
