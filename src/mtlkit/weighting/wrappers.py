@@ -21,11 +21,13 @@ Both options are spelled the same everywhere: `get("mgda", every=4, ema=0.9)`, t
 `{name: mgda, every: 4}` in YAML. With both, the average moves on compute steps only.
 
 Which methods: every registered method whose step is Σ_t w_t ∇L_t for task weights it
-reports. Methods that transform the task gradients instead (GradDrop, TrimmedMean,
-DB-MTL: no weights to reuse or average) raise `ConfigError`. `ema` also needs the method's
-standard backward (IMTL-H runs its own and takes `every` only). A stateful method updates
+reports, through the standard backward of `GradientBalancer`/`LossBalancer`. The others
+raise `ConfigError`: methods that transform the task gradients (GradDrop, TrimmedMean,
+DB-MTL: no weights to reuse or average) and methods that run their own backward (IMTL-H,
+and those whose update follows tracked or per-task-normalised gradients). A wrapped method
+takes `every` once more ("cr_mogm@every=4" = "mgda@ema=0.9,every=4"). A stateful method updates
 its state on compute steps only: on reuse steps its own parameters (UW's log-variances,
-IMTL-H's scales) receive no gradient, GradNorm's weights do not move, a post-step
+receive no gradient, GradNorm's weights do not move, a post-step
 `update` (FAMO's) is not forwarded, and the step reports no `grad_norm` stat. What a method
 declares in `needs`, and the `context` the Trainer sets, are forwarded to it.
 
@@ -72,8 +74,12 @@ def wrap(method: Balancer, every: int = 1, ema: float | None = None) -> Balancer
             f"{name} transforms the task gradients instead of weighting them, so it has no task weights "
             "to reuse (every) or average (ema); use the method without these options"
         )
-    if ema is not None and type(method)._backward not in (GradientBalancer._backward, LossBalancer._backward):
-        raise ConfigError(f"{name} runs its own backward pass, so ema cannot smooth its weights; every= still works")
+    standard = type(method)._backward in (GradientBalancer._backward, LossBalancer._backward)
+    if not standard and not (isinstance(method, _Wrapper) and ema is None):
+        raise ConfigError(
+            f"{name} runs its own backward pass: its step is not Σ_t w_t ∇L_t of the task weights it reports, "
+            "so every/ema cannot reuse or average them; use the method without these options"
+        )
     if method.task_names is None:
         raise ConfigError(f"{name}: build the method with tasks=<names or count> before wrapping it")
     if every == 1 and ema is None:
