@@ -78,9 +78,10 @@ def _graph(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from mtlkit.experiments import suite
+    from mtlkit.weighting.wrappers import split_specs
 
     if args.name == "balancers":
-        names = args.methods.split(",") if args.methods else suite.DEFAULT_BALANCERS
+        names = split_specs(args.methods) if args.methods else suite.DEFAULT_BALANCERS
         variants = suite.balancer_variants(names, architecture=args.architecture)
     else:
         names = args.architectures.split(",") if args.architectures else suite.DEFAULT_ARCHITECTURES
@@ -98,9 +99,11 @@ def _list(args: argparse.Namespace) -> int:
     from mtlkit.experiments.config import ARCHITECTURES
     from mtlkit.metrics import METRICS
     from mtlkit.weighting import available as balancers
+    from mtlkit.weighting.wrappers import WRAPPERS
 
     print("architectures:", ", ".join(ARCHITECTURES))
     print("balancers:    ", ", ".join(balancers()))
+    print("wrappers:     ", "; ".join(WRAPPERS.values()), "(e.g. weighting=mgda@every=4,ema=0.9)")
     print("datasets:     ", ", ".join(datasets()))
     print("metrics:      ", ", ".join(METRICS))
     return 0
@@ -148,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["balancers", "architectures"])
     bench.add_argument("--dataset", default="digits", choices=datasets())
     bench.add_argument("--seeds", type=int, default=3)
-    bench.add_argument("--methods", help="comma-separated balancer names (balancers)")
+    bench.add_argument("--methods", help="comma-separated balancer names (balancers), e.g. ew,mgda@every=4,ema=0.9")
     bench.add_argument("--architectures", help="comma-separated architecture names (architectures)")
     bench.add_argument("--architecture", default="hps", help="the architecture the balancers train (balancers)")
     bench.add_argument("--scale", type=float, default=1.0, help="multiply the number of epochs")
