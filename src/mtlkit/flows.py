@@ -31,7 +31,7 @@ from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.metrics import Scorer
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import StepOutput
 
 __all__ = ["Operation", "Task", "MultitaskClassifier"]
 
@@ -153,7 +153,7 @@ class MultitaskClassifier(nn.Module):
     name is an error (a typo would otherwise train nothing); `load` refuses pickled
     code (`torch.load(weights_only=True)`).
 
-    Implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
+    Implements `mtlkit.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
     it and any balancer acts on `shared_parameters()`.
     """
 
@@ -290,7 +290,7 @@ class MultitaskClassifier(nn.Module):
         state = torch.load(path, map_location=self._device(), weights_only=True)
         self.load_state_dict(state)
 
-    # --- mtlkit.training.protocol.MultiTaskModel -------------------------------------------
+    # --- mtlkit.protocol.MultiTaskModel -------------------------------------------
 
     @property
     def task_names(self) -> list[str]:

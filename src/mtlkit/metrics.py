@@ -1,6 +1,6 @@
 """Scoring: the per-task `Scorer`, the MTL summary `delta_m`, and the model scoring loop.
 
-`predict` and `score` drive any model that follows `mtlkit.training.protocol.MultiTaskModel`
+`predict` and `score` drive any model that follows `mtlkit.protocol.MultiTaskModel`
 (`task_names`, `task_outputs(X, task_names)`, `scorers()`), so `MultitaskClassifier`,
 `MTLModel` and the architectures share one loop. Scores are keyed
 `label/dataset/split/metric` as in Snorkel.

@@ -21,7 +21,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from mtlkit.errors import SpecError
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import StepOutput
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 

@@ -13,7 +13,7 @@ from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import StepOutput
 
 __all__ = ["MTLModel"]
 
@@ -40,7 +40,7 @@ class MTLModel(nn.Module):
     drive it below zero) rather than balancing tasks. For principled learnable
     weights use a balancer, e.g. uncertainty weighting ``mtlkit.weighting.get("uw")``.
 
-    Also implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer`
+    Also implements `mtlkit.protocol.MultiTaskModel`, so `mtlkit.Trainer`
     can train it: `training_step` returns ``loss_weight * loss(y_hat, y)`` per task
     (weight 1 where ``loss_weight`` is ``None``), the term torchMTL's loop sums.
 
@@ -110,7 +110,7 @@ class MTLModel(nn.Module):
         losses = self.losses
         return [values[t] for t in names], [losses[t] for t in names], [self._weight(t) for t in names]
 
-    # --- mtlkit.training.protocol.MultiTaskModel -------------------------------------------
+    # --- mtlkit.protocol.MultiTaskModel -------------------------------------------
 
     @property
     def task_names(self) -> list[str]:

@@ -2,7 +2,7 @@
 
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import RankFailure, is_main_process
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.trainer import Trainer
 
 __all__ = ["MultiTaskModel", "RankFailure", "StepOutput", "Trainer", "TrainerConfig", "is_main_process"]
