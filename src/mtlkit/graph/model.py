@@ -13,7 +13,8 @@ from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
-from mtlkit.protocol import StepOutput
+from mtlkit.labels import AUTO
+from mtlkit.protocol import StepOutput, labelled_targets, task_loss
 
 __all__ = ["MTLModel"]
 
@@ -118,20 +119,28 @@ class MTLModel(nn.Module):
         return list(self.output_tasks)
 
     def training_step(self, X: Any, Y: Mapping[str, Tensor]) -> StepOutput:
-        """Run the tasks present in `Y` and return ``loss_weight * loss(y_hat, y)`` for each."""
+        """Run the tasks labelled in `Y` and return ``loss_weight * loss(y_hat, y)`` for each.
+
+        Rows without a label (class -1, regression NaN, or the task Scorer's
+        `abstain_label`; see `mtlkit.labels`) are left out of the loss and the counts;
+        a task without a labelled row is absent and its nodes are not run.
+        """
         names = [t for t in self.output_tasks if t in Y]
         for key in Y:
             if key not in self.output_tasks:
                 raise ValueError(f"targets given for {key!r}, which is not an output task; output tasks: {self.output_tasks}")
             if self.losses[key] is None:
                 raise ValueError(f"targets given for task {key!r}, which has no 'loss'; add a 'loss' to its entry")
-        values = execute(self.task_graph.plan(names), self._modules, X)
+        scorers = self.scorers()
+        targets = {t: labelled_targets(t, Y[t], getattr(scorers.get(t), "abstain_label", AUTO)) for t in names}
+        targets = {t: y for t, y in targets.items() if y is not None}
+        values = execute(self.task_graph.plan(list(targets)), self._modules, X) if targets else {}
         losses: dict[str, Tensor] = {}
-        for t in names:
-            loss = self.losses[t](values[t], Y[t])
+        for t, y in targets.items():
+            loss = task_loss(t, self.losses[t], values[t], y)
             weight = self._weight(t)
             losses[t] = loss if weight is None else weight * loss
-        return StepOutput(losses=losses, counts={t: len(Y[t]) for t in names})
+        return StepOutput(losses=losses, counts={t: y.count for t, y in targets.items()})
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters that more than one output task depends on (from graph ancestry)."""
