@@ -6,7 +6,7 @@
   training row (a warning: its head is never trained, yet it is scored), and a
   `checkpoint_metric` that names no score of the run (a named error);
 - on the first batch of each training dataset (`FitChecks.first_batch`), for every task,
-  `task_batch` compares the head output with the targets: float labels or (N, 1) labels
+  `first_batch_loss` compares the head output with the targets: float labels or (N, 1) labels
   for a classification loss, class labels outside [0, C), a head narrower than the number
   of classes, a regression loss whose output and targets differ in shape;
 - after each evaluation (`FitChecks.evaluated`): a warning when a training loss has grown
@@ -80,7 +80,7 @@ class FitChecks:
         self._warned: set[str] = set()
 
     def first_batch(self, dataset: Any) -> contextlib.AbstractContextManager:
-        """Around `model.training_step`: turns on `task_batch` for `dataset`'s first batch only."""
+        """Around `model.training_step`: turns on `first_batch_loss` for `dataset`'s first batch only."""
         if id(dataset) in self._checked:
             return contextlib.nullcontext()
         self._checked.add(id(dataset))
@@ -121,16 +121,35 @@ def _checking(dataset: Any) -> Iterator[None]:
         _first_batch.reset(token)
 
 
-def task_batch(task: str, loss_fn: Callable[..., Tensor], output: Any, target: Tensor, marker: Marker, dataset: Any) -> None:
-    """Check one task's head output against its labelled targets on a dataset's first batch.
+def first_batch_loss(
+    task: str, loss_fn: Callable[..., Tensor], output: Any, target: Tensor, marker: Marker, dataset: Any
+) -> Tensor:
+    """`loss_fn(output, target)` on a dataset's first batch, after checking the output against the targets.
 
     Raises:
-        ConfigError: naming the task, dataset and split, the mismatch and the fix.
+        ConfigError: naming the task, dataset and split, the mismatch and the fix; also
+            when the loss warns that it broadcasts the output against the targets.
     """
-    if not isinstance(output, Tensor):
-        return
     where = f"task {task!r} on dataset {getattr(dataset, 'name', '?')!r} (split {getattr(dataset, 'split', '?')!r})"
-    kind, name = _loss_kind(loss_fn), _loss_name(loss_fn)
+    if isinstance(output, Tensor):
+        _check_output(where, loss_fn, output, target, marker, dataset, task)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = loss_fn(output, target)
+    for warning in caught:
+        if "different to the input size" in str(warning.message):  # torch's broadcasting warning
+            raise ConfigError(
+                f"{where}: the loss broadcasts the head's output against the targets ({warning.message}); make "
+                "the head output one value per target, e.g. squeeze a trailing dimension of size 1"
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loss
+
+
+def _check_output(
+    where: str, loss_fn: Callable[..., Tensor], output: Tensor, target: Tensor, marker: Marker, dataset: Any, task: str
+) -> None:
+    kind, name = loss_kind(loss_fn), _loss_name(loss_fn)
     out, tgt = tuple(output.shape), tuple(target.shape)
     if target.is_floating_point():
         if kind == "class" and tgt != out:
@@ -192,7 +211,8 @@ def _dataset_labels(dataset: Any, task: str, batch: Tensor, marker: Marker) -> T
     return labels[~missing(labels, marker)]
 
 
-def _loss_kind(loss_fn: Any) -> str | None:
+def loss_kind(loss_fn: Any) -> str | None:
+    """"class" for torch's class-index losses, "elementwise" for its elementwise ones, else None."""
     while isinstance(loss_fn, functools.partial):
         loss_fn = loss_fn.func
     if any(loss_fn is f for f in _CLASS_INDEX_LOSSES) or isinstance(loss_fn, _CLASS_INDEX_MODULES):

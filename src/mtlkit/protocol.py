@@ -88,11 +88,12 @@ def labelled_targets(task: str, target: Any, marker: Marker = AUTO) -> Labelled 
 def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: Labelled) -> Tensor:
     """`loss_fn(output, target)` on the labelled rows of one task.
 
-    A trailing size-1 dimension on one side only is squeezed when the targets are
-    floating point: a regression head's (N, 1) output against (N,) targets (or (N,)
-    against (N, 1)) would otherwise broadcast to N×N in `mse_loss`. On the first batch
-    of each training dataset in `Trainer.fit`, `mtlkit.checks` checks the output
-    against the targets and names the task, dataset and split of any mismatch.
+    For torch's elementwise losses (mse, l1, smooth_l1, huber, binary cross-entropy,
+    as functions or modules) a trailing size-1 dimension on one side only is squeezed:
+    a regression head's (N, 1) output against (N,) targets (or (N,) against (N, 1))
+    would otherwise broadcast to N×N. Other losses get the shapes as they are. On the
+    first batch of each training dataset in `Trainer.fit`, `mtlkit.checks` checks the
+    output against the targets and names the task, dataset and split of a mismatch.
     """
     target = labels.target
     if labels.rows is not None:
@@ -104,16 +105,15 @@ def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: La
         output, target = output[labels.rows.to(output.device)], target[labels.rows.to(target.device)]
     if isinstance(output, Tensor):
         target = target.to(output.device)
-        output, target = _squeeze_trailing_one(output, target)
+        if checks.loss_kind(loss_fn) == "elementwise":
+            output, target = _squeeze_trailing_one(output, target)
     dataset = checks.first_batch_dataset()
     if dataset is not None:
-        checks.task_batch(task, loss_fn, output, target, labels.marker, dataset)
+        return checks.first_batch_loss(task, loss_fn, output, target, labels.marker, dataset)
     return loss_fn(output, target)
 
 
 def _squeeze_trailing_one(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    if not target.is_floating_point():
-        return output, target
     if output.dim() == target.dim() + 1 and output.shape[-1] == 1 and output.shape[:-1] == target.shape:
         return output.squeeze(-1), target
     if target.dim() == output.dim() + 1 and target.shape[-1] == 1 and target.shape[:-1] == output.shape:
