@@ -138,9 +138,10 @@ def first_batch_loss(
         loss = loss_fn(output, target)
     for warning in caught:
         if "different to the input size" in str(warning.message):  # torch's broadcasting warning
+            shapes = f" ({tuple(output.shape)} against {tuple(target.shape)})" if isinstance(output, Tensor) else ""
             raise ConfigError(
-                f"{where}: the loss broadcasts the head's output against the targets ({warning.message}); make "
-                "the head output one value per target, e.g. squeeze a trailing dimension of size 1"
+                f"{where}: the loss broadcasts the head's output against the targets{shapes}, which pairs every "
+                "output with every target; make the head output one value per target, e.g. squeeze its trailing 1"
             )
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return loss
