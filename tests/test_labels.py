@@ -5,7 +5,6 @@ is built around the same linear head, and its loss, counts and scores are compar
 the same quantities computed by hand on the labelled rows only.
 """
 
-
 import pytest
 import torch
 import torch.nn.functional as F
