@@ -12,7 +12,9 @@ from mtlkit.architectures import HPS
 
 def flows(head, loss, scorer):
     output = None if not scorer.is_regression else (lambda out: out.squeeze(-1))
-    task = Task("a", {"head": head}, [Operation("head", [("_input_", "x")])], scorer=scorer, loss_func=loss, output_func=output)
+    task = Task(
+        "a", {"head": head}, [Operation("head", [("_input_", "x")])], scorer=scorer, loss_func=loss, output_func=output
+    )
     return MultitaskClassifier([task])
 
 
@@ -25,7 +27,9 @@ def graph(head, loss, scorer):
 
 
 def architecture(head, loss, scorer):
-    return HPS(["a"], encoder_class=nn.Identity, decoders={"a": head}, losses={"a": loss}, metrics={"a": scorer}, input_key="x")
+    return HPS(
+        ["a"], encoder_class=nn.Identity, decoders={"a": head}, losses={"a": loss}, metrics={"a": scorer}, input_key="x"
+    )
 
 
 FRONT_DOORS = [flows, graph, architecture]

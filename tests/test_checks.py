@@ -14,7 +14,7 @@ from mtlkit.checks import DIVERGENCE_FACTOR, FitChecks
 from mtlkit.protocol import StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
-from front_doors import FRONT_DOORS, flows  # noqa: E402
+from front_doors import FRONT_DOORS, flows
 
 QUIET = {"progress_bar": False}
 X = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
@@ -53,7 +53,9 @@ def test_a_regression_heads_trailing_one_is_squeezed_for_torchs_elementwise_loss
 @pytest.mark.parametrize("front_door", FRONT_DOORS)
 def test_a_loss_that_broadcasts_the_heads_output_is_named_on_the_first_batch(front_door):
     model = front_door(_head(1), lambda out, y: F.mse_loss(out, y), Scorer(["mse"]))
-    with pytest.raises(ConfigError, match=r"task 'a' on dataset 'ds' \(split 'train'\).*broadcasts.*\(8, 1\) against \(8,\)"):
+    with pytest.raises(
+        ConfigError, match=r"task 'a' on dataset 'ds' \(split 'train'\).*broadcasts.*\(8, 1\) against \(8,\)"
+    ):
         _fit(model, VALUES)
 
 
@@ -61,7 +63,9 @@ def test_a_loss_that_broadcasts_the_heads_output_is_named_on_the_first_batch(fro
 def test_a_head_narrower_than_the_classes_is_named_even_when_the_first_batch_lacks_the_top_class(front_door):
     y = CLASSES.clone()
     y[-1] = 2  # in the last batch only: the dataset's labels are checked, not only the batch's
-    with pytest.raises(ConfigError, match=r"task 'a' on dataset 'ds' \(split 'train'\).*up to class 2.*give the head 3 outputs"):
+    with pytest.raises(
+        ConfigError, match=r"task 'a' on dataset 'ds' \(split 'train'\).*up to class 2.*give the head 3 outputs"
+    ):
         _fit(front_door(_head(2), F.cross_entropy, Scorer(["accuracy"])), y)
 
 
@@ -134,7 +138,9 @@ def test_a_task_without_labelled_training_rows_is_warned_about(front_door):
         DictDataLoader(DictDataset("ds", "train", {"x": X}, {"a": torch.full_like(CLASSES, -1)}), batch_size=8),
         DictDataLoader(DictDataset("ds", "valid", {"x": X}, {"a": CLASSES}), batch_size=8),
     ]
-    with pytest.warns(UserWarning, match=r"task 'a' has no labelled row in the training data \(ds/train\).*never trained"):
+    with pytest.warns(
+        UserWarning, match=r"task 'a' has no labelled row in the training data \(ds/train\).*never trained"
+    ):
         final = Trainer(n_epochs=1, **QUIET).fit(model, loaders)
     assert "a/ds/valid/accuracy" in final  # still scored, as the warning says
 
@@ -175,7 +181,9 @@ class _GrowingLoss(nn.Module):
         self.w = nn.Parameter(torch.zeros(()))
         self.steps = 0
 
-    task_names = ["a"]
+    @property
+    def task_names(self):
+        return ["a"]
 
     def training_step(self, X, Y):
         self.steps += 1

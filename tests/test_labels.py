@@ -19,7 +19,7 @@ from mtlkit.metrics import score
 from mtlkit.protocol import labelled_targets, task_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from front_doors import FRONT_DOORS, architecture, flows  # noqa: E402
+from front_doors import FRONT_DOORS, architecture, flows
 
 
 def _head(out_features):
@@ -123,7 +123,9 @@ def test_task_loss_names_the_task_when_a_non_tensor_output_must_be_masked():
 def test_custom_losses_get_the_shapes_as_they_are():
     targets = labelled_targets("a", torch.tensor([1.0, 2.0]))
     shapes = []
-    task_loss("a", lambda out, y: shapes.append((tuple(out.shape), tuple(y.shape))) or out.sum(), torch.zeros(2, 1), targets)
+    task_loss(
+        "a", lambda out, y: shapes.append((tuple(out.shape), tuple(y.shape))) or out.sum(), torch.zeros(2, 1), targets
+    )
     assert shapes == [((2, 1), (2,))]
 
 

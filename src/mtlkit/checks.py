@@ -213,7 +213,7 @@ def _dataset_labels(dataset: Any, task: str, batch: Tensor, marker: Marker) -> T
 
 
 def loss_kind(loss_fn: Any) -> str | None:
-    """"class" for torch's class-index losses, "elementwise" for its elementwise ones, else None."""
+    """The kind of a torch loss: "class" (class-index losses), "elementwise", or None (any other)."""
     while isinstance(loss_fn, functools.partial):
         loss_fn = loss_fn.func
     if any(loss_fn is f for f in _CLASS_INDEX_LOSSES) or isinstance(loss_fn, _CLASS_INDEX_MODULES):
@@ -274,7 +274,9 @@ def _check_checkpoint_metric(key: str, model: Any, train: Sequence[Any], valid: 
     open_prefixes = set()  # scores of custom metric functions, whose keys are known only once computed
     for loader in train:
         dataset = loader.dataset
-        known.update(f"{t}/{dataset.name}/{dataset.split}/loss" for t in getattr(dataset, "Y_dict", {}) if t in model.task_names)
+        known.update(
+            f"{t}/{dataset.name}/{dataset.split}/loss" for t in getattr(dataset, "Y_dict", {}) if t in model.task_names
+        )
     scorers = model.scorers()
     for loader in valid:
         dataset = loader.dataset

@@ -11,7 +11,6 @@ floating-point targets, so a real target of ``-1.0`` is a value, not a missing l
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -20,7 +19,7 @@ NO_CLASS = -1  # an integer class label meaning "no label"
 NO_VALUE = float("nan")  # a floating-point target meaning "no label"
 AUTO = "auto"  # NO_CLASS for integer labels, NO_VALUE for floating-point ones
 
-Marker = Union[int, float, str, None]  # None: every row is labelled
+Marker = int | float | str | None  # None: every row is labelled
 
 
 def resolve(values: Tensor, marker: Marker = AUTO) -> int | float | None:

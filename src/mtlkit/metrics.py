@@ -143,7 +143,7 @@ class Scorer:
 
     def labelled(self, golds: Any) -> Tensor:
         """Boolean mask of the rows of `golds` that are not abstains."""
-        return labelled_rows(_as_tensor("golds", golds), self.abstain_label)
+        return labelled_rows(_as_tensor("golds", golds), self.abstain_label)  # type: ignore[arg-type]
 
     def score(self, golds: Any, preds: Any = None, probs: Any = None) -> dict[str, float]:
         """Every metric of this scorer on one task's golds/preds/probs (tensors, arrays or lists)."""

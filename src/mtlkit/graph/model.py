@@ -14,7 +14,7 @@ from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.labels import AUTO
-from mtlkit.protocol import StepOutput, labelled_targets, task_loss
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 __all__ = ["MTLModel"]
 
@@ -132,8 +132,11 @@ class MTLModel(nn.Module):
             if self.losses[key] is None:
                 raise ValueError(f"targets given for task {key!r}, which has no 'loss'; add a 'loss' to its entry")
         scorers = self.scorers()
-        targets = {t: labelled_targets(t, Y[t], getattr(scorers.get(t), "abstain_label", AUTO)) for t in names}
-        targets = {t: y for t, y in targets.items() if y is not None}
+        targets: dict[str, Labelled] = {}
+        for t in names:
+            labels = labelled_targets(t, Y[t], getattr(scorers.get(t), "abstain_label", AUTO))
+            if labels is not None:
+                targets[t] = labels
         values = execute(self.task_graph.plan(list(targets)), self._modules, X) if targets else {}
         losses: dict[str, Tensor] = {}
         for t, y in targets.items():
