@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from types import FunctionType
 from typing import Any
 
 import torch.nn.functional as F
@@ -35,17 +36,23 @@ from mtlkit.labels import Marker, labelled_rows, missing, resolve
 
 DIVERGENCE_FACTOR = 1e3  # a training loss this many times its first evaluated value is diverging
 
-_CLASS_INDEX_LOSSES = (F.cross_entropy, F.nll_loss)
-_CLASS_INDEX_MODULES = (nn.CrossEntropyLoss, nn.NLLLoss)
-_ELEMENTWISE_LOSSES = (
-    F.mse_loss,
-    F.l1_loss,
-    F.smooth_l1_loss,
-    F.huber_loss,
-    F.binary_cross_entropy,
-    F.binary_cross_entropy_with_logits,
-)
-_ELEMENTWISE_MODULES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss)
+_LOSS_KINDS: dict[Any, str] = {  # torch's losses, as functions and as module classes, by kind
+    **dict.fromkeys((F.cross_entropy, F.nll_loss, nn.CrossEntropyLoss, nn.NLLLoss), "class"),
+    **dict.fromkeys(
+        (
+            F.mse_loss,
+            F.l1_loss,
+            F.smooth_l1_loss,
+            F.huber_loss,
+            F.binary_cross_entropy,
+            F.binary_cross_entropy_with_logits,
+        ),
+        "elementwise",
+    ),
+    **dict.fromkeys(
+        (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss), "elementwise"
+    ),
+}
 
 _first_batch: ContextVar[Any] = ContextVar("mtlkit_first_batch", default=None)
 
@@ -216,11 +223,10 @@ def loss_kind(loss_fn: Any) -> str | None:
     """The kind of a torch loss: "class" (class-index losses), "elementwise", or None (any other)."""
     while isinstance(loss_fn, functools.partial):
         loss_fn = loss_fn.func
-    if any(loss_fn is f for f in _CLASS_INDEX_LOSSES) or isinstance(loss_fn, _CLASS_INDEX_MODULES):
-        return "class"
-    if any(loss_fn is f for f in _ELEMENTWISE_LOSSES) or isinstance(loss_fn, _ELEMENTWISE_MODULES):
-        return "elementwise"
-    return None
+    kind = _LOSS_KINDS.get(type(loss_fn))  # a loss module
+    if kind is None and isinstance(loss_fn, FunctionType):
+        kind = _LOSS_KINDS.get(loss_fn)
+    return kind
 
 
 def _loss_name(loss_fn: Any) -> str:

@@ -41,8 +41,13 @@ def missing(values: Tensor, marker: Marker = AUTO) -> Tensor:
     return values == marker
 
 
-def labelled_rows(values: Tensor, marker: Marker = AUTO) -> Tensor:
-    """Per row (first dimension): True when the row has a label; a row of a 2-D or larger
+def unlabelled_rows(values: Tensor, marker: Marker = AUTO) -> Tensor:
+    """Per row (first dimension): True when the row has no label; a row of a 2-D or larger
     target is unlabelled only when every one of its entries is the marker."""
     absent = missing(values, marker)
-    return ~absent if values.dim() <= 1 else ~absent.flatten(1).all(dim=1)
+    return absent if values.dim() <= 1 else absent.flatten(1).all(dim=1)
+
+
+def labelled_rows(values: Tensor, marker: Marker = AUTO) -> Tensor:
+    """Per row: True when the row has a label (the complement of `unlabelled_rows`)."""
+    return ~unlabelled_rows(values, marker)

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from mtlkit import checks
-from mtlkit.labels import AUTO, Marker, labelled_rows
+from mtlkit.labels import AUTO, Marker, unlabelled_rows
 
 
 @dataclass
@@ -78,11 +78,11 @@ def labelled_targets(task: str, target: Any, marker: Marker = AUTO) -> Labelled 
         raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
     if marker is None:
         return Labelled(target, None, len(target), marker)
-    rows = labelled_rows(target, marker)
-    count = int(rows.sum())
+    absent = unlabelled_rows(target, marker)
+    count = len(absent) - int(absent.count_nonzero())
     if count == 0:
         return None
-    return Labelled(target, None if count == len(rows) else rows, count, marker)
+    return Labelled(target, None if count == len(absent) else ~absent, count, marker)
 
 
 def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: Labelled) -> Tensor:
