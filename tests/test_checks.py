@@ -11,6 +11,7 @@ from torch import nn
 
 from mtlkit import ConfigError, DictDataLoader, DictDataset, Scorer, Trainer, checks
 from mtlkit.checks import DIVERGENCE_FACTOR, FitChecks
+from mtlkit.metrics import score
 from mtlkit.protocol import StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,6 +155,14 @@ def test_an_empty_evaluation_split_is_named(front_door, split):
     ]
     with pytest.raises(ConfigError, match=f"dataset 'ds' has no rows in its '{split}' split"):
         Trainer(n_epochs=1, **QUIET).fit(front_door(_head(2), F.cross_entropy, Scorer(["accuracy"])), loaders)
+
+
+@pytest.mark.parametrize("front_door", FRONT_DOORS)
+def test_scoring_an_empty_split_is_named(front_door):
+    model = front_door(_head(2), F.cross_entropy, Scorer(["accuracy"]))
+    empty = DictDataLoader(DictDataset("ds", "valid", {"x": X[:0]}, {"a": CLASSES[:0]}), batch_size=8)
+    with pytest.raises(ValueError, match="dataset 'ds' has no rows in its 'valid' split: nothing to score"):
+        score(model, [empty])
 
 
 # --- after each evaluation ----------------------------------------------------------------

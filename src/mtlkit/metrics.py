@@ -367,6 +367,8 @@ def _dataset_of(dataloader: DataLoader) -> Any:
                 f"scoring needs dataloaders over a DictDataset (with name, split, Y_dict); "
                 f"got a dataset of type {type(dataset).__name__} without {attribute!r}"
             )
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no rows in its {dataset.split!r} split: nothing to score")
     return dataset
 
 
