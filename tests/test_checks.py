@@ -71,6 +71,16 @@ def test_a_head_narrower_than_the_classes_is_named_even_when_the_first_batch_lac
 
 
 @pytest.mark.parametrize("front_door", FRONT_DOORS)
+def test_class_labels_of_a_validation_split_are_checked_against_the_head_too(front_door):
+    valid = torch.where(CLASSES == 1, 3, 0)
+    model = front_door(_head(2), F.cross_entropy, Scorer(["accuracy"]))
+    with pytest.raises(
+        ConfigError, match=r"task 'a' on dataset 'ds' \(split 'valid'\).*up to class 3.*give the head 4"
+    ):
+        Trainer(n_epochs=1, **QUIET).fit(model, [*_loaders(CLASSES, ["train"]), *_loaders(valid, ["valid"])])
+
+
+@pytest.mark.parametrize("front_door", FRONT_DOORS)
 def test_negative_class_labels_other_than_the_marker_are_named(front_door):
     y = torch.where(CLASSES == 1, -2, 0)
     with pytest.raises(ConfigError, match=r"task 'a' on dataset 'ds'.*\[0, 2\) or be -1 \(no label\); found \[-2\]"):
@@ -104,7 +114,9 @@ def test_integer_targets_for_a_regression_loss_are_named(front_door):
 def test_the_first_batch_checks_run_once_per_training_dataset(monkeypatch):
     calls = []
     check = checks.first_batch_loss
-    monkeypatch.setattr(checks, "first_batch_loss", lambda *args: calls.append(args[5].name) or check(*args))
+    monkeypatch.setattr(
+        checks, "first_batch_loss", lambda *args: calls.append(checks.first_batch_dataset().name) or check(*args)
+    )
     loaders = [
         DictDataLoader(DictDataset(name, "train", {"x": X}, {"a": CLASSES}), batch_size=8) for name in ("one", "two")
     ]

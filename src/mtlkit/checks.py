@@ -6,9 +6,10 @@
   training row (a warning: its head is never trained, yet it is scored), and a
   `checkpoint_metric` that names no score of the run (a named error);
 - on the first batch of each training dataset (`FitChecks.first_batch`), for every task,
-  `first_batch_loss` compares the head output with the targets: float labels or (N, 1) labels
-  for a classification loss, class labels outside [0, C), a head narrower than the number
-  of classes, a regression loss whose output and targets differ in shape;
+  `first_batch_loss` compares the head output with the targets: float labels or (N, 1)
+  labels for a classification loss, class labels outside [0, C) in any dataset of the run
+  (a head narrower than the number of classes), integer targets or a shape mismatch for
+  an elementwise loss, and a loss that broadcasts the output against the targets;
 - after each evaluation (`FitChecks.evaluated`): a warning when a training loss has grown
   by `DIVERGENCE_FACTOR` or more since the first evaluation, or a score is not finite.
 
@@ -25,6 +26,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
 
@@ -54,12 +56,20 @@ _LOSS_KINDS: dict[Any, str] = {  # torch's losses, as functions and as module cl
     ),
 }
 
-_first_batch: ContextVar[Any] = ContextVar("mtlkit_first_batch", default=None)
+
+@dataclass
+class _FirstBatch:
+    dataset: Any  # the training dataset whose first batch runs
+    datasets: list[Any]  # every dataset of the run: their class labels are checked against the head too
+
+
+_first_batch: ContextVar[_FirstBatch | None] = ContextVar("mtlkit_first_batch", default=None)
 
 
 def first_batch_dataset() -> Any:
     """The training dataset whose first batch is running under `FitChecks.first_batch`, else None."""
-    return _first_batch.get()
+    state = _first_batch.get()
+    return None if state is None else state.dataset
 
 
 class FitChecks:
@@ -82,6 +92,7 @@ class FitChecks:
         _warn_untrained_tasks(model, train)
         if checkpoint_metric is not None:
             _check_checkpoint_metric(checkpoint_metric, model, train, valid)
+        self._datasets = [loader.dataset for loader in [*train, *valid, *test]]
         self._checked: set[int] = set()
         self._first_losses: dict[str, tuple[float, int]] = {}
         self._warned: set[str] = set()
@@ -91,7 +102,7 @@ class FitChecks:
         if id(dataset) in self._checked:
             return contextlib.nullcontext()
         self._checked.add(id(dataset))
-        return _checking(dataset)
+        return _checking(_FirstBatch(dataset, self._datasets))
 
     def evaluated(self, scores: Mapping[str, float], epoch: int) -> None:
         """Warn (once per key) of a training loss grown by orders of magnitude and of non-finite scores."""
@@ -120,26 +131,29 @@ class FitChecks:
 
 
 @contextlib.contextmanager
-def _checking(dataset: Any) -> Iterator[None]:
-    token = _first_batch.set(dataset)
+def _checking(state: _FirstBatch) -> Iterator[None]:
+    token = _first_batch.set(state)
     try:
         yield
     finally:
         _first_batch.reset(token)
 
 
-def first_batch_loss(
-    task: str, loss_fn: Callable[..., Tensor], output: Any, target: Tensor, marker: Marker, dataset: Any
-) -> Tensor:
-    """`loss_fn(output, target)` on a dataset's first batch, after checking the output against the targets.
+def first_batch_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, target: Tensor, marker: Marker) -> Tensor:
+    """`loss_fn(output, target)` on a dataset's first batch (under `FitChecks.first_batch`),
+    after checking the output against the targets; the class labels of every dataset of
+    the run are checked against the head's width.
 
     Raises:
         ConfigError: naming the task, dataset and split, the mismatch and the fix; also
             when the loss warns that it broadcasts the output against the targets.
     """
-    where = f"task {task!r} on dataset {getattr(dataset, 'name', '?')!r} (split {getattr(dataset, 'split', '?')!r})"
+    state = _first_batch.get()
+    if state is None:
+        raise RuntimeError("first_batch_loss runs only under FitChecks.first_batch")
+    where = _where(task, state.dataset)
     if isinstance(output, Tensor):
-        _check_output(where, loss_fn, output, target, marker, dataset, task)
+        _check_output(where, task, loss_fn, output, target, marker, state.datasets)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loss = loss_fn(output, target)
@@ -154,8 +168,18 @@ def first_batch_loss(
     return loss
 
 
+def _where(task: str, dataset: Any) -> str:
+    return f"task {task!r} on dataset {getattr(dataset, 'name', '?')!r} (split {getattr(dataset, 'split', '?')!r})"
+
+
 def _check_output(
-    where: str, loss_fn: Callable[..., Tensor], output: Tensor, target: Tensor, marker: Marker, dataset: Any, task: str
+    where: str,
+    task: str,
+    loss_fn: Callable[..., Tensor],
+    output: Tensor,
+    target: Tensor,
+    marker: Marker,
+    datasets: Sequence[Any],
 ) -> None:
     kind, name = loss_kind(loss_fn), _loss_name(loss_fn)
     out, tgt = tuple(output.shape), tuple(target.shape)
@@ -186,7 +210,12 @@ def _check_output(
         )
     if output.dim() != 2 or target.dim() != 1:
         return  # other layouts (sequences, images) are left to the loss
-    _check_class_range(where, name, output.shape[1], _dataset_labels(dataset, task, target, marker), marker)
+    classes = output.shape[1]
+    _check_class_range(where, name, classes, target, marker)
+    for dataset in datasets:  # once per training dataset, so that a class the first batch lacks is seen too
+        labels = _class_labels(dataset, task, marker)
+        if labels is not None:
+            _check_class_range(_where(task, dataset), name, classes, labels, marker)
 
 
 def _check_class_range(where: str, name: str, classes: int, labels: Tensor, marker: Marker) -> None:
@@ -197,7 +226,7 @@ def _check_class_range(where: str, name: str, classes: int, labels: Tensor, mark
         )
     if len(labels) == 0:
         return
-    low, high = int(labels.min()), int(labels.max())  # once per dataset
+    low, high = int(labels.min()), int(labels.max())
     if low >= 0 and high >= classes:
         raise ConfigError(
             f"{where}: the labels go up to class {high} but the head outputs {classes} scores per row (classes "
@@ -211,11 +240,11 @@ def _check_class_range(where: str, name: str, classes: int, labels: Tensor, mark
         )
 
 
-def _dataset_labels(dataset: Any, task: str, batch: Tensor, marker: Marker) -> Tensor:
-    """The dataset's labelled class labels of `task` where it holds them as one tensor, else the batch's."""
+def _class_labels(dataset: Any, task: str, marker: Marker) -> Tensor | None:
+    """The dataset's labelled class labels of `task` where it holds them as one 1-D integer tensor."""
     labels = getattr(dataset, "Y_dict", {}).get(task)
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
-        return batch
+        return None
     return labels[~missing(labels, marker)]
 
 

@@ -107,9 +107,8 @@ def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: La
         target = target.to(output.device)
         if checks.loss_kind(loss_fn) == "elementwise":
             output, target = _squeeze_trailing_one(output, target)
-    dataset = checks.first_batch_dataset()
-    if dataset is not None:
-        return checks.first_batch_loss(task, loss_fn, output, target, labels.marker, dataset)
+    if checks.first_batch_dataset() is not None:
+        return checks.first_batch_loss(task, loss_fn, output, target, labels.marker)
     return loss_fn(output, target)
 
 
