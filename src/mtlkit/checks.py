@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.labels import Marker, labelled_rows, missing, resolve
+from mtlkit.labels import Marker, labelled_rows, marker_of, missing, resolve
 
 DIVERGENCE_FACTOR = 1e3  # a training loss this many times its first evaluated value is diverging
 
@@ -282,7 +282,7 @@ def _warn_untrained_tasks(model: Any, train: Sequence[Any]) -> None:
     for task in model.task_names:
         if task not in scorers:
             continue  # not scored: an untrained head reports nothing misleading
-        marker = getattr(scorers[task], "abstain_label", "auto")
+        marker = marker_of(scorers[task])
         targets = [getattr(loader.dataset, "Y_dict", {}).get(task) for loader in train]
         count = sum(_count_labelled(y, marker) for y in targets if y is not None)
         if count == 0:

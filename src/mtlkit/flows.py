@@ -30,6 +30,7 @@ from mtlkit.data.loader import move_to_device
 from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.task_graph import Node, TaskGraph
+from mtlkit.labels import marker_of
 from mtlkit.metrics import Scorer
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
@@ -232,7 +233,7 @@ class MultitaskClassifier(nn.Module):
                     f"Y_dict has labels {label!r}, but model {self.name!r} has no task of that name; tasks: "
                     f"{list(self.tasks)}. Add such a task, or drop/rename the label in the dataset"
                 )
-            labels = labelled_targets(label, Y, self.tasks[label].scorer.abstain_label)
+            labels = labelled_targets(label, Y, marker_of(self.tasks[label].scorer))
             if labels is not None:
                 active[label] = labels
         if not active:

@@ -11,6 +11,7 @@ floating-point targets, so a real target of ``-1.0`` is a value, not a missing l
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,6 +21,11 @@ NO_VALUE = float("nan")  # a floating-point target meaning "no label"
 AUTO = "auto"  # NO_CLASS for integer labels, NO_VALUE for floating-point ones
 
 Marker = int | float | str | None  # None: every row is labelled
+
+
+def marker_of(scorer: Any) -> Marker:
+    """The missing-label marker of a task scored by `scorer` (its `abstain_label`; the convention without one)."""
+    return getattr(scorer, "abstain_label", AUTO)
 
 
 def resolve(values: Tensor, marker: Marker = AUTO) -> int | float | None:

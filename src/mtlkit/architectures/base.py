@@ -21,7 +21,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from mtlkit.errors import SpecError
-from mtlkit.labels import AUTO
+from mtlkit.labels import marker_of
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -255,7 +255,7 @@ class Architecture(nn.Module):
                     f"{type(self).__name__}: the batch is labelled for task {task!r} but no loss was given for it; "
                     f"pass losses={{{task!r}: loss_fn, ...}} to the constructor"
                 )
-            targets = labelled_targets(task, Y[task], getattr(self._metrics.get(task), "abstain_label", AUTO))
+            targets = labelled_targets(task, Y[task], marker_of(self._metrics.get(task)))
             if targets is not None:
                 labelled[task] = targets
         return labelled

@@ -13,7 +13,7 @@ from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
-from mtlkit.labels import AUTO
+from mtlkit.labels import marker_of
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 __all__ = ["MTLModel"]
@@ -134,7 +134,7 @@ class MTLModel(nn.Module):
         scorers = self.scorers()
         targets: dict[str, Labelled] = {}
         for t in names:
-            labels = labelled_targets(t, Y[t], getattr(scorers.get(t), "abstain_label", AUTO))
+            labels = labelled_targets(t, Y[t], marker_of(scorers.get(t)))
             if labels is not None:
                 targets[t] = labels
         values = execute(self.task_graph.plan(list(targets)), self._modules, X) if targets else {}

@@ -30,13 +30,13 @@ from mtlkit import metrics
 from mtlkit.checks import FitChecks
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
+from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
 from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
-from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
 
