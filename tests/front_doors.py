@@ -33,3 +33,18 @@ def architecture(head, loss, scorer):
 
 
 FRONT_DOORS = [flows, graph, architecture]
+
+
+# A YAML graph on the built-in penguins data (sex: 9 labels are -1); SPECIES is the species head's width.
+PENGUINS_GRAPH = """
+name: penguins-graph
+data: {name: penguins}
+model:
+  graph:
+    - {name: features, layers: {SimpleSelect: [x]}}
+    - {name: trunk, anchor_layer: features, layers: [{Linear: [7, 16]}, ReLU]}
+    - {name: species, anchor_layer: trunk, layers: {Linear: [16, SPECIES]}}
+    - {name: sex, anchor_layer: trunk, layers: {Linear: [16, 2]}}
+    - {name: body_mass, anchor_layer: trunk, layers: {Linear: [16, 1]}}
+trainer: {n_epochs: 1}
+"""

@@ -11,11 +11,12 @@ from torch import nn
 
 from mtlkit import ConfigError, DictDataLoader, DictDataset, Scorer, Trainer, checks
 from mtlkit.checks import DIVERGENCE_FACTOR, FitChecks
+from mtlkit.cli import main
 from mtlkit.metrics import score
 from mtlkit.protocol import StepOutput
 
 sys.path.insert(0, str(Path(__file__).parent))
-from front_doors import FRONT_DOORS, flows
+from front_doors import FRONT_DOORS, PENGUINS_GRAPH, flows
 
 QUIET = {"progress_bar": False}
 X = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
@@ -103,6 +104,15 @@ def test_class_labels_of_shape_n_by_one_are_named(front_door):
 def test_a_one_output_head_for_cross_entropy_is_named(front_door):
     with pytest.raises(ConfigError, match=r"task 'a' on dataset 'ds'.*1 score per row.*at least 2"):
         _fit(front_door(_head(1), F.cross_entropy, Scorer(["accuracy"])), CLASSES)
+
+
+def test_the_cli_names_a_head_narrower_than_the_classes_in_one_line(tmp_path, capsys):
+    path = tmp_path / "graph.yaml"
+    path.write_text(PENGUINS_GRAPH.replace("SPECIES", "2"))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "task 'species' on dataset 'penguins' (split 'train')" in err and "give the head 3 outputs" in err
 
 
 @pytest.mark.parametrize("front_door", FRONT_DOORS)

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer
+from mtlkit.cli import main
 from mtlkit.labels import labelled_rows, missing
 from mtlkit.metrics import score
 from mtlkit.protocol import labelled_targets, task_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from front_doors import FRONT_DOORS, architecture, flows
+from front_doors import FRONT_DOORS, PENGUINS_GRAPH, architecture, flows
 
 
 def _head(out_features):
@@ -141,3 +142,11 @@ def test_the_trainer_trains_each_front_door_on_partly_labelled_data(front_door):
     model = front_door(_head(2), F.cross_entropy, Scorer(["accuracy"]))
     final = Trainer(n_epochs=20, lr=0.1, progress_bar=False).fit(model, loaders)
     assert final["a/ds/valid/accuracy"] > 0.9
+
+
+def test_a_yaml_graph_trains_on_penguins_whose_sex_labels_are_partly_missing(tmp_path, capsys):
+    path = tmp_path / "graph.yaml"
+    path.write_text(PENGUINS_GRAPH.replace("SPECIES", "3"))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| sex | penguins | accuracy |" in out and "| body_mass | penguins | mae |" in out
