@@ -1,4 +1,4 @@
-"""Training machinery: the model protocol, the Trainer, checkpoints and loggers."""
+"""Training machinery: the Trainer, checkpoints and loggers (and the model protocol of `mtlkit.protocol`, re-exported)."""
 
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import RankFailure, is_main_process
