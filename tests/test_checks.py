@@ -147,6 +147,14 @@ def test_an_unknown_checkpoint_metric_is_named_before_the_first_epoch(front_door
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step was taken
 
 
+def test_a_checkpoint_metric_of_a_validation_label_with_no_labelled_row_is_named_before_training():
+    loaders = [*_loaders(CLASSES, ["train"]), *_loaders(torch.full_like(CLASSES, -1), ["valid"])]
+    model = flows(_head(2), F.cross_entropy, Scorer(["accuracy"]))
+    with pytest.raises(ConfigError, match=r"checkpoint_metric 'a/ds/valid/accuracy' is none of the scores"):
+        Trainer(n_epochs=1, early_stopping=2, checkpoint_metric="a/ds/valid/accuracy:max", **QUIET).fit(model, loaders)
+    assert all(p.grad is None for p in model.parameters())  # no step was taken
+
+
 def test_known_checkpoint_metrics_pass_including_training_losses_and_custom_metrics(tmp_path):
     scorer = Scorer(["accuracy"], custom_metric_funcs={"mine": lambda golds, preds, probs: {"m1": 0.5}})
     for key in ("a/ds/valid/accuracy:max", "a/ds/train/loss:min", "a/ds/valid/m1:max"):

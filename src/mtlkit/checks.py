@@ -317,8 +317,8 @@ def _check_checkpoint_metric(key: str, model: Any, train: Sequence[Any], valid: 
         dataset = loader.dataset
         for label, task in labels_to_tasks(getattr(dataset, "Y_dict", {}), model.task_names).items():
             scorer = scorers.get(task)
-            if scorer is None:
-                continue
+            if scorer is None or _count_labelled(dataset.Y_dict[label], marker_of(scorer)) == 0:
+                continue  # not scored
             prefix = f"{label}/{dataset.name}/{dataset.split}"
             known.update(f"{prefix}/{metric}" for metric in getattr(scorer, "metrics", []))
             if getattr(scorer, "custom_metric_funcs", None):
