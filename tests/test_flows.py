@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, MultitaskClassifier, Operation, Scorer, SpecError, Task
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput
 
 
 class Counting(nn.Module):

@@ -30,8 +30,9 @@ from mtlkit.data.loader import move_to_device
 from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.task_graph import Node, TaskGraph
+from mtlkit.labels import marker_of
 from mtlkit.metrics import Scorer
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 __all__ = ["Operation", "Task", "MultitaskClassifier"]
 
@@ -91,7 +92,8 @@ class Task:
         op_sequence: the operations, in order; each reads ``"_input_"`` or earlier ops.
             The output of the last one goes to `loss_func` and `output_func`.
         scorer: the task's metrics (default: ``Scorer(metrics=["accuracy"])``). Its
-            `abstain_label` (default -1) also marks the unlabelled rows that
+            `abstain_label` (default: -1 for classification, NaN for regression
+            metrics) also marks the unlabelled rows that
             `MultitaskClassifier.calculate_loss` leaves out.
         loss_func: ``loss_func(last_output, Y) -> scalar`` on the labelled rows
             (default `F.cross_entropy`, which takes class indices or, for 2-D float
@@ -153,7 +155,7 @@ class MultitaskClassifier(nn.Module):
     name is an error (a typo would otherwise train nothing); `load` refuses pickled
     code (`torch.load(weights_only=True)`).
 
-    Implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
+    Implements `mtlkit.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
     it and any balancer acts on `shared_parameters()`.
     """
 
@@ -218,41 +220,27 @@ class MultitaskClassifier(nn.Module):
         """Loss and number of labelled rows of every task labelled in the batch.
 
         A row is unlabelled when its label is the task scorer's `abstain_label`
-        (default -1); for 2-D (probabilistic) labels, when every entry of the row is.
-        The loss is the task's `loss_func` on the labelled rows only (a mean for the
-        default cross-entropy). Tasks without a labelled row are absent from both
-        dicts and their heads are not run.
+        (mtlkit's label convention by default: -1 for classification, NaN for
+        regression scorers); for 2-D (probabilistic) labels, when every entry of the
+        row is. The loss is the task's `loss_func` on the labelled rows only (a mean
+        for the default cross-entropy), computed by `mtlkit.protocol.task_loss`. Tasks
+        without a labelled row are absent from both dicts and their heads are not run.
         """
-        active: dict[str, Tensor] = {}
+        active: dict[str, Labelled] = {}
         for label, Y in Y_dict.items():
             if label not in self.tasks:
                 raise ValueError(
                     f"Y_dict has labels {label!r}, but model {self.name!r} has no task of that name; tasks: "
                     f"{list(self.tasks)}. Add such a task, or drop/rename the label in the dataset"
                 )
-            mask = self.tasks[label].scorer.labelled(Y)
-            if mask.any():
-                active[label] = mask
+            labels = labelled_targets(label, Y, marker_of(self.tasks[label].scorer))
+            if labels is not None:
+                active[label] = labels
         if not active:
             return {}, {}
         values = self.forward(X_dict, list(active))
-        losses: dict[str, Tensor] = {}
-        counts: dict[str, int] = {}
-        for label, mask in active.items():
-            task = self.tasks[label]
-            output, Y = values[self._heads[label]], Y_dict[label]
-            if not bool(mask.all()):
-                if not isinstance(output, Tensor):
-                    raise ValueError(
-                        f"task {label!r}: some rows of the batch are unlabelled, but the output of operation "
-                        f"{task.head!r} is a {type(output).__name__}, which cannot be masked row by row; "
-                        "make the last operation return a tensor"
-                    )
-                output, Y = output[mask.to(output.device)], Y[mask.to(Y.device)]
-            if isinstance(output, Tensor):
-                Y = Y.to(output.device)
-            losses[label] = task.loss_func(output, Y)
-            counts[label] = int(mask.sum())
+        losses = {t: task_loss(t, self.tasks[t].loss_func, values[self._heads[t]], y) for t, y in active.items()}
+        counts = {t: y.count for t, y in active.items()}
         return losses, counts
 
     def predict(
@@ -290,7 +278,7 @@ class MultitaskClassifier(nn.Module):
         state = torch.load(path, map_location=self._device(), weights_only=True)
         self.load_state_dict(state)
 
-    # --- mtlkit.training.protocol.MultiTaskModel -------------------------------------------
+    # --- mtlkit.protocol.MultiTaskModel -------------------------------------------
 
     @property
     def task_names(self) -> list[str]:

@@ -1,6 +1,6 @@
 """Scoring: the per-task `Scorer`, the MTL summary `delta_m`, and the model scoring loop.
 
-`predict` and `score` drive any model that follows `mtlkit.training.protocol.MultiTaskModel`
+`predict` and `score` drive any model that follows `mtlkit.protocol.MultiTaskModel`
 (`task_names`, `task_outputs(X, task_names)`, `scorers()`), so `MultitaskClassifier`,
 `MTLModel` and the architectures share one loop. Scores are keyed
 `label/dataset/split/metric` as in Snorkel.
@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mtlkit.data.loader import move_to_device
+from mtlkit.labels import AUTO, NO_CLASS, NO_VALUE, Marker, labelled_rows, missing
 
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -97,10 +97,13 @@ class Scorer:
     `f1_micro` equals accuracy. `f1_micro`/`f1_macro` treat C = 2 as two classes.
 
     Abstains: rows whose gold equals `abstain_label` are dropped for every metric
-    (for 2-D golds, rows where every entry is the abstain label; `float("nan")`
-    marks missing regression targets). For classification, rows whose prediction is
-    the abstain label are dropped as well, except for `coverage`, the fraction of
-    labelled rows with a non-abstain prediction. `abstain_label=None` keeps all rows.
+    (for 2-D golds, rows where every entry is the abstain label). Its default,
+    ``"auto"``, is mtlkit's label convention (`mtlkit.labels`): -1 for a classification
+    scorer, NaN for a regression scorer (so a real target of -1.0 is scored), and by
+    the golds' dtype for a scorer with custom metrics only. For classification, rows
+    whose prediction is the abstain label are dropped as well, except for `coverage`,
+    the fraction of labelled rows with a non-abstain prediction. `abstain_label=None`
+    keeps all rows. The front doors leave the same rows out of the task's loss.
 
     Custom functions `f(golds, preds, probs)` get NumPy arrays (Snorkel's contract, so
     scikit-learn functions plug in; preds/probs may be None) after gold abstains are
@@ -111,7 +114,7 @@ class Scorer:
         self,
         metrics: Sequence[str] | None = None,
         custom_metric_funcs: Mapping[str, CustomMetric] | None = None,
-        abstain_label: int | float | None = -1,
+        abstain_label: Marker = AUTO,
         *,
         beta: float = 1.0,
     ) -> None:
@@ -127,6 +130,8 @@ class Scorer:
             )
         self.is_regression = kinds == {True}
         self.custom_metric_funcs = dict(custom_metric_funcs or {})
+        if isinstance(abstain_label, str) and abstain_label == AUTO and self.metrics:
+            abstain_label = NO_VALUE if self.is_regression else NO_CLASS
         self.abstain_label = abstain_label
         self.beta = beta
 
@@ -134,17 +139,11 @@ class Scorer:
         return f"Scorer(metrics={self.metrics}, custom_metric_funcs={list(self.custom_metric_funcs)}, abstain_label={self.abstain_label})"
 
     def _is_abstain(self, values: Tensor) -> Tensor:
-        if self.abstain_label is None:
-            return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
-        if isinstance(self.abstain_label, float) and math.isnan(self.abstain_label):
-            return torch.isnan(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
-        return values == self.abstain_label
+        return missing(values, self.abstain_label)
 
     def labelled(self, golds: Any) -> Tensor:
         """Boolean mask of the rows of `golds` that are not abstains."""
-        golds = _as_tensor("golds", golds)
-        abstain = self._is_abstain(golds)
-        return ~abstain if golds.dim() <= 1 else ~abstain.flatten(1).all(dim=1)
+        return labelled_rows(_as_tensor("golds", golds), self.abstain_label)  # type: ignore[arg-type]
 
     def score(self, golds: Any, preds: Any = None, probs: Any = None) -> dict[str, float]:
         """Every metric of this scorer on one task's golds/preds/probs (tensors, arrays or lists)."""
@@ -368,6 +367,8 @@ def _dataset_of(dataloader: DataLoader) -> Any:
                 f"scoring needs dataloaders over a DictDataset (with name, split, Y_dict); "
                 f"got a dataset of type {type(dataset).__name__} without {attribute!r}"
             )
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no rows in its {dataset.split!r} split: nothing to score")
     return dataset
 
 

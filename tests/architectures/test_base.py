@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import mtlkit.architectures as A
 from mtlkit.errors import SpecError
-from mtlkit.training.protocol import MultiTaskModel
+from mtlkit.protocol import MultiTaskModel
 from mtlkit.weighting import GradientBalancer, get
 
 TASKS = ["reg", "cls", "aux"]

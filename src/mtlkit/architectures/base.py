@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from mtlkit import metrics
 from mtlkit.errors import SpecError
 from mtlkit.graph.executor import NodeError
-from mtlkit.training.protocol import StepOutput
+from mtlkit.labels import marker_of
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -64,8 +65,8 @@ class Architecture(nn.Module):
 
     mtlkit-only keyword arguments:
         losses: `{task: loss_fn(prediction, target) -> scalar}`, used by `training_step`.
-            A 1-D integer target with value -1 marks a row without label; such rows are
-            left out of that task's loss.
+            Rows without a label (class -1, regression NaN, or the task Scorer's
+            `abstain_label`; see `mtlkit.labels`) are left out of that task's loss.
         metrics: `{task: mtlkit.Scorer}`, returned by `scorers()`.
         output_funcs: `{task: fn}` applied to that task's prediction in `task_outputs`
             (what scoring sees), e.g. a softmax so that `roc_auc` gets probabilities.
@@ -208,15 +209,12 @@ class Architecture(nn.Module):
         step = self._run(self._input(X), list(labelled))
         predictions = self._decode(step)
         losses, counts = {}, {}
-        for task, (target, mask) in labelled.items():
-            prediction = predictions[task]
-            if mask is not None:
-                prediction, target = prediction[mask], target[mask]
-            loss = self.losses[task](prediction, target)
+        for task, targets in labelled.items():
+            loss = task_loss(task, self.losses[task], predictions[task], targets)
             if task in step.penalties:
                 loss = loss + step.penalties[task]
             losses[task] = loss
-            counts[task] = int(target.shape[0])
+            counts[task] = targets.count
         if not self.rep_grad:
             return StepOutput(losses=losses, counts=counts)
         reps = [r for r in step.reps if r.requires_grad]
@@ -338,8 +336,8 @@ class Architecture(nn.Module):
             )
         return X[key]
 
-    def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None]]:
-        """`{task: (target, row mask or None)}` for the tasks with at least one label in `Y`."""
+    def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, Labelled]:
+        """The targets of the tasks with at least one labelled row in `Y` (see `mtlkit.labels`)."""
         if not isinstance(Y, Mapping):
             raise TypeError(
                 f"{type(self).__name__}.training_step: Y must be a dict task -> target, got {type(Y).__name__}"
@@ -356,14 +354,9 @@ class Architecture(nn.Module):
                     f"{type(self).__name__}: the batch is labelled for task {task!r} but no loss was given for it; "
                     f"pass losses={{{task!r}: loss_fn, ...}} to the constructor"
                 )
-            target = Y[task]
-            mask = None
-            if target.dim() == 1 and not target.is_floating_point() and not target.is_complex():
-                keep = target != -1
-                if not bool(keep.any()):
-                    continue
-                mask = None if bool(keep.all()) else keep
-            labelled[task] = (target, mask)
+            targets = labelled_targets(task, Y[task], marker_of(self._metrics.get(task)))
+            if targets is not None:
+                labelled[task] = targets
         return labelled
 
 

@@ -13,7 +13,8 @@ from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
-from mtlkit.training.protocol import StepOutput
+from mtlkit.labels import marker_of
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 __all__ = ["MTLModel"]
 
@@ -40,7 +41,7 @@ class MTLModel(nn.Module):
     drive it below zero) rather than balancing tasks. For principled learnable
     weights use a balancer, e.g. uncertainty weighting ``mtlkit.weighting.get("uw")``.
 
-    Also implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer`
+    Also implements `mtlkit.protocol.MultiTaskModel`, so `mtlkit.Trainer`
     can train it: `training_step` returns ``loss_weight * loss(y_hat, y)`` per task
     (weight 1 where ``loss_weight`` is ``None``), the term torchMTL's loop sums.
 
@@ -110,7 +111,7 @@ class MTLModel(nn.Module):
         losses = self.losses
         return [values[t] for t in names], [losses[t] for t in names], [self._weight(t) for t in names]
 
-    # --- mtlkit.training.protocol.MultiTaskModel -------------------------------------------
+    # --- mtlkit.protocol.MultiTaskModel -------------------------------------------
 
     @property
     def task_names(self) -> list[str]:
@@ -118,20 +119,31 @@ class MTLModel(nn.Module):
         return list(self.output_tasks)
 
     def training_step(self, X: Any, Y: Mapping[str, Tensor]) -> StepOutput:
-        """Run the tasks present in `Y` and return ``loss_weight * loss(y_hat, y)`` for each."""
+        """Run the tasks labelled in `Y` and return ``loss_weight * loss(y_hat, y)`` for each.
+
+        Rows without a label (class -1, regression NaN, or the task Scorer's
+        `abstain_label`; see `mtlkit.labels`) are left out of the loss and the counts;
+        a task without a labelled row is absent and its nodes are not run.
+        """
         names = [t for t in self.output_tasks if t in Y]
         for key in Y:
             if key not in self.output_tasks:
                 raise ValueError(f"targets given for {key!r}, which is not an output task; output tasks: {self.output_tasks}")
             if self.losses[key] is None:
                 raise ValueError(f"targets given for task {key!r}, which has no 'loss'; add a 'loss' to its entry")
-        values = execute(self.task_graph.plan(names), self._modules, X)
-        losses: dict[str, Tensor] = {}
+        scorers = self.scorers()
+        targets: dict[str, Labelled] = {}
         for t in names:
-            loss = self.losses[t](values[t], Y[t])
+            labels = labelled_targets(t, Y[t], marker_of(scorers.get(t)))
+            if labels is not None:
+                targets[t] = labels
+        values = execute(self.task_graph.plan(list(targets)), self._modules, X) if targets else {}
+        losses: dict[str, Tensor] = {}
+        for t, y in targets.items():
+            loss = task_loss(t, self.losses[t], values[t], y)
             weight = self._weight(t)
             losses[t] = loss if weight is None else weight * loss
-        return StepOutput(losses=losses, counts={t: len(Y[t]) for t in names})
+        return StepOutput(losses=losses, counts={t: y.count for t, y in targets.items()})
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters that more than one output task depends on (from graph ancestry)."""

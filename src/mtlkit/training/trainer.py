@@ -28,15 +28,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mtlkit import metrics
+from mtlkit.checks import FitChecks
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
+from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
 from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
 
@@ -93,6 +94,7 @@ class Trainer:
             if checkpoint is None and cfg.seed is not None:
                 seed_everything(cfg.seed)
             self._setup(model, train)
+            self._checks = FitChecks(model, train, valid, test, None if self.monitor is None else self.monitor.key)  # checks
             if checkpoint is not None:
                 self._restore(checkpoint)
             resume_step = self.step if checkpoint is not None else None
@@ -194,19 +196,19 @@ class Trainer:
         """The next batch's task losses and dataset; under torch.distributed, the global batch's losses."""
         if self.dist is None:
             (X, Y), loader = next(batches)
-            return self._training_step(X, Y), loader.dataset
+            return self._training_step(X, Y, loader.dataset), loader.dataset
         out = dataset = failure = None
         try:
             (X, Y), loader = next(batches)
             dataset = loader.dataset
-            out = self._training_step(X, Y)
+            out = self._training_step(X, Y, dataset)
         except Exception as error:  # passed to every rank by global_step_output, where all of them raise
             failure = error
         return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
 
-    def _training_step(self, X: Any, Y: Any) -> StepOutput:
+    def _training_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
         """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
-        with self._autocast():
+        with self._autocast(), self._checks.first_batch(dataset):  # checks: each task's output vs targets, once per dataset
             out = self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
         order = {task: i for i, task in enumerate(self.model.task_names)}
         out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
@@ -258,6 +260,7 @@ class Trainer:
         """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
         scores = {**epoch_losses, **(self._score(valid) if valid else {})}
         self.history.append({"epoch": self.epoch, **scores})
+        self._checks.evaluated(scores, self.epoch)  # checks: diverging losses, non-finite scores
         _log(loggers, scores, self.step, self.epoch)
         if self.monitor is not None and self.monitor.update(scores, self.epoch):
             self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
