@@ -31,6 +31,8 @@ class AdaTask(GradientBalancer):
     shared parameters only (per-coordinate moments need fixed coordinates).
     """
 
+    supports_shared_reps = False  # state in the shared parameters' coordinates
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

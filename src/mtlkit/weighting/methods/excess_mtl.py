@@ -31,6 +31,8 @@ class ExcessMTL(GradientBalancer):
     parameters only (the accumulator needs fixed coordinates).
     """
 
+    supports_shared_reps = False  # state in the shared parameters' coordinates
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

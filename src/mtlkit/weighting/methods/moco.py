@@ -33,6 +33,8 @@ class MoCo(GradientBalancer):
     their y and λ move (their λ share is kept). Acts on the shared parameters only.
     """
 
+    supports_shared_reps = False  # state in the shared parameters' coordinates
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
