@@ -55,4 +55,3 @@ class SmallMTL(nn.Module):
 @pytest.fixture
 def small_mtl():
     return SmallMTL
-

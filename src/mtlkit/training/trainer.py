@@ -481,7 +481,9 @@ def _check_needs(balancer: Balancer, valid: list[DataLoader], cfg: TrainerConfig
             f"valid_split={list(cfg.valid_split)}"
         )
     if cfg.distributed and needs & {EXTRA_TRAIN_BATCH, VALID_BATCH}:
-        raise ConfigError(f"{name} draws extra batches each step, which distributed=True does not support; train it in one process")
+        raise ConfigError(
+            f"{name} draws extra batches each step, which distributed=True does not support; train it in one process"
+        )
 
 
 def _endless(loaders: list[DataLoader]) -> Iterator[Any]:

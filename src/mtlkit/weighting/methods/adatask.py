@@ -49,7 +49,10 @@ class AdaTask(GradientBalancer):
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, None]:
         if self.exp_avg.shape[1] != J.shape[1]:
-            self.exp_avg, self.exp_avg_sq = J.new_zeros(self.num_tasks, J.shape[1]), J.new_zeros(self.num_tasks, J.shape[1])
+            self.exp_avg, self.exp_avg_sq = (
+                J.new_zeros(self.num_tasks, J.shape[1]),
+                J.new_zeros(self.num_tasks, J.shape[1]),
+            )
         beta1, beta2 = self.betas
         m = beta1 * self.exp_avg[index] + (1 - beta1) * J
         v = beta2 * self.exp_avg_sq[index] + (1 - beta2) * J**2

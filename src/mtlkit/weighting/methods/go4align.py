@@ -20,8 +20,8 @@ def kmeans_1d(values: Tensor, k: int) -> Tensor:
     x, order = torch.sort(values.detach().double().cpu())
     n = x.numel()
     k = max(1, min(k, n))
-    s1 = [0.0] + x.cumsum(0).tolist()
-    s2 = [0.0] + (x**2).cumsum(0).tolist()
+    s1 = [0.0, *x.cumsum(0).tolist()]
+    s2 = [0.0, *(x**2).cumsum(0).tolist()]
 
     def cost(i: int, j: int) -> float:  # squared deviation of x[i:j] from its mean
         return s2[j] - s2[i] - (s1[j] - s1[i]) ** 2 / (j - i)
@@ -65,9 +65,7 @@ class GO4Align(LossBalancer):
     it is deterministic. Needs positive losses (the scale divides by them). p is a buffer.
     """
 
-    def __init__(
-        self, tasks: int | Sequence[str] | None = None, num_groups: int = 2, step_size: float = 1e-4
-    ) -> None:
+    def __init__(self, tasks: int | Sequence[str] | None = None, num_groups: int = 2, step_size: float = 1e-4) -> None:
         super().__init__(tasks)
         if num_groups < 1:
             raise ValueError(f"GO4Align num_groups must be >= 1, got {num_groups}")

@@ -35,9 +35,10 @@ class SDMGrad(GradientBalancer):
     Algorithms <https://arxiv.org/abs/2305.18409>`_ (Xiao, Ban, Ji, NeurIPS 2023). The
     direction is d = (J_ζᵀ w + λ g₀) / (1 + λ), g₀ the average task gradient, with w
     minimising ½‖Jᵀw + λ g₀‖² on the simplex. The weights are learnt with two extra
-    independent batches ξ₁, ξ₂: GG = J_{ξ₁} J_{ξ₂}ᵀ (normalised by the mean of its
-    diagonal's square roots, squared, as in the authors' code), then `steps` projected
-    SGD steps (lr 5, momentum 0.5: the authors' code) from the previous step's w.
+    independent batches ξ₁, ξ₂: GG = J_{ξ₁} J_{ξ₂}ᵀ, normalised by the squared mean of
+    the square roots of its diagonal as in the authors' code (left as is when that is
+    0), then `steps` projected SGD steps (lr 5, momentum 0.5: the authors' code) from
+    the previous step's w.
     The update applies the weights (w + λ/T)/(1 + λ) to this step's gradients J_ζ.
 
     Needs "extra_train_batch" (`mtlkit.weighting.context`), as MoDo: the Trainer hands
@@ -69,7 +70,8 @@ class SDMGrad(GradientBalancer):
         J2 = context.jacobian(context.next_train_batch(), names, self.chunk_size)
         GG = J1 @ J2.T
         scale = GG.diagonal().clamp(min=0).sqrt().mean()
-        GG = GG / (scale**2 + 1e-8)
+        if float(scale) > 0:  # a cross-batch diagonal can be ≤ 0 throughout: then there is no scale to remove
+            GG = GG / scale**2
         w, share = restrict(self.simplex_weights, index)
         w = sdmgrad_inner(GG, w.to(GG), self.lamda, self.steps, self.lr, self.momentum)
         self.simplex_weights[index] = (w * share).to(self.simplex_weights)
