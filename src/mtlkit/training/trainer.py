@@ -36,9 +36,9 @@ from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
 from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.training.step_context import StepContexts
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
-from mtlkit.weighting.context import EXTRA_TRAIN_BATCH, POST_STEP_LOSSES, VALID_BATCH, StepContext, needs_of, set_values
 
 
 class Trainer:
@@ -93,8 +93,15 @@ class Trainer:
             if checkpoint is None and cfg.seed is not None:
                 seed_everything(cfg.seed)
             self._setup(model, train)
-            self._valid_loaders = valid  # [step context]
-            _check_needs(self.balancer, valid, cfg)
+            self._contexts = StepContexts(  # [step context] what balancers that declare `needs` get
+                self.balancer,
+                self.model,
+                valid,
+                lambda X, Y: self._global_output(self._training_step(X, Y)),
+                self.device,
+                distributed=self.dist is not None,
+                valid_split=cfg.valid_split,
+            )
             if checkpoint is not None:
                 self._restore(checkpoint)
             resume_step = self.step if checkpoint is not None else None
@@ -174,9 +181,7 @@ class Trainer:
         if not bool(finite.all()):  # one device sync per step, not one per task
             nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
-        needs = needs_of(self.balancer)  # [step context] what the balancer asks for beyond these losses
-        if needs:
-            self.balancer.context = self._step_context()
+        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])  # [step context]
         result = self.balancer.backward(
             out.losses,
             shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
@@ -189,9 +194,7 @@ class Trainer:
             if not bool(torch.isfinite(norm)):
                 return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
         self.optimizer.step()
-        if POST_STEP_LOSSES in needs:  # [step context] FAMO's loop: this batch's losses after the step
-            with torch.no_grad():
-                self.balancer.update(self._context_losses(self._batch[0]))
+        self._contexts.after_step()  # [step context] FAMO: the batch's losses after the step
         self.lr_scheduler.step()
         self.step += 1
         return out, result, dataset
@@ -210,7 +213,13 @@ class Trainer:
             out = self._training_step(X, Y)
         except Exception as error:  # passed to every rank by global_step_output, where all of them raise
             failure = error
-        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
+        return self._global_output(out, failure), dataset
+
+    def _global_output(self, out: StepOutput, failure: BaseException | None = None) -> StepOutput:
+        """The global batch's output under torch.distributed (every rank raises if one failed); `out` otherwise."""
+        if self.dist is None:
+            return out
+        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype)
 
     def _training_step(self, X: Any, Y: Any) -> StepOutput:
         """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
@@ -231,42 +240,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
 
-    # ------------------------------------------------------------------ [step context] (mtlkit.weighting.context)
-
-    def _step_context(self) -> StepContext:
-        """This step's batch and the model behind it, for a balancer that declares `needs`."""
-        batch, loader = self._batch
-        return StepContext(
-            batch=batch,
-            losses=self._context_losses,
-            next_train_batch=lambda: self._draw(EXTRA_TRAIN_BATCH, loader),
-            next_valid_batch=lambda: self._draw(VALID_BATCH, None),
-            shared_parameters=list(self.model.shared_parameters()),
-            parameters=[p for p in self.model.parameters() if p.requires_grad],
-            lr=self.optimizer.param_groups[0]["lr"],
-        )
-
-    def _context_losses(self, batch: Any) -> dict[str, torch.Tensor]:
-        """The model's losses on `batch`, leaving its buffers (BatchNorm statistics) as they were."""
-        buffers = list(self.model.buffers())
-        saved = [b.detach().clone() for b in buffers]
-        try:
-            out = self._training_step(*batch)
-            if self.dist is not None:
-                out = self.dist.global_step_output(out, self.model.task_names, None, self._loss_dtype)
-        finally:
-            set_values(buffers, saved)
-        return out.losses
-
-    def _draw(self, need: str, loader: DataLoader | None) -> Any:
-        """The next batch of an extra stream: `loader`'s own order, or the validation loaders in turn."""
-        if need not in needs_of(self.balancer):
-            raise RuntimeError(f"{type(self.balancer).__name__} draws a {need} but does not declare it in `needs`")
-        key = (need, id(loader))
-        if key not in self._extra_batches:
-            self._extra_batches[key] = _endless([loader] if loader is not None else self._valid_loaders)
-        return move_to_device(next(self._extra_batches[key]), self.device)
-
     # ------------------------------------------------------------------ one epoch
 
     def _train_epoch(self, loggers: list[Logger]) -> dict[str, float]:
@@ -284,7 +257,7 @@ class Trainer:
             leave=False,
         )
         batches = self.batch_scheduler.get_batches(self._train_loaders)
-        self._extra_batches = {}  # [step context] draws restart each epoch, so resuming at an epoch end is exact
+        self._contexts.start_epoch()  # [step context]
         for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             done = self._train_step(batches)
@@ -470,32 +443,6 @@ class _EpochLosses:
         if self.steps == 0:
             return {}
         return {"model/all/train/loss": self.running, **{k: s / n for k, (s, n) in self.sums.items()}}
-
-
-def _check_needs(balancer: Balancer, valid: list[DataLoader], cfg: TrainerConfig) -> None:
-    """[step context] Refuse, before training, what the Trainer cannot hand this balancer."""
-    needs, name = needs_of(balancer), type(balancer).__name__
-    if VALID_BATCH in needs and not valid:
-        raise ConfigError(
-            f"{name} needs a validation batch each step: pass a dataloader whose dataset.split is one of "
-            f"valid_split={list(cfg.valid_split)}"
-        )
-    if cfg.distributed and needs & {EXTRA_TRAIN_BATCH, VALID_BATCH}:
-        raise ConfigError(
-            f"{name} draws extra batches each step, which distributed=True does not support; train it in one process"
-        )
-
-
-def _endless(loaders: list[DataLoader]) -> Iterator[Any]:
-    """[step context] The loaders' batches one loader after another, restarting at the end."""
-    while True:
-        drawn = False
-        for loader in loaders:
-            for batch in loader:
-                drawn = True
-                yield batch
-        if not drawn:
-            raise ConfigError(f"the loaders {[_loader_key(loader) for loader in loaders]} hold no batch")
 
 
 def _step_record(out: StepOutput, result: BalanceResult, lr: float) -> dict[str, float]:

@@ -12,10 +12,11 @@ their class attribute `needs` (a frozenset of the names below):
   losses on the same batch with one no-grad forward and calls `balancer.update(losses)`
   (FAMO's exact loop).
 
-Before each `backward` the Trainer sets `balancer.context` to a `StepContext`: the step's
-batch, the model's forward as `losses(batch)`, and the draws above. In a hand-written
-loop, set `balancer.context` yourself (any object with these attributes will do).
-Extra forwards leave the model's buffers (BatchNorm statistics) as they were.
+Before each `backward` the Trainer sets `balancer.context` to a `StepContext` (the step's
+batch, the model's forward as `losses(batch)`, the draws above) and clears it after the
+step; `mtlkit.training.step_context` is its side. In a hand-written loop, set
+`balancer.context` yourself. Extra forwards leave the model's buffers (BatchNorm
+statistics) as they were.
 """
 
 from __future__ import annotations
