@@ -22,7 +22,12 @@ def test_weights_solve_the_fixed_point_equation_as_scipy_does(alpha, seed):
     w = fairgrad_weights(G, alpha)
     A = G.numpy()
     reference = scipy_optimize.least_squares(
-        lambda x: A @ x - x ** (-1 / alpha), np.full(4, 0.25), bounds=(1e-12, np.inf), xtol=1e-15, ftol=1e-15, gtol=1e-15
+        lambda x: A @ x - x ** (-1 / alpha),
+        np.full(4, 0.25),
+        bounds=(1e-12, np.inf),
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
     ).x
     assert np.allclose(w.numpy(), reference, rtol=1e-5)
     residual = G @ w - w ** (-1 / alpha)
@@ -44,7 +49,9 @@ def test_alpha_one_is_the_nash_bargaining_solution():
 
 def test_scaling_the_gramian_scales_the_weights_by_c_to_the_minus_alpha_over_alpha_plus_one():
     G, alpha, c = _gramian(seed=4), 2.0, 7.0
-    assert torch.allclose(fairgrad_weights(c * G, alpha), c ** (-alpha / (alpha + 1)) * fairgrad_weights(G, alpha), rtol=1e-6)
+    assert torch.allclose(
+        fairgrad_weights(c * G, alpha), c ** (-alpha / (alpha + 1)) * fairgrad_weights(G, alpha), rtol=1e-6
+    )
 
 
 def test_a_task_with_zero_gradient_gets_zero_weight_and_the_others_solve_their_own_equation():

@@ -59,3 +59,11 @@ def test_a_batch_with_some_tasks_moves_only_their_state():
     moco.combine(J, torch.ones(2), torch.tensor([0, 2]))
     assert torch.equal(moco.tracked[1], torch.zeros(2)) and torch.isclose(moco.lambdas[1], torch.tensor(1 / 3))
     assert torch.isclose(moco.lambdas.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name", ["moco", "excess_mtl", "adatask"])
+def test_per_coordinate_state_refuses_gradients_of_another_width(name):
+    balancer = get(name, tasks=2)
+    balancer.combine(torch.ones(2, 3), torch.ones(2), torch.arange(2))
+    with pytest.raises(ValueError, match="reached another set of shared parameters"):
+        balancer.combine(torch.ones(2, 4), torch.ones(2), torch.arange(2))

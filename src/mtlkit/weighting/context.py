@@ -61,6 +61,8 @@ class StepContext:
         losses = self.losses(batch)
         present = [name for name in names if name in losses]
         params = list(self.shared_parameters)
+        if not params:
+            raise ValueError("the model has no shared parameters to take the extra batch's task gradients on")
         width = sum(p.numel() for p in params)
         J = params[0].new_zeros(len(names), width)
         if present:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtlkit.weighting._state import refuse_shared_reps, resize_buffers
+from mtlkit.weighting._state import refuse_shared_reps, resize_buffers, sized_like
 from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
@@ -29,6 +29,7 @@ class AdaTask(GradientBalancer):
     (the paper runs Adam on them; with SGD they get SGD). Defaults: Adam's β = (0.9,
     0.999), ε = 1e-8. The moments (2 × T × P) and step counts are buffers. Acts on the
     shared parameters only (per-coordinate moments need fixed coordinates).
+    Every step must reach the same shared parameters (else a ValueError).
     """
 
     supports_shared_reps = False  # state in the shared parameters' coordinates
@@ -48,11 +49,8 @@ class AdaTask(GradientBalancer):
         self.register_buffer("task_steps", torch.zeros(T, dtype=torch.long))
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, None]:
-        if self.exp_avg.shape[1] != J.shape[1]:
-            self.exp_avg, self.exp_avg_sq = (
-                J.new_zeros(self.num_tasks, J.shape[1]),
-                J.new_zeros(self.num_tasks, J.shape[1]),
-            )
+        sized_like(self, "exp_avg", J)
+        sized_like(self, "exp_avg_sq", J)
         beta1, beta2 = self.betas
         m = beta1 * self.exp_avg[index] + (1 - beta1) * J
         v = beta2 * self.exp_avg_sq[index] + (1 - beta2) * J**2

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtlkit.weighting._state import refuse_shared_reps, resize_buffers
+from mtlkit.weighting._state import refuse_shared_reps, resize_buffers, sized_like
 from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
@@ -29,6 +29,7 @@ class ExcessMTL(GradientBalancer):
     some tasks are in the batch, only their weights move, keeping their sum. The
     accumulator (T × P), e(0) and the weights are buffers. Acts on the shared
     parameters only (the accumulator needs fixed coordinates).
+    Every step must reach the same shared parameters (else a ValueError).
     """
 
     supports_shared_reps = False  # state in the shared parameters' coordinates
@@ -48,8 +49,7 @@ class ExcessMTL(GradientBalancer):
         self.register_buffer("task_weights", torch.ones(T))
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        if self.squares.shape[1] != J.shape[1]:
-            self.squares = J.new_zeros(self.num_tasks, J.shape[1])
+        sized_like(self, "squares", J)
         squares = self.squares[index] + J**2
         self.squares[index] = squares
         excess = (J**2 / (squares + self.eps).sqrt()).sum(dim=1)

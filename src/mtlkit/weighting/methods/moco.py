@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.weighting._simplex import project_to_simplex, restrict
-from mtlkit.weighting._state import refuse_shared_reps, resize_buffers
+from mtlkit.weighting._state import refuse_shared_reps, resize_buffers, sized_like
 from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
@@ -31,6 +31,7 @@ class MoCo(GradientBalancer):
     Π_Δ where that code takes a softmax). The tracked gradients y (T × P) and λ are
     buffers (`state_dict()` carries them). When only some tasks are in the batch, only
     their y and λ move (their λ share is kept). Acts on the shared parameters only.
+    Every step must reach the same shared parameters (else a ValueError).
     """
 
     supports_shared_reps = False  # state in the shared parameters' coordinates
@@ -55,8 +56,7 @@ class MoCo(GradientBalancer):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        if self.tracked.shape[1] != J.shape[1]:
-            self.tracked = J.new_zeros(self.num_tasks, J.shape[1])
+        sized_like(self, "tracked", J)
         self.steps += 1
         k = float(self.steps)
         g = J
