@@ -69,3 +69,8 @@ def test_balancer_applies_the_weights_and_rejects_non_positive_alpha():
     J = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     g, w = get("fairgrad", tasks=2).combine(J, torch.ones(2), torch.arange(2))
     assert torch.allclose(g, w @ J) and torch.allclose(w, torch.tensor([1.0, 0.5], dtype=torch.float64))
+
+
+def test_permuting_the_tasks_permutes_the_weights():
+    G, perm = _gramian(seed=6), torch.tensor([2, 0, 3, 1])
+    assert torch.allclose(fairgrad_weights(G[perm][:, perm], 2.0), fairgrad_weights(G, 2.0)[perm], rtol=1e-8)
