@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mtlkit.weighting import GradientBalancer, available, get
+from mtlkit.weighting.context import POST_STEP_LOSSES, StepContext, needs_of
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- balancers:begin -->", "<!-- balancers:end -->"
@@ -72,17 +73,33 @@ def _mtlkit_step(net: Net, name: str, tasks: list[str], mode: str) -> Callable[[
     balancer = get(name, tasks=tasks).to(next(net.parameters()).device)
     optimizer = torch.optim.SGD([*net.parameters(), *balancer.parameters()], lr=1e-3)
     shared = list(net.trunk.parameters())
+    needs = needs_of(balancer)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         optimizer.zero_grad()
+        if needs:  # what the Trainer hands these methods; the extra batches are this one (same cost)
+            balancer.context = _context(net, tasks, x, y)
         losses, z = net.losses(x, y)
         if mode == "reps":
             balancer.backward(losses, shared_reps=z)
         else:
             balancer.backward(losses, shared_params=shared)
         optimizer.step()
+        if POST_STEP_LOSSES in needs:  # FAMO's exact loop, as the Trainer runs it
+            with torch.no_grad():
+                balancer.update(balancer.context.losses((x, y)))
 
     return step
+
+
+def _context(net: Net, tasks: list[str], x: torch.Tensor, y: torch.Tensor) -> StepContext:
+    def losses(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(zip(tasks, net.losses(*batch)[0]))
+
+    def same() -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    return StepContext((x, y), losses, same, same, list(net.trunk.parameters()), list(net.parameters()), lr=1e-3)
 
 
 def _torchjd_step(net: Net, aggregator) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -151,8 +168,11 @@ def run(args: argparse.Namespace) -> tuple[dict, list[str], dict[str, str]]:
         for mode in ("params", "reps"):
             steps: dict[str, Callable] = {}
             for name in names:
-                if mode == "reps" and not isinstance(get(name, tasks=tasks), GradientBalancer):
+                balancer = get(name, tasks=tasks)
+                if mode == "reps" and not isinstance(balancer, GradientBalancer):
                     continue  # loss methods ignore where task gradients would be taken
+                if mode == "reps" and not getattr(balancer, "supports_shared_reps", True):
+                    continue  # state in the shared parameters' coordinates: refuses rep_grad
                 steps[name] = _mtlkit_step(copy.deepcopy(base), name, tasks, mode)
                 if mode == "params" and args.torchjd:
                     aggregator, why = _torchjd_aggregator(name, T)

@@ -45,7 +45,12 @@ def test_fit_lowers_the_training_loss_and_scores_valid_and_test_at_the_end(make_
     assert all("test" not in key for record in trainer.history for key in record)
 
 
-@pytest.mark.parametrize("weighting", ["dwa", "uw", "rlw", "famo", "gradvac"])
+# training_step calls per step: FAMO recomputes the losses after the step, MoDo and SDMGrad draw
+# two extra batches, Auto-λ forwards a validation batch and this batch twice more.
+FORWARDS_PER_STEP = {"dwa": 1, "uw": 1, "rlw": 1, "famo": 2, "gradvac": 1, "modo": 3, "sdmgrad": 3, "auto_lambda": 4}
+
+
+@pytest.mark.parametrize("weighting", list(FORWARDS_PER_STEP))
 def test_run_resumed_after_epoch_1_ends_with_the_parameters_of_an_uninterrupted_run(
     weighting, make_model, make_loaders, params, tmp_path
 ):
@@ -58,7 +63,7 @@ def test_run_resumed_after_epoch_1_ends_with_the_parameters_of_an_uninterrupted_
     # Same run, cut off at the third batch of epoch 2 (8 batches per epoch).
     with pytest.raises(KeyboardInterrupt):
         Trainer(**config, checkpoint_dir=str(tmp_path / "run")).fit(
-            make_model(0, dropout=0.3, interrupt_at=11), make_loaders()
+            make_model(0, dropout=0.3, interrupt_at=10 * FORWARDS_PER_STEP[weighting] + 1), make_loaders()
         )
     # Resume in a "new process": other initial weights, loader seeds and global RNG state.
     resumed_model = make_model(7, dropout=0.3)

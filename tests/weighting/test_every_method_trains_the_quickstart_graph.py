@@ -29,9 +29,14 @@ def _quickstart_model() -> MTLModel:
 
 
 def _loaders() -> list[DictDataLoader]:
-    data = QuickstartDataset(n=96, seed=0)
+    data = QuickstartDataset(n=128, seed=0)
     labels = dict(zip(["Task1", "Task2", "Task3"], data.targets))
-    return [DictDataLoader(DictDataset("quickstart", "train", {"x": data.X}, labels), batch_size=16, shuffle=True, seed=0)]
+    train = {task: y[:96] for task, y in labels.items()}
+    valid = {task: y[96:] for task, y in labels.items()}  # Auto-λ's meta objective
+    return [
+        DictDataLoader(DictDataset("quickstart", "train", {"x": data.X[:96]}, train), batch_size=16, shuffle=True, seed=0),
+        DictDataLoader(DictDataset("quickstart", "valid", {"x": data.X[96:]}, valid), batch_size=16),
+    ]
 
 
 # Krum with its default n_selected = 1 applies one task's gradient per step, by design; on this

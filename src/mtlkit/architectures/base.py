@@ -218,7 +218,7 @@ class Architecture(nn.Module):
         if not self.rep_grad:
             return StepOutput(losses=losses, counts=counts)
         reps = [r for r in step.reps if r.requires_grad]
-        if not reps:
+        if not reps and torch.is_grad_enabled():  # under no_grad (a loss-only forward) there is nothing to check
             raise ValueError(
                 f"{type(self).__name__}(rep_grad=True): no shared representation requires grad in this step; "
                 "are the shared parameters frozen? Use rep_grad=False"

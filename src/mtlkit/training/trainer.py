@@ -38,6 +38,7 @@ from mtlkit.training.distributed import Distributed, module_tensors, shard_train
 from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
+from mtlkit.training.step_context import StepContexts
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
 
@@ -95,6 +96,15 @@ class Trainer:
                 seed_everything(cfg.seed)
             self._setup(model, train)
             self._checks = FitChecks(model, train, valid, test, None if self.monitor is None else self.monitor.key)  # checks
+            self._contexts = StepContexts(  # [step context] what balancers that declare `needs` get
+                self.balancer,
+                self.model,
+                valid,
+                lambda X, Y: self._global_output(self._training_step(X, Y, self._batch[1].dataset)),
+                self.device,
+                distributed=self.dist is not None,
+                valid_split=cfg.valid_split,
+            )
             if checkpoint is not None:
                 self._restore(checkpoint)
             resume_step = self.step if checkpoint is not None else None
@@ -176,6 +186,7 @@ class Trainer:
         if not bool(finite.all()):  # one device sync per step, not one per task
             nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
+        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])  # [step context]
         result = self.balancer.backward(
             out.losses,
             shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
@@ -188,6 +199,7 @@ class Trainer:
             if not bool(torch.isfinite(norm)):
                 return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
         self.optimizer.step()
+        self._contexts.after_step()  # [step context] FAMO: the batch's losses after the step
         self.lr_scheduler.step()
         self.step += 1
         return out, result, dataset
@@ -196,15 +208,23 @@ class Trainer:
         """The next batch's task losses and dataset; under torch.distributed, the global batch's losses."""
         if self.dist is None:
             (X, Y), loader = next(batches)
+            self._batch = ((X, Y), loader)  # [step context]
             return self._training_step(X, Y, loader.dataset), loader.dataset
         out = dataset = failure = None
         try:
             (X, Y), loader = next(batches)
+            self._batch = ((X, Y), loader)  # [step context]
             dataset = loader.dataset
             out = self._training_step(X, Y, dataset)
         except Exception as error:  # passed to every rank by global_step_output, where all of them raise
             failure = error
-        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
+        return self._global_output(out, failure), dataset
+
+    def _global_output(self, out: StepOutput, failure: BaseException | None = None) -> StepOutput:
+        """The global batch's output under torch.distributed (every rank raises if one failed); `out` otherwise."""
+        if self.dist is None:
+            return out
+        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype)
 
     def _training_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
         """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
@@ -242,6 +262,7 @@ class Trainer:
             leave=False,
         )
         batches = self.batch_scheduler.get_batches(self._train_loaders)
+        self._contexts.start_epoch()  # [step context]
         for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             done = self._train_step(batches)
