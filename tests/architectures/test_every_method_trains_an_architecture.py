@@ -15,12 +15,13 @@ from mtlkit.weighting import available, get
 
 
 def _model(rep_grad: bool) -> HPS:
+    # Three tasks: robust aggregators (Krum, TrimmedMean) are defined from three task gradients on.
     return HPS(
-        ["a", "b"],
+        ["a", "b", "c"],
         encoder_class=lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU()),
-        decoders={"a": nn.Linear(8, 2), "b": nn.Linear(8, 1)},
+        decoders={"a": nn.Linear(8, 2), "b": nn.Linear(8, 1), "c": nn.Linear(8, 1)},
         rep_grad=rep_grad,
-        losses={"a": F.cross_entropy, "b": lambda pred, y: F.mse_loss(pred.squeeze(-1), y)},
+        losses={"a": F.cross_entropy, "b": F.mse_loss, "c": F.mse_loss},
         metrics={"a": Scorer(metrics=["accuracy"])},
         input_key="x",
     )
@@ -29,7 +30,7 @@ def _model(rep_grad: bool) -> HPS:
 def _loaders() -> list[DictDataLoader]:
     generator = torch.Generator().manual_seed(0)
     X = torch.randn(96, 4, generator=generator)
-    Y = {"a": (X[:, 0] > 0).long(), "b": X[:, 1] - X[:, 2]}
+    Y = {"a": (X[:, 0] > 0).long(), "b": X[:, 1] - X[:, 2], "c": X[:, 3]}
     train = DictDataset("toy", "train", {"x": X[:64]}, {k: v[:64] for k, v in Y.items()})
     valid = DictDataset("toy", "valid", {"x": X[64:]}, {k: v[64:] for k, v in Y.items()})
     return [DictDataLoader(train, batch_size=16, shuffle=True, seed=0), DictDataLoader(valid, batch_size=32)]
@@ -42,7 +43,7 @@ def test_method_trains_hps_through_the_trainer(method, rep_grad):
     model = _model(rep_grad)
     before = [p.detach().clone() for p in model.shared_parameters()]
     trainer = Trainer(n_epochs=2, lr=0.02, weighting=method, progress_bar=False, seed=0)
-    if rep_grad and not getattr(type(get(method, tasks=["a", "b"])), "supports_shared_reps", True):
+    if rep_grad and not getattr(type(get(method, tasks=["a", "b", "c"])), "supports_shared_reps", True):
         with pytest.raises(ValueError, match="rep_grad=False"):
             trainer.fit(model, _loaders())
         return

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from mtlkit.data import move_to_device
 from mtlkit.errors import ConfigError
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import StepOutput
 from mtlkit.weighting.context import (
     EXTRA_TRAIN_BATCH,
     POST_STEP_LOSSES,
