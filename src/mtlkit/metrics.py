@@ -553,13 +553,17 @@ def score(
     """
     task_scorers = dict(model.scorers()) if scorers is None else dict(scorers)
     scores: dict[str, float] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for dataloader in dataloaders:
         dataset = _dataset_of(dataloader)
-        if (dataset.name, dataset.split) in seen:
-            raise ValueError(f"two dataloaders both score as dataset {dataset.name!r}, split {dataset.split!r}; give them different names")
-        seen.add((dataset.name, dataset.split))
         mapping = labels_to_tasks(dataset.Y_dict.keys(), model.task_names, remap_labels)
+        for label in mapping:  # two loaders may share a dataset name and split if their labels differ (Snorkel)
+            if (label, dataset.name, dataset.split) in seen:
+                raise ValueError(
+                    f"two dataloaders both score label {label!r} as dataset {dataset.name!r}, split {dataset.split!r}; "
+                    "give them different names"
+                )
+            seen.add((label, dataset.name, dataset.split))
         results = predict(model, dataloader, return_preds=True, remap_labels=remap_labels, scorers=task_scorers)
         scores.update(score_predictions(results, mapping, task_scorers, f"{dataset.name}/{dataset.split}"))
     return _to_dataframe(scores) if as_dataframe else scores
