@@ -104,18 +104,22 @@ def test_modules_are_shared_by_name_in_one_pool():
     assert isinstance(model, MultiTaskModel)
 
 
-def test_same_module_name_for_a_different_module_is_an_error_naming_both_tasks():
+def test_a_different_module_under_a_taken_name_is_shared_by_name_with_a_warning():
     task_a, _, _ = two_tasks()
-    impostor = Task("c", {"trunk": nn.Linear(4, 5)}, [Operation("trunk", [("_input_", "x")])])
+    other = nn.Linear(4, 5)
+    late = Task("c", {"trunk": other}, [Operation("trunk", [("_input_", "x")])])
     model = MultitaskClassifier([task_a])
-    with pytest.raises(SpecError, match="task 'c' brings module 'trunk'.*task 'a'"):
-        model.add_task(impostor)
-    assert model.task_names == ["a"] and list(model.module_pool) == ["trunk", "head_a"]
+    with pytest.warns(UserWarning, match="task 'c' brings different module objects.*'trunk' \\(from task 'a'\\)"):
+        model.add_task(late)
+    assert model.task_names == ["a", "c"] and model.module_pool["trunk"] is task_a.module_pool["trunk"]
+    x = torch.randn(3, 4)
+    out = model.task_outputs({"x": x}, ["c"])["c"]  # task c runs task a's trunk, not its own
+    assert torch.allclose(out, torch.softmax(task_a.module_pool["trunk"](x), dim=1))
 
 
 def test_duplicate_task_name_is_an_error():
     task_a, _, _ = two_tasks()
-    with pytest.raises(SpecError, match="task 'a' is already in model"):
+    with pytest.raises(SpecError, match="Found duplicate task 'a': it is already in model"):
         MultitaskClassifier([task_a, task_a])
 
 

@@ -73,15 +73,22 @@ def test_regression_metrics_match_sklearn_including_multi_output():
     assert scorer.score(golds2, preds2)["r2"] == pytest.approx(skm.r2_score(golds2.numpy(), preds2.numpy()), abs=1e-5)
 
 
-def test_gold_abstains_are_dropped_and_pred_abstains_count_against_coverage_only():
-    # The example of Snorkel's own Scorer test.
+def test_gold_abstains_are_dropped_and_coverage_counts_answered_rows_of_all_rows():
     golds = [1, 0, 1, 0, -1]
-    assert Scorer(["accuracy"], abstain_label=None).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])["accuracy"] == pytest.approx(0.6)
-    with pytest.raises(ValueError, match="abstain label"):
-        Scorer(["accuracy"], abstain_label=None).score(golds, [1, 0, 1, 1, 0])
-    assert Scorer(["accuracy"]).score(golds, [1, 0, 1, 1, 0])["accuracy"] == pytest.approx(0.75)
+    assert Scorer(["accuracy"]).score(golds, [1, 0, 1, 1, 0])["accuracy"] == 0.75  # 3 of the 4 labelled rows
     got = Scorer(["accuracy", "coverage"]).score(golds, [-1, -1, 1, 1, 0])
-    assert got == pytest.approx({"accuracy": 0.5, "coverage": 0.5})
+    # accuracy on rows labelled and answered (rows 2, 3): 1 of 2; coverage: 3 answers among 5 rows
+    assert got == {"accuracy": 0.5, "coverage": 0.6}
+
+
+def test_without_an_abstain_label_minus_one_is_an_ordinary_class():
+    golds, preds = [1, 0, 1, 0, -1], [1, 0, 1, 1, 0]
+    assert Scorer(["accuracy"], abstain_label=None).score(golds, preds)["accuracy"] == 0.6  # row 4 is simply wrong
+    assert Scorer(["accuracy"], abstain_label=10).score(golds, preds)["accuracy"] == 0.6
+    # three classes {-1, 0, 1}: macro f1 over them, as scikit-learn computes it
+    assert Scorer(["f1"], abstain_label=None).score(golds, preds)["f1"] == pytest.approx(
+        skm.f1_score(golds, preds, average="macro"), abs=1e-15
+    )
 
 
 def test_abstain_rows_match_sklearn_on_the_kept_rows():
@@ -138,7 +145,7 @@ def test_scoring_errors_name_the_problem():
         Scorer(["accuracy"]).score([], [])
     with pytest.raises(ValueError, match="every gold label is the abstain label"):
         Scorer(["accuracy"]).score([-1, -1], [0, 1])
-    with pytest.raises(ValueError, match=r"golds hold labels in \[0, 2\].*2 classes"):
+    with pytest.raises(ValueError, match=r"golds hold label 2 but probs have 2 columns"):
         Scorer(["accuracy"]).score([0, 2], None, torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
     with pytest.raises(ValueError, match="1-D class indices"):
         Scorer(["accuracy"]).score(torch.zeros(2, 2), [0, 1])
@@ -294,10 +301,13 @@ def test_one_d_classifier_outputs_are_rejected_with_advice():
         score(Flat(), [_loader("d", "test", {"cls": torch.arange(12) % 3})])
 
 
-def test_scores_are_the_shortest_decimal_of_their_float32_value():
-    got = Scorer(["accuracy", "f1"]).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
-    assert got["accuracy"] == 0.6  # not 0.6000000238418579
-    assert got["f1"] == 0.6666667  # float32 precision: 2/3 to 7 digits
+def test_scores_are_python_floats_computed_in_float64():
+    got = Scorer(["accuracy", "f1", "precision", "matthews_corrcoef"]).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
+    assert all(type(v) is float for v in got.values())
+    assert got["accuracy"] == 0.6  # not float32's 0.6000000238418579
+    assert got["f1"] == 2 / 3  # tp=2, fp=1, fn=1: 2tp / (2tp + fp + fn), exactly in float64
+    assert got["precision"] == 2 / 3
+    assert got["matthews_corrcoef"] == skm.matthews_corrcoef([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
 
 
 def test_roc_auc_refuses_logits_and_names_the_fix():

@@ -297,7 +297,7 @@ def _binary_auc(scores: Tensor, positive: Tensor) -> float:
 
 def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
     if probs is None:
-        raise ValueError("Metric 'roc_auc' requires access to probs")
+        raise ValueError("Scorer: metric 'roc_auc' needs probs")
     if bool((classes < 0).any()):
         raise ValueError(f"Scorer: roc_auc has no probability column for the negative labels in {classes.tolist()}")
     probs = probs.to(torch.float64)

@@ -1,6 +1,6 @@
 import json
 
-from mtlkit.training.loggers import JsonLinesLogger, build_loggers
+from mtlkit.training.loggers import LogWriter, build_loggers
 
 
 def _records(path):
@@ -8,14 +8,14 @@ def _records(path):
 
 
 def test_json_lines_hold_step_epoch_and_values(tmp_path):
-    logger = JsonLinesLogger(tmp_path)
+    logger = LogWriter(tmp_path)
     logger.log({"train/loss": 0.5, "a/d/valid/accuracy": 1.0}, step=3, epoch=1)
     logger.close()
     assert _records(tmp_path) == [{"step": 3, "epoch": 1, "train/loss": 0.5, "a/d/valid/accuracy": 1.0}]
 
 
 def test_nonfinite_values_are_written_as_null(tmp_path):
-    logger = JsonLinesLogger(tmp_path)
+    logger = LogWriter(tmp_path)
     logger.log({"x": float("nan"), "y": float("inf")}, step=1, epoch=0)
     logger.close()
     assert _records(tmp_path)[0]["x"] is None and _records(tmp_path)[0]["y"] is None

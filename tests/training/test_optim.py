@@ -18,7 +18,8 @@ def _lrs(config, batches_per_epoch):
     for _ in range(config.n_epochs * batches_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
     return lrs
 
 
@@ -56,7 +57,11 @@ def test_warmup_in_epochs_counts_whole_epochs_of_batches():
 
 def test_warmup_longer_than_the_run_is_a_config_error():
     with pytest.raises(ConfigError, match="warmup_steps"):
-        _lrs(TrainerConfig(n_epochs=1, warmup_steps=4), 4)
+        _lrs(TrainerConfig(n_epochs=1, warmup_steps=5), 4)
+
+
+def test_warmup_may_last_the_whole_run():
+    assert _lrs(TrainerConfig(n_epochs=1, lr=1.0, warmup_steps=4), 4) == pytest.approx([0.2, 0.4, 0.6, 0.8])
 
 
 def test_user_kwargs_override_the_derived_defaults():
