@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import networkx as nx
 import pytest
@@ -374,3 +375,31 @@ def test_trainer_with_a_gradient_balancer_trains_trunk_and_heads():
     Trainer(n_epochs=1, lr=0.01, progress_bar=False, weighting="pcgrad", seed=0).fit(model, loaders)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == set(before)
+
+
+def test_op_sequences_maps_each_task_to_its_operations():
+    task_a, task_b, _ = two_tasks()
+    model = MultitaskClassifier([task_a, task_b])
+    assert {name: [op.name for op in ops] for name, ops in model.op_sequences.items()} == {
+        "a": ["trunk", "head_a"],
+        "b": ["trunk", "head_b"],
+    }
+
+
+def test_dataparallel_is_accepted_and_never_wraps():
+    task_a, _, trunk = two_tasks()
+    with pytest.warns(UserWarning, match="never wraps modules in nn.DataParallel"):
+        model = MultitaskClassifier([task_a], dataparallel=True)
+    assert model.module_pool["trunk"] is trunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultitaskClassifier([task_a], dataparallel=False)
+
+
+def test_a_task_edited_after_creation_is_checked_when_added():
+    task_a, _, _ = two_tasks()
+    task_a.op_sequence[0].inputs[0] = (0, 0)
+    with pytest.raises(SpecError, match="task 'a': operation 'trunk' reads 0"):
+        MultitaskClassifier([task_a])
+    with pytest.raises(SpecError, match="Unrecognized task type.*got dict"):
+        MultitaskClassifier([{"fake": 1}])

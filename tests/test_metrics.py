@@ -1,4 +1,6 @@
 
+import hashlib
+
 import numpy as np
 import pytest
 import sklearn.metrics as skm
@@ -6,7 +8,8 @@ import torch
 from torch import nn
 
 from mtlkit.data import DictDataLoader, DictDataset
-from mtlkit.metrics import METRICS, Scorer, delta_m, labels_to_tasks, predict, score
+from mtlkit.metrics import METRICS, Scorer, delta_m, labels_to_tasks, metric_score, predict, score
+from mtlkit.utils import preds_to_probs
 
 CLASSIFICATION = ["accuracy", "precision", "recall", "f1", "fbeta", "f1_micro", "f1_macro", "matthews_corrcoef", "roc_auc"]
 
@@ -33,7 +36,7 @@ def test_binary_metrics_match_sklearn():
         "matthews_corrcoef": skm.matthews_corrcoef(y, p),
         "roc_auc": skm.roc_auc_score(y, probs[:, 1].numpy()),
     }
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_multiclass_metrics_match_sklearn_macro_averages():
@@ -51,7 +54,7 @@ def test_multiclass_metrics_match_sklearn_macro_averages():
         "matthews_corrcoef": skm.matthews_corrcoef(y, p),
         "roc_auc": skm.roc_auc_score(y, probs.double().numpy(), multi_class="ovr", average="macro"),
     }
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_multiclass_macro_ignores_classes_absent_from_golds_and_preds_like_sklearn():
@@ -261,11 +264,14 @@ def test_labels_to_tasks_matches_by_name():
     assert labels_to_tasks(["a", "x"], ["a", "b"]) == {"a": "a"}
 
 
-def test_duplicate_dataset_split_is_an_error():
+def test_scoring_one_label_twice_under_one_dataset_and_split_is_an_error():
     model = _TwoTaskModel()
     loader = _loader("d", "train", {"cls": torch.arange(12) % 3})
-    with pytest.raises(ValueError, match="dataset 'd', split 'train'"):
+    with pytest.raises(ValueError, match="label 'cls' as dataset 'd', split 'train'"):
         score(model, [loader, loader])
+    # loaders may share a dataset name and split when their labels differ (their keys do)
+    other = _loader("d", "train", {"reg": torch.randn(12)})
+    assert set(score(model, [loader, other])) == {"cls/d/train/accuracy", "cls/d/train/f1_macro", "reg/d/train/mse"}
 
 
 def test_token_level_labels_are_flattened_and_padding_ignored():
@@ -321,3 +327,73 @@ def test_roc_auc_refuses_logits_and_names_the_fix():
     probs = logits.softmax(dim=1)
     expected = roc_auc_score(golds.numpy(), probs[:, 1].numpy())
     assert Scorer(metrics=["roc_auc"]).score(golds, probs=probs)["roc_auc"] == pytest.approx(expected)
+
+
+def test_roc_auc_is_the_rank_statistic_in_float64():
+    golds, _, probs = _random_classification(120, 2, seed=5)
+    probs = probs.double()
+    probs[::4] = torch.tensor([0.5, 0.5], dtype=torch.float64)  # tied scores share their mean rank
+    got = Scorer(["roc_auc"]).score(golds, None, probs)["roc_auc"]
+    assert got == pytest.approx(skm.roc_auc_score(golds.numpy(), probs[:, 1].numpy()), abs=1e-15)
+
+
+class _Constant(nn.Module):
+    """A classifier whose outputs tie: every row is [0.5, 0.5]."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    task_names = ["cls"]
+
+    def task_outputs(self, X, task_names):
+        return {"cls": torch.full((len(X["x"]), 2), 0.5)}
+
+    def scorers(self):
+        return {"cls": Scorer(["accuracy"])}
+
+
+def test_predict_and_score_break_ties_by_the_row_number_hash_across_batches():
+    loader = _loader("d", "valid", {"cls": torch.ones(12, dtype=torch.long)}, batch_size=5)
+    preds = predict(_Constant(), loader, return_preds=True)["preds"]["cls"]
+    expected = [int(hashlib.sha1(str(row).encode()).hexdigest(), 16) % 2 for row in range(12)]
+    assert preds.tolist() == expected  # row numbers count over the whole loader, not per batch
+    assert score(_Constant(), [loader])["cls/d/valid/accuracy"] == sum(expected) / 12
+
+
+def test_metric_score_filters_rows_by_value_and_keeps_minus_one_as_a_class_otherwise():
+    golds, preds = np.array([0, 0, 0, 1, 1]), np.array([0, -1, 0, 1, 0])
+    assert metric_score(golds, preds, metric="accuracy") == 3 / 5  # the -1 prediction is wrong
+    assert metric_score(golds, preds, metric="accuracy", filter_dict={"preds": [-1]}) == 3 / 4
+    assert metric_score(golds, preds, metric="accuracy", filter_dict={"golds": [0], "preds": [-1]}) == 1 / 2
+    assert metric_score(golds, preds, metric="coverage") == 4 / 5
+    assert metric_score(golds[[0, 2, 3, 4]], preds[[0, 2, 3, 4]], metric="fbeta", beta=2.0) == pytest.approx(
+        skm.fbeta_score(golds[[0, 2, 3, 4]], preds[[0, 2, 3, 4]], beta=2.0), abs=1e-15
+    )
+
+
+def test_metric_score_errors_name_the_problem():
+    golds = np.array([0, 1, 1])
+    with pytest.raises(ValueError, match="The metric you provided \\('f2'\\)"):
+        metric_score(golds, golds, metric="f2")
+    with pytest.raises(ValueError, match="non-integer"):
+        metric_score(golds, np.array([0, 1, 0.5]), metric="accuracy")
+    with pytest.raises(ValueError, match="filter_dict must only include keys in"):
+        metric_score(golds, golds, metric="accuracy", filter_dict={"labels": [0]})
+    with pytest.raises(ValueError, match="'accuracy' requires access to preds"):
+        metric_score(golds, metric="accuracy")
+    with pytest.raises(TypeError, match="average"):
+        metric_score(golds, golds, metric="f1", average="micro")
+
+
+def test_score_slices_scores_all_rows_and_each_slice():
+    golds, preds = np.array([0, 1, 0, 1, 0, 1]), np.array([0, 0, 0, 1, 1, 1])
+    S = np.rec.fromarrays([np.array([1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 1, 1, 1])], names=["head", "tail"])
+    got = Scorer(["accuracy"]).score_slices(S, golds, preds, preds_to_probs(preds, 2))
+    assert got == {"overall": {"accuracy": 4 / 6}, "head": {"accuracy": 2 / 3}, "tail": {"accuracy": 2 / 3}}
+    frame = Scorer(["accuracy"]).score_slices({"head": S["head"]}, golds, preds, as_dataframe=True)
+    assert frame.loc["head", "accuracy"] == 2 / 3 and frame.loc["overall", "accuracy"] == 4 / 6
+    with pytest.raises(ValueError, match="same number of elements"):
+        Scorer(["accuracy"]).score_slices(S, golds[:2], preds)
+    with pytest.raises(ValueError, match="slice 'empty' holds no row"):
+        Scorer(["accuracy"]).score_slices({"empty": np.zeros(6)}, golds, preds)

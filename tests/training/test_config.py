@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -136,3 +137,51 @@ def test_objects_a_checkpoint_cannot_hold_are_listed():
     config = TrainerConfig(optimizer=MySGD, weighting=get("ew"))
     assert config.unsaved_keys() == ["optimizer", "weighting"]
     assert config.to_dict()["optimizer"] is None
+
+
+def test_snorkel_nested_options_map_to_the_flat_ones():
+    config = TrainerConfig.from_dict(
+        {
+            "n_epochs": 4,
+            "optimizer": "sgd",
+            "lr_scheduler": "step",
+            "optimizer_config": {"sgd_config": {"momentum": 0.5}, "adam_config": {"amsgrad": True}},
+            "lr_scheduler_config": {"warmup_steps": 2, "warmup_unit": "epochs", "step_config": {"step_size": 3, "gamma": 0.5},
+                                    "exponential_config": {"gamma": 0.1}},
+            "log_writer": "json",
+            "log_writer_config": {"log_dir": "logs", "run_name": "r1"},
+            "checkpointer_config": {"checkpoint_dir": "ck", "checkpoint_metric": "t/d/valid/acc:max", "checkpoint_factor": 2},
+            "log_manager_config": {"counter_unit": "epochs", "evaluation_freq": 2},
+            "model_config": {"device": -1, "dataparallel": True},
+        }
+    )
+    assert dict(config.optimizer_kwargs) == {"momentum": 0.5}  # only the chosen optimizer's options
+    assert dict(config.lr_scheduler_kwargs) == {"step_size": 3, "gamma": 0.5}
+    assert (config.warmup_steps, config.warmup_unit) == (2, "epochs")
+    assert config.log_writers == ("json",) and config.log_dir == os.path.join("logs", "r1")
+    assert (config.checkpoint_dir, config.checkpoint_metric) == ("ck", "t/d/valid/acc:max")
+    assert (config.evaluate_every, config.checkpoint_every) == (2, 4)  # factor 2 x every 2 epochs
+    assert config.device == torch.device("cpu")
+
+
+def test_warmup_percentage_is_a_share_of_the_whole_run():
+    config = TrainerConfig.from_dict({"n_epochs": 4, "lr_scheduler_config": {"warmup_percentage": 0.25}})
+    assert (config.warmup_steps, config.warmup_unit) == (1.0, "epochs")
+
+
+def test_nested_options_refuse_what_mtlkit_cannot_honour():
+    with pytest.raises(ConfigError, match="Unrecognized writer option log_writer='csv'"):
+        TrainerConfig.from_dict({"log_writer": "csv"})
+    with pytest.raises(ConfigError, match="counter_unit'\\]='batches'.*whole epochs"):
+        TrainerConfig.from_dict({"log_manager_config": {"counter_unit": "batches"}})
+    with pytest.raises(ConfigError, match="min_lr"):
+        TrainerConfig.from_dict({"lr_scheduler_config": {"min_lr": 1e-4}})
+    with pytest.raises(ConfigError, match="checkpoint_task_metrics"):
+        TrainerConfig.from_dict({"checkpointer_config": {"checkpoint_task_metrics": ["a/b/c/d:max"]}})
+    with pytest.raises(ConfigError, match="'warmup_step' in lr_scheduler_config. Did you mean 'warmup_steps'"):
+        TrainerConfig.from_dict({"lr_scheduler_config": {"warmup_step": 1}})
+    with pytest.raises(ConfigError, match="sets warmup_steps, which is also given"):
+        TrainerConfig.from_dict({"warmup_steps": 1, "lr_scheduler_config": {"warmup_steps": 2}})
+    with pytest.raises(ConfigError, match="unknown Trainer option 'n_epoch'.*Did you mean 'n_epochs'"):
+        TrainerConfig.from_dict({"n_epoch": 2})
+

@@ -103,3 +103,17 @@ def test_a_parameter_shared_with_the_balancer_is_optimised_once():
     p = nn.Parameter(torch.ones(1))
     optimizer = build_optimizer(TrainerConfig(), [p, p], [p])
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 1
+
+
+def test_exponential_and_step_default_to_snorkels_options():
+    exp = _lrs(TrainerConfig(lr=1.0, lr_scheduler="exponential"), 4)
+    assert exp == pytest.approx([0.9**i for i in range(4)])  # gamma 0.9 per batch
+    step = _lrs(TrainerConfig(lr=1.0, n_epochs=3, lr_scheduler="step"), 4)
+    assert step == pytest.approx([1.0] * 5 + [0.9] * 5 + [0.81] * 2)  # step_size 5 batches, gamma 0.9
+
+
+def test_constant_schedule_is_no_scheduler_unless_there_is_a_warmup():
+    p = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(TrainerConfig(), [p], [])
+    assert build_lr_scheduler(TrainerConfig(), optimizer, 4) is None
+    assert _lrs(TrainerConfig(lr=1.0, n_epochs=2, warmup_steps=3), 3) == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
