@@ -510,7 +510,14 @@ def _predictions(label: str, outputs: Tensor, scorer: Scorer | None) -> Tensor:
             f"task outputs for label {label!r} are 1-D; a classifier's outputs must be [n, num_classes] "
             f"probabilities (give the task a regression Scorer if it predicts values)"
         )
-    return probs_to_preds(outputs)
+    if outputs.shape[-1] < 2:
+        if scorer is None:
+            return outputs  # one column and no Scorer to say what it is: nothing scores these
+        raise ValueError(
+            f"task outputs for label {label!r} have one column; a classifier's outputs must be [n, num_classes >= 2] "
+            f"probabilities (give the task a regression Scorer if it predicts values)"
+        )
+    return probs_to_preds(outputs.reshape(-1, outputs.shape[-1])).reshape(outputs.shape[:-1])
 
 
 def predict(
