@@ -88,7 +88,8 @@ class Task:
     Args:
         name: the task name; labels in a batch's Y dict are matched to tasks by name.
         module_pool: the modules the ops use, by name (an `nn.ModuleDict` or a dict).
-            Tasks share a module by using the same name for the same module object.
+            Tasks share a module by using the same name: a model uses the first module
+            added under a name for every task that names it.
         op_sequence: the operations, in order; each reads ``"_input_"`` or earlier ops.
             The output of the last one goes to `loss_func` and `output_func`.
         scorer: the task's metrics (default: ``Scorer(metrics=["accuracy"])``). Its
@@ -138,15 +139,15 @@ class MultitaskClassifier(nn.Module):
         device: where to move the modules (anything `nn.Module.to` takes); default
             `None` leaves them where they are. Batches are moved to the device of the
             model's parameters.
+        dataparallel: accepted for Snorkel's signature; modules are never wrapped in
+            `nn.DataParallel` (True warns that it is ignored).
 
     Attributes:
         module_pool: every module of every task, by name (`nn.ModuleDict`).
         tasks: task name -> `Task`, in the order added.
+        op_sequences: task name -> its operations (Snorkel's attribute).
         task_graph: the `TaskGraph` all op sequences compile into; `g` is its
             networkx graph, so `mtlkit.viz.draw_graph(model)` works.
-
-        dataparallel: accepted for Snorkel's signature; modules are never wrapped in
-            `nn.DataParallel` (True warns that it is ignored).
 
     Modules are shared by name, as in Snorkel: the first module added under a name is
     the one every task uses; a task that brings a different module object under a
