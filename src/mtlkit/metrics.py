@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,9 +72,8 @@ def _as_labels(name: str, values: Tensor) -> Tensor:
             f"Input could not be converted to 1-D class indices: classification {name} has shape "
             f"{tuple(values.shape)}; take the argmax of probabilistic labels first, or use regression metrics."
         )
-    if values.is_floating_point():
-        if not torch.equal(values, values.round()):
-            raise ValueError(f"Input contains at least one non-integer value: classification {name} must be integer class indices")
+    if values.is_floating_point() and not torch.equal(values, values.round()):
+        raise ValueError(f"Input contains at least one non-integer value: classification {name} must be integer class indices")
     return values.long()
 
 

@@ -17,9 +17,10 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from mtlkit.errors import ConfigError
 from mtlkit.training.checkpoint import Checkpointer
