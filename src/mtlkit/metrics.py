@@ -1,4 +1,5 @@
-"""Scoring: the per-task `Scorer`, the MTL summary `delta_m`, and the model scoring loop.
+"""Scoring: the per-task `Scorer`, Snorkel's `metric_score`, the MTL summary `delta_m`, and
+the model scoring loop.
 
 `predict` and `score` drive any model that follows `mtlkit.training.protocol.MultiTaskModel`
 (`task_names`, `task_outputs(X, task_names)`, `scorers()`), so `MultitaskClassifier`,
@@ -157,15 +158,13 @@ class Scorer:
         keep = self.labelled(golds)
         if not keep.any():
             raise ValueError(f"Scorer: every gold label is the abstain label {self.abstain_label}; nothing to score")
+        labelled = [None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)]
         results: dict[str, float] = {}
-        if self.metrics:
-            if self.is_regression:
-                kept = (None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
-                results.update(self._regression(*kept))
-            else:
-                results.update(self._classification(golds, preds, probs, keep))
-        golds, preds, probs = (None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
-        arrays = [None if v is None else v.detach().cpu().numpy() for v in (golds, preds, probs)]
+        if self.metrics and self.is_regression:
+            results.update(self._regression(golds[keep], labelled[1], labelled[2]))
+        elif self.metrics:  # coverage counts the gold-abstain rows too
+            results.update(self._classification(golds, preds, probs, keep))
+        arrays = [None if v is None else v.detach().cpu().numpy() for v in labelled]
         for name, func in self.custom_metric_funcs.items():
             results.update(_custom_result(name, func(*arrays)))
         return results
