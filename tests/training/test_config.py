@@ -47,7 +47,7 @@ def test_bad_choice_names_the_key_and_allowed_values(key, value, allowed):
 @pytest.mark.parametrize(
     "key, value",
     [("n_epochs", 0), ("n_epochs", 1.5), ("n_epochs", True), ("lr", 0), ("lr", "0.1"), ("l2", -1.0),
-     ("grad_clip", 0.0), ("log_every", 0), ("checkpoint_runway", -1), ("early_stopping", 0), ("seed", -3)],
+     ("grad_clip", -0.5), ("log_every", 0), ("checkpoint_runway", -1), ("early_stopping", 0), ("seed", -3)],
 )
 def test_bad_number_is_rejected_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
@@ -185,3 +185,9 @@ def test_nested_options_refuse_what_mtlkit_cannot_honour():
     with pytest.raises(ConfigError, match="unknown Trainer option 'n_epoch'.*Did you mean 'n_epochs'"):
         TrainerConfig.from_dict({"n_epoch": 2})
 
+
+
+def test_grad_clip_zero_means_no_clipping_as_in_snorkel():
+    assert TrainerConfig(grad_clip=0).grad_clip is None
+    with pytest.raises(ConfigError, match="grad_clip"):
+        TrainerConfig(grad_clip=-1.0)

@@ -50,7 +50,7 @@ class TrainerConfig:
         n_epochs: passes over the training loaders.
         lr: learning rate (also of the balancer's own parameters, e.g. UW's log-variances).
         l2: weight decay of the model's parameters (never of the balancer's).
-        grad_clip: max global gradient norm, or None for no clipping.
+        grad_clip: max global gradient norm, or None (or 0, Snorkel's spelling) for no clipping.
         optimizer: 'sgd', 'adam', 'adamw', 'adamax', the name of any `torch.optim`
             optimizer ('RAdam'), or an `Optimizer` subclass; built with
             `(params, lr=lr, weight_decay=l2, **optimizer_kwargs)`.
@@ -171,6 +171,8 @@ class TrainerConfig:
         _int(self, "n_epochs", minimum=1)
         _number(self, "lr", positive=True)
         _number(self, "l2")
+        if self.grad_clip == 0 and not isinstance(self.grad_clip, bool):
+            _set(self, "grad_clip", None)
         if self.grad_clip is not None:
             _number(self, "grad_clip", positive=True)
         _set(self, "optimizer_kwargs", _frozen_kwargs("optimizer_kwargs", self.optimizer_kwargs))

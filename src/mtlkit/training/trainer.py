@@ -62,7 +62,8 @@ class Trainer:
     spent in collectives).
     """
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, name: str | None = None, **config: Any) -> None:
+        self.name = type(self).__name__ if name is None else name  # Snorkel's label for the trainer
         self.config = TrainerConfig.from_dict(config)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
