@@ -403,3 +403,9 @@ def test_a_task_edited_after_creation_is_checked_when_added():
         MultitaskClassifier([task_a])
     with pytest.raises(SpecError, match="Unrecognized task type.*got dict"):
         MultitaskClassifier([{"fake": 1}])
+
+
+def test_device_minus_one_is_the_cpu_as_in_snorkel():
+    task_a, _, _ = two_tasks()
+    model = MultitaskClassifier([task_a], device=-1)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

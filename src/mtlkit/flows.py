@@ -136,9 +136,9 @@ class MultitaskClassifier(nn.Module):
     Args:
         tasks: the tasks, added in order with `add_task`.
         name: a label for the model (default: the class name).
-        device: where to move the modules (anything `nn.Module.to` takes); default
-            `None` leaves them where they are. Batches are moved to the device of the
-            model's parameters.
+        device: where to move the modules (anything `nn.Module.to` takes, or -1 for the
+            CPU as in Snorkel); default `None` leaves them where they are. Batches are
+            moved to the device of the model's parameters.
         dataparallel: accepted for Snorkel's signature; modules are never wrapped in
             `nn.DataParallel` (True warns that it is ignored).
 
@@ -189,7 +189,7 @@ class MultitaskClassifier(nn.Module):
         for task in tasks:
             self.add_task(task)
         if device is not None:
-            self.to(device)
+            self.to("cpu" if device == -1 else device)  # -1: Snorkel's spelling of the CPU
 
     def add_task(self, task: Task) -> None:
         """Add a task, sharing its modules and operations by name with the tasks already in the model.
