@@ -14,6 +14,7 @@ data creation with weak supervision", VLDB 2018, https://arxiv.org/abs/1711.1016
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -88,7 +89,8 @@ class Task:
     Args:
         name: the task name; labels in a batch's Y dict are matched to tasks by name.
         module_pool: the modules the ops use, by name (an `nn.ModuleDict` or a dict).
-            Tasks share a module by using the same name for the same module object.
+            Tasks share a module by using the same name: a model uses the first module
+            added under a name for every task that names it.
         op_sequence: the operations, in order; each reads ``"_input_"`` or earlier ops.
             The output of the last one goes to `loss_func` and `output_func`.
         scorer: the task's metrics (default: ``Scorer(metrics=["accuracy"])``). Its
@@ -136,19 +138,25 @@ class MultitaskClassifier(nn.Module):
     Args:
         tasks: the tasks, added in order with `add_task`.
         name: a label for the model (default: the class name).
-        device: where to move the modules (anything `nn.Module.to` takes); default
-            `None` leaves them where they are. Batches are moved to the device of the
-            model's parameters.
+        device: where to move the modules (anything `nn.Module.to` takes, or -1 for the
+            CPU as in Snorkel); default `None` leaves them where they are. Batches are
+            moved to the device of the model's parameters.
+        dataparallel: accepted for Snorkel's signature; modules are never wrapped in
+            `nn.DataParallel` (True warns that it is ignored).
 
     Attributes:
         module_pool: every module of every task, by name (`nn.ModuleDict`).
         tasks: task name -> `Task`, in the order added.
+        op_sequences: task name -> its operations (Snorkel's attribute).
         task_graph: the `TaskGraph` all op sequences compile into; `g` is its
             networkx graph, so `mtlkit.viz.draw_graph(model)` works.
 
+    Modules are shared by name, as in Snorkel: the first module added under a name is
+    the one every task uses; a task that brings a different module object under a
+    taken name gets the first one, with a warning naming both tasks.
+
     Departures from Snorkel: no `DataParallel` wrapping; `device=None` by default
-    (Snorkel moves to GPU 0); reusing a module name for a different module object,
-    or a task name, is a `SpecError` (Snorkel keeps the first silently); an
+    (Snorkel moves to GPU 0); a task name used twice is a `SpecError`; an
     operation name that two tasks define differently becomes two graph nodes
     (Snorkel caches by name, so a forward for both tasks fed the second task the
     first one's input); a label in `calculate_loss`'s Y dict with no task of that
@@ -164,8 +172,16 @@ class MultitaskClassifier(nn.Module):
         tasks: Sequence[Task],
         name: str | None = None,
         device: torch.device | str | int | None = None,
+        dataparallel: bool = False,
     ) -> None:
         super().__init__()
+        if dataparallel:
+            warnings.warn(
+                "MultitaskClassifier(dataparallel=True): mtlkit never wraps modules in nn.DataParallel; "
+                "the model runs on one device (use Trainer(distributed=True) for several GPUs)",
+                UserWarning,
+                stacklevel=2,
+            )
         self.name = type(self).__name__ if name is None else name
         self.module_pool = nn.ModuleDict()
         self.tasks: dict[str, Task] = {}
@@ -175,18 +191,21 @@ class MultitaskClassifier(nn.Module):
         for task in tasks:
             self.add_task(task)
         if device is not None:
-            self.to(device)
+            self.to("cpu" if device == -1 else device)  # -1: Snorkel's spelling of the CPU
 
     def add_task(self, task: Task) -> None:
         """Add a task, sharing its modules and operations by name with the tasks already in the model.
 
-        The task's new modules are moved to the model's device (as in Snorkel).
+        The task's new modules are moved to the model's device (as in Snorkel). A module
+        name already in the model keeps its first module, for this task too; when the
+        task brings a different object under that name, a warning says so.
 
         Raises:
-            SpecError: the task name is taken, or one of its module names is bound to a
-                different module object; the model is left unchanged.
+            SpecError: the task name is taken, or the task is not a `Task`; the model is
+                left unchanged.
         """
         self._check_new_task(task)
+        self._warn_on_replaced_modules(task)
         nodes, heads = _compile([*self.tasks.values(), task])
         graph = TaskGraph(nodes, outputs=list(dict.fromkeys(heads.values())))
         device = self._device()
@@ -196,6 +215,11 @@ class MultitaskClassifier(nn.Module):
         self.task_graph, self._heads = graph, heads
         self._shared_keys = _shared_module_keys(graph, heads)
         self.tasks[task.name] = task
+
+    @property
+    def op_sequences(self) -> dict[str, list[Operation]]:
+        """Each task's operations, by task name (Snorkel's attribute)."""
+        return {name: task.op_sequence for name, task in self.tasks.items()}
 
     @property
     def g(self) -> nx.DiGraph:
@@ -324,18 +348,25 @@ class MultitaskClassifier(nn.Module):
 
     def _check_new_task(self, task: Task) -> None:
         if not isinstance(task, Task):
-            raise TypeError(f"MultitaskClassifier takes mtlkit.Task objects, got {type(task).__name__}")
+            raise SpecError(f"Unrecognized task type: MultitaskClassifier takes mtlkit.Task objects, got {type(task).__name__}")
         if task.name in self.tasks:
             raise SpecError(
-                f"task {task.name!r} is already in model {self.name!r}; give the new task another name"
+                f"Found duplicate task {task.name!r}: it is already in model {self.name!r}; give the new task another name"
             )
-        for key, module in task.module_pool.items():
-            if key in self.module_pool and self.module_pool[key] is not module:
-                owner = next(t.name for t in self.tasks.values() if key in t.module_pool)
-                raise SpecError(
-                    f"task {task.name!r} brings module {key!r}, but task {owner!r} already put a different module "
-                    f"under that name; pass the same module object to share it, or rename one of them"
-                )
+        _check_op_sequence(task.name, task.op_sequence, task.module_pool)  # ops may have been edited since Task()
+
+    def _warn_on_replaced_modules(self, task: Task) -> None:
+        replaced = [key for key, module in task.module_pool.items() if key in self.module_pool and self.module_pool[key] is not module]
+        if replaced:
+            owners = {key: next(t.name for t in self.tasks.values() if key in t.module_pool) for key in replaced}
+            taken = ", ".join(f"{key!r} (from task {owner!r})" for key, owner in owners.items())
+            warnings.warn(
+                f"task {task.name!r} brings different module objects under names already in model {self.name!r}: "
+                f"{taken}; the task uses the modules already there (modules are shared by name). Pass the same "
+                "objects to silence this, or rename the modules to keep them apart",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _compile(tasks: Sequence[Task]) -> tuple[list[Node], dict[str, str]]:

@@ -1,6 +1,6 @@
 """Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers."""
 
-from mtlkit.data.dataset import DictDataset
+from mtlkit.data.dataset import DEFAULT_DATASET_NAME, DEFAULT_INPUT_DATA_KEY, DEFAULT_TASK_NAME, DictDataset
 from mtlkit.data.loader import DictDataLoader, EpochSampler, collate_dicts, move_to_device, pad_sequences
 from mtlkit.data.schedulers import (
     SCHEDULERS,
@@ -13,6 +13,9 @@ from mtlkit.data.schedulers import (
 )
 
 __all__ = [
+    "DEFAULT_DATASET_NAME",
+    "DEFAULT_INPUT_DATA_KEY",
+    "DEFAULT_TASK_NAME",
     "SCHEDULERS",
     "BatchScheduler",
     "DictDataLoader",

@@ -32,12 +32,19 @@ from mtlkit.checks import FitChecks
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.protocol import MultiTaskModel, StepOutput
-from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from mtlkit.training.checkpoint import (
+    Checkpointer,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
-from mtlkit.training.loggers import Logger, build_loggers
+from mtlkit.training.loggers import Logger, LogWriter, build_loggers
 from mtlkit.training.monitor import MetricMonitor
-from mtlkit.training.optim import build_lr_scheduler, build_optimizer
+from mtlkit.training.optim import build_lr_scheduler, build_optimizer, warmup_batches
 from mtlkit.training.step_context import StepContexts
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
@@ -50,15 +57,23 @@ class Trainer:
     checkpoints that cannot run code. The options and their defaults are those of
     `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
     scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
-    `batch_scheduler` are the objects that trained the model. With `distributed=True`,
-    `dist` is this rank's `Distributed` (rank, world size, time spent in collectives).
+    `batch_scheduler` are the objects that trained the model (`lr_scheduler` is None for
+    the constant schedule), and, as in Snorkel, `log_writer` (the first writer, or None
+    without logging), `checkpointer` (the `Checkpointer` whose monitor tracks the best
+    model, or None without checkpointing) and `warmup_steps` (in batches). With
+    `distributed=True`, `dist` is this rank's `Distributed` (rank, world size, time
+    spent in collectives).
     """
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, name: str | None = None, **config: Any) -> None:
+        self.name = type(self).__name__ if name is None else name  # Snorkel's label for the trainer
         self.config = TrainerConfig.from_dict(config)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.warmup_steps = 0
+        self.log_writer: LogWriter | None = None
+        self.checkpointer: Checkpointer | None = None
         self.balancer: Balancer | None = None
         self.batch_scheduler: BatchScheduler | None = None
         self.monitor: MetricMonitor | None = None
@@ -110,6 +125,7 @@ class Trainer:
             resume_step = self.step if checkpoint is not None else None
             if cfg.logging and self.is_main_process:
                 loggers = build_loggers(cfg.log_writers, cfg.log_dir, resume_step)
+            self.log_writer = loggers[0] if loggers else None
             while self.epoch < cfg.n_epochs and not self._should_stop():
                 epoch_losses = self._train_epoch(loggers)
                 self.balancer.epoch_end()
@@ -200,7 +216,8 @@ class Trainer:
                 return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
         self.optimizer.step()
         self._contexts.after_step()  # [step context] FAMO: the batch's losses after the step
-        self.lr_scheduler.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.step += 1
         return out, result, dataset
 
@@ -345,8 +362,18 @@ class Trainer:
         if self._batches_per_epoch == 0:
             raise ConfigError("the training dataloaders hold no batch; check the train split's datasets")
         self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer, self._batches_per_epoch)
+        self.warmup_steps = warmup_batches(cfg, self._batches_per_epoch)
         tracked = cfg.checkpointing or cfg.early_stopping is not None
         self.monitor = MetricMonitor(*cfg.metric, cfg.checkpoint_runway, cfg.early_stopping) if tracked else None
+        self.checkpointer = None
+        if cfg.checkpointing and self.is_main_process:
+            self.checkpointer = Checkpointer(
+                evaluation_freq=cfg.evaluate_every,
+                checkpoint_dir=cfg.checkpoint_dir,
+                checkpoint_metric=cfg.checkpoint_metric,
+                checkpoint_runway=cfg.checkpoint_runway,
+                monitor=self.monitor,
+            )
         self.best_model = None
         self.epoch = 0
         self.step = 0
@@ -377,7 +404,7 @@ class Trainer:
             "unsaved_config": self.config.unsaved_keys(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
             "balancer": self.balancer.state_dict(),
             "batch_scheduler_seed": self.batch_scheduler.seed,
             "loader_seeds": self._loader_seeds,
@@ -395,7 +422,8 @@ class Trainer:
         """
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         self.balancer.load_state_dict(checkpoint["balancer"])
         self.batch_scheduler.seed = checkpoint["batch_scheduler_seed"]
         _set_loader_seeds(self._train_loaders, checkpoint["loader_seeds"])
