@@ -59,11 +59,17 @@ def test_method_has_the_property_it_claims(name, options, prop, i):
     check(_maker(name, options), matrices[i])
 
 
+# Methods that claim no property, and why: MoDo and SDMGrad compute each step from further
+# batches (a StepContext), not from one J; MoCo's λ-step squares tracked gradients, which
+# overflows float32 for entries near 1e15.
+CLAIM_NOTHING = {"modo", "sdmgrad", "moco"}
+
+
 @pytest.mark.parametrize("name", GRADIENT_METHODS)
 def test_every_gradient_method_claims_known_properties_including_expected_structure(name):
     claims = get(name, tasks=2).properties
     assert isinstance(claims, frozenset) and claims <= set(PROPERTIES), claims
-    assert "expected_structure" in claims
+    assert ("expected_structure" in claims) != (name in CLAIM_NOTHING)
 
 
 def test_cagrad_claims_non_conflicting_exactly_from_c_equal_one():

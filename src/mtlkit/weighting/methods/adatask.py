@@ -32,6 +32,8 @@ class AdaTask(GradientBalancer):
     Every step must reach the same shared parameters (else a ValueError).
     """
 
+    properties = frozenset({"expected_structure"})
+
     supports_shared_reps = False  # state in the shared parameters' coordinates
 
     def __init__(

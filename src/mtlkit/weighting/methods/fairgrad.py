@@ -75,6 +75,8 @@ class FairGrad(GradientBalancer):
     shared representation.
     """
 
+    properties = frozenset({"expected_structure", "permutation_invariant"})
+
     def __init__(
         self, tasks: int | Sequence[str] | None = None, alpha: float = 1.0, chunk_size: int | None = None
     ) -> None:

@@ -35,6 +35,8 @@ class MetaBalance(GradientBalancer):
     keeps weight 1. The averages (zero-initialised, as in the paper) are a buffer.
     """
 
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -34,6 +34,8 @@ class MoCo(GradientBalancer):
     Every step must reach the same shared parameters (else a ValueError).
     """
 
+    properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
+
     supports_shared_reps = False  # state in the shared parameters' coordinates
 
     def __init__(

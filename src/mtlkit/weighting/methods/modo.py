@@ -34,6 +34,8 @@ class MoDo(GradientBalancer):
     Defaults (the paper's and LibMTL's): γ = 1e-3, ρ = 0.1; λ starts uniform (a buffer).
     """
 
+    properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
+
     needs = frozenset({EXTRA_TRAIN_BATCH})
 
     def __init__(

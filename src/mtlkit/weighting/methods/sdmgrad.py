@@ -47,6 +47,8 @@ class SDMGrad(GradientBalancer):
     λ = 0.3 (`lamda`), 20 inner steps. w is a buffer (starts uniform).
     """
 
+    properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
+
     needs = frozenset({EXTRA_TRAIN_BATCH})
 
     def __init__(
