@@ -34,9 +34,9 @@ def _demo(args: argparse.Namespace) -> int:
     from mtlkit.experiments.suite import demo_variants, run_suite
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"mtlkit demo: {args.dataset}, single-task baselines and 2 architectures x 4 balancers, seed 0")
+    print(f"mtlkit demo: {args.dataset}, single-task baselines and 2 architectures x 4 balancers, one seed (0)")
     result = run_suite(args.dataset, demo_variants(), seeds=[0], scale=args.scale, out_dir=out)
-    _write_table(result.table(), out, f"Demo on {args.dataset}")
+    _write_table(f"{result.table()}\n\n{result.legend()}", out, f"Demo on {args.dataset} (one seed)")
     print(f"run folders (config, logs, checkpoints, graph.png, curves.png): {out}/<variant>-seed0")
     return 0
 
@@ -89,7 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     result = suite.run_suite(args.dataset, variants, seeds=range(args.seeds), scale=scale, out_dir=out)
     title = f"`mtlkit bench {args.name} --dataset {args.dataset}` ({args.seeds} seeds, epochs x{scale:g})"
-    _write_table(result.table(), out, title)
+    _write_table(f"{result.table()}\n\n{result.legend()}", out, title)
     return 0
 
 

@@ -86,6 +86,24 @@ class SuiteResult:
         return "\n".join(lines)
 
 
+    def legend(self) -> str:
+        """What the table shows: the split, the seeds, what Δm means and its sign."""
+        seeds = len(next(iter(self.runs.values()), [])) or len(self.baselines)
+        if seeds == 1:
+            spread = (
+                "One seed: no ± is shown, and a difference of a few points between rows is within "
+                "seed-to-seed noise, not a win; `mtlkit bench` gives mean ± std over seeds."
+            )
+        else:
+            spread = f"Mean ± sample std over {seeds} seeds; a difference smaller than the ± is not a win."
+        return (
+            "Each task's metric on the test split, from the model of the last epoch. "
+            f"{spread} Δm %: the average over tasks of the relative difference to the single-task "
+            "baseline (sign flipped for metrics where lower is better), in percent: above 0 beats the "
+            "single-task networks, below 0 loses to them."
+        )
+
+
 def split_metrics(result: RunResult, info: DatasetInfo, split: str = "test") -> dict[str, dict[str, float]]:
     """`{task: {metric: value}}` of a run on `split`."""
     values: dict[str, dict[str, float]] = {}
