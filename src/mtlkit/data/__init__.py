@@ -1,4 +1,4 @@
-"""Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers."""
+"""Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers, `register_dataset`."""
 
 from mtlkit.data.dataset import DictDataset
 from mtlkit.data.loader import DictDataLoader, EpochSampler, collate_dicts, move_to_device, pad_sequences
@@ -11,6 +11,7 @@ from mtlkit.data.schedulers import (
     TemperatureScheduler,
     get_scheduler,
 )
+from mtlkit.data.datasets import register_dataset
 
 __all__ = [
     "SCHEDULERS",
@@ -26,4 +27,5 @@ __all__ = [
     "get_scheduler",
     "move_to_device",
     "pad_sequences",
+    "register_dataset",
 ]

@@ -108,7 +108,7 @@ def write_run_folder(result: RunResult) -> None:
     model = result.config.model.architecture or "graph"
     text = (
         f"# {result.config.name}\n\n"
-        f"dataset `{result.config.data.name}`, model `{model}`, weighting `{weighting}`, seed {result.config.seed}, "
+        f"dataset `{result.config.data.name or result.config.data.factory}`, model `{model}`, weighting `{weighting}`, seed {result.config.seed}, "
         f"{result.seconds_per_epoch:.2f} s/epoch\n\n{scores_table(result.scores)}\n"
     )
     (run_dir / "results.md").write_text(text)
