@@ -14,8 +14,8 @@ from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo
 from mtlkit.data.datasets import load as load_dataset
 from mtlkit.data.datasets import load_factory
 from mtlkit.data.tables import load_table
-from mtlkit.errors import ConfigError
-from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
+from mtlkit.errors import ConfigError, SpecError
+from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig, option_error
 from mtlkit.experiments.modules import build_layer, encoder_factory, head, loss_function, output_shape
 from mtlkit.graph import INPUT, MTLModel
 from mtlkit.metrics import Scorer
@@ -129,8 +129,10 @@ def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_
             input_key=input_key,
             **options,
         )
-    except TypeError as err:
-        raise ConfigError(f"model.options: {spec.architecture} does not accept {dict(spec.options)}: {err}") from err
+    except (ConfigError, SpecError) as err:
+        raise ConfigError(f"model.options: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(option_error("model.options", spec.architecture, cls, spec.options, err)) from err
 
 
 def _softmax(logits: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -179,6 +180,9 @@ class ExperimentConfig:
             get_balancer(name, tasks=["a", "b"], **options)  # builds it once to check the options
         except ConfigError as err:
             raise ConfigError(f"weighting: {err}") from err
+        except (TypeError, ValueError) as err:  # a value of the wrong type or range reached the method
+            cls = type(get_balancer(name, tasks=["a", "b"]))
+            raise ConfigError(option_error("weighting", name, cls, options, err)) from err
         reserved = {"weighting", "seed"} & set(self.trainer)
         if reserved:
             raise ConfigError(
@@ -188,6 +192,26 @@ class ExperimentConfig:
             TrainerConfig.from_dict(dict(self.trainer))
         except ConfigError as err:
             raise ConfigError(f"trainer: {err}") from err
+
+
+def option_error(where: str, name: str, cls: type, options: Mapping[str, Any], err: Exception) -> str:
+    """One line for options that `cls` rejected: the first whose type differs from its default's, else the error."""
+    import inspect
+
+    parameters = inspect.signature(cls).parameters
+    for key, value in options.items():
+        default = parameters[key].default if key in parameters else inspect.Parameter.empty
+        if isinstance(default, bool):
+            expected = "true or false" if not isinstance(value, bool) else None
+        elif isinstance(default, (int, float)):
+            expected = "a number" if not isinstance(value, (int, float)) or isinstance(value, bool) else None
+        elif isinstance(default, str):
+            expected = "a string" if not isinstance(value, str) else None
+        else:
+            expected = None
+        if expected:
+            return f"{where}.{key}: {name} needs {expected} (default {default!r}), got {value!r}"
+    return f"{where}: {name} rejected the options {dict(options)}: {err}; fix their values"
 
 
 def weighting_spec(weighting: Any) -> tuple[str, dict[str, Any]]:
@@ -205,9 +229,19 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err}); give a YAML config") from err
+    if raw is None:
+        warnings.warn(f"{path} is empty: every setting takes its default (docs/config.md)", stacklevel=2)
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (name, seed, data, model, weighting, trainer), "
+            f"got a {type(raw).__name__}; see docs/config.md"
+        )
     data = raw.get("data") if isinstance(raw, Mapping) else None
     if isinstance(data, Mapping) and isinstance(data.get("path"), str):
         raw = {**raw, "data": {**data, "path": str(path.parent / data["path"])}}  # relative to the config file

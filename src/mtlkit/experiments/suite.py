@@ -22,6 +22,7 @@ from mtlkit.data.datasets import DatasetInfo
 from mtlkit.experiments.build import load_data
 from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
 from mtlkit.experiments.report import mean_std
+from mtlkit.experiments.run_folder import check_free
 from mtlkit.experiments.runner import RunResult, run
 from mtlkit.metrics import delta_m
 
@@ -142,6 +143,10 @@ def run_suite(
     checkpoints, graph.png, curves.png, results.md) to `out_dir/<variant>-seed<seed>`.
     """
     seeds = list(seeds)
+    if out_dir is not None:  # refuse before hours of training, not at the first variant's folder
+        for seed in seeds:
+            for variant in variants:
+                check_free(out_dir / f"{_slug(variant.label)}-seed{seed}")
     # The splits depend on the seed only: one load serves every run of a seed.
     loads = {seed: load_data(base_config(dataset, seed, scale)) for seed in seeds}
     info = loads[seeds[0]].info
