@@ -403,8 +403,8 @@ def _check_resume(checkpoint: dict[str, Any], current: dict[str, Any]) -> None:
     saved = checkpoint["config"]
     if "weighting" not in checkpoint["unsaved_config"] and saved.get("weighting") != current.get("weighting"):
         raise ConfigError(
-            f"resume: the checkpoint was trained with weighting={saved.get('weighting')!r}, not "
-            f"{current.get('weighting')!r}; a balancer's state cannot move to another method: resume with the "
+            f"resume: the checkpoint was trained with weighting={_method(saved.get('weighting'))}, not "
+            f"{_method(current.get('weighting'))}; a balancer's state cannot move to another method: resume with the "
             "checkpoint's weighting, or start a new run"
         )
     scheduled = saved.get("lr_scheduler") != "constant" or saved.get("warmup_steps", 0)
@@ -416,6 +416,14 @@ def _check_resume(checkpoint: dict[str, Any], current: dict[str, Any]) -> None:
             "stretch it. Resume with the same n_epochs, or start a new run for another length",
             stacklevel=3,
         )
+
+
+def _method(weighting: Any) -> str:
+    """`'uw'` or `'cagrad' {'c': 0.4}` from a saved weighting (a name, or [name, options])."""
+    if isinstance(weighting, (list, tuple)) and len(weighting) == 2:
+        name, options = weighting
+        return f"{name!r} {options}" if options else repr(name)
+    return repr(weighting)
 
 
 class _EpochLosses:
