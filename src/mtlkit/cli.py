@@ -29,7 +29,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status (2 for a user error)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
+        args.overrides += extra  # key=value overrides written after an option (--run-dir R trainer.n_epochs=5)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     prefix = f"mtlkit {args.command}"
     if args.debug:
         return args.handler(args)  # every error with its traceback
