@@ -1,7 +1,10 @@
 """The CLI never shows a traceback for a user error: one line naming the key and the fix, exit 2."""
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,6 +136,22 @@ def test_a_second_writer_of_the_same_folder_stops_at_once(tmp_path, capsys):
         assert "is in use by mtlkit process" in one_line_error(capsys)
         assert not (run_dir / "config.yaml").exists()
     assert train(config_file(tmp_path, SMALL), "--run-dir", run_dir) == 0  # the lock went with its holder
+
+
+def test_a_writer_in_another_process_blocks_the_folder(tmp_path, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom mtlkit.experiments.run_folder import claim_run_folder\n"
+         "with claim_run_folder(Path(sys.argv[1]), {}):\n    print('locked', flush=True)\n    sys.stdin.read()\n",
+         str(tmp_path / "r")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert train(config_file(tmp_path, SMALL), "--run-dir", tmp_path / "r") == 2
+        assert f"is in use by mtlkit process {holder.pid}" in one_line_error(capsys)
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
 
 
 def test_eval_of_a_run_with_a_damaged_checkpoint(tmp_path, capsys):
