@@ -11,16 +11,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from mtlkit.errors import ConfigError, SpecError
 from mtlkit.graph.executor import NodeError
-from mtlkit.training.checkpoint import CheckpointError
 
 
 # What a user can cause and fix: each is one line on stderr and exit status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    SpecError,
-    CheckpointError,
+    ValueError,  # ConfigError, SpecError, CheckpointError, and the ValueErrors that name a task, label or split
     ImportError,  # a missing extra (MissingExtraError) or factory module
     NodeError,  # a graph node failed on its input (shapes, types)
     FloatingPointError,  # a non-finite loss under nonfinite_loss='raise'
