@@ -23,6 +23,7 @@ an unknown key or value is a `ConfigError` naming it and listing what is allowed
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import warnings
@@ -196,8 +197,6 @@ class ExperimentConfig:
 
 def option_error(where: str, name: str, cls: type, options: Mapping[str, Any], err: Exception) -> str:
     """One line for options that `cls` rejected: the first whose type differs from its default's, else the error."""
-    import inspect
-
     parameters = inspect.signature(cls).parameters
     for key, value in options.items():
         default = parameters[key].default if key in parameters else inspect.Parameter.empty
