@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mtlkit.graph.executor import NodeError
 
-
 # What a user can cause and fix: each is one line on stderr and exit status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,  # ConfigError, SpecError, CheckpointError, and the ValueErrors that name a task, label or split

@@ -58,7 +58,7 @@ def test_fractions_split_is_fixed_by_its_seed_and_partitions_the_rows(tmp_path):
     again = load_table(path, targets, split=split, standardize_values=False)
     other = load_table(path, targets, split={"fractions": [0.5, 0.25, 0.25], "seed": 4}, standardize_values=False)
     values = [sorted(first.split(s)[0].X_dict["x"][:, 0].tolist()) for s in ("train", "valid", "test")]
-    assert [len(v) for v in values] == [20, 10, 10] and sorted(sum(values, [])) == list(range(40))
+    assert [len(v) for v in values] == [20, 10, 10] and sorted(v for part in values for v in part) == list(range(40))
     assert values[0] == sorted(again.split("train")[0].X_dict["x"][:, 0].tolist())
     assert values[0] != sorted(other.split("train")[0].X_dict["x"][:, 0].tolist())
 

@@ -1,6 +1,7 @@
 """Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers, `register_dataset`."""
 
 from mtlkit.data.dataset import DictDataset
+from mtlkit.data.datasets import register_dataset
 from mtlkit.data.loader import DictDataLoader, EpochSampler, collate_dicts, move_to_device, pad_sequences
 from mtlkit.data.schedulers import (
     SCHEDULERS,
@@ -11,7 +12,6 @@ from mtlkit.data.schedulers import (
     TemperatureScheduler,
     get_scheduler,
 )
-from mtlkit.data.datasets import register_dataset
 
 __all__ = [
     "SCHEDULERS",

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtlkit.data.datasets.base import SPLITS, DatasetInfo, LoadedDataset, TaskInfo, split_indices, standardize
 from mtlkit.data.dataset import DictDataset
+from mtlkit.data.datasets.base import SPLITS, DatasetInfo, LoadedDataset, TaskInfo, split_indices, standardize
 from mtlkit.errors import ConfigError
 
 FORMATS = (".csv", ".parquet", ".npz")

@@ -10,9 +10,8 @@ from torch import Tensor, nn
 
 from mtlkit import architectures
 from mtlkit.data import DictDataLoader, DictDataset
-from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo
+from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo, load_factory
 from mtlkit.data.datasets import load as load_dataset
-from mtlkit.data.datasets import load_factory
 from mtlkit.data.tables import load_table
 from mtlkit.errors import ConfigError, SpecError
 from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig, option_error

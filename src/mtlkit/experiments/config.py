@@ -36,6 +36,7 @@ import yaml
 
 from mtlkit.errors import ConfigError
 
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, reading `1e-3` as a float (YAML 1.1 needs `1.0e-3`)."""
 

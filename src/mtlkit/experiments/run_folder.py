@@ -81,9 +81,7 @@ def _exclusive_lock(run_dir: Path) -> Iterator[None]:
     """An advisory lock on `run_dir/.lock`; another process holding it is a `ConfigError` at once (no waiting)."""
     import fcntl  # POSIX; the lock dies with its process, so a crash never leaves a stale one
 
-    path = run_dir / LOCK
-    handle = open(path, "a+")
-    try:
+    with open(run_dir / LOCK, "a+") as handle:  # closing it releases the lock
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,8 +95,6 @@ def _exclusive_lock(run_dir: Path) -> Iterator[None]:
         handle.write(f"mtlkit process {os.getpid()}\n")
         handle.flush()
         yield
-    finally:
-        handle.close()  # releases the lock
 
 
 def _plain(value: Any) -> Any:

@@ -118,10 +118,10 @@ __all__ = [
     "load_circles_squares",
     "load_correlated_regression",
     "load_digits",
+    "load_factory",
     "load_multi_mnist",
     "load_penguins",
     "load_qm9",
-    "load_factory",
     "register_dataset",
     "resolve_factory",
 ]
