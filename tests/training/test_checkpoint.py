@@ -1,4 +1,3 @@
-import pickle
 import random
 
 import numpy
@@ -42,11 +41,13 @@ class _Payload:
         return (print, ("this must never run",))
 
 
-def test_loading_refuses_a_file_that_would_run_code(tmp_path):
+def test_loading_refuses_a_file_that_would_run_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"format": ck.FORMAT_VERSION, "x": _Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ck.CheckpointError, match="never runs code") as refused:
         ck.load_checkpoint(path)
+    assert "weights_only=False" not in str(refused.value) and refused.value.__cause__ is None
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_loading_a_foreign_file_names_the_format(tmp_path):

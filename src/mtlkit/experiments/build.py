@@ -10,10 +10,11 @@ from torch import Tensor, nn
 
 from mtlkit import architectures
 from mtlkit.data import DictDataLoader, DictDataset
-from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo
+from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo, load_factory
 from mtlkit.data.datasets import load as load_dataset
-from mtlkit.errors import ConfigError
-from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
+from mtlkit.data.tables import load_table
+from mtlkit.errors import ConfigError, SpecError
+from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig, option_error
 from mtlkit.experiments.modules import build_layer, encoder_factory, head, loss_function, output_shape
 from mtlkit.graph import INPUT, MTLModel
 from mtlkit.metrics import Scorer
@@ -31,8 +32,24 @@ ARCHITECTURE_CLASSES: dict[str, type[architectures.Architecture]] = {
 
 
 def load_data(config: ExperimentConfig) -> LoadedDataset:
-    """The configured built-in dataset, split with the experiment's seed unless the options set one."""
-    return load_dataset(config.data.name, **{"seed": config.seed, **config.data.options})
+    """The configured dataset (registered name, table file or factory), split with the experiment's seed
+    unless the options set one."""
+    data = config.data
+    if data.path is not None:
+        return load_table(
+            data.path,
+            targets=data.targets,
+            features=data.features,
+            split=data.split,
+            missing=data.missing,
+            standardize_values=data.standardize,
+            name=data.name,
+            seed=config.seed,
+        )
+    options = {"seed": config.seed, **data.options}
+    if data.factory is not None:
+        return load_factory(data.factory, **options)
+    return load_dataset(data.name, **options)
 
 
 def select_tasks(info: DatasetInfo, data: DataConfig) -> list[str]:
@@ -111,8 +128,10 @@ def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_
             input_key=input_key,
             **options,
         )
-    except TypeError as err:
-        raise ConfigError(f"model.options: {spec.architecture} does not accept {dict(spec.options)}: {err}") from err
+    except (ConfigError, SpecError) as err:
+        raise ConfigError(f"model.options: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(option_error("model.options", spec.architecture, cls, spec.options, err)) from err
 
 
 def _softmax(logits: Tensor) -> Tensor:

@@ -12,10 +12,12 @@ leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,13 +52,41 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             os.close(directory)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is empty, truncated, corrupt or not written by mtlkit; the message names the file."""
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, onto the CPU, without unpickling code."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no checkpoint at {os.fspath(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint written by `save_checkpoint`, onto the CPU, without unpickling code.
+
+    The zip records' checksums are verified first (torch does not check them, so a flipped
+    bit in a tensor would load silently); any damage raises `CheckpointError`.
+    """
+    path = Path(path)
+    name = repr(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {name}")
+    damaged = f"the checkpoint {name} is corrupt or truncated"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{damaged}: the file is empty")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_record = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{damaged}, or it is not an mtlkit checkpoint: not a complete torch zip archive ({err})") from None
+    if bad_record is not None:
+        raise CheckpointError(f"{damaged}: its record {bad_record!r} fails its checksum")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False, i.e. running the file's code: never
+        raise CheckpointError(
+            f"{name} is not an mtlkit checkpoint (it holds objects other than tensors and plain values), or it is "
+            "corrupt; mtlkit loads only tensors and plain values and never runs code from a file"
+        ) from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{damaged}: {str(err).split('. ')[0]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{os.fspath(path)!r} is not an mtlkit Trainer checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{name} is not an mtlkit Trainer checkpoint (format {FORMAT_VERSION})")
     return state
 
 

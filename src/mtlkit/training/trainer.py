@@ -420,6 +420,7 @@ class Trainer:
 
         Nothing in a checkpoint depends on the number of ranks: a run resumes on any number.
         """
+        _check_resume(checkpoint, self.config.to_dict())  # issue 10 (owndata): balancer, LR-schedule length
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None:
@@ -444,6 +445,39 @@ class Trainer:
     @property
     def _loader_seeds(self) -> dict[str, int | None]:
         return {_loader_key(loader): getattr(loader, "seed", None) for loader in self._train_loaders}
+
+
+def _check_resume(checkpoint: dict[str, Any], current: dict[str, Any]) -> None:
+    """Issue 10 (owndata): a resumed run keeps its checkpoint's balancer; a changed length under an LR schedule warns.
+
+    A balancer's state (learned weights, running averages) belongs to its method, so another
+    method is a `ConfigError`. An LR schedule is restored with the length it was planned for,
+    so a different `n_epochs` does not stretch it: the warning says so.
+    """
+    saved = checkpoint["config"]
+    if "weighting" not in checkpoint["unsaved_config"] and saved.get("weighting") != current.get("weighting"):
+        raise ConfigError(
+            f"resume: the checkpoint was trained with weighting={_method(saved.get('weighting'))}, not "
+            f"{_method(current.get('weighting'))}; a balancer's state cannot move to another method: resume with the "
+            "checkpoint's weighting, or start a new run"
+        )
+    scheduled = saved.get("lr_scheduler") != "constant" or saved.get("warmup_steps", 0)
+    if scheduled and saved.get("n_epochs") != current.get("n_epochs"):
+        warnings.warn(
+            f"resume: the checkpoint's LR schedule (lr_scheduler={saved.get('lr_scheduler')!r}, "
+            f"warmup_steps={saved.get('warmup_steps', 0)}) was planned for n_epochs={saved.get('n_epochs')}; "
+            f"resuming with n_epochs={current.get('n_epochs')} continues that schedule unchanged, it does not "
+            "stretch it. Resume with the same n_epochs, or start a new run for another length",
+            stacklevel=3,
+        )
+
+
+def _method(weighting: Any) -> str:
+    """`'uw'` or `'cagrad' {'c': 0.4}` from a saved weighting (a name, or [name, options])."""
+    if isinstance(weighting, (list, tuple)) and len(weighting) == 2:
+        name, options = weighting
+        return f"{name!r} {options}" if options else repr(name)
+    return repr(weighting)
 
 
 class _EpochLosses:
