@@ -71,3 +71,9 @@ def test_backward_takes_one_adam_step_on_lambda_and_leaves_the_parameters_unchan
 def test_primary_tasks_must_be_known():
     with pytest.raises(ValueError, match=r"primary tasks \['z'\]"):
         get("auto_lambda", tasks=TASKS, primary=["a", "z"])
+
+
+def test_primary_tasks_without_tasks_ask_for_the_tasks():
+    # The primary tasks used to be looked up in the (missing) task list first: TypeError.
+    with pytest.raises(ValueError, match="tasks=<number of tasks or task names>"):
+        get("auto_lambda", primary=["a"])
