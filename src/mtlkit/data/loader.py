@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,6 +87,8 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
+            if self.seed is None:
+                raise ValueError("a shuffling EpochSampler needs an integer seed")
             indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes)).tolist()
         else:
             indices = list(range(self.length))
