@@ -112,6 +112,8 @@ class DictDataLoader(DataLoader):
     as given (then `shuffle`, `num_replicas` and `rank` must stay at their defaults).
     """
 
+    dataset: DictDataset  # checked in __init__
+
     def __init__(
         self,
         dataset: DictDataset,
