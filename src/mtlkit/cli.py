@@ -112,6 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
     from mtlkit.experiments import suite
     from mtlkit.weighting.wrappers import split_specs
 
+    names: Sequence[str]
     if args.name == "balancers":
         names = split_specs(args.methods) if args.methods else suite.DEFAULT_BALANCERS
         variants = suite.balancer_variants(names, architecture=args.architecture)

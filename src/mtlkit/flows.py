@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, cast
 
 import networkx as nx
 import torch
@@ -35,9 +35,9 @@ from mtlkit.labels import marker_of
 from mtlkit.metrics import Scorer
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
-__all__ = ["Operation", "Task", "MultitaskClassifier"]
+__all__ = ["MultitaskClassifier", "Operation", "Task"]
 
-OpInput = Union[str, tuple[str, Union[str, int]]]
+OpInput = str | tuple[str, str | int]
 
 
 class Operation:
@@ -236,7 +236,8 @@ class MultitaskClassifier(nn.Module):
         heads = [self._head(t) for t in task_names]
         device = self._device()
         X_dict = X_dict if device is None else move_to_device(X_dict, device)
-        return execute(self.task_graph.plan(list(dict.fromkeys(heads))), self.module_pool, X_dict)
+        modules = cast(Mapping[str, nn.Module], self.module_pool)  # a ModuleDict maps names to modules
+        return execute(self.task_graph.plan(list(dict.fromkeys(heads))), modules, X_dict)
 
     def calculate_loss(
         self, X_dict: Mapping[str, Any], Y_dict: Mapping[str, Tensor]
@@ -340,10 +341,10 @@ class MultitaskClassifier(nn.Module):
         return self._heads[task_name]
 
     def _device(self) -> torch.device | None:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for parameter in self.parameters():
+            return parameter.device
+        for buffer in self.buffers():
+            return buffer.device
         return None
 
     def _check_new_task(self, task: Task) -> None:

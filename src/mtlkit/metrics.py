@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mtlkit.data.loader import move_to_device
-from mtlkit.labels import AUTO, NO_CLASS, NO_VALUE, Marker, labelled_rows, missing
+from mtlkit.labels import AUTO, NO_CLASS, NO_VALUE, Marker, labelled_rows, missing, resolve
 from mtlkit.utils import probs_to_preds
 
 CLASSIFICATION_METRICS = (
@@ -201,7 +201,8 @@ class Scorer:
                 raise ValueError(f"Metric {metric!r} requires access to preds (or to probs of shape [n, num_classes] to derive them)")
             preds = probs_to_preds(probs)
         preds = _as_labels("preds", preds).to(golds.device)
-        no_answer = preds == (-1 if self.abstain_label is None else self.abstain_label)
+        marker = resolve(preds, self.abstain_label)
+        no_answer = preds == (NO_CLASS if marker is None else marker)
         coverage = float((~no_answer).double().mean())  # over all rows, gold abstains included (Snorkel)
         kept = keep.to(golds.device) & ~self._is_abstain(preds)
         golds, preds = golds[kept], preds[kept]
@@ -436,10 +437,7 @@ def labels_to_tasks(
     remap_labels = remap_labels or {}
     mapping = {}
     for label in label_names:
-        if label in remap_labels:
-            task = remap_labels[label]
-        else:
-            task = label if label in task_names else None
+        task = remap_labels.get(label, label if label in task_names else None)
         if task is None:
             continue
         if task not in task_names:
@@ -456,7 +454,7 @@ def _model_device(model: Any) -> torch.device | None:
 
 
 def _dataset_of(dataloader: DataLoader) -> Any:
-    dataset = dataloader.dataset
+    dataset: Any = dataloader.dataset  # duck-typed: checked for a DictDataset's attributes below
     for attribute in ("name", "split", "Y_dict"):
         if not hasattr(dataset, attribute):
             raise TypeError(
@@ -491,7 +489,7 @@ def _collect(model: Any, dataloader: DataLoader, mapping: Mapping[str, str]) -> 
                         gold, output = gold.reshape(-1), output.reshape(-1, output.shape[-1])
                     if len(gold) != len(output):
                         raise ValueError(
-                            f"label {label!r} has {len(gold)} rows in a batch of dataset {dataloader.dataset.name!r} "
+                            f"label {label!r} has {len(gold)} rows in a batch of dataset {_dataset_of(dataloader).name!r} "
                             f"but task {task!r} returned {len(output)}; outputs need one row per label row"
                         )
                     golds[label].append(gold)

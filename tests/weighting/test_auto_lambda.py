@@ -6,6 +6,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mtlkit.weighting import get
+from mtlkit.weighting.context import StepContext
 
 TASKS = ["a", "b", "c"]
 
@@ -71,3 +72,28 @@ def test_backward_takes_one_adam_step_on_lambda_and_leaves_the_parameters_unchan
 def test_primary_tasks_must_be_known():
     with pytest.raises(ValueError, match=r"primary tasks \['z'\]"):
         get("auto_lambda", tasks=TASKS, primary=["a", "z"])
+
+
+def test_primary_tasks_without_tasks_ask_for_the_tasks():
+    # The primary tasks used to be looked up in the (missing) task list first: TypeError.
+    with pytest.raises(ValueError, match="tasks=<number of tasks or task names>"):
+        get("auto_lambda", primary=["a"])
+
+
+def test_a_validation_loss_that_no_parameter_reaches_gives_a_zero_hypergradient():
+    # ∂L_val/∂θ = 0, so L_val(θ − α∇Σλ_t L_t) does not depend on λ: the exact hypergradient is 0.
+    # The gradient norm used to be the int 0 here, which torch.sqrt rejects (TypeError).
+    p = torch.tensor([1.0, 2.0], requires_grad=True)
+    q = torch.tensor(3.0, requires_grad=True)  # reached by the validation loss only, not a model parameter
+    context = StepContext(
+        batch=None,
+        losses=lambda batch: {"a": q**2},
+        next_train_batch=lambda: None,
+        next_valid_batch=lambda: None,
+        shared_parameters=[p],
+        parameters=[p],
+        lr=0.1,
+    )
+    balancer = get("auto_lambda", tasks=["a", "b"])
+    losses = torch.stack([(p**2).sum(), p.sum()])
+    assert torch.equal(balancer.hypergradient(context, losses, torch.arange(2)), torch.zeros(2))

@@ -38,3 +38,9 @@ def test_target_is_chosen_by_name_and_a_batch_without_it_is_left_alone():
     assert torch.equal(w, torch.ones(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="target 'z'"):
         get("metabalance", tasks=["a", "b"], target="z")
+
+
+def test_a_target_without_tasks_asks_for_the_tasks():
+    # The target used to be looked up in the (missing) task list first: TypeError.
+    with pytest.raises(ValueError, match="tasks=<number of tasks or task names>"):
+        get("metabalance", target="a")

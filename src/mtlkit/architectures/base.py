@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -444,6 +444,16 @@ def _wrapper_stages(wrapper: nn.Module, name: str) -> list[nn.Module]:
         between = [resnet.avgpool, nn.Flatten(1), resnet.fc]  # torchvision's ResNet.forward after layer4
     setattr(wrapper, name, nn.Identity())  # the wrapper's forward now starts from the ResNet's output
     return [*stages, nn.Sequential(last, *between, wrapper)]
+
+
+def _list_at(container: nn.ModuleList | nn.ModuleDict, key: Any) -> nn.ModuleList:
+    """`container[key]` where that item is a ModuleList (torch types the items as plain Modules)."""
+    return cast(nn.ModuleList, container[key])
+
+
+def _dict_at(container: nn.ModuleList | nn.ModuleDict, key: Any) -> nn.ModuleDict:
+    """`container[key]` where that item is a ModuleDict (torch types the items as plain Modules)."""
+    return cast(nn.ModuleDict, container[key])
 
 
 def _mix(experts: Tensor, weights: Tensor) -> Tensor:

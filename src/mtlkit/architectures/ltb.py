@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.architectures.base import Architecture, _Pass
+from mtlkit.architectures.base import Architecture, _list_at, _Pass
 from mtlkit.architectures.cross_stitch import _run_columns
 from mtlkit.errors import ConfigError
 
@@ -58,7 +58,7 @@ class LTB(Architecture):
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ConfigError(f"LTB epochs must be a positive int (the length of training), got {epochs!r}")
         self.columns = self._new_task_columns()
-        self.num_stages = len(self.columns[self.task_name[0]])
+        self.num_stages = len(_list_at(self.columns, self.task_name[0]))
         T = self.task_num
         self.branch_logits = nn.ParameterList(nn.Parameter(torch.zeros(T, T)) for _ in range(self.num_stages - 1))
         self.epoch = 0
@@ -97,5 +97,5 @@ class LTB(Architecture):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         last = self.num_stages - 1
-        columns = [p for t in self.task_name for p in self.columns[t][:last].parameters()]
+        columns = [p for t in self.task_name for p in _list_at(self.columns, t)[:last].parameters()]
         return columns + list(self.branch_logits[: last - 1])

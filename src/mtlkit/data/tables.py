@@ -34,7 +34,7 @@ TABLES_HINT = 'pip install "mtlkit[tables]"'
 
 def check_table_spec(
     path: str | Path,
-    targets: Mapping[str, Any],
+    targets: Mapping[str, Any] | None,
     split: Mapping[str, Any] | None = None,
 ) -> None:
     """Check the settings of a table before reading it; errors name the `data.` key and the fix."""

@@ -17,15 +17,16 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
 from mtlkit import metrics
+from mtlkit.architectures import Architecture
 from mtlkit.data.datasets import LoadedDataset
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.build import build_loaders, build_model, load_data, model_graph, select_tasks
 from mtlkit.experiments.config import ExperimentConfig, load_config, weighting_spec
 from mtlkit.experiments.report import plot_curves, scores_table
 from mtlkit.experiments.run_folder import claim_run_folder
+from mtlkit.graph import MTLModel
 from mtlkit.training import Trainer, is_main_process
 from mtlkit.training.checkpoint import load_checkpoint
 
@@ -38,7 +39,7 @@ class RunResult:
     scores: dict[str, float]
     history: list[dict[str, float]]
     seconds_per_epoch: float
-    model: nn.Module
+    model: Architecture | MTLModel
     run_dir: Path | None = None
 
 
@@ -110,6 +111,8 @@ def launched_by_torchrun() -> bool:
 def write_run_folder(result: RunResult) -> None:
     """`results.md`, `graph.png` and `curves.png` of a finished run."""
     run_dir = result.run_dir
+    if run_dir is None:
+        raise ValueError("write_run_folder needs a result with a run folder (run_dir is None)")
     from mtlkit.viz import draw_graph
 
     draw_graph(model_graph(result.model), run_dir / "graph.png")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import networkx as nx
 import torch
@@ -77,8 +77,11 @@ class MTLModel(nn.Module):
             self._add_weight(spec, reserved)
 
     def _add_weight(self, spec: TaskSpec, reserved: set[str]) -> None:
-        if spec.loss_weight != AUTO:
-            self._fixed_weights[spec.name] = spec.loss_weight
+        weight = spec.loss_weight
+        if weight != AUTO:
+            if isinstance(weight, str):
+                raise SpecError(f"task {spec.name!r} has loss_weight {weight!r}; give a number, None or 'auto'")
+            self._fixed_weights[spec.name] = weight
             return
         param_name = f"{spec.name}_loss"
         if param_name in reserved or param_name in self.task_graph.nodes:
@@ -88,6 +91,11 @@ class MTLModel(nn.Module):
             )
         self.register_parameter(param_name, nn.Parameter(torch.tensor(spec.loss_init_val)))
         self._auto_weights[spec.name] = param_name
+
+    @property
+    def _layers(self) -> Mapping[str, nn.Module]:
+        """The registered modules by name (each added with a module, never None)."""
+        return cast(Mapping[str, nn.Module], self._modules)
 
     @property
     def g(self) -> nx.DiGraph:
@@ -107,7 +115,7 @@ class MTLModel(nn.Module):
     def forward(self, X: Any, tasks: Sequence[str] | None = None) -> tuple[list[Any], list[Any], list[Any]]:
         """Return ``(y_hat, l_funcs, l_weights)`` for `tasks` (default: `output_tasks`)."""
         names = self.output_tasks if tasks is None else _task_list(tasks)
-        values = execute(self.task_graph.plan(names), self._modules, X)
+        values = execute(self.task_graph.plan(names), self._layers, X)
         losses = self.losses
         return [values[t] for t in names], [losses[t] for t in names], [self._weight(t) for t in names]
 
@@ -126,21 +134,24 @@ class MTLModel(nn.Module):
         a task without a labelled row is absent and its nodes are not run.
         """
         names = [t for t in self.output_tasks if t in Y]
+        loss_fns: dict[str, Callable[..., Tensor]] = {}
         for key in Y:
             if key not in self.output_tasks:
                 raise ValueError(f"targets given for {key!r}, which is not an output task; output tasks: {self.output_tasks}")
-            if self.losses[key] is None:
+            loss_fn = self.losses[key]
+            if loss_fn is None:
                 raise ValueError(f"targets given for task {key!r}, which has no 'loss'; add a 'loss' to its entry")
+            loss_fns[key] = loss_fn
         scorers = self.scorers()
         targets: dict[str, Labelled] = {}
         for t in names:
             labels = labelled_targets(t, Y[t], marker_of(scorers.get(t)))
             if labels is not None:
                 targets[t] = labels
-        values = execute(self.task_graph.plan(list(targets)), self._modules, X) if targets else {}
+        values = execute(self.task_graph.plan(list(targets)), self._layers, X) if targets else {}
         losses: dict[str, Tensor] = {}
         for t, y in targets.items():
-            loss = task_loss(t, self.losses[t], values[t], y)
+            loss = task_loss(t, loss_fns[t], values[t], y)
             weight = self._weight(t)
             losses[t] = loss if weight is None else weight * loss
         return StepOutput(losses=losses, counts={t: y.count for t, y in targets.items()})
@@ -150,8 +161,8 @@ class MTLModel(nn.Module):
         if self._shared_names is None:  # the graph is fixed once built: find the names once
             users: dict[int, int] = {}
             for task in self.output_tasks:
-                params = {id(p) for name in self.task_graph.needed([task]) for p in self._modules[name].parameters()}
-                for pid in params:
+                ids = {id(p) for name in self.task_graph.needed([task]) for p in self._layers[name].parameters()}
+                for pid in ids:
                     users[pid] = users.get(pid, 0) + 1
             self._shared_names = [n for n, p in self.named_parameters() if users.get(id(p), 0) > 1]
         params = dict(self.named_parameters())
@@ -160,8 +171,12 @@ class MTLModel(nn.Module):
     def task_outputs(self, X: Any, task_names: list[str]) -> dict[str, Any]:
         """Each named node's output, passed through its ``output`` callable where the entry has one."""
         names = _task_list(task_names)
-        values = execute(self.task_graph.plan(names), self._modules, X)
-        return {t: values[t] if self.outputs.get(t) is None else self.outputs[t](values[t]) for t in names}
+        values = execute(self.task_graph.plan(names), self._layers, X)
+        outputs: dict[str, Any] = {}
+        for t in names:
+            output = self.outputs.get(t)
+            outputs[t] = values[t] if output is None else output(values[t])
+        return outputs
 
     def scorers(self) -> Mapping[str, Any]:
         """A `mtlkit.Scorer` per entry that lists ``metrics``; empty if none does."""

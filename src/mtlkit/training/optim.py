@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 from torch.optim import Optimizer
@@ -23,9 +23,10 @@ def build_optimizer(
     if balancer_params:
         groups.append({"params": balancer_params, "weight_decay": 0.0})
     cls = resolve_optimizer(config.optimizer)
+    make: Callable[..., Optimizer] = cls  # concrete optimizers take (params, lr=..., **options); the base class does not
     decay = {"weight_decay": config.l2} if config.l2 else {}  # optimizers without weight decay stay usable
     try:
-        return cls(groups, lr=config.lr, **decay, **config.optimizer_kwargs)
+        return make(groups, lr=config.lr, **decay, **config.optimizer_kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"could not build optimizer {cls.__name__} from the Trainer options: {err}") from err
 

@@ -32,6 +32,10 @@ class AdaTask(GradientBalancer):
     Every step must reach the same shared parameters (else a ValueError).
     """
 
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    task_steps: Tensor
+
     properties = frozenset({"expected_structure"})
 
     supports_shared_reps = False  # state in the shared parameters' coordinates

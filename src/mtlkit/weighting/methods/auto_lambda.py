@@ -38,6 +38,12 @@ class AutoLambda(LossBalancer):
     weight decay). λ and the Adam moments are buffers.
     """
 
+    task_names: list[str]  # required: set in __init__
+    lambdas: Tensor
+    adam_m: Tensor
+    adam_v: Tensor
+    adam_steps: Tensor
+
     needs = frozenset({VALID_BATCH})
 
     def __init__(
@@ -49,13 +55,13 @@ class AutoLambda(LossBalancer):
         betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         super().__init__(tasks)
+        T = self.num_tasks  # raises without tasks
         unknown = [t for t in primary or [] if t not in self.task_names]
         if unknown:
             raise ValueError(f"Auto-λ primary tasks {unknown} are not among the tasks {self.task_names}")
         self.primary = list(primary) if primary is not None else list(self.task_names)
         self.lr, self.betas = lr, betas
         self.context = None
-        T = self.num_tasks
         self.register_buffer("lambdas", torch.full((T,), float(init)))
         self.register_buffer("adam_m", torch.zeros(T))
         self.register_buffer("adam_v", torch.zeros(T))
@@ -82,7 +88,7 @@ class AutoLambda(LossBalancer):
             if not primary:
                 return None
             d = torch.autograd.grad(torch.stack(primary).sum(), params, allow_unused=True)
-            norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in d if g is not None))
+            norm = torch.sqrt(sum(((g.detach() ** 2).sum() for g in d if g is not None), losses.new_zeros(())))
             if not float(norm) > 0:
                 return torch.zeros_like(losses.detach())
             eps = 0.01 / norm

@@ -32,6 +32,10 @@ class ExcessMTL(GradientBalancer):
     Every step must reach the same shared parameters (else a ValueError).
     """
 
+    squares: Tensor
+    initial_excess: Tensor
+    task_weights: Tensor
+
     properties = frozenset({"expected_structure"})
 
     supports_shared_reps = False  # state in the shared parameters' coordinates

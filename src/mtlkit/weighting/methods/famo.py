@@ -39,6 +39,15 @@ class FAMO(LossBalancer):
     Needs `tasks` at construction.
     """
 
+    task_names: list[str]  # required: set in __init__
+    logits: Tensor
+    min_losses: Tensor
+    pending_loss: Tensor
+    pending: Tensor
+    adam_m: Tensor
+    adam_v: Tensor
+    adam_step: Tensor
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

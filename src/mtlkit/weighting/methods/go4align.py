@@ -65,6 +65,9 @@ class GO4Align(LossBalancer):
     it is deterministic. Needs positive losses (the scale divides by them). p is a buffer.
     """
 
+    task_names: list[str]  # required: set in __init__
+    indicators: Tensor
+
     def __init__(self, tasks: int | Sequence[str] | None = None, num_groups: int = 2, step_size: float = 1e-4) -> None:
         super().__init__(tasks)
         if num_groups < 1:

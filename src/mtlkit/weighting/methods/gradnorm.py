@@ -47,6 +47,10 @@ class GradNorm(GradientBalancer):
     at the first step (for L_t(0)) and `tasks` at construction.
     """
 
+    task_names: list[str]  # required: set in __init__
+    task_weights: Tensor
+    initial_losses: Tensor
+
     properties = frozenset({"expected_structure"})
 
     def __init__(

@@ -71,6 +71,8 @@ class GradVac(GradientBalancer):
     both in `state_dict()`. Needs `tasks` at construction.
     """
 
+    targets: Tensor
+
     properties = frozenset({"expected_structure"})
 
     def __init__(

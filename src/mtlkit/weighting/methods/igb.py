@@ -29,6 +29,12 @@ class IGBv1(LossBalancer):
     losses. The loss sums and bases are buffers; the Trainer calls `epoch_end`.
     """
 
+    task_names: list[str]  # required: set in __init__
+    loss_sum: Tensor
+    loss_count: Tensor
+    base_losses: Tensor
+    epochs: Tensor
+
     def __init__(self, tasks: int | Sequence[str] | None = None, base_epochs: int = 1) -> None:
         super().__init__(tasks)
         if base_epochs < 1:

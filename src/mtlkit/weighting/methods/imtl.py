@@ -166,7 +166,10 @@ class IMTL(GradientBalancer):
             # Each scaled loss keeps its own graph (the engine differentiates them one by one
             # at the representation); s_t receives ∂(e^{s_t} L_t)/∂s_t through it, the −1 below.
             scaled = [torch.exp(self.log_scale[i]) * loss for i, loss in zip(index.tolist(), losses)]
-            g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps)
+            g, weights = self._shared_backward(names, index, scaled, shared_params, shared_reps)
+            if weights is None:  # IMTL-G defines `weights(G)`, so the engine always reports them
+                raise RuntimeError("IMTL's gradient step returned no task weights")
+            alpha = weights
             (-self.log_scale[index]).sum().backward()
             stats["grad_norm"] = g.detach().norm()
         s = s.detach()

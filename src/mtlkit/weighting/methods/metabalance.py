@@ -35,6 +35,9 @@ class MetaBalance(GradientBalancer):
     keeps weight 1. The averages (zero-initialised, as in the paper) are a buffer.
     """
 
+    task_names: list[str]  # required: set in __init__
+    norm_averages: Tensor
+
     properties = frozenset({"expected_structure"})
 
     def __init__(
@@ -47,13 +50,14 @@ class MetaBalance(GradientBalancer):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(tasks, chunk_size=chunk_size)
+        T = self.num_tasks  # raises without tasks
         if strategy not in _STRATEGIES:
             raise ValueError(f"MetaBalance strategy must be one of {_STRATEGIES}, got {strategy!r}")
         if target is not None and target not in self.task_names:
             raise ValueError(f"MetaBalance target {target!r} is not among the tasks {self.task_names}")
         self.target = self.task_names.index(target) if target is not None else 0
         self.relax, self.beta, self.strategy = relax, beta, strategy
-        self.register_buffer("norm_averages", torch.zeros(self.num_tasks))
+        self.register_buffer("norm_averages", torch.zeros(T))
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         norms = J.norm(dim=1)

@@ -34,6 +34,10 @@ class MoCo(GradientBalancer):
     Every step must reach the same shared parameters (else a ValueError).
     """
 
+    tracked: Tensor
+    lambdas: Tensor
+    steps: Tensor
+
     properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
 
     supports_shared_reps = False  # state in the shared parameters' coordinates

@@ -34,6 +34,9 @@ class MoDo(GradientBalancer):
     Defaults (the paper's and LibMTL's): γ = 1e-3, ρ = 0.1; λ starts uniform (a buffer).
     """
 
+    task_names: list[str]  # required: set in __init__
+    lambdas: Tensor
+
     properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
 
     needs = frozenset({EXTRA_TRAIN_BATCH})

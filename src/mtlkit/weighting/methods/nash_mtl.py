@@ -93,6 +93,9 @@ class NashMTL(GradientBalancer):
     Needs `tasks` at construction. Zero gradients get α_t = 0 (see `nash_weights`).
     """
 
+    alpha: Tensor
+    step: Tensor
+
     properties = frozenset({"expected_structure", "permutation_invariant"})
 
     def __init__(

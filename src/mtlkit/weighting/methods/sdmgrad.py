@@ -47,6 +47,9 @@ class SDMGrad(GradientBalancer):
     λ = 0.3 (`lamda`), 20 inner steps. w is a buffer (starts uniform).
     """
 
+    task_names: list[str]  # required: set in __init__
+    simplex_weights: Tensor
+
     properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
 
     needs = frozenset({EXTRA_TRAIN_BATCH})

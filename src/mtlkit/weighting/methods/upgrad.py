@@ -103,7 +103,7 @@ class UPGrad(GradientBalancer):
             self.properties = frozenset({"expected_structure", "permutation_invariant", "strongly_stationary"})
         self.preference = None if preference is None else torch.as_tensor(preference, dtype=torch.float64)
         if self.preference is not None and bool((self.preference < 0).any()):
-            raise ValueError(f"UPGrad preference values must be >= 0, got {list(preference)}")
+            raise ValueError(f"UPGrad preference values must be >= 0, got {self.preference.tolist()}")
 
     def weights(self, G: Tensor) -> Tensor:
         if self.preference is not None and self.preference.numel() != G.shape[0]:
