@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer
-from mtlkit.training import StepOutput
+from mtlkit.training import StepOutput, close_process_group
 
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
@@ -126,6 +126,7 @@ def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None
         "final": final,
         "history": trainer.history,
         "step": trainer.step,
+        "timings": dict(trainer.strategy.timings),
     }
 
 
@@ -150,6 +151,7 @@ def _scenarios(rank: int, out: Path) -> dict:
         log_dir=str(out / f"logs{rank}"), checkpoint_dir=str(out / f"checkpoints{rank}"),
     )
     results["resumed"] = run("uw", WORLD, distributed=True, resume_from=out / "one_process.pt")
+    results["auto"] = run("pcgrad", WORLD, strategy="auto")  # the script's group makes 'auto' pick ddp
     results["raise"] = _error(lambda: Trainer(**config("mgda", distributed=True)).fit(
         make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)))
     results["nan"] = _error(lambda: Trainer(**config("ew", distributed=True)).fit(
@@ -158,17 +160,31 @@ def _scenarios(rank: int, out: Path) -> dict:
 
 
 def worker(rank: int, ports: tuple[int, int], out: str) -> None:
-    """One rank: a run whose process group the Trainer creates from torchrun's variables, then the scenarios."""
+    """One rank: repeated fits in a process group the Trainer creates from torchrun's variables, then the scenarios.
+
+    Phase 1 (issue: a second `fit` used to hang): three fits with different balancers in
+    the group the first one creates, which stays for the next ones and goes on
+    `close_process_group()`. Phase 2: a group the script creates itself, which mtlkit uses
+    and never destroys.
+    """
     torch.set_num_threads(1)
     out = Path(out)
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank),
                           WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
         results = {"env": run("ew", WORLD, distributed=True, dist_timeout=TIMEOUT_S)}
-        results["env"]["left_group"] = not dist.is_initialized()
+        results["env/kept_group"] = dist.is_initialized()
+        results["env/again"] = run("mgda", WORLD, strategy="ddp", dist_timeout=TIMEOUT_S)
+        results["env/third"] = run("uw", WORLD, strategy="auto", dist_timeout=TIMEOUT_S)
+        close_process_group()
+        results["env/closed"] = not dist.is_initialized()
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # phase 2: the script's own group
+            del os.environ[name]
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[1]}", rank=rank,
                                 world_size=WORLD, timeout=timedelta(seconds=TIMEOUT_S))
         results.update(_scenarios(rank, out))
+        close_process_group()
+        results["user/kept_group"] = dist.is_initialized()
         dist.destroy_process_group()
     except Exception:
         (out / f"failure{rank}.txt").write_text(traceback.format_exc())

@@ -80,10 +80,21 @@ def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, m
     _assert_same_run(rank1[method], one)  # every rank holds the same model and balancer state
 
 
-def test_trainer_creates_the_process_group_from_torchrun_variables_and_leaves_it(spawned):
+def test_trainer_creates_the_process_group_from_torchrun_variables_and_keeps_it_for_the_next_fits(spawned):
+    """Three fits in a row in one process (the second used to hang), each equal to one process."""
     (rank0, rank1), _ = spawned
-    _assert_same_run(rank0["env"], runs.run("ew", 1))
-    assert rank0["env"]["left_group"] and rank1["env"]["left_group"]
+    for key, method in (("env", "ew"), ("env/again", "mgda"), ("env/third", "uw")):
+        one = runs.run(method, 1)
+        _assert_same_run(rank0[key], one)
+        _assert_same_run(rank1[key], one)
+    assert rank0["env/kept_group"] and rank1["env/kept_group"]
+    assert rank0["env/closed"] and rank1["env/closed"]  # close_process_group() ends the group mtlkit made
+
+
+def test_a_process_group_the_script_created_is_used_and_never_destroyed(spawned):
+    (rank0, rank1), _ = spawned
+    assert rank0["user/kept_group"] and rank1["user/kept_group"]
+    _assert_same_run(rank0["auto"], runs.run("pcgrad", 1))
 
 
 def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
@@ -91,6 +102,13 @@ def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
     for result in (rank0["graddrop/rep"], rank1["graddrop/rep"]):
         assert result["type"] == "ValueError"
         assert "GradDrop" in result["message"] and "rep_grad" in result["message"]
+
+
+def test_loss_balancers_leave_the_model_gradients_to_ddp_and_gradient_balancers_reduce_jacobians(spawned):
+    (rank0, _), _ = spawned
+    assert set(rank0["ew"]["timings"]) <= {"setup", "losses", "evaluation"}  # no hand-written gradient averaging
+    assert {"jacobian", "gradients"} <= set(rank0["mgda"]["timings"])
+    assert {"gramian", "gradients"} <= set(rank0["mgda/rep"]["timings"])
 
 
 def test_only_rank_0_logs_and_writes_checkpoints(spawned):

@@ -1,17 +1,17 @@
 """The Trainer: one training loop for every model that implements `MultiTaskModel`.
 
 A batch's path, top to bottom (`Trainer._train_step`): the batch scheduler picks a
-dataloader → `model.training_step(X, Y)` gives per-task losses → finiteness check →
-the balancer's `backward` fills `.grad` (on the shared parameters, or through the
-shared representation when the model returns `shared_reps`) → gradient clipping →
-optimizer step → LR-schedule step. After each epoch: `balancer.epoch_end()`, scoring of
-the validation loaders, best-model tracking, early stopping and checkpoints.
+dataloader → the strategy runs `model.training_step(X, Y)` (through its model wrapper)
+and gives the per-task losses of the global batch → finiteness check → the strategy's
+`backward` has the balancer fill `.grad` (on the shared parameters, or through the
+shared representation when the model returns `shared_reps`) with the global batch's
+gradients → gradient clipping → optimizer step → LR-schedule step. After each epoch:
+`balancer.epoch_end()`, the strategy's `epoch_end`, scoring of the validation loaders
+(reduced by the strategy), best-model tracking, early stopping and checkpoints (written
+by the main process).
 
-With `distributed=True` each process is one rank of a torch.distributed run and trains on
-its share of the data; `mtlkit.training.distributed` makes every rank compute what one
-process would on the global batch (global losses before the balancer, the balancer's
-per-task gradients averaged across ranks, then the other gradients), and rank 0 alone
-logs and writes checkpoints.
+Everything that depends on the number of processes lives in the strategy
+(`mtlkit.training.strategies`): this module has no distributed code.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mtlkit import metrics
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from mtlkit.training.config import TrainerConfig
-from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
+from mtlkit.training.distributed import is_main_process
 from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
 from mtlkit.training.protocol import MultiTaskModel, StepOutput
-from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
+from mtlkit.training.strategies import Strategy, build_strategy
+from mtlkit.weighting import Balancer, BalanceResult
 from mtlkit.weighting import get as get_balancer
 
 
@@ -47,8 +47,9 @@ class Trainer:
     checkpoints that cannot run code. The options and their defaults are those of
     `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
     scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
-    `batch_scheduler` are the objects that trained the model. With `distributed=True`,
-    `dist` is this rank's `Distributed` (rank, world size, time spent in collectives).
+    `batch_scheduler` are the objects that trained the model. `strategy` is the
+    `mtlkit.training.strategies.Strategy` that runs the fits (rank, world size, time
+    spent in collectives); one Trainer may `fit` any number of times.
     """
 
     def __init__(self, **config: Any) -> None:
@@ -65,7 +66,8 @@ class Trainer:
         self.skipped_steps = 0  # steps skipped for a non-finite loss
         self.history: list[dict[str, float]] = []
         self._pending: dict[str, Any] | None = None  # a checkpoint read by `Trainer.load`, resumed by `fit`
-        self.dist: Distributed | None = None
+        self.strategy: Strategy = build_strategy(self.config)
+        self._launched = False
 
     # ------------------------------------------------------------------ public API
 
@@ -80,18 +82,19 @@ class Trainer:
         `dataloaders` are `DictDataLoader`s; each one's `dataset.split` assigns it to
         training, validation and/or test (`train_split`, `valid_split`, `test_split`).
         With `resume_from` (a checkpoint path), training continues exactly where that
-        run stopped (under distributed=True, also on another number of ranks).
+        run stopped (also on another number of processes).
         """
         cfg = self.config
         train, valid, test = _split_loaders(dataloaders, cfg)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else self._pending
         self._pending = None
-        self.dist = Distributed.start(cfg.device, cfg.dist_backend, cfg.dist_timeout) if cfg.distributed else None
+        device = self.strategy.launch(cfg.device)
+        self._launched = True
         loggers: list[Logger] = []
         try:
             if checkpoint is None and cfg.seed is not None:
                 seed_everything(cfg.seed)
-            self._setup(model, train)
+            self._setup(model, train, device)
             if checkpoint is not None:
                 self._restore(checkpoint)
             resume_step = self.step if checkpoint is not None else None
@@ -101,8 +104,7 @@ class Trainer:
                 epoch_losses = self._train_epoch(loggers)
                 self.balancer.epoch_end()
                 self.epoch += 1
-                if self.dist is not None:  # rank 0's buffers (BatchNorm statistics) everywhere, as DDP does
-                    self.dist.broadcast_tensors(self.model.buffers())
+                self.strategy.epoch_end(self.model)
                 last = self.epoch == cfg.n_epochs
                 if self.epoch % cfg.evaluate_every == 0 or last:
                     self._evaluate(epoch_losses, valid, loggers)
@@ -111,26 +113,25 @@ class Trainer:
             if self.best_model is not None and cfg.restore_best:
                 self.model.load_state_dict(self.best_model)
             scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
-            final = self._score(scored) if scored else {}
+            final = self.strategy.score(self.model, scored) if scored else {}
             _log(loggers, final, self.step, self.epoch)
             return final
         finally:
             for logger in loggers:
                 logger.close()
-            if self.dist is not None:
-                self._leave_process_group()
+            self.strategy.teardown()
 
     @property
     def is_main_process(self) -> bool:
         """True in a single-process run and on rank 0: the process that logs and writes checkpoints."""
-        return self.dist is None or self.dist.is_main
+        return self.strategy.is_main if self._launched else is_main_process()
 
     def save(self, path: str | Path) -> None:
         """Write the whole training state (atomically) so that `fit(..., resume_from=path)` continues it.
 
         After `fit` the model holds its restored best weights (when a checkpoint metric
         is tracked); `checkpoint_dir/last.pt` holds the state at the end of training.
-        Under distributed=True only rank 0 writes (every rank holds the same state).
+        In a multi-process run only rank 0 writes (every rank holds the same state).
         """
         if self.model is None:
             raise RuntimeError("Trainer.save: nothing to save yet; call fit(model, dataloaders) first")
@@ -171,13 +172,12 @@ class Trainer:
         if not bool(finite.all()):  # one device sync per step, not one per task
             nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
-        result = self.balancer.backward(
+        result = self.strategy.backward(
+            self.balancer,
             out.losses,
             shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
             shared_reps=out.shared_reps,
         )
-        if self.dist is not None:  # the gradients the balancer left local: averaged over ranks
-            self.dist.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if cfg.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             if not bool(torch.isfinite(norm)):
@@ -188,26 +188,17 @@ class Trainer:
         return out, result, dataset
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
-        """The next batch's task losses and dataset; under torch.distributed, the global batch's losses."""
-        if self.dist is None:
-            (X, Y), loader = next(batches)
-            return self._training_step(X, Y), loader.dataset
-        out = dataset = failure = None
-        try:
-            (X, Y), loader = next(batches)
-            dataset = loader.dataset
-            out = self._training_step(X, Y)
-        except Exception as error:  # passed to every rank by global_step_output, where all of them raise
-            failure = error
-        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
+        """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
+        return self.strategy.global_step(lambda: self._local_step(batches), self.model.task_names, self._loss_dtype)
 
-    def _training_step(self, X: Any, Y: Any) -> StepOutput:
-        """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
+    def _local_step(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
+        """This process's next batch through the model, its losses in the model's task order, and its dataset."""
+        (X, Y), loader = next(batches)
         with self._autocast():
-            out = self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+            out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
         order = {task: i for i, task in enumerate(self.model.task_names)}
         out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
-        return out
+        return out, loader.dataset
 
     def _nonfinite(self, what: str, dataset: Any) -> None:
         """Apply `nonfinite_loss`: raise, naming the step and the batch's dataset, or skip the step."""
@@ -253,7 +244,7 @@ class Trainer:
 
     def _evaluate(self, epoch_losses: dict[str, float], valid: list[DataLoader], loggers: list[Logger]) -> None:
         """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
-        scores = {**epoch_losses, **(self._score(valid) if valid else {})}
+        scores = {**epoch_losses, **(self.strategy.score(self.model, valid) if valid else {})}
         self.history.append({"epoch": self.epoch, **scores})
         _log(loggers, scores, self.step, self.epoch)
         if self.monitor is not None and self.monitor.update(scores, self.epoch):
@@ -262,51 +253,26 @@ class Trainer:
                 best = {"model": self.best_model, "epoch": self.epoch, "metric": self.monitor.best}
                 self._write_checkpoint(lambda: best, Path(self.config.checkpoint_dir) / "best.pt")
 
-    def _score(self, loaders: list[DataLoader]) -> dict[str, float]:
-        """`metrics.score` of the loaders; under torch.distributed, over every rank's share of them."""
-        return metrics.score(self.model, loaders) if self.dist is None else self.dist.score(self.model, loaders)
-
     def _write_checkpoint(self, state: Callable[[], dict[str, Any]], path: Path) -> None:
-        """Write `state()` on rank 0; under torch.distributed a failed write stops every rank."""
-        if self.dist is None:
-            save_checkpoint(state(), path)
-            return
-        failure = None
-        if self.dist.is_main:
-            try:
-                save_checkpoint(state(), path)
-            except OSError as error:  # passed to the other ranks by `check`, then raised everywhere
-                failure = error
-        self.dist.check(failure, f"writing the checkpoint {str(path)!r}")
+        """Write `state()` on the main process (the strategy shares a failure with the others)."""
+        self.strategy.run_on_main(lambda: save_checkpoint(state(), path), f"writing the checkpoint {str(path)!r}")
 
     def _should_stop(self) -> bool:
         return self.monitor is not None and self.monitor.should_stop
 
     # ------------------------------------------------------------------ set-up and state
 
-    def _setup(self, model: MultiTaskModel, train: list[DataLoader]) -> None:
-        """Fresh run state: device, balancer, optimizer, batch scheduler, LR schedule, counters."""
+    def _setup(self, model: MultiTaskModel, train: list[DataLoader], device: torch.device | None) -> None:
+        """Fresh run state: device, balancer, the strategy's set-up, optimizer, batch scheduler, LR schedule, counters."""
         cfg = self.config
         _check_model(model)
-        device = cfg.device if self.dist is None else self.dist.device
         if device is not None:
             model.to(device)
         self.model = model
         self.device = _device_of(model)
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        if self.dist is not None:
-            # Every rank starts from rank 0's random state and shuffling seeds, and trains on its share.
-            set_rng_state(self.dist.broadcast_object(rng_state()))
-            seeds = self.dist.broadcast_object([getattr(loader, "seed", None) for loader in train])
-            train = [
-                shard_training_loader(loader, self.dist.world_size, self.dist.rank, seed)
-                for loader, seed in zip(train, seeds)
-            ]
         self.balancer = self._build_balancer(model.task_names).to(self.device)
-        if self.dist is not None:
-            self.dist.broadcast_tensors(module_tensors(model, self.balancer))  # rank 0's initial weights
-            if isinstance(self.balancer, GradientBalancer):
-                self.balancer.reducer = self.dist
+        train = self.strategy.setup(model, self.balancer, train)
         self.optimizer = build_optimizer(cfg, model.parameters(), self.balancer.parameters())
         if isinstance(cfg.batch_scheduler, BatchScheduler):
             self.batch_scheduler = cfg.batch_scheduler
@@ -379,12 +345,6 @@ class Trainer:
             self.best_model = checkpoint["best_model"]
         self.history = list(checkpoint["history"])
         set_rng_state(checkpoint["rng"])
-
-    def _leave_process_group(self) -> None:
-        """Detach the balancer from the collectives and leave the process group if `fit` created it."""
-        if isinstance(self.balancer, GradientBalancer):
-            self.balancer.reducer = None
-        self.dist.close()
 
     @property
     def _loader_seeds(self) -> dict[str, int | None]:

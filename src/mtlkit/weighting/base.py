@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -90,15 +90,24 @@ class Balancer(nn.Module):
         losses: Losses,
         shared_params: Params | None = None,
         shared_reps: Reps | None = None,
+        *,
+        collectives: Collectives | None = None,
     ) -> BalanceResult:
-        """Run the backward pass for these task losses and return what was decided."""
+        """Run the backward pass for these task losses and return what was decided.
+
+        With `collectives` (a data-parallel run; the losses are this process's share of
+        the global batch's, as `mtlkit.training` builds them), a gradient method acts on
+        the global batch: on return the `.grad` of every parameter in `shared_params` is
+        the global one on every process; the other gradients are this process's share,
+        which the caller averages (as data-parallel training does for loss balancers).
+        """
         if not isinstance(losses, Mapping):
             losses = list(losses)
         names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
         _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
-        result = self._backward(names, index, active, shared_params, shared_reps)
+        result = self._backward(names, index, active, shared_params, shared_reps, collectives)
         if not isinstance(losses, Mapping):
             result.positional = [
                 result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
@@ -116,6 +125,7 @@ class Balancer(nn.Module):
         losses: list[Tensor],
         shared_params: Params | None,
         shared_reps: Reps | None,
+        collectives: Collectives | None,
     ) -> BalanceResult:
         """Backpropagate the active tasks' scalar losses (`index`: their task positions)."""
         raise NotImplementedError
@@ -157,7 +167,8 @@ class LossBalancer(Balancer):
         """Return (objective to backpropagate, per-task weights) for the active tasks."""
         raise NotImplementedError
 
-    def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+    def _backward(self, names, index, losses, shared_params, shared_reps, collectives) -> BalanceResult:
+        # One backward of the weighted losses: a data-parallel wrapper averages its gradients.
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
@@ -169,17 +180,20 @@ class LossBalancer(Balancer):
         )
 
 
-class CrossRankReducer(Protocol):
-    """Collectives that let a gradient balancer act on the global batch of a torch.distributed run.
+@runtime_checkable
+class Collectives(Protocol):
+    """The cross-process operations the backward engine needs to act on the global batch of a data-parallel run.
 
-    The Trainer sets `GradientBalancer.reducer` to one (`mtlkit.training.distributed.Distributed`).
+    A training strategy (`mtlkit.training.strategies`) passes one to `Balancer.backward`;
+    outside a multi-process run there is none.
     """
 
-    def reduce_jacobian(self, J: Tensor, params: list[Tensor], reached: list[bool]) -> tuple[Tensor, list[Tensor]]:
-        """The mean J over ranks, restricted to the parameters some rank reached, and those parameters."""
+    @property
+    def world_size(self) -> int:
+        """The number of processes whose local batches make up the global batch."""
 
-    def reduce_gramian(self, G: Tensor) -> Tensor:
-        """The Gramian of the global batch's representation gradients, from this rank's."""
+    def all_reduce_sum(self, tensor: Tensor, kind: str) -> None:
+        """Replace `tensor` (in place) by its sum over the processes; `kind` labels the time spent."""
 
 
 class GradientBalancer(Balancer):
@@ -191,10 +205,7 @@ class GradientBalancer(Balancer):
 
     `chunk_size` bounds the rows of one batched backward on the shared parameters
     (None: all T at once; 1: one plain backward per task, for graphs vmap cannot batch).
-    `reducer` (None outside torch.distributed) is set by the Trainer under distributed=True.
     """
-
-    reducer: CrossRankReducer | None = None
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -217,8 +228,8 @@ class GradientBalancer(Balancer):
             return w @ J, w
         return self.aggregate(J), None
 
-    def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
-        g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
+    def _backward(self, names, index, losses, shared_params, shared_reps, collectives) -> BalanceResult:
+        g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps, collectives)
         vec = torch.stack(losses).detach()
         w = weights.detach() if weights is not None else torch.ones_like(vec)
         scaled = w * vec
@@ -229,12 +240,14 @@ class GradientBalancer(Balancer):
             stats={"grad_norm": g.detach().norm()},
         )
 
-    def _shared_backward(self, names, index, losses, shared_params, shared_reps) -> tuple[Tensor, Tensor | None]:
+    def _shared_backward(
+        self, names, index, losses, shared_params, shared_reps, collectives=None
+    ) -> tuple[Tensor, Tensor | None]:
         """Backward of `losses` with the combined task gradient on the shared part: (g, weights)."""
         if shared_reps is not None:
-            return self._backward_through_reps(names, losses, index, shared_reps)
+            return self._backward_through_reps(names, losses, index, shared_reps, collectives)
         if shared_params is not None:
-            return self._backward_on_params(names, losses, index, shared_params)
+            return self._backward_on_params(names, losses, index, shared_params, collectives)
         raise ValueError(f"{type(self).__name__} needs shared_params or shared_reps to take task gradients")
 
     def _combine_checked(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, hint: str = ""):
@@ -247,17 +260,24 @@ class GradientBalancer(Balancer):
             )
         return g, weights
 
-    def _backward_on_params(self, names: list[str], losses: list[Tensor], index: Tensor, shared_params: Params):
+    def _backward_on_params(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        shared_params: Params,
+        collectives: Collectives | None = None,
+    ):
         vec = torch.stack(losses)
         leaves = reachable_leaves(vec)
         reached = {id(leaf) for leaf in leaves}
         # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
-        # Under torch.distributed every rank takes all of them (zero columns where unreached), so
-        # that the ranks' Jacobians line up; the reducer averages them and drops what no rank reached.
-        params = [p for p in _flatten_params(shared_params) if id(p) in reached or self.reducer is not None]
+        # With collectives every process takes all of them (zero columns where unreached), so
+        # that the Jacobians line up; the global J then drops what no process reached.
+        params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
-        if self.reducer is not None:
-            J, params = self.reducer.reduce_jacobian(J, params, [id(p) in reached for p in params])
+        if collectives is not None:
+            J, params = _global_jacobian(J, params, [id(p) in reached for p in params], collectives)
         shared = {id(p) for p in params}
         if not params:
             # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
@@ -279,7 +299,14 @@ class GradientBalancer(Balancer):
             offset += n
         return g, weights
 
-    def _backward_through_reps(self, names: list[str], losses: list[Tensor], index: Tensor, shared_reps: Reps):
+    def _backward_through_reps(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        shared_reps: Reps,
+        collectives: Collectives | None = None,
+    ):
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -292,10 +319,10 @@ class GradientBalancer(Balancer):
         # would push T rows (T−1 of them zero) through every head.
         specific = leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if self.reducer is None:
+        if collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
         else:
-            g, weights = self._combine_global_gramian(J, names, losses, index)
+            g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
         for leaf, grad in zip(specific, specific_grads):
             if grad is not None:
                 leaf.grad = grad if leaf.grad is None else leaf.grad + grad
@@ -307,11 +334,15 @@ class GradientBalancer(Balancer):
             torch.autograd.backward(reps, grads)
         return g, weights
 
-    def _combine_global_gramian(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor):
-        """Under torch.distributed at a representation: weights from the global batch's Gramian, applied to J.
+    def _combine_global_gramian(
+        self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, collectives: Collectives
+    ):
+        """In a data-parallel run at a representation: weights from the global batch's Gramian, applied to J.
 
-        Rows of J are per-sample here, so ranks cannot average them; their Gramians add up
-        instead. Exact for methods that see J only through G: those defined by `weights(G)`.
+        Rows of J are per-sample here, so processes cannot average them; their Gramians add
+        up instead. Exact for methods that see J only through G: those defined by `weights(G)`.
+        A process's rows are world_size × its share (the losses' surrogate scaling), so the
+        global Gramian is Σ_r G_r / world_size².
         """
         cls = type(self)
         if cls.weights is GradientBalancer.weights or cls.aggregate is not GradientBalancer.aggregate:
@@ -321,13 +352,30 @@ class GradientBalancer(Balancer):
                 "per-task gradients of the shared parameters are then averaged across ranks), or use a "
                 "method defined by weights(G) such as mgda, pcgrad, cagrad, imtl or nash_mtl"
             )
-        G = self.reducer.reduce_gramian(gramian(J))
+        G = gramian(J).contiguous()
+        collectives.all_reduce_sum(G, "gramian")
+        G = G / collectives.world_size**2
         _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
         # Any matrix with Gramian G stands in for the global J: the method sees G only.
         eigenvalues, vectors = torch.linalg.eigh(G.double())
         root = (vectors * eigenvalues.clamp(min=0).sqrt()).to(J.dtype)
         _, weights = self._combine_checked(root, names, losses, index)
         return weights @ J, weights
+
+
+def _global_jacobian(
+    J: Tensor, params: list[Tensor], reached: list[bool], collectives: Collectives
+) -> tuple[Tensor, list[Tensor]]:
+    """The mean J over processes (one all-reduce, which also carries the reached flags), restricted
+    to the parameters some process reached, and those parameters."""
+    flat = torch.cat([J.reshape(-1), torch.tensor(reached, dtype=J.dtype, device=J.device)])
+    collectives.all_reduce_sum(flat, "jacobian")
+    J = flat[: J.numel()].div_(collectives.world_size).view_as(J)
+    used = (flat[J.numel() :] > 0).tolist()
+    if all(used):
+        return J, params
+    columns = torch.cat([torch.full((p.numel(),), u, device=J.device) for p, u in zip(params, used)])
+    return J[:, columns], [p for p, u in zip(params, used) if u]
 
 
 def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -> None:

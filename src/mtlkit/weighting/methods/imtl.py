@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.base import BalanceResult, GradientBalancer, Losses, LossBalancer, Params, Reps
+from mtlkit.weighting.base import BalanceResult, Collectives, GradientBalancer, Losses, LossBalancer, Params, Reps
 from mtlkit.weighting.registry import register
 
 _METHODS = ("gradient", "loss", "hybrid")
@@ -132,6 +132,7 @@ class IMTL(GradientBalancer):
         *,
         shared_parameters: Params | None = None,
         z: Reps | None = None,
+        collectives: Collectives | None = None,
     ) -> BalanceResult:
         """Balance and backpropagate `losses`; `shared_parameters`/`z` are the seed's names."""
         if losses is None:
@@ -144,14 +145,15 @@ class IMTL(GradientBalancer):
             losses,
             shared_params=shared_params if shared_params is not None else shared_parameters,
             shared_reps=shared_reps if shared_reps is not None else z,
+            collectives=collectives,
         )
 
     def weights(self, G: Tensor) -> Tensor:
         return imtl_g_weights(G)
 
-    def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+    def _backward(self, names, index, losses, shared_params, shared_reps, collectives) -> BalanceResult:
         if self.method == "gradient":
-            return super()._backward(names, index, losses, shared_params, shared_reps)
+            return super()._backward(names, index, losses, shared_params, shared_reps, collectives)
         raw = torch.stack(losses).detach()
         s = self.log_scale[index]
         stats = {}
@@ -162,7 +164,7 @@ class IMTL(GradientBalancer):
             # Each scaled loss keeps its own graph (the engine differentiates them one by one
             # at the representation); s_t receives ∂(e^{s_t} L_t)/∂s_t through it, the −1 below.
             scaled = [torch.exp(self.log_scale[i]) * loss for i, loss in zip(index.tolist(), losses)]
-            g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps)
+            g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps, collectives)
             (-self.log_scale[index]).sum().backward()
             stats["grad_norm"] = g.detach().norm()
         s = s.detach()

@@ -1,0 +1,308 @@
+"""Data-parallel training on torch.distributed: every rank computes what one process would on the global batch.
+
+The global batch of a step is the union of the ranks' local batches (each rank's
+training loaders hold `1/world_size` of every dataset, `DistributedSampler`'s split).
+One step on one rank:
+
+1. `global_step`: the rank's forward, then one all-reduce of each task's Σ count·loss,
+   its count and a failure flag. Each task loss becomes the surrogate
+   `s·L_r − (s·L_r).detach() + L`: its value is the global loss L (the same bits on every
+   rank, so stateful balancers stay identical), its gradient this rank's share `s·∇L_r`
+   (s = world_size·n_r/n weights ranks by their labelled rows, so that the mean over
+   ranks of the shares is the global gradient). A failure on any rank makes every rank raise.
+2. `backward`, by kind of balancer:
+   - loss-weighting balancers (`LossBalancer`): the forward ran through
+     `torch.nn.parallel.DistributedDataParallel`, whose bucketed all-reduce averages the
+     model's gradients while the backward runs; the balancer's own parameters (UW's
+     log-variances, …) are averaged after it.
+   - gradient balancers: the model is called without DDP (it would reduce gradients the
+     method has yet to combine). The balancer's engine gets this strategy as its
+     `Collectives`: it averages the per-task gradients of the shared parameters (T×P) or
+     sums the Gramian at a shared representation (T×T) before the method combines them,
+     so the shared parameters' `.grad` is global on return; one coalesced all-reduce
+     then averages every other gradient (heads, trunk under `rep_grad`, balancer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from mtlkit import metrics
+from mtlkit.training.checkpoint import rng_state, set_rng_state
+from mtlkit.training.distributed import (
+    RankFailure,
+    join_process_group,
+    module_tensors,
+    shard_evaluation_loader,
+    shard_training_loader,
+)
+from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.training.strategies.base import Strategy, trained_parameters
+from mtlkit.weighting import Balancer, BalanceResult, LossBalancer
+
+
+class TrainingStepModule(nn.Module):
+    """`forward(X, Y)` is the model's `training_step`, so that DDP's forward is the Trainer's step."""
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, X: Any, Y: Any) -> StepOutput:
+        return self.model.training_step(X, Y)
+
+
+class DDPStrategy(Strategy):
+    """One rank of a torch.distributed run (launched by `torchrun`), with DDP for loss-weighting balancers.
+
+    `backend` None means 'nccl' on CUDA and 'gloo' on the CPU; `timeout` bounds the
+    collectives of a process group created here. `timings` accumulates the seconds spent
+    in each kind of collective ('losses', 'jacobian', 'gramian', 'gradients', 'setup',
+    'evaluation'; DDP's own all-reduce overlaps the backward and is not timed). On CUDA,
+    set `profile` to synchronise around them so that the times are the collectives' own.
+    """
+
+    name = "ddp"
+
+    def __init__(self, backend: str | None = None, timeout: float = 600.0) -> None:
+        super().__init__()
+        self.backend = backend
+        self.timeout = timeout
+        self.profile = False
+        self.device = torch.device("cpu")
+        self._model: MultiTaskModel | None = None
+        self._forward: Callable[[Any, Any], StepOutput] | None = None
+        self._model_params: list[Tensor] = []
+        self._balancer_params: list[Tensor] = []
+
+    # ------------------------------------------------------------------ set-up
+
+    def launch(self, device: torch.device | None) -> torch.device:
+        self.device = join_process_group(device, self.backend, self.timeout)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.timings = {}
+        return self.device
+
+    def setup(self, model: MultiTaskModel, balancer: Balancer, train: Sequence[DataLoader]) -> list[DataLoader]:
+        """Rank 0's random state, loader seeds, weights and balancer state everywhere; the rank's shards."""
+        set_rng_state(self.broadcast_object(rng_state()))
+        seeds = self.broadcast_object([getattr(loader, "seed", None) for loader in train])
+        shards = [
+            shard_training_loader(loader, self.world_size, self.rank, seed) for loader, seed in zip(train, seeds)
+        ]
+        self.broadcast_tensors(module_tensors(model, balancer))
+        self._model = model
+        self._forward = self._wrap(model, balancer)
+        self._model_params = trained_parameters(model)
+        self._balancer_params = trained_parameters(balancer)
+        return shards
+
+    def _wrap(self, model: MultiTaskModel, balancer: Balancer) -> Callable[[Any, Any], StepOutput]:
+        """DDP for loss-weighting balancers; the bare model for gradient balancers (see the module docstring)."""
+        if not isinstance(balancer, LossBalancer):
+            return model.training_step
+        return DistributedDataParallel(
+            TrainingStepModule(model),
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            # A batch labelled for some tasks only leaves the other heads unused; DDP leaves the
+            # gradient of a parameter no rank used untouched, as one process would.
+            find_unused_parameters=True,
+            broadcast_buffers=False,  # buffers are rank 0's after every epoch (`epoch_end`), for every balancer
+            init_sync=False,  # `setup` broadcast rank 0's weights already
+        )
+
+    def teardown(self) -> None:
+        self._model = self._forward = None
+        self._model_params, self._balancer_params = [], []
+
+    # ------------------------------------------------------------------ one step
+
+    def training_step(self, X: Any, Y: Any) -> StepOutput:
+        return self._forward(X, Y)
+
+    def global_step(
+        self, local_step: Callable[[], tuple[StepOutput, Any]], task_names: list[str], loss_dtype: torch.dtype
+    ) -> tuple[StepOutput, Any]:
+        """This step's losses on the global batch (see the module docstring); raises on every rank if one failed."""
+        out = dataset = failure = None
+        try:
+            out, dataset = local_step()
+        except Exception as error:  # passed to every rank below, where all of them raise
+            failure = error
+        local = {} if out is None else dict(out.losses)
+        unknown = [task for task in local if task not in task_names]
+        if unknown and failure is None:
+            failure = KeyError(f"training_step returned losses of unknown task(s) {unknown}; tasks: {task_names}")
+        T = len(task_names)
+        buffer = torch.zeros(2 * T + 1, dtype=torch.float64, device=self.device)
+        if failure is None:
+            for i, task in enumerate(task_names):
+                if task in local:
+                    n = out.counts.get(task, 1)
+                    buffer[i] = local[task].detach().to(torch.float64) * n
+                    buffer[T + i] = n
+        buffer[2 * T] = 0.0 if failure is None else 1.0
+        self.all_reduce_sum(buffer, "losses")
+        if float(buffer[2 * T]) > 0:
+            self._raise_failure(failure, "a training step (data loading or forward)")
+        sums, counts = buffer[:T], buffer[T : 2 * T].tolist()
+        dtype = next((loss.dtype for loss in local.values()), loss_dtype)
+        losses: dict[str, Tensor] = {}
+        global_counts: dict[str, int] = {}
+        for i, task in enumerate(task_names):
+            if counts[i] == 0:
+                continue  # no rank has a label for this task
+            value = (sums[i] / counts[i]).to(dtype)
+            if task in local:
+                scaled = local[task] * (self.world_size * out.counts.get(task, 1) / counts[i])
+                losses[task] = scaled - scaled.detach() + value  # value: exactly the global loss
+            else:
+                losses[task] = value.requires_grad_()  # no row here: the global value, zero gradient
+            global_counts[task] = int(counts[i])
+        return StepOutput(losses, global_counts, out.shared_reps), dataset
+
+    def backward(
+        self,
+        balancer: Balancer,
+        losses: dict[str, Tensor],
+        shared_params: list[Tensor] | None,
+        shared_reps: list[Tensor] | None,
+    ) -> BalanceResult:
+        if isinstance(balancer, LossBalancer):  # DDP averaged the model's gradients in the backward
+            result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps)
+            self.average_gradients(self._balancer_params)
+            return result
+        result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps, collectives=self)
+        global_ = {id(p) for p in shared_params or ()}  # the engine's contract: their .grad is global
+        rest = [p for p in self._model_params if id(p) not in global_]
+        self.average_gradients(rest + self._balancer_params)
+        return result
+
+    # ------------------------------------------------------------------ per epoch, evaluation, writing
+
+    def epoch_end(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank."""
+        self.broadcast_tensors(model.buffers())
+
+    def score(self, model: MultiTaskModel, loaders: list[DataLoader]) -> dict[str, float]:
+        """`metrics.score` over the whole of each loader: each rank predicts its share, all score them gathered."""
+        scorers = dict(model.scorers())
+        scores: dict[str, float] = {}
+        for loader in loaders:
+            dataset = loader.dataset
+            failure, results = None, None
+            try:
+                shard = shard_evaluation_loader(loader, self.world_size, self.rank)
+                results = _to_cpu(metrics.predict(model, shard, return_preds=True, scorers=scorers))
+            except Exception as error:  # shared with the other ranks below; every rank then raises
+                failure = error
+            parts: list[Any] = [None] * self.world_size
+            with self._timed("evaluation"):
+                dist.all_gather_object(parts, None if failure is not None else results)
+            if any(part is None for part in parts):
+                self._raise_failure(failure, f"scoring dataset {dataset.name!r} (split {dataset.split!r})")
+            mapping = metrics.labels_to_tasks(dataset.Y_dict.keys(), model.task_names)
+            gathered = {
+                key: {label: _gathered(parts, key, label) for label in mapping} for key in ("golds", "preds", "probs")
+            }
+            scores.update(metrics.score_predictions(gathered, mapping, scorers, f"{dataset.name}/{dataset.split}"))
+        return scores
+
+    def run_on_main(self, write: Callable[[], None], what: str) -> None:
+        """Call `write` on rank 0; a failure there (OSError) stops every rank."""
+        failure = None
+        if self.is_main:
+            try:
+                write()
+            except OSError as error:  # passed to the other ranks by `check`, then raised everywhere
+                failure = error
+        self.check(failure, what)
+
+    # ------------------------------------------------------------------ collectives
+
+    def all_reduce_sum(self, tensor: Tensor, kind: str) -> None:
+        """`Collectives.all_reduce_sum`: `tensor` summed over ranks, in place; the time counts under `kind`."""
+        with self._timed(kind):
+            dist.all_reduce(tensor)
+
+    def average_gradients(self, params: Iterable[Tensor]) -> None:
+        """Average `.grad` over ranks (one all-reduce per dtype); a parameter no rank gave a gradient keeps None."""
+        for group in _by_dtype(list({id(p): p for p in params}.values())).values():
+            flags = torch.tensor([p.grad is not None for p in group], dtype=group[0].dtype, device=self.device)
+            flat = torch.cat(
+                [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in group] + [flags]
+            )
+            self.all_reduce_sum(flat, "gradients")
+            sizes = [p.numel() for p in group]
+            grads = flat[: sum(sizes)].div_(self.world_size).split(sizes)
+            for p, grad, has in zip(group, grads, (flat[sum(sizes) :] > 0).tolist()):
+                if has:
+                    p.grad = grad.view_as(p)
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object), on every rank."""
+        box = [value]
+        with self._timed("setup"):
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_tensors(self, tensors: Iterable[Tensor]) -> None:
+        """Overwrite `tensors` with rank 0's values (one broadcast per dtype)."""
+        with self._timed("setup"), torch.no_grad():
+            for group in _by_dtype(t for t in tensors if t.numel() > 0).values():
+                flat = torch.cat([t.reshape(-1) for t in group])
+                dist.broadcast(flat, src=0)
+                for t, value in zip(group, flat.split([t.numel() for t in group])):
+                    t.copy_(value.view_as(t))
+
+    def check(self, failure: BaseException | None, what: str) -> None:
+        """Raise on every rank if `failure` is set on any (one all-reduce); `what` names the failed part."""
+        flag = torch.tensor([0.0 if failure is None else 1.0], device=self.device)
+        self.all_reduce_sum(flag, "setup")
+        if float(flag) > 0:
+            self._raise_failure(failure, what)
+
+    def _raise_failure(self, failure: BaseException | None, what: str) -> None:
+        """Every rank learns which ranks failed and why; the failing ones re-raise their own error."""
+        message = None if failure is None else f"{type(failure).__name__}: {failure}"
+        messages: list[Any] = [None] * self.world_size
+        dist.all_gather_object(messages, message)
+        if failure is not None:
+            raise failure
+        failed = "; ".join(f"rank {rank}: {text}" for rank, text in enumerate(messages) if text is not None)
+        raise RankFailure(f"{what} failed on another rank, so every rank stops. {failed}")
+
+    @contextlib.contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - start
+
+
+def _by_dtype(tensors: Iterable[Tensor]) -> dict[torch.dtype, list[Tensor]]:
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    return groups
+
+
+def _to_cpu(results: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
+    return {key: {label: t.cpu() for label, t in values.items()} for key, values in results.items()}
+
+
+def _gathered(parts: list[Mapping[str, Mapping[str, Tensor]]], key: str, label: str) -> Tensor | None:
+    pieces = [part[key][label] for part in parts if label in part.get(key, {})]
+    return torch.cat(pieces) if pieces else None
