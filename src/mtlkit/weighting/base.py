@@ -76,6 +76,7 @@ class Balancer(nn.Module):
         if isinstance(tasks, int):
             tasks = [str(i) for i in range(tasks)]
         self.task_names: list[str] | None = list(tasks) if tasks is not None else None
+        self._collectives: Collectives | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -107,7 +108,11 @@ class Balancer(nn.Module):
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
         _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
-        result = self._backward(names, index, active, shared_params, shared_reps, collectives)
+        self._collectives = collectives  # read by the engine (`_shared_backward`) during this call only
+        try:
+            result = self._backward(names, index, active, shared_params, shared_reps)
+        finally:
+            self._collectives = None
         if not isinstance(losses, Mapping):
             result.positional = [
                 result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
@@ -125,7 +130,6 @@ class Balancer(nn.Module):
         losses: list[Tensor],
         shared_params: Params | None,
         shared_reps: Reps | None,
-        collectives: Collectives | None,
     ) -> BalanceResult:
         """Backpropagate the active tasks' scalar losses (`index`: their task positions)."""
         raise NotImplementedError
@@ -167,8 +171,8 @@ class LossBalancer(Balancer):
         """Return (objective to backpropagate, per-task weights) for the active tasks."""
         raise NotImplementedError
 
-    def _backward(self, names, index, losses, shared_params, shared_reps, collectives) -> BalanceResult:
-        # One backward of the weighted losses: a data-parallel wrapper averages its gradients.
+    def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+        # One backward of the weighted losses: a data-parallel wrapper (DDP) averages its gradients.
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
@@ -228,8 +232,8 @@ class GradientBalancer(Balancer):
             return w @ J, w
         return self.aggregate(J), None
 
-    def _backward(self, names, index, losses, shared_params, shared_reps, collectives) -> BalanceResult:
-        g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps, collectives)
+    def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+        g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
         vec = torch.stack(losses).detach()
         w = weights.detach() if weights is not None else torch.ones_like(vec)
         scaled = w * vec
@@ -240,10 +244,12 @@ class GradientBalancer(Balancer):
             stats={"grad_norm": g.detach().norm()},
         )
 
-    def _shared_backward(
-        self, names, index, losses, shared_params, shared_reps, collectives=None
-    ) -> tuple[Tensor, Tensor | None]:
-        """Backward of `losses` with the combined task gradient on the shared part: (g, weights)."""
+    def _shared_backward(self, names, index, losses, shared_params, shared_reps) -> tuple[Tensor, Tensor | None]:
+        """Backward of `losses` with the combined task gradient on the shared part: (g, weights).
+
+        The engine of every gradient method; it uses the collectives given to `backward`.
+        """
+        collectives = self._collectives
         if shared_reps is not None:
             return self._backward_through_reps(names, losses, index, shared_reps, collectives)
         if shared_params is not None:
@@ -266,7 +272,7 @@ class GradientBalancer(Balancer):
         losses: list[Tensor],
         index: Tensor,
         shared_params: Params,
-        collectives: Collectives | None = None,
+        collectives: Collectives | None,
     ):
         vec = torch.stack(losses)
         leaves = reachable_leaves(vec)
@@ -305,7 +311,7 @@ class GradientBalancer(Balancer):
         losses: list[Tensor],
         index: Tensor,
         shared_reps: Reps,
-        collectives: Collectives | None = None,
+        collectives: Collectives | None,
     ):
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):

@@ -151,9 +151,9 @@ class IMTL(GradientBalancer):
     def weights(self, G: Tensor) -> Tensor:
         return imtl_g_weights(G)
 
-    def _backward(self, names, index, losses, shared_params, shared_reps, collectives) -> BalanceResult:
+    def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         if self.method == "gradient":
-            return super()._backward(names, index, losses, shared_params, shared_reps, collectives)
+            return super()._backward(names, index, losses, shared_params, shared_reps)
         raw = torch.stack(losses).detach()
         s = self.log_scale[index]
         stats = {}
@@ -164,7 +164,7 @@ class IMTL(GradientBalancer):
             # Each scaled loss keeps its own graph (the engine differentiates them one by one
             # at the representation); s_t receives ∂(e^{s_t} L_t)/∂s_t through it, the −1 below.
             scaled = [torch.exp(self.log_scale[i]) * loss for i, loss in zip(index.tolist(), losses)]
-            g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps, collectives)
+            g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps)
             (-self.log_scale[index]).sum().backward()
             stats["grad_norm"] = g.detach().norm()
         s = s.detach()
