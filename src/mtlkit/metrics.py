@@ -43,14 +43,6 @@ HIGHER_IS_BETTER: dict[str, bool] = {name: True for name in CLASSIFICATION_METRI
 CustomMetric = Callable[..., Any]  # (golds, preds, probs) as NumPy arrays -> float or {name: float}
 
 
-def _torchmetrics() -> Any:
-    # Imported on first use: `import torchmetrics` pulls in scipy and matplotlib when they are
-    # installed, which would more than double the time of `import mtlkit`.
-    import torchmetrics.functional
-
-    return torchmetrics.functional
-
-
 def _as_float(value: Tensor) -> float:
     """A metric tensor as a Python float; float32 values (torchmetrics' precision) are given
     as the shortest decimal that identifies them, so 3/5 reads 0.6, not 0.6000000238."""
@@ -154,20 +146,34 @@ class Scorer:
         for name, values in (("preds", preds), ("probs", probs)):
             if values is not None and len(values) != len(golds):
                 raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
-        keep = self.labelled(golds)
-        if not keep.any():
-            raise ValueError(f"Scorer: every gold label is the abstain label {self.abstain_label}; nothing to score")
-        golds, preds, probs = (None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
-        results: dict[str, float] = {}
-        if self.metrics:
-            compute = self._regression if self.is_regression else self._classification
-            results.update(compute(golds, preds, probs))
-        arrays = [None if v is None else v.detach().cpu().numpy() for v in (golds, preds, probs)]
-        for name, func in self.custom_metric_funcs.items():
-            results.update(_custom_result(name, func(*arrays)))
-        return results
+        state = self.state(self.num_classes(golds, preds, probs))
+        state.update(golds, preds, probs)
+        return state.compute()
 
-    def _classification(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> dict[str, float]:
+    def num_classes(self, golds: Any, preds: Any = None, probs: Any = None) -> int | None:
+        """The number of classes C these rows imply (None for a regression scorer or one without metrics).
+
+        The width of `probs` when given, else 1 + the largest label in golds/preds (at least 2).
+        """
+        if self.is_regression or not self.metrics:
+            return None
+        golds, preds, probs = _as_tensor("golds", golds), _as_tensor("preds", preds), _as_tensor("probs", probs)
+        if probs is not None and probs.dim() == 2:
+            return probs.shape[1]
+        golds, preds, _ = self._answered(*self._labelled_rows(golds, preds, probs))
+        return max(2, 1 + int(torch.cat([golds, preds]).max()) if len(golds) else 2)
+
+    def state(self, num_classes: int | None) -> ScoreState:
+        """An empty `ScoreState` of this scorer's metrics for `num_classes` classes (see `num_classes`)."""
+        return ScoreState(self, num_classes)
+
+    def _labelled_rows(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> tuple:
+        """The rows whose gold is not an abstain."""
+        keep = self.labelled(golds)
+        return tuple(None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
+
+    def _answered(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Classification rows whose prediction is not an abstain: golds, preds (argmax of probs if None), probs."""
         golds = _as_labels("golds", golds)
         if preds is None:
             if probs is None or probs.dim() != 2:
@@ -175,69 +181,144 @@ class Scorer:
             preds = probs.argmax(dim=1)
         preds = _as_labels("preds", preds).to(golds.device)
         answered = ~self._is_abstain(preds)
-        coverage = float(answered.double().mean())
-        golds, preds = golds[answered], preds[answered]
         probs = None if probs is None else probs[answered.to(probs.device)].to(golds.device)
-        num_classes = self._num_classes(golds, preds, probs)
-        results = {}
-        for metric in self.metrics:
-            if metric == "coverage":
-                results[metric] = coverage
-                continue
-            if len(golds) == 0:
-                raise ValueError(f"Scorer: every prediction is the abstain label {self.abstain_label}; cannot compute {metric}")
-            results[metric] = _as_float(self._classification_metric(metric, golds, preds, probs, num_classes))
-        return results
+        return golds[answered], preds[answered], probs
 
-    @staticmethod
-    def _num_classes(golds: Tensor, preds: Tensor, probs: Tensor | None) -> int:
-        if probs is not None and probs.dim() == 2:
-            num_classes = probs.shape[1]
-        else:
-            num_classes = max(2, 1 + int(torch.cat([golds, preds]).max()) if len(golds) else 2)
+
+class ScoreState:
+    """One scorer's metric state over a stream of rows: `update` with batches, `sync` across processes, `compute`.
+
+    The state is torchmetrics' (confusion counts, error sums; the rows themselves only for
+    `roc_auc` and for custom metric functions, which need them) plus row counts, so the
+    scores over a dataset split across processes are those over the whole: each process
+    updates with its share, `sync` reduces the states (torchmetrics' sync), every process
+    computes the same scores. `Scorer.score` is one update and a compute.
+    """
+
+    def __init__(self, scorer: Scorer, num_classes: int | None) -> None:
+        if not scorer.is_regression and scorer.metrics and num_classes is None:
+            raise ValueError("ScoreState: a classification scorer needs num_classes (Scorer.num_classes)")
+        self.scorer = scorer
+        self.num_classes = num_classes
+        self.counts = torch.zeros(2, dtype=torch.float64)  # labelled rows, rows with a non-abstain prediction
+        self.class_counts = torch.zeros(num_classes or 0, dtype=torch.float64)  # answered golds per class
+        self.metrics = {name: self._metric(name) for name in scorer.metrics if name != "coverage"}
+        self.rows: list[list[Tensor | None]] = []  # kept for custom metric functions only
+        self.dtype: torch.dtype | None = None  # regression: the dtype the values are scored in
+
+    def update(self, golds: Any, preds: Any = None, probs: Any = None) -> None:
+        """Add rows (one task's golds, and preds and/or probs); gold abstains are left out."""
+        scorer = self.scorer
+        golds, preds, probs = _as_tensor("golds", golds), _as_tensor("preds", preds), _as_tensor("probs", probs)
+        golds, preds, probs = scorer._labelled_rows(golds, preds, probs)
+        self.counts[0] += len(golds)
+        if scorer.custom_metric_funcs:
+            self.rows.append([None if v is None else v.detach().cpu() for v in (golds, preds, probs)])
+        if not scorer.metrics or len(golds) == 0:
+            return
+        if scorer.is_regression:
+            self._update_regression(golds, preds, probs)
+            return
+        golds, preds, probs = scorer._answered(golds, preds, probs)
+        self.counts[1] += len(golds)
         for name, values in (("golds", golds), ("preds", preds)):
-            if len(values) and (values.min() < 0 or values.max() >= num_classes):
+            if len(values) and (values.min() < 0 or values.max() >= self.num_classes):
                 raise ValueError(
                     f"Scorer: {name} hold labels in [{int(values.min())}, {int(values.max())}] but there are "
-                    f"{num_classes} classes; labels must lie in [0, {num_classes - 1}] (is the abstain label right?)"
+                    f"{self.num_classes} classes; labels must lie in [0, {self.num_classes - 1}] (is the abstain label right?)"
                 )
-        return num_classes
+        if len(golds) == 0:
+            return
+        self.class_counts += torch.bincount(golds.cpu(), minlength=self.num_classes).double()
+        for name, metric in self.metrics.items():
+            if name == "roc_auc":
+                metric.update(*self._auroc_input(golds, probs))
+            else:
+                metric.update(preds.cpu(), golds.cpu())
 
-    def _classification_metric(
-        self, metric: str, golds: Tensor, preds: Tensor, probs: Tensor | None, num_classes: int
-    ) -> Tensor:
-        tmc = _torchmetrics().classification
-        binary = num_classes == 2
-        if metric == "accuracy":
-            return tmc.multiclass_accuracy(preds, golds, num_classes, average="micro")
-        if metric == "f1_micro":
-            return tmc.multiclass_f1_score(preds, golds, num_classes, average="micro")
-        if metric == "f1_macro":
-            return tmc.multiclass_f1_score(preds, golds, num_classes, average="macro")
-        if metric == "matthews_corrcoef":
-            return tmc.binary_matthews_corrcoef(preds, golds) if binary else tmc.multiclass_matthews_corrcoef(preds, golds, num_classes)
-        if metric == "roc_auc":
-            return self._roc_auc(golds, probs, num_classes)
-        if metric == "fbeta":
+    def sync(self) -> None:
+        """Reduce the state over the processes of the default torch.distributed group (every one must call it)."""
+        import torch.distributed as dist
+
+        counts = torch.cat([self.counts, self.class_counts])
+        dist.all_reduce(counts)
+        self.counts, self.class_counts = counts[:2], counts[2:]
+        if self.scorer.is_regression and self.metrics:
+            # The dtype of the values decides the state's; a process without rows learns it here.
+            dtypes: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(dtypes, self.dtype)
+            self.dtype = next((d for d in dtypes if d is not None), None)
+            for metric in self.metrics.values():
+                metric.set_dtype(self.dtype or torch.float32)
+        if "roc_auc" in self.metrics and not self.metrics["roc_auc"].target:
+            # A process without rows: empty rows of the right dtypes (torchmetrics would gather float targets).
+            auroc = self.metrics["roc_auc"]
+            auroc.preds.append(torch.empty((0,) if self.num_classes == 2 else (0, self.num_classes)))
+            auroc.target.append(torch.empty(0, dtype=torch.long))
+        for metric in self.metrics.values():
+            metric.sync(should_sync=True, distributed_available=lambda: True)
+        if self.scorer.custom_metric_funcs:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self.rows)
+            self.rows = [rows for part in parts for rows in part]
+
+    def compute(self) -> dict[str, float]:
+        """The scores of every row added (and, after `sync`, of every process's rows)."""
+        scorer = self.scorer
+        labelled, answered = (int(n) for n in self.counts.tolist())
+        if labelled == 0:
+            raise ValueError(f"Scorer: every gold label is the abstain label {scorer.abstain_label}; nothing to score")
+        results: dict[str, float] = {}
+        for name in scorer.metrics:
+            if name == "coverage":
+                results[name] = answered / labelled
+                continue
+            if not scorer.is_regression and answered == 0:
+                raise ValueError(f"Scorer: every prediction is the abstain label {scorer.abstain_label}; cannot compute {name}")
+            if name == "roc_auc":
+                missing = [c for c, n in enumerate(self.class_counts.tolist()) if n == 0]
+                if missing:
+                    # torchmetrics would return a meaningless 0 here; scikit-learn raises too
+                    raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {self.num_classes}")
+            results[name] = _as_float(self.metrics[name].compute())
+        if scorer.custom_metric_funcs:
+            columns = [[row[k] for row in self.rows] for k in range(3)]
+            arrays = [None if any(v is None for v in col) else torch.cat(col).numpy() for col in columns]
+            for name, func in scorer.custom_metric_funcs.items():
+                results.update(_custom_result(name, func(*arrays)))
+        return results
+
+    def _metric(self, name: str) -> Any:
+        """The torchmetrics object that computes `name` (the scorer's binary/multiclass choice by num_classes)."""
+        import torchmetrics.classification as tmc
+        import torchmetrics.regression as tmr
+
+        if self.scorer.is_regression:
+            return {"mse": tmr.MeanSquaredError, "mae": tmr.MeanAbsoluteError, "r2": tmr.R2Score}[name](sync_on_compute=False)
+        C, beta, options = self.num_classes, self.scorer.beta, {"sync_on_compute": False}
+        binary = C == 2
+        if name == "accuracy":
+            return tmc.MulticlassAccuracy(C, average="micro", **options)
+        if name in ("f1_micro", "f1_macro"):
+            return tmc.MulticlassF1Score(C, average=name[3:], **options)
+        if name == "matthews_corrcoef":
+            return tmc.BinaryMatthewsCorrCoef(**options) if binary else tmc.MulticlassMatthewsCorrCoef(C, **options)
+        if name == "roc_auc":
+            return tmc.BinaryAUROC(**options) if binary else tmc.MulticlassAUROC(C, average="macro", **options)
+        if name == "fbeta":
             if binary:
-                return tmc.binary_fbeta_score(preds, golds, beta=self.beta)
-            return tmc.multiclass_fbeta_score(preds, golds, beta=self.beta, num_classes=num_classes, average="macro")
-        binary_funcs = {"precision": tmc.binary_precision, "recall": tmc.binary_recall, "f1": tmc.binary_f1_score}
-        multiclass_funcs = {"precision": tmc.multiclass_precision, "recall": tmc.multiclass_recall, "f1": tmc.multiclass_f1_score}
+                return tmc.BinaryFBetaScore(beta, **options)
+            return tmc.MulticlassFBetaScore(beta, C, average="macro", **options)
         if binary:
-            return binary_funcs[metric](preds, golds)
-        return multiclass_funcs[metric](preds, golds, num_classes, average="macro")
+            return {"precision": tmc.BinaryPrecision, "recall": tmc.BinaryRecall, "f1": tmc.BinaryF1Score}[name](**options)
+        classes = {"precision": tmc.MulticlassPrecision, "recall": tmc.MulticlassRecall, "f1": tmc.MulticlassF1Score}
+        return classes[name](C, average="macro", **options)
 
-    @staticmethod
-    def _roc_auc(golds: Tensor, probs: Tensor | None, num_classes: int) -> Tensor:
-        tmc = _torchmetrics().classification
+    def _auroc_input(self, golds: Tensor, probs: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(scores, golds) for the AUROC metric, refusing what is not probabilities."""
         if probs is None:
             raise ValueError("Scorer: metric 'roc_auc' needs probs")
-        missing = sorted(set(range(num_classes)) - set(golds.unique().tolist()))
-        if missing:
-            # torchmetrics would return a meaningless 0 here; scikit-learn raises too
-            raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {num_classes}")
-        probs = probs.float()
+        probs = probs.float().cpu()
         rows_sum_to_one = probs.dim() == 1 or bool(torch.allclose(probs.sum(dim=1), torch.ones(len(probs)), atol=1e-3))
         if not rows_sum_to_one or bool(((probs < 0) | (probs > 1)).any()):
             # AUC of raw logits ranks by the wrong score (logit 1, not P(class 1)): refuse
@@ -246,13 +327,11 @@ class Scorer:
                 "like logits; give the task an output function: Task(output_func=...), an architecture's "
                 "output_funcs={task: softmax}, or an MTLModel entry's 'output'"
             )
-        if probs.dim() == 1:
-            return tmc.binary_auroc(probs, golds)
-        if num_classes == 2:
-            return tmc.binary_auroc(probs[:, 1], golds)
-        return tmc.multiclass_auroc(probs, golds, num_classes, average="macro")
+        if probs.dim() == 2 and self.num_classes == 2:
+            probs = probs[:, 1]
+        return probs, golds.cpu()
 
-    def _regression(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> dict[str, float]:
+    def _update_regression(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> None:
         values = preds if preds is not None else probs
         if values is None:
             raise ValueError("Scorer: regression metrics need preds (or probs holding the predicted values)")
@@ -262,9 +341,12 @@ class Scorer:
             values = values.squeeze(-1)
         if values.shape != golds.shape:
             raise ValueError(f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}")
-        tmf = _torchmetrics()
-        funcs = {"mse": tmf.mean_squared_error, "mae": tmf.mean_absolute_error, "r2": tmf.r2_score}
-        return {metric: _as_float(funcs[metric](values, golds)) for metric in self.metrics}
+        if self.dtype != dtype:
+            self.dtype = torch.promote_types(self.dtype, dtype) if self.dtype is not None else dtype
+            for metric in self.metrics.values():
+                metric.set_dtype(self.dtype)
+        for metric in self.metrics.values():
+            metric.update(values.cpu(), golds.cpu())
 
 
 def _custom_result(name: str, value: Any) -> dict[str, float]:
@@ -436,7 +518,11 @@ def predict(
     results = {"golds": golds, "probs": probs}
     if return_preds:
         task_scorers = dict(model.scorers()) if scorers is None else dict(scorers)
-        results["preds"] = {label: _predictions(label, probs[label], task_scorers.get(task)) for label, task in mapping.items()}
+        results["preds"] = {
+            label: _predictions(label, probs[label], task_scorers.get(task))
+            for label, task in mapping.items()
+            if label in probs  # none for an empty loader
+        }
     return results
 
 

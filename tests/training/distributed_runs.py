@@ -12,13 +12,14 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer
-from mtlkit.training import StepOutput, close_process_group
+from mtlkit.training import DDPStrategy, StepOutput, close_process_group
 
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
@@ -75,6 +76,24 @@ class Net(nn.Module):
 
     def scorers(self):
         return {"a": Scorer(["accuracy"]), "b": Scorer(["mse"]), "c": Scorer(["accuracy", "coverage"])}
+
+
+class RichNet(Net):
+    """Net scored with every kind of metric state: confusion counts, error sums, rows (roc_auc, a custom function)."""
+
+    def scorers(self):
+        spread = {"spread": lambda golds, preds, probs: float(np.std(preds - golds))}
+        return {"a": Scorer(["accuracy", "f1", "f1_micro", "matthews_corrcoef", "roc_auc", "fbeta"], beta=0.5),
+                "b": Scorer(["mse", "mae", "r2"], custom_metric_funcs=spread),
+                "c": Scorer(["precision", "recall", "coverage", "f1"])}
+
+
+def one_row_loader() -> DictDataLoader:
+    """One validation row: rank 1's shard of it is empty."""
+    data = make_loaders(4)[2].dataset
+    one = DictDataset("dsOne", "test", {k: v[:1] for k, v in data.X_dict.items()},
+                      {k: v[:1] for k, v in data.Y_dict.items()})
+    return DictDataLoader(one, batch_size=4)
 
 
 def make_model(rep_grad: bool = False, fail=None) -> Net:
@@ -152,6 +171,11 @@ def _scenarios(rank: int, out: Path) -> dict:
     )
     results["resumed"] = run("uw", WORLD, distributed=True, resume_from=out / "one_process.pt")
     results["auto"] = run("pcgrad", WORLD, strategy="auto")  # the script's group makes 'auto' pick ddp
+    strategy = DDPStrategy()
+    strategy.launch(None)
+    torch.manual_seed(0)
+    results["scores"] = strategy.score(RichNet().double(), make_loaders(4)[2:])
+    results["scores/one"] = strategy.score(make_model(), [one_row_loader()])
     results["raise"] = _error(lambda: Trainer(**config("mgda", distributed=True)).fit(
         make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)))
     results["nan"] = _error(lambda: Trainer(**config("ew", distributed=True)).fit(

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mtlkit import ConfigError, DictDataLoader, DictDataset, Trainer
+from mtlkit import ConfigError, DictDataLoader, DictDataset, Scorer, Trainer, metrics
 from mtlkit.training.distributed import is_main_process, shard_evaluation_loader, shard_training_loader
 from mtlkit.weighting import available
 
@@ -111,6 +111,20 @@ def test_loss_balancers_leave_the_model_gradients_to_ddp_and_gradient_balancers_
     assert {"gramian", "gradients"} <= set(rank0["mgda/rep"]["timings"])
 
 
+def test_scores_from_reduced_metric_states_equal_one_process_scoring(spawned):
+    (rank0, rank1), _ = spawned
+    torch.manual_seed(0)
+    one = metrics.score(runs.RichNet().double(), runs.make_loaders(4)[2:])
+    assert "a/dsV/valid/roc_auc" in one and "b/dsV/test/spread" in one and "c/dsV/test/recall" in one
+    one_row = metrics.score(runs.make_model(), [runs.one_row_loader()])  # rank 1 holds none of it
+    assert "b/dsOne/test/mse" in one_row
+    for expected, key in ((one, "scores"), (one_row, "scores/one")):
+        for scores in (rank0[key], rank1[key]):
+            assert scores.keys() == expected.keys()
+            for name, value in expected.items():
+                assert scores[name] == pytest.approx(value, rel=1e-6, abs=1e-12), name
+
+
 def test_only_rank_0_logs_and_writes_checkpoints(spawned):
     _, out = spawned
     assert (out / "logs0" / "log.jsonl").is_file() and (out / "checkpoints0" / "last.pt").is_file()
@@ -198,3 +212,25 @@ def test_main_process_is_rank_0_of_the_launch(monkeypatch):
     assert not is_main_process()
     monkeypatch.setenv("RANK", "0")
     assert is_main_process()
+
+
+def test_a_score_state_updated_batch_by_batch_equals_one_scoring_of_all_rows():
+    g = torch.Generator().manual_seed(0)
+    golds = torch.randint(0, 3, (40,), generator=g)
+    golds[::7] = -1  # abstains
+    probs = torch.softmax(torch.randn(40, 3, generator=g, dtype=torch.float64), dim=1)
+    scorer = Scorer(["accuracy", "f1", "matthews_corrcoef", "roc_auc", "coverage"],
+                    custom_metric_funcs={"n": lambda golds, preds, probs: float(len(golds))})
+    state = scorer.state(3)
+    for rows in torch.arange(40).split(9):
+        state.update(golds[rows], probs[rows].argmax(1), probs[rows])
+    assert state.compute() == pytest.approx(scorer.score(golds, probs.argmax(1), probs), rel=1e-6)
+    assert state.compute()["n"] == 34
+
+    targets = torch.randn(30, generator=g, dtype=torch.float64)
+    values = targets + 0.3 * torch.randn(30, generator=g, dtype=torch.float64)
+    regression = Scorer(["mse", "mae", "r2"])
+    state = regression.state(None)
+    for rows in torch.arange(30).split(7):
+        state.update(targets[rows], values[rows])
+    assert state.compute() == pytest.approx(regression.score(targets, values), rel=1e-12)

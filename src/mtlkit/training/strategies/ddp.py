@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -116,8 +116,6 @@ class DDPStrategy(Strategy):
             # A batch labelled for some tasks only leaves the other heads unused; DDP leaves the
             # gradient of a parameter no rank used untouched, as one process would.
             find_unused_parameters=True,
-            broadcast_buffers=False,  # buffers are rank 0's after every epoch (`epoch_end`), for every balancer
-            init_sync=False,  # `setup` broadcast rank 0's weights already
         )
 
     def teardown(self) -> None:
@@ -194,27 +192,55 @@ class DDPStrategy(Strategy):
         self.broadcast_tensors(model.buffers())
 
     def score(self, model: MultiTaskModel, loaders: list[DataLoader]) -> dict[str, float]:
-        """`metrics.score` over the whole of each loader: each rank predicts its share, all score them gathered."""
+        """`metrics.score` over the whole of each loader: each rank scores its share, the metric states are reduced.
+
+        Per loader: each rank predicts its shard (every example once over the ranks) and
+        updates one `metrics.ScoreState` per scored label; the ranks agree on each label's
+        number of classes (one max all-reduce) before, and reduce the states (torchmetrics'
+        sync: counts and sums; the rows themselves only for roc_auc and custom metric
+        functions) after. Every rank then computes the same scores.
+        """
         scorers = dict(model.scorers())
         scores: dict[str, float] = {}
         for loader in loaders:
             dataset = loader.dataset
-            failure, results = None, None
+            what = f"scoring dataset {dataset.name!r} (split {dataset.split!r})"
+            mapping = metrics.labels_to_tasks(dataset.Y_dict.keys(), model.task_names)
+            labels = [label for label, task in mapping.items() if task in scorers]
+            rows: dict[str, list[Tensor | None]] = {}
+            classes = torch.zeros(len(labels), dtype=torch.float64, device=self.device)
+            failure = None
             try:
                 shard = shard_evaluation_loader(loader, self.world_size, self.rank)
-                results = _to_cpu(metrics.predict(model, shard, return_preds=True, scorers=scorers))
+                results = metrics.predict(model, shard, return_preds=True, scorers=scorers)
+                rows = {label: [results[key].get(label) for key in ("golds", "preds", "probs")] for label in labels}
+                for i, label in enumerate(labels):
+                    if rows[label][0] is not None and len(rows[label][0]):
+                        classes[i] = scorers[mapping[label]].num_classes(*rows[label]) or 0
             except Exception as error:  # shared with the other ranks below; every rank then raises
                 failure = error
-            parts: list[Any] = [None] * self.world_size
+            self.check(failure, what)
             with self._timed("evaluation"):
-                dist.all_gather_object(parts, None if failure is not None else results)
-            if any(part is None for part in parts):
-                self._raise_failure(failure, f"scoring dataset {dataset.name!r} (split {dataset.split!r})")
-            mapping = metrics.labels_to_tasks(dataset.Y_dict.keys(), model.task_names)
-            gathered = {
-                key: {label: _gathered(parts, key, label) for label in mapping} for key in ("golds", "preds", "probs")
-            }
-            scores.update(metrics.score_predictions(gathered, mapping, scorers, f"{dataset.name}/{dataset.split}"))
+                dist.all_reduce(classes, op=dist.ReduceOp.MAX)
+            states: dict[str, metrics.ScoreState] = {}
+            try:
+                for i, label in enumerate(labels):
+                    scorer = scorers[mapping[label]]
+                    if classes[i] == 0 and not scorer.is_regression and scorer.metrics:
+                        continue  # no rank has a labelled row of this classification label
+                    states[label] = state = scorer.state(int(classes[i]) or None)
+                    if rows[label][0] is not None:
+                        state.update(*rows[label])
+            except Exception as error:
+                failure = error
+            self.check(failure, what)
+            with self._timed("evaluation"):
+                for state in states.values():
+                    state.sync()
+            for label, state in states.items():
+                if state.counts[0] > 0:  # as `metrics.score`: a label without labelled rows gets no entry
+                    where = f"{label}/{dataset.name}/{dataset.split}"
+                    scores.update({f"{where}/{name}": value for name, value in state.compute().items()})
         return scores
 
     def run_on_main(self, write: Callable[[], None], what: str) -> None:
@@ -297,12 +323,3 @@ def _by_dtype(tensors: Iterable[Tensor]) -> dict[torch.dtype, list[Tensor]]:
     for t in tensors:
         groups.setdefault(t.dtype, []).append(t)
     return groups
-
-
-def _to_cpu(results: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
-    return {key: {label: t.cpu() for label, t in values.items()} for key, values in results.items()}
-
-
-def _gathered(parts: list[Mapping[str, Mapping[str, Tensor]]], key: str, label: str) -> Tensor | None:
-    pieces = [part[key][label] for part in parts if label in part.get(key, {})]
-    return torch.cat(pieces) if pieces else None
