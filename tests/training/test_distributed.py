@@ -17,6 +17,8 @@ import torch
 import torch.multiprocessing as mp
 
 from mtlkit import ConfigError, DictDataLoader, DictDataset, Scorer, Trainer, metrics
+from mtlkit.experiments.config import ExperimentConfig
+from mtlkit.training import DDPStrategy, SingleProcess, TrainerConfig
 from mtlkit.training.distributed import is_main_process, shard_evaluation_loader, shard_training_loader
 from mtlkit.weighting import available
 
@@ -234,3 +236,26 @@ def test_a_score_state_updated_batch_by_batch_equals_one_scoring_of_all_rows():
     for rows in torch.arange(30).split(7):
         state.update(targets[rows], values[rows])
     assert state.compute() == pytest.approx(regression.score(targets, values), rel=1e-12)
+
+
+def test_strategy_option_picks_the_strategy_and_checks_its_value(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert type(Trainer().strategy) is SingleProcess
+    assert type(Trainer(strategy="auto").strategy) is SingleProcess  # no torchrun, no process group
+    assert type(Trainer(distributed=True).strategy) is DDPStrategy
+    assert type(Trainer(strategy="ddp").strategy) is DDPStrategy
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert type(Trainer(strategy="auto").strategy) is DDPStrategy  # launched by torchrun
+    with pytest.raises(ConfigError, match="strategy='single' contradicts distributed=True"):
+        Trainer(strategy="single", distributed=True)
+    with pytest.raises(ConfigError, match="strategy"):
+        Trainer(strategy="dp")
+
+
+def test_yaml_trainer_section_accepts_a_strategy():
+    config = ExperimentConfig.from_dict({"trainer": {"strategy": "auto"}})
+    assert TrainerConfig.from_dict(dict(config.trainer)).strategy == "auto"
+    with pytest.raises(ConfigError, match="trainer: .*strategy"):
+        ExperimentConfig.from_dict({"trainer": {"strategy": "fdsp"}})
