@@ -17,6 +17,7 @@ Everything that depends on the number of processes lives in the strategy
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,16 +162,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one batch
 
-    def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, BalanceResult, Any] | None:
-        """One optimizer step on the next batch: (losses, balancer result, dataset), or None when skipped."""
+    def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, dict[str, float], BalanceResult, Any] | None:
+        """One optimizer step on the next batch: (losses, their values, balancer result, dataset), or None when skipped."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
-        finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in out.losses.values()])
-        if not bool(finite.all()):  # one device sync per step, not one per task
-            nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
+        # The step's one device sync: the loss values, for the finiteness check, the epoch means and the logs.
+        values = dict(zip(out.losses, torch.stack([loss.detach().sum() for loss in out.losses.values()]).tolist()))
+        nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
+        if nonfinite:
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
         result = self.strategy.backward(
             self.balancer,
@@ -185,7 +187,7 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.step += 1
-        return out, result, dataset
+        return out, values, result, dataset
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
@@ -196,7 +198,7 @@ class Trainer:
         (X, Y), loader = next(batches)
         with self._autocast():
             out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
-        order = {task: i for i, task in enumerate(self.model.task_names)}
+        order = self._task_order
         out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
         return out, loader.dataset
 
@@ -234,11 +236,12 @@ class Trainer:
             bar.update()
             if done is None:
                 continue
-            out, result, dataset = done
-            losses.add(out, dataset)
-            bar.set_postfix(loss=f"{losses.running:.4f}")
-            if self.step % cfg.log_every == 0:
-                _log(loggers, _step_record(out, result, lr), self.step, self.epoch)
+            out, values, result, dataset = done
+            losses.add(values, out.counts, dataset)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{losses.running:.4f}")
+            if loggers and self.step % cfg.log_every == 0:
+                _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
         bar.close()
         return losses.means()
 
@@ -271,6 +274,7 @@ class Trainer:
         self.model = model
         self.device = _device_of(model)
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self._task_order = {task: i for i, task in enumerate(model.task_names)}
         self.balancer = self._build_balancer(model.task_names).to(self.device)
         train = self.strategy.setup(model, self.balancer, train)
         self.optimizer = build_optimizer(cfg, model.parameters(), self.balancer.parameters())
@@ -364,12 +368,11 @@ class _EpochLosses:
         self.steps = 0
         self.sums: dict[str, list[float]] = {}
 
-    def add(self, out: StepOutput, dataset: Any) -> None:
-        values = {task: float(loss.detach()) for task, loss in out.losses.items()}
+    def add(self, values: dict[str, float], counts: dict[str, int], dataset: Any) -> None:
         self.total += sum(values.values())
         self.steps += 1
         for task, value in values.items():
-            n = out.counts.get(task, 1)
+            n = counts.get(task, 1)
             acc = self.sums.setdefault(f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0])
             acc[0] += value * n
             acc[1] += n
@@ -384,9 +387,9 @@ class _EpochLosses:
         return {"model/all/train/loss": self.running, **{k: s / n for k, (s, n) in self.sums.items()}}
 
 
-def _step_record(out: StepOutput, result: BalanceResult, lr: float) -> dict[str, float]:
-    record = {"train/loss": float(sum(loss.detach() for loss in out.losses.values())), "train/lr": lr}
-    record.update({f"train/loss/{task}": float(loss.detach()) for task, loss in out.losses.items()})
+def _step_record(values: dict[str, float], result: BalanceResult, lr: float) -> dict[str, float]:
+    record = {"train/loss": sum(values.values()), "train/lr": lr}
+    record.update({f"train/loss/{task}": value for task, value in values.items()})
     record.update({f"train/weight/{task}": float(w) for task, w in result.weights.items()})
     record.update({f"train/{name}": float(v) for name, v in result.stats.items()})
     return record
