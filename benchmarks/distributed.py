@@ -31,6 +31,7 @@ GPUs (nccl, one GPU per process, `--procs` up to the GPU count):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import socket
 import statistics
@@ -59,7 +60,7 @@ class Net(nn.Module):
     def __init__(self, rep_grad: bool) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for a, b in zip(WIDTH, WIDTH[1:]):
+        for a, b in itertools.pairwise(WIDTH):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.trunk = nn.Sequential(*layers)
         self.heads = nn.ModuleDict({t: nn.Linear(WIDTH[-1], 1) for t in TASKS})

@@ -23,7 +23,7 @@ from mtlkit.training.distributed import is_main_process, shard_evaluation_loader
 from mtlkit.weighting import available
 
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_runs as runs  # noqa: E402  (importable by name: the spawned ranks import it too)
+import distributed_runs as runs  # importable by name: the spawned ranks import it too
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -257,5 +257,5 @@ def test_strategy_option_picks_the_strategy_and_checks_its_value(monkeypatch):
 def test_yaml_trainer_section_accepts_a_strategy():
     config = ExperimentConfig.from_dict({"trainer": {"strategy": "auto"}})
     assert TrainerConfig.from_dict(dict(config.trainer)).strategy == "auto"
-    with pytest.raises(ConfigError, match="trainer: .*strategy"):
+    with pytest.raises(ConfigError, match=r"trainer: .*strategy"):
         ExperimentConfig.from_dict({"trainer": {"strategy": "fdsp"}})

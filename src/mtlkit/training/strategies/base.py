@@ -95,7 +95,7 @@ class SingleProcess(Strategy):
         return device
 
     def setup(self, model: MultiTaskModel, balancer: Balancer, train: Sequence[DataLoader]) -> list[DataLoader]:
-        self._model = model
+        self._model: MultiTaskModel | None = model
         return list(train)
 
     def global_step(
@@ -104,6 +104,8 @@ class SingleProcess(Strategy):
         return local_step()
 
     def training_step(self, X: Any, Y: Any) -> StepOutput:
+        if self._model is None:
+            raise RuntimeError("SingleProcess.training_step before setup")
         return self._model.training_step(X, Y)
 
     def backward(
@@ -128,11 +130,10 @@ class SingleProcess(Strategy):
 def trained_parameters(*modules: nn.Module) -> list[Tensor]:
     """The parameters of `modules` that require grad, each once."""
     seen: set[int] = set()
-    params = []
+    params: list[Tensor] = []
     for module in modules:
         for p in module.parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
                 params.append(p)
     return params
-

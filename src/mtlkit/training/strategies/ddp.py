@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -96,13 +96,14 @@ class DDPStrategy(Strategy):
         """Rank 0's random state, loader seeds, weights and balancer state everywhere; the rank's shards."""
         set_rng_state(self.broadcast_object(rng_state()))
         seeds = self.broadcast_object([getattr(loader, "seed", None) for loader in train])
-        shards = [
+        shards: list[DataLoader] = [
             shard_training_loader(loader, self.world_size, self.rank, seed) for loader, seed in zip(train, seeds)
         ]
-        self.broadcast_tensors(module_tensors(model, balancer))
+        module = _as_module(model)
+        self.broadcast_tensors(module_tensors(module, balancer))
         self._model = model
         self._forward = self._wrap(model, balancer)
-        self._model_params = trained_parameters(model)
+        self._model_params = trained_parameters(module)
         self._balancer_params = trained_parameters(balancer)
         return shards
 
@@ -125,18 +126,24 @@ class DDPStrategy(Strategy):
     # ------------------------------------------------------------------ one step
 
     def training_step(self, X: Any, Y: Any) -> StepOutput:
+        if self._forward is None:
+            raise RuntimeError("DDPStrategy.training_step before setup")
         return self._forward(X, Y)
 
     def global_step(
         self, local_step: Callable[[], tuple[StepOutput, Any]], task_names: list[str], loss_dtype: torch.dtype
     ) -> tuple[StepOutput, Any]:
         """This step's losses on the global batch (see the module docstring); raises on every rank if one failed."""
-        out = dataset = failure = None
+        out: StepOutput | None = None
+        dataset: Any = None
+        failure: BaseException | None = None
         try:
             out, dataset = local_step()
         except Exception as error:  # passed to every rank below, where all of them raise
             failure = error
-        local = {} if out is None else dict(out.losses)
+        if out is None:
+            out = StepOutput({})  # this rank failed: it contributes nothing and raises below
+        local = dict(out.losses)
         unknown = [task for task in local if task not in task_names]
         if unknown and failure is None:
             failure = KeyError(f"training_step returned losses of unknown task(s) {unknown}; tasks: {task_names}")
@@ -203,7 +210,7 @@ class DDPStrategy(Strategy):
         scorers = dict(model.scorers())
         scores: dict[str, float] = {}
         for loader in loaders:
-            dataset = loader.dataset
+            dataset: Any = loader.dataset  # a DictDataset (name, split, Y_dict)
             what = f"scoring dataset {dataset.name!r} (split {dataset.split!r})"
             mapping = metrics.labels_to_tasks(dataset.Y_dict.keys(), model.task_names)
             labels = [label for label, task in mapping.items() if task in scorers]
@@ -215,7 +222,8 @@ class DDPStrategy(Strategy):
                 results = metrics.predict(model, shard, return_preds=True, scorers=scorers)
                 rows = {label: [results[key].get(label) for key in ("golds", "preds", "probs")] for label in labels}
                 for i, label in enumerate(labels):
-                    if rows[label][0] is not None and len(rows[label][0]):
+                    golds = rows[label][0]
+                    if golds is not None and len(golds):
                         classes[i] = scorers[mapping[label]].num_classes(*rows[label]) or 0
             except Exception as error:  # shared with the other ranks below; every rank then raises
                 failure = error
@@ -297,7 +305,7 @@ class DDPStrategy(Strategy):
         if float(flag) > 0:
             self._raise_failure(failure, what)
 
-    def _raise_failure(self, failure: BaseException | None, what: str) -> None:
+    def _raise_failure(self, failure: BaseException | None, what: str) -> NoReturn:
         """Every rank learns which ranks failed and why; the failing ones re-raise their own error."""
         message = None if failure is None else f"{type(failure).__name__}: {failure}"
         messages: list[Any] = [None] * self.world_size
@@ -316,6 +324,12 @@ class DDPStrategy(Strategy):
         if self.profile and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - start
+
+
+def _as_module(model: MultiTaskModel) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{type(model).__name__} is not an nn.Module; the Trainer trains nn.Module models")
+    return model
 
 
 def _by_dtype(tensors: Iterable[Tensor]) -> dict[torch.dtype, list[Tensor]]:
