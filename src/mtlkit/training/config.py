@@ -81,7 +81,7 @@ class TrainerConfig:
         precision: 'fp32', or 'bf16' for `torch.autocast` with bfloat16 (CPU and CUDA;
             needs no loss scaling). fp16 is left out: its loss scaling would change the
             losses that loss-based balancers see.
-        device: where to train; None keeps the model where it is (with distributed=True:
+        device: where to train; None keeps the model where it is (with strategy 'ddp':
             `cuda:LOCAL_RANK` when CUDA is available, else the CPU; 'cuda' means `cuda:LOCAL_RANK`).
     Multi-process training (see docs/distributed.md)
         strategy: 'single' (this process), 'ddp' (one rank of a torch.distributed run

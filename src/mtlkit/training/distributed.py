@@ -118,7 +118,7 @@ def shard_training_loader(loader: DataLoader, num_replicas: int, rank: int, seed
     where = f"the training loader of dataset {loader.dataset.name!r} (split {loader.dataset.split!r})"
     if not isinstance(loader, DictDataLoader) or not isinstance(sampler, EpochSampler):
         raise ConfigError(
-            f"distributed=True shards {where} across ranks itself: build it as DictDataLoader(dataset, "
+            f"multi-process training shards {where} across ranks itself: build it as DictDataLoader(dataset, "
             "batch_size=..., shuffle=..., seed=...) without a custom sampler or batch_sampler"
         )
     if (sampler.num_replicas, sampler.rank) == (num_replicas, rank):
