@@ -23,7 +23,7 @@ from mtlkit.training import DDPStrategy, StepOutput, close_process_group
 
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
-METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")
+METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "graddrop", "db_mtl")
 REP_METHODS = ("mgda", "nash_mtl")  # Gramian-based methods at the shared representation
 TIMEOUT_S = 60
 

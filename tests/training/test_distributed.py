@@ -109,7 +109,9 @@ def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
 def test_loss_balancers_leave_the_model_gradients_to_ddp_and_gradient_balancers_reduce_jacobians(spawned):
     (rank0, _), _ = spawned
     assert set(rank0["ew"]["timings"]) <= {"setup", "losses", "evaluation"}  # no hand-written gradient averaging
-    assert {"jacobian", "gradients"} <= set(rank0["mgda"]["timings"])
+    # Gramian-only methods: J's columns reduce-scattered, partial Gramians summed, the update gathered.
+    assert {"jacobian", "gramian", "update", "gradients"} <= set(rank0["mgda"]["timings"])
+    assert "update" not in rank0["graddrop"]["timings"]  # needs J itself: the averaged J
     assert {"gramian", "gradients"} <= set(rank0["mgda/rep"]["timings"])
 
 

@@ -199,6 +199,12 @@ class Collectives(Protocol):
     def all_reduce_sum(self, tensor: Tensor, kind: str) -> None:
         """Replace `tensor` (in place) by its sum over the processes; `kind` labels the time spent."""
 
+    def reduce_scatter_sum(self, output: Tensor, input: Tensor, kind: str) -> None:
+        """`output` on process r: the r-th of world_size equal slices of `input` (1-D), summed over the processes."""
+
+    def all_gather(self, output: Tensor, input: Tensor, kind: str) -> None:
+        """`output` (1-D): every process's `input` (1-D, equal sizes), concatenated in rank order."""
+
 
 class GradientBalancer(Balancer):
     """Methods that combine one gradient per task.
@@ -282,7 +288,10 @@ class GradientBalancer(Balancer):
         # that the Jacobians line up; the global J then drops what no process reached.
         params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
-        if collectives is not None:
+        combined = None
+        if collectives is not None and _sees_only_gramian(type(self)):
+            combined, params = self._combine_sharded(J, params, [id(p) in reached for p in params], names, losses, index, collectives)
+        elif collectives is not None:
             J, params = _global_jacobian(J, params, [id(p) in reached for p in params], collectives)
         shared = {id(p) for p in params}
         if not params:
@@ -293,7 +302,7 @@ class GradientBalancer(Balancer):
             "" if self.chunk_size == 1 else " With batched task backward passes, an inf inside one "
             "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
         )
-        g, weights = self._combine_checked(J, names, losses, index, hint)
+        g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:
             torch.autograd.backward(vec.sum(), inputs=specific)
@@ -304,6 +313,54 @@ class GradientBalancer(Balancer):
             p.grad = update if p.grad is None else p.grad + update
             offset += n
         return g, weights
+
+    def _combine_sharded(
+        self,
+        J: Tensor,
+        params: list[Tensor],
+        reached: list[bool],
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        collectives: Collectives,
+    ) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor]]:
+        """For a method that sees J only through G: ((g, weights), the parameters some process reached).
+
+        Process r receives the global J's r-th slice of columns (one reduce-scatter of T×P),
+        its partial Gramian J_r J_rᵀ is summed over processes (one T×T all-reduce, which also
+        carries the reached flags), every process takes the same weights w from G, and the
+        slices of g = wᵀJ are gathered (one all-gather of P). Against averaging the whole J
+        (all-reduce of T×P), this moves about half the bytes and splits the Gramian's work.
+        """
+        N = collectives.world_size
+        T, P = J.shape
+        width = -(-P // N)
+        padded = J.new_zeros(T, N * width)
+        padded[:, :P] = J
+        shard = J.new_empty(T, width)
+        chunks = padded.view(T, N, width).transpose(0, 1).contiguous()  # process r's columns: chunks[r]
+        collectives.reduce_scatter_sum(shard.view(-1), chunks.view(-1), "jacobian")
+        shard /= N
+        flat = torch.cat([(shard @ shard.T).reshape(-1), torch.tensor(reached, dtype=J.dtype, device=J.device)])
+        collectives.all_reduce_sum(flat, "gramian")
+        G = flat[: T * T].view(T, T)
+        used = (flat[T * T :] > 0).tolist()
+        if not any(used):
+            return None, []
+        _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+        # Any matrix with Gramian G stands in for the global J: the method sees G only.
+        _, weights = self._combine_checked(gramian_root(G), names, losses, index)
+        g = J.new_empty(N * width)
+        collectives.all_gather(g, weights.to(shard.dtype) @ shard, "update")
+        g = g[:P]
+        if not all(used):
+            g = torch.cat([piece for piece, u in zip(g.split([p.numel() for p in params]), used) if u])
+        if not bool(torch.isfinite(g.sum())):
+            raise FloatingPointError(
+                f"{type(self).__name__} produced a non-finite update from finite task gradients "
+                f"(tasks {names}); this is a bug in the method, please report it"
+            )
+        return (g, weights), [p for p, u in zip(params, used) if u]
 
     def _backward_through_reps(
         self,
@@ -351,7 +408,7 @@ class GradientBalancer(Balancer):
         global Gramian is Σ_r G_r / world_size².
         """
         cls = type(self)
-        if cls.weights is GradientBalancer.weights or cls.aggregate is not GradientBalancer.aggregate:
+        if not _sees_only_gramian(cls):
             raise ValueError(
                 f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "
                 "torch.distributed it cannot act at a shared representation: train without rep_grad (the "
@@ -363,10 +420,19 @@ class GradientBalancer(Balancer):
         G = G / collectives.world_size**2
         _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
         # Any matrix with Gramian G stands in for the global J: the method sees G only.
-        eigenvalues, vectors = torch.linalg.eigh(G.double())
-        root = (vectors * eigenvalues.clamp(min=0).sqrt()).to(J.dtype)
-        _, weights = self._combine_checked(root, names, losses, index)
+        _, weights = self._combine_checked(gramian_root(G).to(J.dtype), names, losses, index)
         return weights @ J, weights
+
+
+def _sees_only_gramian(cls: type) -> bool:
+    """Whether a method's update depends on J only through JJᵀ (it is defined by `weights(G)`)."""
+    return cls.weights is not GradientBalancer.weights and cls.aggregate is GradientBalancer.aggregate
+
+
+def gramian_root(G: Tensor) -> Tensor:
+    """A T×T matrix R with RRᵀ = G (G symmetric positive semi-definite), in G's dtype."""
+    eigenvalues, vectors = torch.linalg.eigh(G.double())
+    return (vectors * eigenvalues.clamp(min=0).sqrt()).to(G.dtype)
 
 
 def _global_jacobian(

@@ -268,6 +268,16 @@ class DDPStrategy(Strategy):
         with self._timed(kind):
             dist.all_reduce(tensor)
 
+    def reduce_scatter_sum(self, output: Tensor, input: Tensor, kind: str) -> None:
+        """`Collectives.reduce_scatter_sum`: this rank's slice of `input` summed over ranks, into `output`."""
+        with self._timed(kind):
+            dist.reduce_scatter_tensor(output, input)
+
+    def all_gather(self, output: Tensor, input: Tensor, kind: str) -> None:
+        """`Collectives.all_gather`: every rank's `input`, concatenated in rank order, into `output`."""
+        with self._timed(kind):
+            dist.all_gather_into_tensor(output, input)
+
     def average_gradients(self, params: Iterable[Tensor]) -> None:
         """Average `.grad` over ranks (one all-reduce per dtype); a parameter no rank gave a gradient keeps None."""
         for group in _by_dtype(list({id(p): p for p in params}.values())).values():
