@@ -9,7 +9,8 @@ Configurations (`--configs`):
 - `ew`: EW through `DistributedDataParallel` (bucketed all-reduce overlapping the backward).
 - `ew/manual`: EW with the model called without DDP and every gradient averaged by one
   coalesced all-reduce after the backward (mtlkit's data-parallel path before DDP).
-- `mgda`, `imtl`: gradient methods on the shared parameters (the T × P Jacobian all-reduced).
+- `mgda`, `imtl`: gradient methods on the shared parameters (the T × P Jacobian's columns
+  reduce-scattered, partial Gramians summed, the update all-gathered).
 - `mgda/rep`, `imtl/rep`: the same at the shared representation (`rep_grad`; the T × T
   Gramian all-reduced, then the trunk's gradients averaged after the backward).
 
@@ -18,7 +19,7 @@ of W + S steps (after a warm-up fit); steps/s = S / (time(W + S) − time(W)). T
 configurations take turns, one measurement each per round (fresh processes every round),
 so that a change in the machine's load spreads over all of them; each cell is the median
 over `--repeats` rounds. "collectives" is the time per step in the strategy's timed
-collectives (losses / jacobian / gramian / gradients), including waiting for the slower
+collectives (losses / jacobian / gramian / update / gradients), including waiting for the slower
 rank; DDP's own all-reduce overlaps the backward and is not in it. The row "1, single"
 is the single-process strategy, for the cost of the distributed machinery itself.
 
@@ -53,7 +54,7 @@ CONFIGS = ("ew", "ew/manual", "mgda", "mgda/rep", "imtl", "imtl/rep")
 TASKS = ("t0", "t1", "t2")
 WIDTH = (256, 1024, 1024, 256)
 WARMUP_STEPS = 5
-STEP_COLLECTIVES = ("losses", "jacobian", "gramian", "gradients")
+STEP_COLLECTIVES = ("losses", "jacobian", "gramian", "update", "gradients")
 
 
 class Net(nn.Module):
@@ -189,7 +190,7 @@ def main() -> None:
     print(f"device {args.device}, {args.threads} thread(s)/process, trunk {params} parameters, "
           f"{args.batch} rows/rank/step, {args.steps} timed steps, median of {args.repeats}\n")
     print("| config | processes | global batch | steps/s | weak-scaling efficiency "
-          "| collectives ms/step (losses / jacobian / gramian / gradients) | collectives share |")
+          "| collectives ms/step (losses / jacobian / gramian / update / gradients) | collectives share |")
     print("|---|---|---:|---:|---:|---|---:|")
     for config in args.configs:
         base = medians[config, str(args.procs[0])]["steps_per_s"] if args.procs[0] == 1 else None
