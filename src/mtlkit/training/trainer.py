@@ -31,7 +31,6 @@ from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from mtlkit.training.config import TrainerConfig
-from mtlkit.training.distributed import is_main_process
 from mtlkit.training.loggers import Logger, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer
@@ -68,7 +67,6 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._pending: dict[str, Any] | None = None  # a checkpoint read by `Trainer.load`, resumed by `fit`
         self.strategy: Strategy = build_strategy(self.config)
-        self._launched = False
 
     # ------------------------------------------------------------------ public API
 
@@ -90,7 +88,6 @@ class Trainer:
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else self._pending
         self._pending = None
         device = self.strategy.launch(cfg.device)
-        self._launched = True
         loggers: list[Logger] = []
         try:
             if checkpoint is None and cfg.seed is not None:
@@ -125,7 +122,7 @@ class Trainer:
     @property
     def is_main_process(self) -> bool:
         """True in a single-process run and on rank 0: the process that logs and writes checkpoints."""
-        return self.strategy.is_main if self._launched else is_main_process()
+        return self.strategy.is_main
 
     def save(self, path: str | Path) -> None:
         """Write the whole training state (atomically) so that `fit(..., resume_from=path)` continues it.

@@ -26,6 +26,7 @@ One step on one rank:
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -75,6 +76,10 @@ class DDPStrategy(Strategy):
 
     def __init__(self, backend: str | None = None, timeout: float = 600.0) -> None:
         super().__init__()
+        # The rank this process will have (torchrun's RANK, or the existing group's), known before `launch`.
+        self.rank = (
+            dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+        )
         self.backend = backend
         self.timeout = timeout
         self.profile = False
