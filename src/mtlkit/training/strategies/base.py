@@ -24,7 +24,7 @@ from mtlkit.weighting import Balancer, BalanceResult
 
 
 class Strategy:
-    """Base class of the training strategies (`SingleProcess`, `DDPStrategy`, `FSDPStrategy`).
+    """Base class of the training strategies (`SingleProcess`, `DDPStrategy`).
 
     `rank` and `world_size` describe this process's place in the run; `timings` holds the
     seconds spent in each kind of collective during the last `fit` (empty in one process).
