@@ -28,6 +28,7 @@ Zero and non-finite values:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Union, runtime_checkable
@@ -195,6 +196,12 @@ class Collectives(Protocol):
     @property
     def world_size(self) -> int:
         """The number of processes whose local batches make up the global batch."""
+
+    @property
+    def reduces_in_backward(self) -> bool:
+        """True when the model's forward ran through a wrapper (DDP) that averages every gradient
+        reaching the model's parameters in the next backward: the engine then runs one backward
+        for all of them (at a representation), and writes none itself."""
 
     def all_reduce_sum(self, tensor: Tensor, kind: str) -> None:
         """Replace `tensor` (in place) by its sum over the processes; `kind` labels the time spent."""
@@ -380,7 +387,8 @@ class GradientBalancer(Balancer):
         # Two passes: one over the heads (rep_jacobian: per-task rows at the representation by
         # hooks, and the heads' own gradients), one through the trunk from g. A batched pass
         # would push T rows (T−1 of them zero) through every head.
-        specific = leaves_above(losses, reps)
+        one_backward = collectives is not None and collectives.reduces_in_backward
+        specific = [] if one_backward else leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
         if collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
@@ -393,7 +401,17 @@ class GradientBalancer(Balancer):
         for r in reps:
             grads.append(g[offset : offset + r.numel()].view_as(r).to(r.dtype))
             offset += r.numel()
-        if reps:
+        if one_backward:
+            # Every gradient in one backward of Σ_t L_t whose gradient at the representation is
+            # replaced by g: the heads get their own tasks' gradients, the trunk g, and a
+            # data-parallel wrapper (DDP) averages all of them while the backward runs.
+            handles = [r.register_hook(functools.partial(_replace, grad)) for r, grad in zip(reps, grads)]
+            try:
+                torch.stack(losses).sum().backward()
+            finally:
+                for handle in handles:
+                    handle.remove()
+        elif reps:
             torch.autograd.backward(reps, grads)
         return g, weights
 
@@ -422,6 +440,10 @@ class GradientBalancer(Balancer):
         # Any matrix with Gramian G stands in for the global J: the method sees G only.
         _, weights = self._combine_checked(gramian_root(G).to(J.dtype), names, losses, index)
         return weights @ J, weights
+
+
+def _replace(value: Tensor, grad: Tensor) -> Tensor:
+    return value
 
 
 def _sees_only_gramian(cls: type) -> bool:

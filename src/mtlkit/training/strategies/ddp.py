@@ -87,6 +87,7 @@ class DDPStrategy(Strategy):
         self._model: MultiTaskModel | None = None
         self._forward: Callable[[Any, Any], StepOutput] | None = None
         self._model_params: list[Tensor] = []
+        self.reduces_in_backward = False  # `Collectives.reduces_in_backward`: set by `setup`
         self._balancer_params: list[Tensor] = []
 
     # ------------------------------------------------------------------ set-up
@@ -109,12 +110,13 @@ class DDPStrategy(Strategy):
         self._model = model
         self._forward = self._wrap(model, balancer)
         self._model_params = trained_parameters(module)
+        self.reduces_in_backward = isinstance(self._forward, DistributedDataParallel)
         self._balancer_params = trained_parameters(balancer)
         return shards
 
     def _wrap(self, model: MultiTaskModel, balancer: Balancer) -> Callable[[Any, Any], StepOutput]:
-        """DDP for loss-weighting balancers; the bare model for gradient balancers (see the module docstring)."""
-        if not isinstance(balancer, LossBalancer):
+        """DDP, except for gradient balancers on shared parameters (see the module docstring)."""
+        if not isinstance(balancer, LossBalancer) and not getattr(model, "rep_grad", False):
             return model.training_step
         return DistributedDataParallel(
             TrainingStepModule(model),
@@ -127,6 +129,7 @@ class DDPStrategy(Strategy):
     def teardown(self) -> None:
         self._model = self._forward = None
         self._model_params, self._balancer_params = [], []
+        self.reduces_in_backward = False
 
     # ------------------------------------------------------------------ one step
 
@@ -191,7 +194,15 @@ class DDPStrategy(Strategy):
             result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps)
             self.average_gradients(self._balancer_params)
             return result
+        if self.reduces_in_backward and shared_reps is None:
+            raise ValueError(
+                f"{type(self._model).__name__} has rep_grad=True but this batch's training_step returned no "
+                "shared_reps: a rep_grad model must return its shared representation for every batch"
+            )
         result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps, collectives=self)
+        if self.reduces_in_backward:  # DDP averaged the model's gradients in the engine's one backward
+            self.average_gradients(self._balancer_params)
+            return result
         global_ = {id(p) for p in shared_params or ()}  # the engine's contract: their .grad is global
         rest = [p for p in self._model_params if id(p) not in global_]
         self.average_gradients(rest + self._balancer_params)
