@@ -12,7 +12,7 @@ Configurations (`--configs`):
 - `mgda`, `imtl`: gradient methods on the shared parameters (the T × P Jacobian's columns
   reduce-scattered, partial Gramians summed, the update all-gathered).
 - `mgda/rep`, `imtl/rep`: the same at the shared representation (`rep_grad`; the T × T
-  Gramian all-reduced, then the trunk's gradients averaged after the backward).
+  Gramian all-reduced, then one backward through DDP averages trunk and heads).
 
 For each configuration and process count, the ranks run a Trainer fit of W steps and one
 of W + S steps (after a warm-up fit); steps/s = S / (time(W + S) − time(W)). The

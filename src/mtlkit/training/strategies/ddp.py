@@ -15,12 +15,14 @@ One step on one rank:
      `torch.nn.parallel.DistributedDataParallel`, whose bucketed all-reduce averages the
      model's gradients while the backward runs; the balancer's own parameters (UW's
      log-variances, …) are averaged after it.
-   - gradient balancers: the model is called without DDP (it would reduce gradients the
-     method has yet to combine). The balancer's engine gets this strategy as its
-     `Collectives`: it averages the per-task gradients of the shared parameters (T×P) or
-     sums the Gramian at a shared representation (T×T) before the method combines them,
-     so the shared parameters' `.grad` is global on return; one coalesced all-reduce
-     then averages every other gradient (heads, trunk under `rep_grad`, balancer).
+   - gradient balancers get this strategy as the engine's `Collectives`. On the shared
+     parameters the model is called without DDP (it would average gradients the method
+     has yet to combine): the engine makes the shared parameters' `.grad` global (J's
+     columns reduce-scattered and partial Gramians summed, or J averaged), and one
+     coalesced all-reduce then averages every other gradient (heads, balancer). At a
+     representation (models with `rep_grad`) the forward runs through DDP: the engine
+     sums the T×T Gramian, then runs one backward of Σ_t L_t with the representation's
+     gradient replaced by g, which DDP averages as it runs.
 """
 
 from __future__ import annotations
