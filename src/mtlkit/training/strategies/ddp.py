@@ -289,12 +289,12 @@ class DDPStrategy(Strategy):
     def reduce_scatter_sum(self, output: Tensor, input: Tensor, kind: str) -> None:
         """`Collectives.reduce_scatter_sum`: this rank's slice of `input` summed over ranks, into `output`."""
         with self._timed(kind):
-            dist.reduce_scatter_tensor(output, input)
+            dist.reduce_scatter(output, list(input.chunk(self.world_size)))  # the list forms exist in every torch 2
 
     def all_gather(self, output: Tensor, input: Tensor, kind: str) -> None:
         """`Collectives.all_gather`: every rank's `input`, concatenated in rank order, into `output`."""
         with self._timed(kind):
-            dist.all_gather_into_tensor(output, input)
+            dist.all_gather(list(output.chunk(self.world_size)), input)
 
     def average_gradients(self, params: Iterable[Tensor]) -> None:
         """Average `.grad` over ranks (one all-reduce per dtype); a parameter no rank gave a gradient keeps None."""
