@@ -24,7 +24,8 @@ from mtlkit.training import DDPStrategy, StepOutput, close_process_group
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
 METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "graddrop", "db_mtl")
-REP_METHODS = ("mgda", "nash_mtl")  # Gramian-based methods at the shared representation
+REP_METHODS = ("mgda", "nash_mtl")
+SHARDED_METHODS = ("mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")  # Gramian-only: G from slices of J  # Gramian-based methods at the shared representation
 TIMEOUT_S = 60
 
 
@@ -134,10 +135,16 @@ def config(weighting: str, **overrides) -> dict:
             "progress_bar": False, **overrides}
 
 
-def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None, **overrides) -> dict:
-    """Train with `processes` ranks' worth of batch; return what the tests compare."""
+def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None, sharded: bool = False,
+        **overrides) -> dict:
+    """Train with `processes` ranks' worth of batch; return what the tests compare.
+
+    `sharded`: Gramian-only methods take G from slices of J (the NCCL default) instead of the averaged J.
+    """
     model = make_model(rep_grad)
     trainer = Trainer(**config(weighting, **overrides))
+    if sharded:
+        trainer.strategy = DDPStrategy(shard_jacobian=True)
     final = trainer.fit(model, make_loaders(LOCAL_BATCH * (WORLD // processes)), resume_from=resume_from)
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -161,6 +168,8 @@ def _scenarios(rank: int, out: Path) -> dict:
     results: dict = {}
     for method in METHODS:
         results[method] = run(method, WORLD, distributed=True)
+    for method in SHARDED_METHODS:
+        results[f"{method}/sharded"] = run(method, WORLD, distributed=True, sharded=True)
     for method in REP_METHODS:
         results[f"{method}/rep"] = run(method, WORLD, rep_grad=True, distributed=True)
     results["graddrop/rep"] = _error(lambda: run("graddrop", WORLD, rep_grad=True, distributed=True))

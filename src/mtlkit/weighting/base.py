@@ -198,6 +198,12 @@ class Collectives(Protocol):
         """The number of processes whose local batches make up the global batch."""
 
     @property
+    def shards_jacobian(self) -> bool:
+        """True when a reduce-scatter costs less than an all-reduce of the same data (NCCL): methods
+        defined by weights(G) then take the global Gramian from slices of J (`_combine_sharded`)
+        instead of averaging the whole J."""
+
+    @property
     def reduces_in_backward(self) -> bool:
         """True when the model's forward ran through a wrapper (DDP) that averages every gradient
         reaching the model's parameters in the next backward: the engine then runs one backward
@@ -296,7 +302,7 @@ class GradientBalancer(Balancer):
         params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
         combined = None
-        if collectives is not None and _sees_only_gramian(type(self)):
+        if collectives is not None and collectives.shards_jacobian and _sees_only_gramian(type(self)):
             combined, params = self._combine_sharded(J, params, [id(p) in reached for p in params], names, losses, index, collectives)
         elif collectives is not None:
             J, params = _global_jacobian(J, params, [id(p) in reached for p in params], collectives)

@@ -68,7 +68,10 @@ class DDPStrategy(Strategy):
     """One rank of a torch.distributed run (launched by `torchrun`), with DDP for loss-weighting balancers.
 
     `backend` None means 'nccl' on CUDA and 'gloo' on the CPU; `timeout` bounds the
-    collectives of a process group created here. `timings` accumulates the seconds spent
+    collectives of a process group created here. `shard_jacobian`: whether gradient
+    methods defined by weights(G) take the global Gramian from slices of the Jacobian
+    (reduce-scatter, T×T all-reduce, all-gather of the update) rather than averaging the
+    whole Jacobian; None: on NCCL only. `timings` accumulates the seconds spent
     in each kind of collective ('losses', 'jacobian', 'gramian', 'gradients', 'setup',
     'evaluation'; DDP's own all-reduce overlaps the backward and is not timed). On CUDA,
     set `profile` to synchronise around them so that the times are the collectives' own.
@@ -76,8 +79,9 @@ class DDPStrategy(Strategy):
 
     name = "ddp"
 
-    def __init__(self, backend: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(self, backend: str | None = None, timeout: float = 600.0, shard_jacobian: bool | None = None) -> None:
         super().__init__()
+        self.shard_jacobian = shard_jacobian
         # The rank this process will have (torchrun's RANK, or the existing group's), known before `launch`.
         self.rank = (
             dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
@@ -90,6 +94,7 @@ class DDPStrategy(Strategy):
         self._forward: Callable[[Any, Any], StepOutput] | None = None
         self._model_params: list[Tensor] = []
         self.reduces_in_backward = False  # `Collectives.reduces_in_backward`: set by `setup`
+        self.shards_jacobian = False  # `Collectives.shards_jacobian`: set by `launch`
         self._balancer_params: list[Tensor] = []
 
     # ------------------------------------------------------------------ set-up
@@ -97,6 +102,9 @@ class DDPStrategy(Strategy):
     def launch(self, device: torch.device | None) -> torch.device:
         self.device = join_process_group(device, self.backend, self.timeout)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        # gloo's reduce-scatter is slower than its all-reduce (benchmarks/README.md); NCCL's is about half.
+        nccl = dist.get_backend() == "nccl"
+        self.shards_jacobian = nccl if self.shard_jacobian is None else self.shard_jacobian
         self.timings = {}
         return self.device
 
