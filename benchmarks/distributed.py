@@ -9,8 +9,9 @@ Configurations (`--configs`):
 - `ew`: EW through `DistributedDataParallel` (bucketed all-reduce overlapping the backward).
 - `ew/manual`: EW with the model called without DDP and every gradient averaged by one
   coalesced all-reduce after the backward (mtlkit's data-parallel path before DDP).
-- `mgda`, `imtl`: gradient methods on the shared parameters (the T × P Jacobian's columns
-  reduce-scattered, partial Gramians summed, the update all-gathered).
+- `mgda`, `imtl`: gradient methods on the shared parameters (the T × P Jacobian
+  all-reduced; on NCCL its columns reduce-scattered, partial Gramians summed, the update
+  all-gathered).
 - `mgda/rep`, `imtl/rep`: the same at the shared representation (`rep_grad`; the T × T
   Gramian all-reduced, then one backward through DDP averages trunk and heads).
 
