@@ -30,8 +30,6 @@ class Strategy:
     seconds spent in each kind of collective during the last `fit` (empty in one process).
     """
 
-    name = ""
-
     def __init__(self) -> None:
         self.rank = 0
         self.world_size = 1
@@ -87,8 +85,6 @@ class Strategy:
 
 class SingleProcess(Strategy):
     """Train in this process alone, on the configured device (or where the model is)."""
-
-    name = "single"
 
     def launch(self, device: torch.device | None) -> torch.device | None:
         self.timings = {}

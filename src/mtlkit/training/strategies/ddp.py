@@ -65,19 +65,17 @@ class TrainingStepModule(nn.Module):
 
 
 class DDPStrategy(Strategy):
-    """One rank of a torch.distributed run (launched by `torchrun`), with DDP for loss-weighting balancers.
+    """One rank of a torch.distributed run (launched by `torchrun`), training through DDP (see the module docstring).
 
     `backend` None means 'nccl' on CUDA and 'gloo' on the CPU; `timeout` bounds the
     collectives of a process group created here. `shard_jacobian`: whether gradient
     methods defined by weights(G) take the global Gramian from slices of the Jacobian
     (reduce-scatter, T×T all-reduce, all-gather of the update) rather than averaging the
     whole Jacobian; None: on NCCL only. `timings` accumulates the seconds spent
-    in each kind of collective ('losses', 'jacobian', 'gramian', 'gradients', 'setup',
-    'evaluation'; DDP's own all-reduce overlaps the backward and is not timed). On CUDA,
+    in each kind of collective ('losses', 'jacobian', 'gramian', 'update', 'gradients',
+    'setup', 'evaluation'; DDP's own all-reduce overlaps the backward and is not timed). On CUDA,
     set `profile` to synchronise around them so that the times are the collectives' own.
     """
-
-    name = "ddp"
 
     def __init__(self, backend: str | None = None, timeout: float = 600.0, shard_jacobian: bool | None = None) -> None:
         super().__init__()
