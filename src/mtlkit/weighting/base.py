@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +101,8 @@ class Balancer(nn.Module):
         the global batch's, as `mtlkit.training` builds them), a gradient method acts on
         the global batch: on return the `.grad` of every parameter in `shared_params` is
         the global one on every process; the other gradients are this process's share,
-        which the caller averages (as data-parallel training does for loss balancers).
+        which the caller averages (or, when `collectives.reduces_in_backward`, the
+        data-parallel wrapper averages during the engine's backward).
         """
         if not isinstance(losses, Mapping):
             losses = list(losses)
@@ -185,7 +186,6 @@ class LossBalancer(Balancer):
         )
 
 
-@runtime_checkable
 class Collectives(Protocol):
     """The cross-process operations the backward engine needs to act on the global batch of a data-parallel run.
 
