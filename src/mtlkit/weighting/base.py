@@ -302,10 +302,12 @@ class GradientBalancer(Balancer):
         params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
         combined = None
-        if collectives is not None and collectives.shards_jacobian and _sees_only_gramian(type(self)):
-            combined, params = self._combine_sharded(J, params, [id(p) in reached for p in params], names, losses, index, collectives)
-        elif collectives is not None:
-            J, params = _global_jacobian(J, params, [id(p) in reached for p in params], collectives)
+        if collectives is not None and J is not None:  # J is None only without shared parameters
+            flags = [id(p) in reached for p in params]
+            if collectives.shards_jacobian and _sees_only_gramian(type(self)):
+                combined, params = self._combine_sharded(J, params, flags, names, losses, index, collectives)
+            else:
+                J, params = _global_jacobian(J, params, flags, collectives)
         shared = {id(p) for p in params}
         if not params:
             # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
@@ -452,7 +454,7 @@ def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
 
 
-def _sees_only_gramian(cls: type) -> bool:
+def _sees_only_gramian(cls: type[GradientBalancer]) -> bool:
     """Whether a method's update depends on J only through JJᵀ (it is defined by `weights(G)`)."""
     return cls.weights is not GradientBalancer.weights and cls.aggregate is GradientBalancer.aggregate
 
