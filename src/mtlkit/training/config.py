@@ -38,6 +38,7 @@ NONFINITE_POLICIES = ("raise", "skip")
 PRECISIONS = ("fp32", "bf16")
 METRIC_MODES = ("min", "max")
 DIST_BACKENDS = ("gloo", "nccl")
+STRATEGIES = ("auto", "single", "ddp")
 
 WeightingSpec = Union[str, tuple, Mapping, Balancer]
 
@@ -71,13 +72,16 @@ class TrainerConfig:
         precision: 'fp32', or 'bf16' for `torch.autocast` with bfloat16 (CPU and CUDA;
             needs no loss scaling). fp16 is left out: its loss scaling would change the
             losses that loss-based balancers see.
-        device: where to train; None keeps the model where it is (with distributed=True:
+        device: where to train; None keeps the model where it is (with strategy 'ddp':
             `cuda:LOCAL_RANK` when CUDA is available, else the CPU; 'cuda' means `cuda:LOCAL_RANK`).
     Multi-process training (see docs/distributed.md)
-        distributed: train as one rank of a torch.distributed run launched by `torchrun`:
-            the training loaders are sharded across ranks (`batch_size` is per rank), the
-            balancer sees the global batch's losses and gradients, and rank 0 alone logs
-            and writes checkpoints.
+        strategy: 'single' (this process), 'ddp' (one rank of a torch.distributed run
+            launched by `torchrun`: the training loaders are sharded across ranks,
+            `batch_size` is per rank, the balancer sees the global batch's losses and
+            gradients, and rank 0 alone logs and writes checkpoints), or 'auto' ('ddp'
+            under torchrun or an initialised process group, else 'single'). None: 'ddp'
+            with distributed=True, else 'single'.
+        distributed: True means strategy 'ddp' (when strategy is None or 'auto').
         dist_backend: 'gloo' or 'nccl'; None picks 'nccl' on CUDA and 'gloo' on the CPU.
         dist_timeout: seconds a collective may wait for the other ranks before failing
             (applies to the process group the Trainer creates).
@@ -125,6 +129,7 @@ class TrainerConfig:
     nonfinite_loss: str = "raise"
     precision: str = "fp32"
     device: str | torch.device | None = None
+    strategy: str | None = None
     distributed: bool = False
     dist_backend: str | None = None
     dist_timeout: float = 600.0
@@ -188,6 +193,10 @@ class TrainerConfig:
         _choice(self, "precision", PRECISIONS)
         if self.device is not None:
             _set(self, "device", _device(self.device))
+        if self.strategy is not None:
+            _choice(self, "strategy", STRATEGIES)
+        if self.strategy == "single" and self.distributed is True:
+            raise ConfigError("strategy='single' contradicts distributed=True: drop distributed, or use strategy='ddp'")
         if self.dist_backend is not None:
             _choice(self, "dist_backend", DIST_BACKENDS)
         _number(self, "dist_timeout", positive=True)

@@ -1,6 +1,6 @@
 """Loss and gradient balancing methods behind one interface (see `Balancer`)."""
 
-from mtlkit.weighting.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
+from mtlkit.weighting.base import Balancer, BalanceResult, Collectives, GradientBalancer, LossBalancer
 from mtlkit.weighting.methods.imtl import IMTL
 from mtlkit.weighting.registry import available, get, is_registered, register
 from mtlkit.weighting.wrappers import wrap
@@ -9,6 +9,7 @@ __all__ = [
     "IMTL",
     "BalanceResult",
     "Balancer",
+    "Collectives",
     "GradientBalancer",
     "LossBalancer",
     "available",

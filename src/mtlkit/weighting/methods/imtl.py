@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.base import BalanceResult, GradientBalancer, LossBalancer, Losses, Params, Reps
+from mtlkit.weighting.base import BalanceResult, Collectives, GradientBalancer, LossBalancer, Losses, Params, Reps
 from mtlkit.weighting.registry import register
 
 _METHODS = ("gradient", "loss", "hybrid")
@@ -136,6 +136,7 @@ class IMTL(GradientBalancer):
         *,
         shared_parameters: Params | None = None,
         z: Reps | None = None,
+        collectives: Collectives | None = None,
     ) -> BalanceResult:
         """Balance and backpropagate `losses`; `shared_parameters`/`z` are the seed's names."""
         if losses is None:
@@ -148,6 +149,7 @@ class IMTL(GradientBalancer):
             losses,
             shared_params=shared_params if shared_params is not None else shared_parameters,
             shared_reps=shared_reps if shared_reps is not None else z,
+            collectives=collectives,
         )
 
     def weights(self, G: Tensor) -> Tensor:
