@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mtlkit import metrics
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.weighting import Balancer, BalanceResult
 
 

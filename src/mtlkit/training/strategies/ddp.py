@@ -48,7 +48,7 @@ from mtlkit.training.distributed import (
     shard_evaluation_loader,
     shard_training_loader,
 )
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.strategies.base import Strategy, trained_parameters
 from mtlkit.weighting import Balancer, BalanceResult, LossBalancer
 
@@ -227,8 +227,8 @@ class DDPStrategy(Strategy):
 
         Per loader: each rank predicts its shard (every example once over the ranks) and
         updates one `metrics.ScoreState` per scored label; the ranks agree on each label's
-        number of classes (one max all-reduce) before, and reduce the states (torchmetrics'
-        sync: counts and sums; the rows themselves only for roc_auc and custom metric
+        number of classes (one max all-reduce) before, and reduce the states (sums of
+        counts and statistics; the rows themselves only for roc_auc and custom metric
         functions) after. Every rank then computes the same scores.
         """
         scorers = dict(model.scorers())
