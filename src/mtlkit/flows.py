@@ -17,9 +17,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-import networkx as nx
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,6 +31,9 @@ from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.metrics import Scorer
 from mtlkit.training.protocol import StepOutput
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["Operation", "Task", "MultitaskClassifier"]
 

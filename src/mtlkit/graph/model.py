@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import networkx as nx
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +13,9 @@ from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.training.protocol import StepOutput
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["MTLModel"]
 
