@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from mtlkit.weighting import GradientBalancer
-from mtlkit.weighting.jacobian import gramian, jacobian, leaves_above, rep_jacobian, task_jacobian
+from mtlkit.weighting import GradientBalancer, get
+from mtlkit.weighting.jacobian import (
+    gramian,
+    gramian_root,
+    jacobian,
+    leaves_above,
+    params_gramian,
+    rep_jacobian,
+    task_jacobian,
+)
 
 
 def _sequential_reference(losses, inputs):
@@ -163,3 +171,57 @@ def test_leaves_above_stop_at_the_representation(small_mtl):
     losses, rep = model()
     found = {id(p) for p in leaves_above(losses, [rep])}
     assert found == {id(p) for p in model.heads.parameters()}
+
+
+# --- the Gramian path on shared parameters -------------------------------------------------
+
+
+def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl):
+    model = small_mtl(num_tasks=4, dtype=torch.float64)
+    losses, _ = model()
+    losses[2] = losses[2] + (model.trunk[0].bias ** 2).sum()  # a parameter reached twice by one task
+    params = [*model.trunk.parameters(), model.heads[0].weight]  # a parameter only task 0 reaches
+    expected = gramian(jacobian(losses, params))
+    assert torch.allclose(params_gramian(losses, params), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_params_gramian_holds_no_block_of_the_jacobian_afterwards(small_mtl):
+    model = small_mtl(dtype=torch.float64)
+    losses, _ = model()
+    params = list(model.trunk.parameters())
+    params_gramian(losses, params)
+    assert all(p.grad is None for p in params) and all(not p._backward_hooks for p in params)
+
+
+def test_params_gramian_falls_back_to_rows_when_the_backward_cannot_be_batched():
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = _NumpyDouble.apply(x)
+    losses = [y.sum(), (y**2).sum()]
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        G = params_gramian(losses, [x])
+    J = torch.stack([torch.full_like(x, 2.0), 8 * x.detach()])
+    assert torch.allclose(G, J @ J.T)
+
+
+def test_gramian_root_reproduces_a_singular_gramian():
+    J = torch.randn(3, 7, dtype=torch.float64)
+    J[2] = J[0] + J[1]  # rank 2
+    R = gramian_root(gramian(J))
+    assert torch.allclose(R @ R.T, gramian(J), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "imtl_g", "cagrad", "aligned_mtl", "nash_mtl", "pcgrad", "gradvac"])
+def test_gramian_path_gives_the_jacobian_paths_weights_and_grads(small_mtl, name):
+    # chunk_size=1 takes the rows themselves (the Jacobian path); the default takes the Gramian path.
+    results = {}
+    for chunk_size in (None, 1):
+        model = small_mtl(num_tasks=4, dtype=torch.float64)
+        balancer = get(name, tasks=4, chunk_size=chunk_size)
+        losses, _ = model()
+        out = balancer.backward(losses, shared_params=model.trunk.parameters())
+        results[chunk_size] = (out.weights, _grads(model))
+    (w_gram, g_gram), (w_rows, g_rows) = results[None], results[1]
+    for task in w_rows:
+        assert torch.allclose(w_gram[task], w_rows[task], atol=1e-7), task
+    for param in g_rows:
+        assert torch.allclose(g_gram[param], g_rows[param], atol=1e-7), param

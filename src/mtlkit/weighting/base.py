@@ -35,7 +35,16 @@ from typing import Protocol, Union
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.jacobian import gramian, jacobian, leaves_above, reachable_leaves, rep_jacobian
+from mtlkit.weighting.jacobian import (
+    gramian,
+    gramian_root,
+    jacobian,
+    leaves_above,
+    params_gramian,
+    reachable_leaves,
+    rep_jacobian,
+    weighted_backward,
+)
 
 Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
 Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
@@ -255,6 +264,13 @@ class GradientBalancer(Balancer):
         # Under torch.distributed every rank takes all of them (zero columns where unreached), so
         # that the ranks' Jacobians line up; the reducer averages them and drops what no rank reached.
         params = [p for p in _flatten_params(shared_params) if id(p) in reached or self.reducer is not None]
+        if params and self.reducer is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
+            # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
+            G = params_gramian(losses, params)
+            _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+            _, weights = self._combine_checked(gramian_root(G), names, losses, index)
+            specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
+            return weighted_backward(losses, weights, params, specific), weights
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
         if self.reducer is not None:
             J, params = self.reducer.reduce_jacobian(J, params, [id(p) in reached for p in params])
@@ -328,6 +344,11 @@ class GradientBalancer(Balancer):
         root = (vectors * eigenvalues.clamp(min=0).sqrt()).to(J.dtype)
         _, weights = self._combine_checked(root, names, losses, index)
         return weights @ J, weights
+
+
+def _sees_only_gramian(cls: type) -> bool:
+    """Whether a method's update depends on J only through JJᵀ (it is defined by `weights(G)`)."""
+    return cls.weights is not GradientBalancer.weights and cls.aggregate is GradientBalancer.aggregate
 
 
 def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -> None:

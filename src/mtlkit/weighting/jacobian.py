@@ -13,6 +13,15 @@
   representation), which also yields the heads' own gradients. A batched pass would
   push T rows, T−1 of them zero, through every head (T² head passes).
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
+- `params_gramian(losses, params)`: the T×T Gramian JJᵀ on shared parameters without
+  ever holding J. One batched backward runs the T rows together; a hook on each
+  parameter folds that parameter's T×|p| block into G as soon as the backward produces
+  it, and hands the engine a zero-stride stand-in instead, so at most one parameter's
+  block (plus the batched activation gradients of the backward itself) is alive at a
+  time. `weighted_backward` then applies weights w in one backward of Σ_t w_t L_t.
+  This is how methods that see J only through G (MGDA, UPGrad, IMTL-G, CAGrad,
+  Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters: peak memory near a
+  plain backward's plus one block, for the price of one more backward through the trunk.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch._C import _functorch
 
 
 def jacobian(
@@ -136,6 +146,74 @@ def gramian(J: Tensor) -> Tensor:
     return J @ J.T
 
 
+def params_gramian(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
+    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated block by block.
+
+    The graph is kept (a `weighted_backward` follows). When the backward cannot be
+    vmapped, a `RuntimeWarning` says so and G comes from the rows of one plain backward
+    per task (J is then held, as with `chunk_size=1`).
+    """
+    vec = _as_vector(losses)
+    T = vec.numel()
+    G = vec.new_zeros(T, T)
+
+    def fold(grad: Tensor) -> Tensor:
+        # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
+        if _functorch.is_batchedtensor(grad):
+            block = _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0).reshape(T, -1)
+            G.addmm_(block, block.T)
+        else:  # the same gradient for every row
+            G.add_(grad.detach().pow(2).sum())
+        return grad.new_zeros(()).expand(grad.shape)  # nothing of size |p| is kept
+
+    handles = [p.register_hook(fold) for p in params]
+    try:
+        torch.func.vmap(lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True))(
+            torch.eye(T, dtype=vec.dtype, device=vec.device)
+        )
+    except RuntimeError as error:
+        if not _is_vmap_failure(error):
+            raise
+        warnings.warn(
+            f"the task backward passes could not be batched ({error}); computing the {T} task "
+            "gradients one at a time for their Gramian. Pass chunk_size=1 to do so directly.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        for handle in handles:
+            handle.remove()
+        return gramian(task_jacobian(_as_list(losses), params))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return G
+
+
+def gramian_root(G: Tensor) -> Tensor:
+    """A T×T matrix R with R Rᵀ = G (G symmetric PSD): stands in for J in a method that sees only JJᵀ."""
+    eigenvalues, vectors = torch.linalg.eigh(G.double())
+    return (vectors * eigenvalues.clamp(min=0).sqrt()).to(G.dtype)
+
+
+def weighted_backward(
+    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], specific: Sequence[Tensor] = ()
+) -> Tensor:
+    """Add ∂Σ_t w_t L_t/∂params to the params' `.grad` (and ∂Σ_t L_t/∂`specific` to theirs).
+
+    Returns the flat update written to `params` (length P). Frees the graph.
+    """
+    vec = _as_vector(losses)
+    if specific:
+        torch.autograd.backward(vec.sum(), inputs=list(specific), retain_graph=True)
+    grads = torch.autograd.grad((weights.detach().to(vec) * vec).sum(), list(params), allow_unused=True)
+    flat = []
+    for p, grad in zip(params, grads):
+        update = torch.zeros_like(p) if grad is None else grad
+        p.grad = update if p.grad is None else p.grad + update
+        flat.append(update.reshape(-1))
+    return torch.cat(flat)
+
+
 def reachable_leaves(losses: Tensor) -> list[Tensor]:
     """Leaf tensors requiring grad that `losses` depends on, in graph order."""
     leaves: list[Tensor] = []
@@ -227,6 +305,11 @@ def _flatten_rows(grads: Sequence[Tensor]) -> Tensor:
 
 
 def _is_vmap_failure(error: RuntimeError) -> bool:
-    # The two message families PyTorch raises for operations vmap cannot batch.
+    # The message families PyTorch raises for operations vmap cannot batch (the last one: data
+    # read outside PyTorch, e.g. `.numpy()`, from a batched tensor of torch.func.vmap).
     message = str(error)
-    return message.startswith("Batching rule not implemented") or "vmap" in message.lower()
+    return (
+        message.startswith("Batching rule not implemented")
+        or "vmap" in message.lower()
+        or "that doesn't have storage" in message
+    )
