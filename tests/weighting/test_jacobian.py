@@ -225,3 +225,54 @@ def test_gramian_path_gives_the_jacobian_paths_weights_and_grads(small_mtl, name
         assert torch.allclose(w_gram[task], w_rows[task], atol=1e-7), task
     for param in g_rows:
         assert torch.allclose(g_gram[param], g_rows[param], atol=1e-7), param
+
+
+# --- rep_reduce: which rows at the representation give the weights --------------------------
+
+
+def _mgda_two_task_weights(g1, g2):
+    """Closed-form min-norm point of the segment [g1, g2] (Sener & Koltun 2018, T = 2)."""
+    a = float(torch.clamp((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)), 0.0, 1.0))
+    return torch.tensor([a, 1.0 - a], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rep_reduce", ["sample", "batch"])
+def test_rep_reduce_weights_and_trunk_grads_match_a_float64_reference(small_mtl, rep_reduce):
+    model = small_mtl(num_tasks=2, dtype=torch.float64, seed=3)
+    losses, rep = model()
+    rows = [torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses]  # B×D each
+    flat = [r.sum(0) if rep_reduce == "batch" else r.reshape(-1) for r in rows]
+    w = _mgda_two_task_weights(*flat)
+    expected = torch.autograd.grad(rep, list(model.trunk.parameters()), w[0] * rows[0] + w[1] * rows[1], retain_graph=True)
+    balancer = get("mgda", tasks=2, rep_reduce=rep_reduce)
+    out = balancer.backward(losses, shared_reps=rep)
+    assert torch.allclose(torch.stack(list(out.weights.values())), w, atol=1e-10)
+    for p, g in zip(model.trunk.parameters(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+def test_the_two_rep_reduce_modes_give_different_weights(small_mtl):
+    weights = {}
+    for mode in ("sample", "batch"):
+        model = small_mtl(num_tasks=3, dtype=torch.float64, seed=1)
+        losses, rep = model()
+        balancer = get("upgrad", tasks=3)
+        balancer.rep_reduce = mode
+        weights[mode] = torch.stack(list(balancer.backward(losses, shared_reps=rep).weights.values()))
+    assert not torch.allclose(weights["sample"], weights["batch"], atol=1e-3)
+
+
+def test_rep_reduce_is_checked():
+    from mtlkit import ConfigError
+
+    with pytest.raises(ConfigError, match="rep_reduce='mean'"):
+        get("mgda", rep_reduce="mean")
+    with pytest.raises(ConfigError, match="needs a gradient method"):
+        get("ew", rep_reduce="batch")
+
+
+def test_batch_rows_need_a_method_that_sees_only_the_gramian(small_mtl):
+    model = small_mtl(dtype=torch.float64)
+    losses, rep = model()
+    with pytest.raises(ValueError, match="GradDrop needs the task gradients themselves"):
+        get("graddrop", tasks=3, rep_reduce="batch").backward(losses, shared_reps=rep)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkit.weighting.jacobian import (
+    batch_rows,
     gramian,
     gramian_root,
     jacobian,
@@ -201,9 +202,18 @@ class GradientBalancer(Balancer):
     `chunk_size` bounds the rows of one batched backward on the shared parameters
     (None: all T at once; 1: one plain backward per task, for graphs vmap cannot batch).
     `reducer` (None outside torch.distributed) is set by the Trainer under distributed=True.
+
+    `rep_reduce` (with `shared_reps`; set it on the balancer, or pass it to
+    `mtlkit.weighting.get`) says which rows at the representation give the weights:
+    "sample" (default) keeps one row block per sample, T×(B·D), the exact task Jacobian
+    at the representation; "batch" sums each task's gradient over the batch first, T×D,
+    as LibMTL's `rep_grad=True` does. Either way the weights then combine the per-sample
+    rows that go through the trunk. "batch" is cheaper (a T×D Gramian) and needs a method
+    defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
     """
 
     reducer: CrossRankReducer | None = None
+    rep_reduce: str = "sample"
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -308,7 +318,12 @@ class GradientBalancer(Balancer):
         # would push T rows (T−1 of them zero) through every head.
         specific = leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if self.reducer is None:
+        if self.rep_reduce != "sample":
+            # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
+            _check_rep_reduce(self, self.reducer is not None)
+            _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
+            g = weights @ J
+        elif self.reducer is None:
             g, weights = self._combine_checked(J, names, losses, index)
         else:
             g, weights = self._combine_global_gramian(J, names, losses, index)
@@ -344,6 +359,19 @@ class GradientBalancer(Balancer):
         root = (vectors * eigenvalues.clamp(min=0).sqrt()).to(J.dtype)
         _, weights = self._combine_checked(root, names, losses, index)
         return weights @ J, weights
+
+
+def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
+    name = type(balancer).__name__
+    if balancer.rep_reduce != "batch":
+        raise ValueError(f"{name}: rep_reduce must be 'sample' or 'batch', got {balancer.rep_reduce!r}")
+    if not _sees_only_gramian(type(balancer)):
+        raise ValueError(
+            f"{name} needs the task gradients themselves, so it cannot take weights from batch-summed rows: "
+            "use rep_reduce='sample' or a method defined by weights(G) (mgda, upgrad, imtl_g, cagrad, ...)"
+        )
+    if distributed:
+        raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
 
 
 def _sees_only_gramian(cls: type) -> bool:

@@ -121,6 +121,21 @@ def rep_jacobian(
     return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)), grads[len(reps) :]
 
 
+def batch_rows(J: Tensor, reps: Sequence[Tensor]) -> Tensor:
+    """Rows of a `rep_jacobian` summed over each representation's leading (batch) dimension.
+
+    T×(B·D) per-sample rows become T×D rows, the gradient of each task with respect to
+    a representation shared by the whole batch; LibMTL's `rep_grad` takes its weights
+    from these.
+    """
+    blocks, offset = [], 0
+    for r in reps:
+        n = r.numel()
+        blocks.append(J[:, offset : offset + n].reshape(J.shape[0], r.shape[0] if r.dim() else 1, -1).sum(dim=1))
+        offset += n
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
 def leaves_above(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> list[Tensor]:
     """Leaf tensors requiring grad that the losses reach without going through `reps`."""
     stops = {r.grad_fn for r in reps if r.grad_fn is not None}

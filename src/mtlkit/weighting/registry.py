@@ -1,7 +1,8 @@
 """Balancers looked up by name: `get("cagrad", c=0.4)`, `available()`.
 
 Names are case-insensitive and `-` reads as `_`, so "Nash-MTL", "nash_mtl" and
-"NASH_MTL" are one name.
+"NASH_MTL" are one name. Gradient methods also take `rep_reduce` ('sample' or 'batch',
+see `GradientBalancer`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import inspect
 from typing import Any, Callable, TypeVar
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import Balancer
+from mtlkit.weighting.base import Balancer, GradientBalancer
 
 _REGISTRY: dict[str, type[Balancer]] = {}
 _PRIMARY: dict[type[Balancer], str] = {}  # each class's first registered name
@@ -57,12 +58,20 @@ def get(name: str, **kwargs: Any) -> Balancer:
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ConfigError(f"unknown balancer {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}.")
     cls = _REGISTRY[key]
+    rep_reduce = kwargs.pop("rep_reduce", None)
+    if rep_reduce is not None and (not issubclass(cls, GradientBalancer) or rep_reduce not in ("sample", "batch")):
+        raise ConfigError(
+            f"balancer {name!r}: rep_reduce={rep_reduce!r} needs a gradient method and 'sample' or 'batch'"
+        )
     signature = inspect.signature(cls)
     try:
         signature.bind(**kwargs)
     except TypeError as error:
         raise ConfigError(f"balancer {name!r} takes the options {signature}; {error}") from error
-    return cls(**kwargs)
+    method = cls(**kwargs)
+    if rep_reduce is not None:
+        method.rep_reduce = rep_reduce
+    return method
 
 
 def _key(name: str) -> str:
