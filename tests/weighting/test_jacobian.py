@@ -176,20 +176,30 @@ def test_leaves_above_stop_at_the_representation(small_mtl):
 # --- the Gramian path on shared parameters -------------------------------------------------
 
 
-def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl):
+@pytest.mark.parametrize("case", ["frontier", "skip connection", "no frontier"])
+def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl, case):
     model = small_mtl(num_tasks=4, dtype=torch.float64)
-    losses, _ = model()
-    losses[2] = losses[2] + (model.trunk[0].bias ** 2).sum()  # a parameter reached twice by one task
-    params = [*model.trunk.parameters(), model.heads[0].weight]  # a parameter only task 0 reaches
+    losses, rep = model()
+    params = list(model.trunk.parameters())
+    if case == "skip connection":  # task 2 also reads an inner trunk layer: two frontier edges
+        losses[2] = losses[2] + (model.trunk[1](model.trunk[0](model.x)) ** 2).mean()
+    if case == "no frontier":  # a parameter only task 0 reaches: rows from the losses themselves
+        params.append(model.heads[0].weight)
     expected = gramian(jacobian(losses, params))
-    assert torch.allclose(params_gramian(losses, params), expected, rtol=1e-12, atol=1e-14)
+    G, apply = params_gramian(losses, params)
+    assert torch.allclose(G, expected, rtol=1e-12, atol=1e-14)
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    reference = torch.autograd.grad((w * torch.stack(losses)).sum(), params, retain_graph=True)
+    apply(w)
+    for p, g in zip(params, reference):
+        assert torch.allclose(p.grad, g, atol=1e-12)
 
 
 def test_params_gramian_holds_no_block_of_the_jacobian_afterwards(small_mtl):
     model = small_mtl(dtype=torch.float64)
     losses, _ = model()
     params = list(model.trunk.parameters())
-    params_gramian(losses, params)
+    params_gramian(losses, params)[0]
     assert all(p.grad is None for p in params) and all(not p._backward_hooks for p in params)
 
 
@@ -198,7 +208,7 @@ def test_params_gramian_falls_back_to_rows_when_the_backward_cannot_be_batched()
     y = _NumpyDouble.apply(x)
     losses = [y.sum(), (y**2).sum()]
     with pytest.warns(RuntimeWarning, match="one at a time"):
-        G = params_gramian(losses, [x])
+        G, _ = params_gramian(losses, [x])
     J = torch.stack([torch.full_like(x, 2.0), 8 * x.detach()])
     assert torch.allclose(G, J @ J.T)
 

@@ -44,7 +44,6 @@ from mtlkit.weighting.jacobian import (
     params_gramian,
     reachable_leaves,
     rep_jacobian,
-    weighted_backward,
 )
 
 Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
@@ -276,11 +275,11 @@ class GradientBalancer(Balancer):
         params = [p for p in _flatten_params(shared_params) if id(p) in reached or self.reducer is not None]
         if params and self.reducer is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
             # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
-            G = params_gramian(losses, params)
+            specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
+            G, apply = params_gramian(losses, params, specific)
             _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
             _, weights = self._combine_checked(gramian_root(G), names, losses, index)
-            specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
-            return weighted_backward(losses, weights, params, specific), weights
+            return apply(weights), weights
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
         if self.reducer is not None:
             J, params = self.reducer.reduce_jacobian(J, params, [id(p) in reached for p in params])

@@ -27,12 +27,14 @@
 from __future__ import annotations
 
 import functools
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 from torch._C import _functorch
+from torch.autograd.graph import GradientEdge
 
 
 def jacobian(
@@ -45,16 +47,30 @@ def jacobian(
     """T×N matrix whose row t is ∂losses[t]/∂inputs, flattened and concatenated.
 
     `losses` holds T scalar losses (a sequence, or a 1-D tensor). `chunk_size` bounds
-    how many rows one batched backward computes (None: all T); 1 means one plain
-    backward per loss (`task_jacobian`). Inputs a loss does not reach get zeros.
+    how many rows one batched backward computes; 1 means one plain backward per loss
+    (`task_jacobian`). With None, the engine measures once per set of inputs and number
+    of tasks whether one batched backward or one backward per task is faster, and keeps
+    that choice. Where the losses' graphs meet at a frontier (`_frontier`), the rows
+    start there, so the heads are traversed once. Inputs a loss does not reach get zeros.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
     inputs = list(inputs)
     if chunk_size == 1:
         return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
+    edges = None if isinstance(losses, Tensor) else _frontier(losses, inputs)
+    if edges is None:
+        vec = _as_vector(losses)
+        outputs, seeds = [vec], [torch.eye(vec.numel(), dtype=vec.dtype, device=vec.device)]
+    else:
+        outputs, (seeds, _) = edges, _edge_rows(losses, edges, [])
+    key = (tuple(map(id, inputs)), len(seeds[0]), seeds[0].device.type)
     try:
-        return _batched(_as_vector(losses), inputs, chunk_size)
+        if chunk_size is not None or _FASTER.get(key) == "batched":
+            return _batched(outputs, seeds, inputs, chunk_size)
+        if _FASTER.get(key) == "per task":
+            return _one_by_one(outputs, seeds, inputs)
+        return _measure_once(key, outputs, seeds, inputs)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -65,6 +81,31 @@ def jacobian(
             stacklevel=2,
         )
         return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
+
+
+_FASTER: dict[tuple, str] = {}  # (ids of the inputs, T, device type) -> "batched" | "per task"
+
+
+def _measure_once(key: tuple, outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
+    """Time both ways of computing the rows (twice each, best of two) and remember the faster."""
+    times = {}
+    for _ in range(2):
+        for way, compute in (("batched", _batched), ("per task", _one_by_one)):
+            start = time.perf_counter()
+            J = compute(outputs, seeds, inputs) if way == "per task" else compute(outputs, seeds, inputs, None)
+            if J.device.type == "cuda":
+                torch.cuda.synchronize(J.device)
+            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
+    _FASTER[key] = min(times, key=times.get)
+    return J
+
+
+def _one_by_one(outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
+    rows = []
+    for t in range(seeds[0].shape[0]):
+        grads = torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)
+        rows.append(_flatten_rows([_zeros_if_none(g, x, None) for g, x in zip(grads, inputs)]))
+    return torch.cat(rows, dim=0)
 
 
 def task_jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, retain_graph: bool = True) -> Tensor:
@@ -161,16 +202,43 @@ def gramian(J: Tensor) -> Tensor:
     return J @ J.T
 
 
-def params_gramian(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
-    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated block by block.
+def params_gramian(
+    losses: Sequence[Tensor], params: Sequence[Tensor], specific: Sequence[Tensor] = ()
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated block by block, and `apply`.
 
-    The graph is kept (a `weighted_backward` follows). When the backward cannot be
-    vmapped, a `RuntimeWarning` says so and G comes from the rows of one plain backward
-    per task (J is then held, as with `chunk_size=1`).
+    `apply(w)` adds ∂Σ_t w_t L_t/∂params to the params' `.grad` and ∂Σ_t L_t/∂`specific`
+    to theirs (nothing is written before), frees the graph and returns the flat update
+    written to `params`. Where the losses' graphs meet at a frontier (`_frontier`), the
+    rows start there (one pass over the heads) and `apply` is one backward of the trunk.
+    When the backward cannot be vmapped, a `RuntimeWarning` says so and G comes from the
+    rows of one plain backward per task (J is then held, as with `chunk_size=1`).
     """
-    vec = _as_vector(losses)
-    T = vec.numel()
-    G = vec.new_zeros(T, T)
+    params = list(params)
+    edges = _frontier(losses, params)
+    if edges is None:
+        vec = _as_vector(losses)
+        G = _folded_gramian(lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
+                            [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)], params, losses)
+        return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
+    rows, specific_grads = _edge_rows(losses, edges, list(specific))
+    G = _folded_gramian(lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
+                        rows, params, losses)
+
+    def apply(weights: Tensor) -> Tensor:
+        _add_grads(specific, specific_grads)
+        w = weights.detach()
+        seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
+        grads = torch.autograd.grad(edges, params, seeds, allow_unused=True)
+        return _add_grads(params, grads)
+
+    return G, apply
+
+
+def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> Tensor:
+    """Σ over params of block·blockᵀ, each block the T rows of `vmap(vjp)(seeds)` at one parameter."""
+    T = seeds[0].shape[0]
+    G = seeds[0].new_zeros(T, T)
 
     def fold(grad: Tensor) -> Tensor:
         # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
@@ -183,9 +251,7 @@ def params_gramian(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor
 
     handles = [p.register_hook(fold) for p in params]
     try:
-        torch.func.vmap(lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True))(
-            torch.eye(T, dtype=vec.dtype, device=vec.device)
-        )
+        torch.func.vmap(vjp)(*seeds)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -193,7 +259,7 @@ def params_gramian(losses: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor
             f"the task backward passes could not be batched ({error}); computing the {T} task "
             "gradients one at a time for their Gramian. Pass chunk_size=1 to do so directly.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         for handle in handles:
             handle.remove()
@@ -211,7 +277,7 @@ def gramian_root(G: Tensor) -> Tensor:
 
 
 def weighted_backward(
-    losses: Sequence[Tensor], weights: Tensor, params: Sequence[Tensor], specific: Sequence[Tensor] = ()
+    losses: Sequence[Tensor], weights: Tensor, *, params: Sequence[Tensor], specific: Sequence[Tensor] = ()
 ) -> Tensor:
     """Add ∂Σ_t w_t L_t/∂params to the params' `.grad` (and ∂Σ_t L_t/∂`specific` to theirs).
 
@@ -221,12 +287,17 @@ def weighted_backward(
     if specific:
         torch.autograd.backward(vec.sum(), inputs=list(specific), retain_graph=True)
     grads = torch.autograd.grad((weights.detach().to(vec) * vec).sum(), list(params), allow_unused=True)
+    return _add_grads(params, grads)
+
+
+def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
+    """Add `grads` to the params' `.grad` (zeros where None); return them flattened into one vector."""
     flat = []
     for p, grad in zip(params, grads):
         update = torch.zeros_like(p) if grad is None else grad
         p.grad = update if p.grad is None else p.grad + update
         flat.append(update.reshape(-1))
-    return torch.cat(flat)
+    return torch.cat(flat) if flat else torch.zeros(0)
 
 
 def reachable_leaves(losses: Tensor) -> list[Tensor]:
@@ -247,20 +318,82 @@ def reachable_leaves(losses: Tensor) -> list[Tensor]:
     return leaves
 
 
-def _batched(losses: Tensor, inputs: list[Tensor], chunk_size: int | None) -> Tensor:
-    T = losses.numel()
-    eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
+def _frontier(losses: Sequence[Tensor], params: Sequence[Tensor]) -> list[GradientEdge] | None:
+    """The edges where the losses' graphs meet: from a node of one task into a node of several.
+
+    Every path from a loss to a parameter reached by several losses crosses one of these
+    edges, so each task's gradient at the edges, pushed through the shared part, is that
+    task's row of J; heads are traversed once, not T times. None when there is no such
+    cut usable here: nothing shared, a loss that is itself shared, a parameter in `params`
+    that only one loss reaches, or a leaf read directly by a task's own node.
+    """
+    counts: dict = {}
+    graphs = []
+    for loss in losses:
+        seen: set = set()
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+        graphs.append(seen)
+        for node in seen:
+            counts[node] = counts.get(node, 0) + 1
+    shared = {node for node, count in counts.items() if count > 1}
+    if not shared or any(loss.grad_fn in shared for loss in losses):
+        return None
+    reached = {id(node.variable) for node in shared if hasattr(node, "variable")}
+    if any(id(p) not in reached for p in params):
+        return None
+    edges: dict = {}
+    for nodes in graphs:
+        for node in nodes - shared:
+            for edge in node.next_functions:
+                if edge[0] in shared:
+                    if hasattr(edge[0], "variable"):
+                        return None
+                    edges[edge] = None
+    return [GradientEdge(node, nr) for node, nr in edges]
+
+
+def _edge_rows(
+    losses: Sequence[Tensor], edges: list[GradientEdge], also: list[Tensor]
+) -> tuple[list[Tensor], tuple[Tensor | None, ...]]:
+    """Per edge, the T×(edge's shape) gradients of each loss there, and ∂Σ_t L_t/∂`also`, from one backward."""
+    targets = [(edge.node, edge.output_nr) for edge in edges]
+    owner = _reader_owners(losses, targets)
+    rows: list[list[Tensor | None]] = [[None] * len(edges) for _ in losses]
+    handles = []
+    for node, t in owner.items():
+        indices = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
+        handles.append(node.register_hook(functools.partial(_record, rows[t], indices)))
+    try:
+        grads = torch.autograd.grad(torch.stack(list(losses)).sum(), [*edges, *also], retain_graph=True, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stacked = []
+    for k in range(len(edges)):
+        example = next(row[k] for row in rows if row[k] is not None)
+        stacked.append(torch.stack([row[k] if row[k] is not None else torch.zeros_like(example) for row in rows]))
+    return stacked, grads[len(edges) :]
+
+
+def _batched(outputs: list, seeds: list[Tensor], inputs: list[Tensor], chunk_size: int | None) -> Tensor:
+    T = seeds[0].shape[0]
     step = chunk_size or T
     rows = []
     for start in range(0, T, step):
         # The graph is kept even on the last chunk so that, if vmap fails part-way,
-        # the sequential path can still run on it; it is freed with `losses`.
-        seeds = eye[start : start + step]
+        # the sequential path can still run on it; it is freed with the losses.
+        chunk = [s[start : start + step] for s in seeds]
         grads = torch.autograd.grad(
-            losses, inputs, grad_outputs=seeds, retain_graph=True, is_grads_batched=True, allow_unused=True
+            outputs, inputs, grad_outputs=chunk, retain_graph=True, is_grads_batched=True, allow_unused=True
         )
         # Not materialize_grads: with batched grads it returns unused inputs' zeros without the batch dim.
-        rows.append(_flatten_rows([_zeros_if_none(g, x, len(seeds)) for g, x in zip(grads, inputs)]))
+        rows.append(_flatten_rows([_zeros_if_none(g, x, len(chunk[0])) for g, x in zip(grads, inputs)]))
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
 
 
