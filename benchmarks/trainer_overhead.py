@@ -3,8 +3,9 @@
 mtlkit side: `examples/snorkel_tutorial.py`'s two fits (circle + square, then circle +
 square + inverse circle; 10 epochs, batch 32, Adam lr 0.02: 500 + 750 steps), with the
 Trainer's defaults (shuffled batches over the datasets, validation scored every epoch, no
-progress bar). Plain side: the same modules, batches, optimizer and number of steps in a
-hand-written loop that also computes each task's validation accuracy every epoch.
+progress bar, gradient clipping at norm 1.0 as in Snorkel). Plain side: the same modules,
+batches, optimizer, clipping and number of steps in a hand-written loop that also computes
+each task's validation accuracy every epoch.
 
 - warm: both sides alternate `--repeats` times in one process (after one untimed round);
   each figure is the median.
@@ -100,6 +101,7 @@ def plain_fits(clock) -> float:
                 optimizer.zero_grad()
                 loss = F.cross_entropy(heads[names[k]](base(X[index])), Y[index])
                 loss.backward()
+                nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
             with torch.no_grad():
                 for name in names:

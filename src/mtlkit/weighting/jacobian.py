@@ -222,6 +222,21 @@ def params_gramian(
                             [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)], params, losses)
         return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
     rows, specific_grads = _edge_rows(losses, edges, list(specific))
+    T = len(rows[0])
+    key = (tuple(map(id, params)), T, rows[0].device.type, "gramian")
+    if _FASTER.get(key) is None:
+        # Small T: holding J (at most _ROWS_KEPT rows) can beat the second trunk backward.
+        _FASTER[key] = "folded" if T > _ROWS_KEPT else _time_gramian_ways(edges, rows, params, losses)
+    if _FASTER[key] == "rows":
+        J = _one_by_one(edges, rows, params)
+
+        def apply_rows(weights: Tensor) -> Tensor:
+            _add_grads(specific, specific_grads)
+            g = weights.detach().to(J) @ J
+            _add_grads(params, list(g.split([p.numel() for p in params])), reshape=True)
+            return g
+
+        return gramian(J), apply_rows
     G = _folded_gramian(lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
                         rows, params, losses)
 
@@ -233,6 +248,25 @@ def params_gramian(
         return _add_grads(params, grads)
 
     return G, apply
+
+
+_ROWS_KEPT = 4  # the Gramian path may hold J (T×P) instead when T is at most this
+
+
+def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> str:
+    """'folded' (G in the backward, then one more trunk backward) or 'rows' (J held), whichever is faster here."""
+    times = {}
+    for _ in range(2):
+        start = time.perf_counter()
+        _folded_gramian(lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True),
+                        rows, params, losses)
+        torch.autograd.grad(edges, params, [r.sum(0) for r in rows], retain_graph=True, allow_unused=True)
+        times["folded"] = min(times.get("folded", float("inf")), time.perf_counter() - start)
+        start = time.perf_counter()
+        J = _one_by_one(edges, rows, params)
+        gramian(J).sum(0) @ J
+        times["rows"] = min(times.get("rows", float("inf")), time.perf_counter() - start)
+    return min(times, key=times.get)
 
 
 def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> Tensor:
@@ -290,11 +324,11 @@ def weighted_backward(
     return _add_grads(params, grads)
 
 
-def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
+def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape: bool = False) -> Tensor:
     """Add `grads` to the params' `.grad` (zeros where None); return them flattened into one vector."""
     flat = []
     for p, grad in zip(params, grads):
-        update = torch.zeros_like(p) if grad is None else grad
+        update = torch.zeros_like(p) if grad is None else (grad.view_as(p) if reshape else grad)
         p.grad = update if p.grad is None else p.grad + update
         flat.append(update.reshape(-1))
     return torch.cat(flat) if flat else torch.zeros(0)
