@@ -300,3 +300,14 @@ def test_batch_rows_need_a_method_that_sees_only_the_gramian(small_mtl):
     losses, rep = model()
     with pytest.raises(ValueError, match="GradDrop needs the task gradients themselves"):
         get("graddrop", tasks=3, rep_reduce="batch").backward(losses, shared_reps=rep)
+
+
+def test_a_leaf_below_the_frontier_but_not_shared_still_gets_its_gradient(small_mtl):
+    # The trunk's last layer is not in shared_params (so it is "specific") but lies below the
+    # frontier: the rows at the frontier must not stop the gradient it receives through it.
+    model = small_mtl(num_tasks=2, dtype=torch.float64)
+    losses, _ = model()
+    last = model.trunk[2].weight
+    expected = torch.autograd.grad(sum(losses), last, retain_graph=True)[0]
+    _FixedWeights().backward(losses, shared_params=list(model.trunk[0].parameters()))
+    assert torch.allclose(last.grad, expected, atol=1e-12)

@@ -144,10 +144,12 @@ def rep_jacobian(
         J = task_jacobian(losses, reps)
         return J, torch.autograd.grad(total, also, retain_graph=True, allow_unused=True) if also else ()
     rows: list[list[Tensor | None]] = [[None] * len(reps) for _ in losses]
+    below = {id(v) for v in reachable_leaves_from([GradientEdge(*target) for target in targets])} if also else set()
+    record = _keep if any(id(x) in below for x in also) else _record
     handles = []
     for node, t in owner.items():
         edges = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
-        handles.append(node.register_hook(functools.partial(_record, rows[t], edges)))
+        handles.append(node.register_hook(functools.partial(record, rows[t], edges)))
     try:
         grads = torch.autograd.grad(total, [*reps, *also], retain_graph=True, allow_unused=True)
     finally:
@@ -221,7 +223,8 @@ def params_gramian(
         G = _folded_gramian(lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
                             [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)], params, losses)
         return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
-    rows, specific_grads = _edge_rows(losses, edges, list(specific))
+    below = {id(v) for v in reachable_leaves_from(edges)}
+    rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=not any(id(x) in below for x in specific))
     T = len(rows[0])
     key = (tuple(map(id, params)), T, rows[0].device.type, "gramian")
     if _FASTER.get(key) is None:
@@ -334,6 +337,23 @@ def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape
     return torch.cat(flat) if flat else torch.zeros(0)
 
 
+def reachable_leaves_from(edges: Sequence[GradientEdge]) -> list[Tensor]:
+    """Leaf tensors requiring grad below these autograd edges."""
+    leaves, seen = [], set()
+    stack = [edge.node for edge in edges]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+            continue
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return leaves
+
+
 def reachable_leaves(losses: Tensor) -> list[Tensor]:
     """Leaf tensors requiring grad that `losses` depends on, in graph order."""
     leaves: list[Tensor] = []
@@ -393,16 +413,19 @@ def _frontier(losses: Sequence[Tensor], params: Sequence[Tensor]) -> list[Gradie
 
 
 def _edge_rows(
-    losses: Sequence[Tensor], edges: list[GradientEdge], also: list[Tensor]
+    losses: Sequence[Tensor], edges: list[GradientEdge], also: list[Tensor], stop: bool = True
 ) -> tuple[list[Tensor], tuple[Tensor | None, ...]]:
-    """Per edge, the T×(edge's shape) gradients of each loss there, and ∂Σ_t L_t/∂`also`, from one backward."""
+    """Per edge, the T×(edge's shape) gradients of each loss there, and ∂Σ_t L_t/∂`also`, from one backward.
+
+    `stop=False` when some of `also` lies below the edges (their gradients must flow on).
+    """
     targets = [(edge.node, edge.output_nr) for edge in edges]
     owner = _reader_owners(losses, targets)
     rows: list[list[Tensor | None]] = [[None] * len(edges) for _ in losses]
     handles = []
     for node, t in owner.items():
         indices = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
-        handles.append(node.register_hook(functools.partial(_record, rows[t], indices)))
+        handles.append(node.register_hook(functools.partial(_record if stop else _keep, rows[t], indices)))
     try:
         grads = torch.autograd.grad(torch.stack(list(losses)).sum(), [*edges, *also], retain_graph=True, allow_unused=True)
     finally:
@@ -461,7 +484,22 @@ def _readers(loss: Tensor, targets: list[tuple]) -> set:
     return found
 
 
-def _record(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> None:
+def _record(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+    """Keep this task's gradients along `edges`, and stop them there.
+
+    Only used where nothing below the edges is differentiated in the same pass, so the
+    engine need not add up the T tasks' gradients at the edges.
+    """
+    passed = list(grad_inputs)
+    for i, k in edges:
+        if grad_inputs[i] is not None:
+            row[k] = grad_inputs[i] if row[k] is None else row[k] + grad_inputs[i]
+            passed[i] = None
+    return tuple(passed)
+
+
+def _keep(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> None:
+    """Keep this task's gradients along `edges` and let them flow on."""
     for i, k in edges:
         if grad_inputs[i] is not None:
             row[k] = grad_inputs[i] if row[k] is None else row[k] + grad_inputs[i]
