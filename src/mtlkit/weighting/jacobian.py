@@ -1,27 +1,30 @@
 """Per-task gradients (the T×N task Jacobian) and the T×T Gramian.
 
-- `jacobian(losses, inputs)`: the T backward passes run as one batched pass
-  (`torch.autograd.grad(..., is_grads_batched=True)`, which vmaps the backward graph),
-  `chunk_size` rows at a time. Used on shared parameters, where every row traverses the
-  trunk and batching turns T matrix products into one. `chunk_size=1` runs T plain
-  `autograd.grad` calls instead, for graphs whose backward cannot be vmapped (a custom
-  `autograd.Function` that leaves PyTorch in its backward, `.item()` in a hook). When the
-  batched pass hits such an operation, the engine says so in a `RuntimeWarning` and
-  computes the rows one by one; other errors propagate unchanged.
+- The frontier: where the losses' graphs meet (in a shared-trunk model, the edges from
+  the heads into the representation). Each task's gradient there comes from ONE
+  backward over the heads (per-task hooks on the nodes reading the edges, which keep
+  each task's share and stop it there, so the T shares are never summed); the T rows
+  then go through the shared part. A batched pass from the losses would push T rows,
+  T−1 of them zero, through every head (T² head passes).
+- `jacobian(losses, inputs)`: J from the frontier rows (or from the losses when there is
+  no frontier), either as one batched backward (`is_grads_batched`, which vmaps the
+  backward graph; `chunk_size` rows at a time) or as one plain backward per row; with
+  `chunk_size=None` the engine times both on the first call for a set of inputs and T
+  and keeps the faster. `chunk_size=1` always runs T plain `autograd.grad` calls, for
+  graphs whose backward cannot be vmapped (a custom `autograd.Function` that leaves
+  PyTorch in its backward, `.item()` in a hook); when the batched pass hits such an
+  operation the engine says so in a `RuntimeWarning` and computes the rows one by one.
+- `params_gramian(losses, params)`: G = JJᵀ on shared parameters without holding J, and
+  an `apply(w)` that writes the weighted update. One vmapped backward runs the T rows
+  together; a hook on each parameter folds that parameter's T×|p| block into G as soon as
+  the backward produces it and hands the engine a zero-stride stand-in, so at most one
+  block (plus the backward's own batched activation gradients) is alive at a time;
+  `apply` is one more backward through the shared part. For T ≤ 4 the engine may instead
+  hold J (timed once). Methods that see J only through G (MGDA, UPGrad, IMTL-G, CAGrad,
+  Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
-  ONE backward pass over the heads (per-task hooks on the nodes that read the
-  representation), which also yields the heads' own gradients. A batched pass would
-  push T rows, T−1 of them zero, through every head (T² head passes).
+  the one pass over the heads, which also yields the heads' own gradients.
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
-- `params_gramian(losses, params)`: the T×T Gramian JJᵀ on shared parameters without
-  ever holding J. One batched backward runs the T rows together; a hook on each
-  parameter folds that parameter's T×|p| block into G as soon as the backward produces
-  it, and hands the engine a zero-stride stand-in instead, so at most one parameter's
-  block (plus the batched activation gradients of the backward itself) is alive at a
-  time. `weighted_backward` then applies weights w in one backward of Σ_t w_t L_t.
-  This is how methods that see J only through G (MGDA, UPGrad, IMTL-G, CAGrad,
-  Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters: peak memory near a
-  plain backward's plus one block, for the price of one more backward through the trunk.
 """
 
 from __future__ import annotations
@@ -258,17 +261,23 @@ _ROWS_KEPT = 4  # the Gramian path may hold J (T×P) instead when T is at most t
 
 def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> str:
     """'folded' (G in the backward, then one more trunk backward) or 'rows' (J held), whichever is faster here."""
-    times = {}
-    for _ in range(2):
-        start = time.perf_counter()
+    def folded() -> None:
         _folded_gramian(lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True),
                         rows, params, losses)
         torch.autograd.grad(edges, params, [r.sum(0) for r in rows], retain_graph=True, allow_unused=True)
-        times["folded"] = min(times.get("folded", float("inf")), time.perf_counter() - start)
-        start = time.perf_counter()
+
+    def held() -> None:
         J = _one_by_one(edges, rows, params)
         gramian(J).sum(0) @ J
-        times["rows"] = min(times.get("rows", float("inf")), time.perf_counter() - start)
+
+    times = {}
+    for _ in range(2):
+        for way, run in (("folded", folded), ("rows", held)):
+            start = time.perf_counter()
+            run()
+            if rows[0].device.type == "cuda":
+                torch.cuda.synchronize(rows[0].device)
+            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
     return min(times, key=times.get)
 
 
