@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
+DEMO_OUT ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
@@ -25,7 +26,7 @@ $(VENV)/.installed-dev: $(PY) pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m mtlkit demo
+	$(PY) -m mtlkit demo $(if $(DEMO_OUT),--out $(DEMO_OUT))
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import networkx as nx
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, MultitaskClassifier, Operation, Scorer, SpecError, Task
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput
 
 
 class Counting(nn.Module):
@@ -104,18 +105,22 @@ def test_modules_are_shared_by_name_in_one_pool():
     assert isinstance(model, MultiTaskModel)
 
 
-def test_same_module_name_for_a_different_module_is_an_error_naming_both_tasks():
+def test_a_different_module_under_a_taken_name_is_shared_by_name_with_a_warning():
     task_a, _, _ = two_tasks()
-    impostor = Task("c", {"trunk": nn.Linear(4, 5)}, [Operation("trunk", [("_input_", "x")])])
+    other = nn.Linear(4, 5)
+    late = Task("c", {"trunk": other}, [Operation("trunk", [("_input_", "x")])])
     model = MultitaskClassifier([task_a])
-    with pytest.raises(SpecError, match="task 'c' brings module 'trunk'.*task 'a'"):
-        model.add_task(impostor)
-    assert model.task_names == ["a"] and list(model.module_pool) == ["trunk", "head_a"]
+    with pytest.warns(UserWarning, match="task 'c' brings different module objects.*'trunk' \\(from task 'a'\\)"):
+        model.add_task(late)
+    assert model.task_names == ["a", "c"] and model.module_pool["trunk"] is task_a.module_pool["trunk"]
+    x = torch.randn(3, 4)
+    out = model.task_outputs({"x": x}, ["c"])["c"]  # task c runs task a's trunk, not its own
+    assert torch.allclose(out, torch.softmax(task_a.module_pool["trunk"](x), dim=1))
 
 
 def test_duplicate_task_name_is_an_error():
     task_a, _, _ = two_tasks()
-    with pytest.raises(SpecError, match="task 'a' is already in model"):
+    with pytest.raises(SpecError, match="Found duplicate task 'a': it is already in model"):
         MultitaskClassifier([task_a, task_a])
 
 
@@ -370,3 +375,37 @@ def test_trainer_with_a_gradient_balancer_trains_trunk_and_heads():
     Trainer(n_epochs=1, lr=0.01, progress_bar=False, weighting="pcgrad", seed=0).fit(model, loaders)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == set(before)
+
+
+def test_op_sequences_maps_each_task_to_its_operations():
+    task_a, task_b, _ = two_tasks()
+    model = MultitaskClassifier([task_a, task_b])
+    assert {name: [op.name for op in ops] for name, ops in model.op_sequences.items()} == {
+        "a": ["trunk", "head_a"],
+        "b": ["trunk", "head_b"],
+    }
+
+
+def test_dataparallel_is_accepted_and_never_wraps():
+    task_a, _, trunk = two_tasks()
+    with pytest.warns(UserWarning, match="never wraps modules in nn.DataParallel"):
+        model = MultitaskClassifier([task_a], dataparallel=True)
+    assert model.module_pool["trunk"] is trunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultitaskClassifier([task_a], dataparallel=False)
+
+
+def test_a_task_edited_after_creation_is_checked_when_added():
+    task_a, _, _ = two_tasks()
+    task_a.op_sequence[0].inputs[0] = (0, 0)
+    with pytest.raises(SpecError, match="task 'a': operation 'trunk' reads 0"):
+        MultitaskClassifier([task_a])
+    with pytest.raises(SpecError, match="Unrecognized task type.*got dict"):
+        MultitaskClassifier([{"fake": 1}])
+
+
+def test_device_minus_one_is_the_cpu_as_in_snorkel():
+    task_a, _, _ = two_tasks()
+    model = MultitaskClassifier([task_a], device=-1)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -1,4 +1,6 @@
 
+import hashlib
+
 import numpy as np
 import pytest
 import sklearn.metrics as skm
@@ -6,7 +8,8 @@ import torch
 from torch import nn
 
 from mtlkit.data import DictDataLoader, DictDataset
-from mtlkit.metrics import METRICS, Scorer, delta_m, labels_to_tasks, predict, score
+from mtlkit.metrics import METRICS, Scorer, delta_m, labels_to_tasks, metric_score, predict, score
+from mtlkit.utils import preds_to_probs
 
 CLASSIFICATION = ["accuracy", "precision", "recall", "f1", "fbeta", "f1_micro", "f1_macro", "matthews_corrcoef", "roc_auc"]
 
@@ -33,7 +36,7 @@ def test_binary_metrics_match_sklearn():
         "matthews_corrcoef": skm.matthews_corrcoef(y, p),
         "roc_auc": skm.roc_auc_score(y, probs[:, 1].numpy()),
     }
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_multiclass_metrics_match_sklearn_macro_averages():
@@ -51,7 +54,7 @@ def test_multiclass_metrics_match_sklearn_macro_averages():
         "matthews_corrcoef": skm.matthews_corrcoef(y, p),
         "roc_auc": skm.roc_auc_score(y, probs.double().numpy(), multi_class="ovr", average="macro"),
     }
-    assert got == pytest.approx(expected, abs=1e-5)
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_multiclass_macro_ignores_classes_absent_from_golds_and_preds_like_sklearn():
@@ -73,15 +76,22 @@ def test_regression_metrics_match_sklearn_including_multi_output():
     assert scorer.score(golds2, preds2)["r2"] == pytest.approx(skm.r2_score(golds2.numpy(), preds2.numpy()), abs=1e-5)
 
 
-def test_gold_abstains_are_dropped_and_pred_abstains_count_against_coverage_only():
-    # The example of Snorkel's own Scorer test.
+def test_gold_abstains_are_dropped_and_coverage_counts_answered_rows_of_all_rows():
     golds = [1, 0, 1, 0, -1]
-    assert Scorer(["accuracy"], abstain_label=None).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])["accuracy"] == pytest.approx(0.6)
-    with pytest.raises(ValueError, match="abstain label"):
-        Scorer(["accuracy"], abstain_label=None).score(golds, [1, 0, 1, 1, 0])
-    assert Scorer(["accuracy"]).score(golds, [1, 0, 1, 1, 0])["accuracy"] == pytest.approx(0.75)
+    assert Scorer(["accuracy"]).score(golds, [1, 0, 1, 1, 0])["accuracy"] == 0.75  # 3 of the 4 labelled rows
     got = Scorer(["accuracy", "coverage"]).score(golds, [-1, -1, 1, 1, 0])
-    assert got == pytest.approx({"accuracy": 0.5, "coverage": 0.5})
+    # accuracy on rows labelled and answered (rows 2, 3): 1 of 2; coverage: 3 answers among 5 rows
+    assert got == {"accuracy": 0.5, "coverage": 0.6}
+
+
+def test_without_an_abstain_label_minus_one_is_an_ordinary_class():
+    golds, preds = [1, 0, 1, 0, -1], [1, 0, 1, 1, 0]
+    assert Scorer(["accuracy"], abstain_label=None).score(golds, preds)["accuracy"] == 0.6  # row 4 is simply wrong
+    assert Scorer(["accuracy"], abstain_label=10).score(golds, preds)["accuracy"] == 0.6
+    # three classes {-1, 0, 1}: macro f1 over them, as scikit-learn computes it
+    assert Scorer(["f1"], abstain_label=None).score(golds, preds)["f1"] == pytest.approx(
+        skm.f1_score(golds, preds, average="macro"), abs=1e-15
+    )
 
 
 def test_abstain_rows_match_sklearn_on_the_kept_rows():
@@ -138,7 +148,7 @@ def test_scoring_errors_name_the_problem():
         Scorer(["accuracy"]).score([], [])
     with pytest.raises(ValueError, match="every gold label is the abstain label"):
         Scorer(["accuracy"]).score([-1, -1], [0, 1])
-    with pytest.raises(ValueError, match=r"golds hold labels in \[0, 2\].*2 classes"):
+    with pytest.raises(ValueError, match=r"golds hold label 2 but probs have 2 columns"):
         Scorer(["accuracy"]).score([0, 2], None, torch.tensor([[0.5, 0.5], [0.2, 0.8]]))
     with pytest.raises(ValueError, match="1-D class indices"):
         Scorer(["accuracy"]).score(torch.zeros(2, 2), [0, 1])
@@ -254,11 +264,14 @@ def test_labels_to_tasks_matches_by_name():
     assert labels_to_tasks(["a", "x"], ["a", "b"]) == {"a": "a"}
 
 
-def test_duplicate_dataset_split_is_an_error():
+def test_scoring_one_label_twice_under_one_dataset_and_split_is_an_error():
     model = _TwoTaskModel()
     loader = _loader("d", "train", {"cls": torch.arange(12) % 3})
-    with pytest.raises(ValueError, match="dataset 'd', split 'train'"):
+    with pytest.raises(ValueError, match="label 'cls' as dataset 'd', split 'train'"):
         score(model, [loader, loader])
+    # loaders may share a dataset name and split when their labels differ (their keys do)
+    other = _loader("d", "train", {"reg": torch.randn(12)})
+    assert set(score(model, [loader, other])) == {"cls/d/train/accuracy", "cls/d/train/f1_macro", "reg/d/train/mse"}
 
 
 def test_token_level_labels_are_flattened_and_padding_ignored():
@@ -294,10 +307,13 @@ def test_one_d_classifier_outputs_are_rejected_with_advice():
         score(Flat(), [_loader("d", "test", {"cls": torch.arange(12) % 3})])
 
 
-def test_scores_are_the_shortest_decimal_of_their_float32_value():
-    got = Scorer(["accuracy", "f1"]).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
-    assert got["accuracy"] == 0.6  # not 0.6000000238418579
-    assert got["f1"] == 0.6666667  # float32 precision: 2/3 to 7 digits
+def test_scores_are_python_floats_computed_in_float64():
+    got = Scorer(["accuracy", "f1", "precision", "matthews_corrcoef"]).score([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
+    assert all(type(v) is float for v in got.values())
+    assert got["accuracy"] == 0.6  # not float32's 0.6000000238418579
+    assert got["f1"] == 2 / 3  # tp=2, fp=1, fn=1: 2tp / (2tp + fp + fn), exactly in float64
+    assert got["precision"] == 2 / 3
+    assert got["matthews_corrcoef"] == skm.matthews_corrcoef([1, 0, 1, 0, 1], [1, 0, 1, 1, 0])
 
 
 def test_roc_auc_refuses_logits_and_names_the_fix():
@@ -311,3 +327,75 @@ def test_roc_auc_refuses_logits_and_names_the_fix():
     probs = logits.softmax(dim=1)
     expected = roc_auc_score(golds.numpy(), probs[:, 1].numpy())
     assert Scorer(metrics=["roc_auc"]).score(golds, probs=probs)["roc_auc"] == pytest.approx(expected)
+
+
+def test_roc_auc_is_the_rank_statistic_in_float64():
+    golds, _, probs = _random_classification(120, 2, seed=5)
+    probs = probs.double()
+    probs[::4] = torch.tensor([0.5, 0.5], dtype=torch.float64)  # tied scores share their mean rank
+    got = Scorer(["roc_auc"]).score(golds, None, probs)["roc_auc"]
+    assert got == pytest.approx(skm.roc_auc_score(golds.numpy(), probs[:, 1].numpy()), abs=1e-15)
+
+
+class _Constant(nn.Module):
+    """A classifier whose outputs tie: every row is [0.5, 0.5]."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    @property
+    def task_names(self):
+        return ["cls"]
+
+    def task_outputs(self, X, task_names):
+        return {"cls": torch.full((len(X["x"]), 2), 0.5)}
+
+    def scorers(self):
+        return {"cls": Scorer(["accuracy"])}
+
+
+def test_predict_and_score_break_ties_by_the_row_number_hash_across_batches():
+    loader = _loader("d", "valid", {"cls": torch.ones(12, dtype=torch.long)}, batch_size=5)
+    preds = predict(_Constant(), loader, return_preds=True)["preds"]["cls"]
+    expected = [int(hashlib.sha1(str(row).encode()).hexdigest(), 16) % 2 for row in range(12)]
+    assert preds.tolist() == expected  # row numbers count over the whole loader, not per batch
+    assert score(_Constant(), [loader])["cls/d/valid/accuracy"] == sum(expected) / 12
+
+
+def test_metric_score_filters_rows_by_value_and_keeps_minus_one_as_a_class_otherwise():
+    golds, preds = np.array([0, 0, 0, 1, 1]), np.array([0, -1, 0, 1, 0])
+    assert metric_score(golds, preds, metric="accuracy") == 3 / 5  # the -1 prediction is wrong
+    assert metric_score(golds, preds, metric="accuracy", filter_dict={"preds": [-1]}) == 3 / 4
+    assert metric_score(golds, preds, metric="accuracy", filter_dict={"golds": [0], "preds": [-1]}) == 1 / 2
+    assert metric_score(golds, preds, metric="coverage") == 4 / 5
+    assert metric_score(golds[[0, 2, 3, 4]], preds[[0, 2, 3, 4]], metric="fbeta", beta=2.0) == pytest.approx(
+        skm.fbeta_score(golds[[0, 2, 3, 4]], preds[[0, 2, 3, 4]], beta=2.0), abs=1e-15
+    )
+
+
+def test_metric_score_errors_name_the_problem():
+    golds = np.array([0, 1, 1])
+    with pytest.raises(ValueError, match="The metric you provided \\('f2'\\)"):
+        metric_score(golds, golds, metric="f2")
+    with pytest.raises(ValueError, match="non-integer"):
+        metric_score(golds, np.array([0, 1, 0.5]), metric="accuracy")
+    with pytest.raises(ValueError, match="filter_dict must only include keys in"):
+        metric_score(golds, golds, metric="accuracy", filter_dict={"labels": [0]})
+    with pytest.raises(ValueError, match="'accuracy' requires access to preds"):
+        metric_score(golds, metric="accuracy")
+    with pytest.raises(TypeError, match="average"):
+        metric_score(golds, golds, metric="f1", average="micro")
+
+
+def test_score_slices_scores_all_rows_and_each_slice():
+    golds, preds = np.array([0, 1, 0, 1, 0, 1]), np.array([0, 0, 0, 1, 1, 1])
+    S = np.rec.fromarrays([np.array([1, 1, 1, 0, 0, 0]), np.array([0, 0, 0, 1, 1, 1])], names=["head", "tail"])
+    got = Scorer(["accuracy"]).score_slices(S, golds, preds, preds_to_probs(preds, 2))
+    assert got == {"overall": {"accuracy": 4 / 6}, "head": {"accuracy": 2 / 3}, "tail": {"accuracy": 2 / 3}}
+    frame = Scorer(["accuracy"]).score_slices({"head": S["head"]}, golds, preds, as_dataframe=True)
+    assert frame.loc["head", "accuracy"] == 2 / 3 and frame.loc["overall", "accuracy"] == 4 / 6
+    with pytest.raises(ValueError, match="same number of elements"):
+        Scorer(["accuracy"]).score_slices(S, golds[:2], preds)
+    with pytest.raises(ValueError, match="slice 'empty' holds no row"):
+        Scorer(["accuracy"]).score_slices({"empty": np.zeros(6)}, golds, preds)

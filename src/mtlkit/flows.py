@@ -14,10 +14,11 @@ data creation with weak supervision", VLDB 2018, https://arxiv.org/abs/1711.1016
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +30,16 @@ from mtlkit.data.loader import move_to_device
 from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.task_graph import Node, TaskGraph
+from mtlkit.labels import marker_of
 from mtlkit.metrics import Scorer
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["Operation", "Task", "MultitaskClassifier"]
+__all__ = ["MultitaskClassifier", "Operation", "Task"]
 
-OpInput = Union[str, tuple[str, Union[str, int]]]
+OpInput = str | tuple[str, str | int]
 
 
 class Operation:
@@ -89,11 +91,13 @@ class Task:
     Args:
         name: the task name; labels in a batch's Y dict are matched to tasks by name.
         module_pool: the modules the ops use, by name (an `nn.ModuleDict` or a dict).
-            Tasks share a module by using the same name for the same module object.
+            Tasks share a module by using the same name: a model uses the first module
+            added under a name for every task that names it.
         op_sequence: the operations, in order; each reads ``"_input_"`` or earlier ops.
             The output of the last one goes to `loss_func` and `output_func`.
         scorer: the task's metrics (default: ``Scorer(metrics=["accuracy"])``). Its
-            `abstain_label` (default -1) also marks the unlabelled rows that
+            `abstain_label` (default: -1 for classification, NaN for regression
+            metrics) also marks the unlabelled rows that
             `MultitaskClassifier.calculate_loss` leaves out.
         loss_func: ``loss_func(last_output, Y) -> scalar`` on the labelled rows
             (default `F.cross_entropy`, which takes class indices or, for 2-D float
@@ -136,26 +140,32 @@ class MultitaskClassifier(nn.Module):
     Args:
         tasks: the tasks, added in order with `add_task`.
         name: a label for the model (default: the class name).
-        device: where to move the modules (anything `nn.Module.to` takes); default
-            `None` leaves them where they are. Batches are moved to the device of the
-            model's parameters.
+        device: where to move the modules (anything `nn.Module.to` takes, or -1 for the
+            CPU as in Snorkel); default `None` leaves them where they are. Batches are
+            moved to the device of the model's parameters.
+        dataparallel: accepted for Snorkel's signature; modules are never wrapped in
+            `nn.DataParallel` (True warns that it is ignored).
 
     Attributes:
         module_pool: every module of every task, by name (`nn.ModuleDict`).
         tasks: task name -> `Task`, in the order added.
+        op_sequences: task name -> its operations (Snorkel's attribute).
         task_graph: the `TaskGraph` all op sequences compile into; `g` is its
             networkx graph, so `mtlkit.viz.draw_graph(model)` works.
 
+    Modules are shared by name, as in Snorkel: the first module added under a name is
+    the one every task uses; a task that brings a different module object under a
+    taken name gets the first one, with a warning naming both tasks.
+
     Departures from Snorkel: no `DataParallel` wrapping; `device=None` by default
-    (Snorkel moves to GPU 0); reusing a module name for a different module object,
-    or a task name, is a `SpecError` (Snorkel keeps the first silently); an
+    (Snorkel moves to GPU 0); a task name used twice is a `SpecError`; an
     operation name that two tasks define differently becomes two graph nodes
     (Snorkel caches by name, so a forward for both tasks fed the second task the
     first one's input); a label in `calculate_loss`'s Y dict with no task of that
     name is an error (a typo would otherwise train nothing); `load` refuses pickled
     code (`torch.load(weights_only=True)`).
 
-    Implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
+    Implements `mtlkit.protocol.MultiTaskModel`, so `mtlkit.Trainer` trains
     it and any balancer acts on `shared_parameters()`.
     """
 
@@ -164,8 +174,16 @@ class MultitaskClassifier(nn.Module):
         tasks: Sequence[Task],
         name: str | None = None,
         device: torch.device | str | int | None = None,
+        dataparallel: bool = False,
     ) -> None:
         super().__init__()
+        if dataparallel:
+            warnings.warn(
+                "MultitaskClassifier(dataparallel=True): mtlkit never wraps modules in nn.DataParallel; "
+                "the model runs on one device (use Trainer(distributed=True) for several GPUs)",
+                UserWarning,
+                stacklevel=2,
+            )
         self.name = type(self).__name__ if name is None else name
         self.module_pool = nn.ModuleDict()
         self.tasks: dict[str, Task] = {}
@@ -175,18 +193,21 @@ class MultitaskClassifier(nn.Module):
         for task in tasks:
             self.add_task(task)
         if device is not None:
-            self.to(device)
+            self.to("cpu" if device == -1 else device)  # -1: Snorkel's spelling of the CPU
 
     def add_task(self, task: Task) -> None:
         """Add a task, sharing its modules and operations by name with the tasks already in the model.
 
-        The task's new modules are moved to the model's device (as in Snorkel).
+        The task's new modules are moved to the model's device (as in Snorkel). A module
+        name already in the model keeps its first module, for this task too; when the
+        task brings a different object under that name, a warning says so.
 
         Raises:
-            SpecError: the task name is taken, or one of its module names is bound to a
-                different module object; the model is left unchanged.
+            SpecError: the task name is taken, or the task is not a `Task`; the model is
+                left unchanged.
         """
         self._check_new_task(task)
+        self._warn_on_replaced_modules(task)
         nodes, heads = _compile([*self.tasks.values(), task])
         graph = TaskGraph(nodes, outputs=list(dict.fromkeys(heads.values())))
         device = self._device()
@@ -196,6 +217,11 @@ class MultitaskClassifier(nn.Module):
         self.task_graph, self._heads = graph, heads
         self._shared_keys = _shared_module_keys(graph, heads)
         self.tasks[task.name] = task
+
+    @property
+    def op_sequences(self) -> dict[str, list[Operation]]:
+        """Each task's operations, by task name (Snorkel's attribute)."""
+        return {name: task.op_sequence for name, task in self.tasks.items()}
 
     @property
     def g(self) -> nx.DiGraph:
@@ -212,7 +238,8 @@ class MultitaskClassifier(nn.Module):
         heads = [self._head(t) for t in task_names]
         device = self._device()
         X_dict = X_dict if device is None else move_to_device(X_dict, device)
-        return execute(self.task_graph.plan(list(dict.fromkeys(heads))), self.module_pool, X_dict)
+        modules = cast(Mapping[str, nn.Module], self.module_pool)  # a ModuleDict maps names to modules
+        return execute(self.task_graph.plan(list(dict.fromkeys(heads))), modules, X_dict)
 
     def calculate_loss(
         self, X_dict: Mapping[str, Any], Y_dict: Mapping[str, Tensor]
@@ -220,41 +247,27 @@ class MultitaskClassifier(nn.Module):
         """Loss and number of labelled rows of every task labelled in the batch.
 
         A row is unlabelled when its label is the task scorer's `abstain_label`
-        (default -1); for 2-D (probabilistic) labels, when every entry of the row is.
-        The loss is the task's `loss_func` on the labelled rows only (a mean for the
-        default cross-entropy). Tasks without a labelled row are absent from both
-        dicts and their heads are not run.
+        (mtlkit's label convention by default: -1 for classification, NaN for
+        regression scorers); for 2-D (probabilistic) labels, when every entry of the
+        row is. The loss is the task's `loss_func` on the labelled rows only (a mean
+        for the default cross-entropy), computed by `mtlkit.protocol.task_loss`. Tasks
+        without a labelled row are absent from both dicts and their heads are not run.
         """
-        active: dict[str, Tensor] = {}
+        active: dict[str, Labelled] = {}
         for label, Y in Y_dict.items():
             if label not in self.tasks:
                 raise ValueError(
                     f"Y_dict has labels {label!r}, but model {self.name!r} has no task of that name; tasks: "
                     f"{list(self.tasks)}. Add such a task, or drop/rename the label in the dataset"
                 )
-            mask = self.tasks[label].scorer.labelled(Y)
-            if mask.any():
-                active[label] = mask
+            labels = labelled_targets(label, Y, marker_of(self.tasks[label].scorer))
+            if labels is not None:
+                active[label] = labels
         if not active:
             return {}, {}
         values = self.forward(X_dict, list(active))
-        losses: dict[str, Tensor] = {}
-        counts: dict[str, int] = {}
-        for label, mask in active.items():
-            task = self.tasks[label]
-            output, Y = values[self._heads[label]], Y_dict[label]
-            if not bool(mask.all()):
-                if not isinstance(output, Tensor):
-                    raise ValueError(
-                        f"task {label!r}: some rows of the batch are unlabelled, but the output of operation "
-                        f"{task.head!r} is a {type(output).__name__}, which cannot be masked row by row; "
-                        "make the last operation return a tensor"
-                    )
-                output, Y = output[mask.to(output.device)], Y[mask.to(Y.device)]
-            if isinstance(output, Tensor):
-                Y = Y.to(output.device)
-            losses[label] = task.loss_func(output, Y)
-            counts[label] = int(mask.sum())
+        losses = {t: task_loss(t, self.tasks[t].loss_func, values[self._heads[t]], y) for t, y in active.items()}
+        counts = {t: y.count for t, y in active.items()}
         return losses, counts
 
     def predict(
@@ -292,7 +305,7 @@ class MultitaskClassifier(nn.Module):
         state = torch.load(path, map_location=self._device(), weights_only=True)
         self.load_state_dict(state)
 
-    # --- mtlkit.training.protocol.MultiTaskModel -------------------------------------------
+    # --- mtlkit.protocol.MultiTaskModel -------------------------------------------
 
     @property
     def task_names(self) -> list[str]:
@@ -330,26 +343,33 @@ class MultitaskClassifier(nn.Module):
         return self._heads[task_name]
 
     def _device(self) -> torch.device | None:
-        for tensor in self.parameters():
-            return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for parameter in self.parameters():
+            return parameter.device
+        for buffer in self.buffers():
+            return buffer.device
         return None
 
     def _check_new_task(self, task: Task) -> None:
         if not isinstance(task, Task):
-            raise TypeError(f"MultitaskClassifier takes mtlkit.Task objects, got {type(task).__name__}")
+            raise SpecError(f"Unrecognized task type: MultitaskClassifier takes mtlkit.Task objects, got {type(task).__name__}")
         if task.name in self.tasks:
             raise SpecError(
-                f"task {task.name!r} is already in model {self.name!r}; give the new task another name"
+                f"Found duplicate task {task.name!r}: it is already in model {self.name!r}; give the new task another name"
             )
-        for key, module in task.module_pool.items():
-            if key in self.module_pool and self.module_pool[key] is not module:
-                owner = next(t.name for t in self.tasks.values() if key in t.module_pool)
-                raise SpecError(
-                    f"task {task.name!r} brings module {key!r}, but task {owner!r} already put a different module "
-                    f"under that name; pass the same module object to share it, or rename one of them"
-                )
+        _check_op_sequence(task.name, task.op_sequence, task.module_pool)  # ops may have been edited since Task()
+
+    def _warn_on_replaced_modules(self, task: Task) -> None:
+        replaced = [key for key, module in task.module_pool.items() if key in self.module_pool and self.module_pool[key] is not module]
+        if replaced:
+            owners = {key: next(t.name for t in self.tasks.values() if key in t.module_pool) for key in replaced}
+            taken = ", ".join(f"{key!r} (from task {owner!r})" for key, owner in owners.items())
+            warnings.warn(
+                f"task {task.name!r} brings different module objects under names already in model {self.name!r}: "
+                f"{taken}; the task uses the modules already there (modules are shared by name). Pass the same "
+                "objects to silence this, or rename the modules to keep them apart",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _compile(tasks: Sequence[Task]) -> tuple[list[Node], dict[str, str]]:

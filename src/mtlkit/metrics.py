@@ -1,6 +1,7 @@
-"""Scoring: the per-task `Scorer`, the MTL summary `delta_m`, and the model scoring loop.
+"""Scoring: the per-task `Scorer`, Snorkel's `metric_score`, the MTL summary `delta_m`, and
+the model scoring loop.
 
-`predict` and `score` drive any model that follows `mtlkit.training.protocol.MultiTaskModel`
+`predict` and `score` drive any model that follows `mtlkit.protocol.MultiTaskModel`
 (`task_names`, `task_outputs(X, task_names)`, `scorers()`), so `MultitaskClassifier`,
 `MTLModel` and the architectures share one loop. Scores are keyed
 `label/dataset/split/metric` as in Snorkel.
@@ -8,9 +9,9 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mtlkit.data.loader import move_to_device
+from mtlkit.labels import AUTO, NO_CLASS, NO_VALUE, Marker, labelled_rows, missing, resolve
+from mtlkit.utils import probs_to_preds
 
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -51,17 +54,11 @@ def _torchmetrics() -> Any:
     return torchmetrics.functional
 
 
-def _as_float(value: Tensor) -> float:
-    """A metric tensor as a Python float; float32 values (torchmetrics' precision) are given
-    as the shortest decimal that identifies them, so 3/5 reads 0.6, not 0.6000000238."""
-    if value.dtype == torch.float32:
-        return float(str(np.float32(value.item())))
-    return float(value)
-
-
 def _as_tensor(name: str, values: Any) -> Tensor | None:
     if values is None:
         return None
+    if isinstance(values, np.ndarray):
+        values = np.ascontiguousarray(values)  # torch cannot view negative strides (np.fliplr)
     try:
         return torch.as_tensor(values)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -69,38 +66,45 @@ def _as_tensor(name: str, values: Any) -> Tensor | None:
 
 
 def _as_labels(name: str, values: Tensor) -> Tensor:
+    if values.dim() == 2 and values.shape[1] == 1:
+        values = values[:, 0]
     if values.dim() != 1:
         raise ValueError(
-            f"Scorer: classification {name} must be 1-D class indices, got shape {tuple(values.shape)}; "
-            f"take the argmax of probabilistic labels first, or use regression metrics."
+            f"Input could not be converted to 1-D class indices: classification {name} has shape "
+            f"{tuple(values.shape)}; take the argmax of probabilistic labels first, or use regression metrics."
         )
-    if values.is_floating_point():
-        if not torch.equal(values, values.round()):
-            raise ValueError(f"Scorer: classification {name} must be integer class indices, got non-integral values")
+    if values.is_floating_point() and not torch.equal(values, values.round()):
+        raise ValueError(f"Input contains at least one non-integer value: classification {name} must be integer class indices")
     return values.long()
 
 
 class Scorer:
     """Computes named metrics from gold labels, predictions and probabilities (Snorkel's API).
 
-    Metrics are computed with `torchmetrics`. Classification: `accuracy`, `coverage`,
-    `precision`, `recall`, `f1`, `fbeta` (with `beta`), `f1_micro`, `f1_macro`,
-    `matthews_corrcoef`, `roc_auc`. Regression: `mse`, `mae`, `r2`; a scorer holds
-    one kind only, and `is_regression` says which.
+    Classification: `accuracy`, `coverage`, `precision`, `recall`, `f1`, `fbeta` (with
+    `beta`), `f1_micro`, `f1_macro`, `matthews_corrcoef`, `roc_auc`. Regression: `mse`,
+    `mae`, `r2`; a scorer holds one kind only, and `is_regression` says which. Values
+    are Python floats computed in float64 (classification counts by torchmetrics'
+    confusion matrix, regression metrics by torchmetrics on float64 inputs).
 
-    Binary vs multiclass is decided by the number of classes C: the width of `probs`
-    when given, else 1 + the largest label in golds/preds (at least 2). With C = 2,
-    precision/recall/f1/fbeta are those of class 1 and roc_auc uses `probs[:, 1]` (or
-    1-D probs as class-1 scores). With C > 2 (where Snorkel's `f1` fails), precision,
-    recall, f1 and fbeta are macro averages over the classes present in golds or
-    preds (scikit-learn's `average="macro"`), roc_auc is the macro one-vs-rest AUC,
-    `f1_micro` equals accuracy. `f1_micro`/`f1_macro` treat C = 2 as two classes.
+    Classes: every label in golds or preds, plus 0..C-1 for probs of width C (0 and 1
+    otherwise). With exactly the classes {0, 1}, precision/recall/f1/fbeta are those of
+    class 1 and roc_auc uses `probs[:, 1]` (or 1-D probs as class-1 scores). With more
+    (where Snorkel's `f1` fails), precision, recall, f1 and fbeta are macro averages over
+    the classes present in golds or preds (scikit-learn's `average="macro"`), roc_auc is
+    the macro one-vs-rest AUC, and `f1_micro` equals accuracy. A ratio with a zero
+    denominator is 0, as in scikit-learn. Without preds, predictions come from probs by
+    `mtlkit.utils.probs_to_preds` (ties broken as Snorkel does).
 
     Abstains: rows whose gold equals `abstain_label` are dropped for every metric
-    (for 2-D golds, rows where every entry is the abstain label; `float("nan")`
-    marks missing regression targets). For classification, rows whose prediction is
-    the abstain label are dropped as well, except for `coverage`, the fraction of
-    labelled rows with a non-abstain prediction. `abstain_label=None` keeps all rows.
+    (for 2-D golds, rows where every entry is the abstain label). Its default,
+    ``"auto"``, is mtlkit's label convention (`mtlkit.labels`): -1 for a classification
+    scorer, NaN for a regression scorer (so a real target of -1.0 is scored), and by
+    the golds' dtype for a scorer with custom metrics only. For classification, rows
+    whose prediction is the abstain label are dropped as well. `coverage` is the
+    fraction of all rows whose prediction is not the abstain label (-1 when
+    `abstain_label` is None), as in Snorkel. `abstain_label=None` scores every row, -1
+    as an ordinary class. The front doors leave the same rows out of the task's loss.
 
     Custom functions `f(golds, preds, probs)` get NumPy arrays (Snorkel's contract, so
     scikit-learn functions plug in; preds/probs may be None) after gold abstains are
@@ -111,7 +115,7 @@ class Scorer:
         self,
         metrics: Sequence[str] | None = None,
         custom_metric_funcs: Mapping[str, CustomMetric] | None = None,
-        abstain_label: int | float | None = -1,
+        abstain_label: Marker = AUTO,
         *,
         beta: float = 1.0,
     ) -> None:
@@ -127,6 +131,8 @@ class Scorer:
             )
         self.is_regression = kinds == {True}
         self.custom_metric_funcs = dict(custom_metric_funcs or {})
+        if isinstance(abstain_label, str) and abstain_label == AUTO and self.metrics:
+            abstain_label = NO_VALUE if self.is_regression else NO_CLASS
         self.abstain_label = abstain_label
         self.beta = beta
 
@@ -134,17 +140,11 @@ class Scorer:
         return f"Scorer(metrics={self.metrics}, custom_metric_funcs={list(self.custom_metric_funcs)}, abstain_label={self.abstain_label})"
 
     def _is_abstain(self, values: Tensor) -> Tensor:
-        if self.abstain_label is None:
-            return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
-        if isinstance(self.abstain_label, float) and math.isnan(self.abstain_label):
-            return torch.isnan(values) if values.is_floating_point() else torch.zeros_like(values, dtype=torch.bool)
-        return values == self.abstain_label
+        return missing(values, self.abstain_label)
 
     def labelled(self, golds: Any) -> Tensor:
         """Boolean mask of the rows of `golds` that are not abstains."""
-        golds = _as_tensor("golds", golds)
-        abstain = self._is_abstain(golds)
-        return ~abstain if golds.dim() <= 1 else ~abstain.flatten(1).all(dim=1)
+        return labelled_rows(_as_tensor("golds", golds), self.abstain_label)  # type: ignore[arg-type]
 
     def score(self, golds: Any, preds: Any = None, probs: Any = None) -> dict[str, float]:
         """Every metric of this scorer on one task's golds/preds/probs (tensors, arrays or lists)."""
@@ -157,28 +157,57 @@ class Scorer:
         keep = self.labelled(golds)
         if not keep.any():
             raise ValueError(f"Scorer: every gold label is the abstain label {self.abstain_label}; nothing to score")
-        golds, preds, probs = (None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
+        labelled = [None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)]
         results: dict[str, float] = {}
-        if self.metrics:
-            compute = self._regression if self.is_regression else self._classification
-            results.update(compute(golds, preds, probs))
-        arrays = [None if v is None else v.detach().cpu().numpy() for v in (golds, preds, probs)]
+        if self.metrics and self.is_regression:
+            results.update(self._regression(golds[keep], labelled[1], labelled[2]))
+        elif self.metrics:  # coverage counts the gold-abstain rows too
+            results.update(self._classification(golds, preds, probs, keep))
+        arrays = [None if v is None else v.detach().cpu().numpy() for v in labelled]
         for name, func in self.custom_metric_funcs.items():
             results.update(_custom_result(name, func(*arrays)))
         return results
 
-    def _classification(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> dict[str, float]:
+    def score_slices(
+        self, S: Any, golds: Any, preds: Any = None, probs: Any = None, as_dataframe: bool = False
+    ) -> dict[str, dict[str, float]] | Any:
+        """`score` on all rows (``"overall"``) and on each slice of `S` (Snorkel's API).
+
+        `S` holds one 0/1 column per slice: a NumPy record array (as Snorkel's slicing
+        functions return) or a mapping from slice name to a mask. Returns
+        ``{"overall": {...}, slice_name: {...}}``, or with `as_dataframe` a pandas
+        DataFrame with one row per slice and one column per metric.
+        """
+        names = list(S.dtype.names) if getattr(getattr(S, "dtype", None), "names", None) else list(S)
+        masks = {name: torch.as_tensor(np.asarray(S[name])).bool() for name in names}
+        lengths = {len(v) for v in (golds, preds, probs) if v is not None} | {len(m) for m in masks.values()}
+        if len(lengths) != 1:
+            raise ValueError("S, golds, preds, and probs must have the same number of elements (rows)")
+        golds, preds, probs = _as_tensor("golds", golds), _as_tensor("preds", preds), _as_tensor("probs", probs)
+        results = {"overall": self.score(golds, preds, probs)}
+        for name, mask in masks.items():
+            if not bool(mask.any()):
+                raise ValueError(f"score_slices: slice {name!r} holds no row; drop it or check S")
+            results[name] = self.score(*(None if v is None else v[mask.to(v.device)] for v in (golds, preds, probs)))
+        if not as_dataframe:
+            return results
+        return _pandas("as_dataframe=True").DataFrame.from_dict(results, orient="index")
+
+    def _classification(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None, keep: Tensor) -> dict[str, float]:
         golds = _as_labels("golds", golds)
         if preds is None:
             if probs is None or probs.dim() != 2:
-                raise ValueError("Scorer: classification metrics need preds, or probs of shape [n, num_classes]")
-            preds = probs.argmax(dim=1)
+                metric = self.metrics[0]
+                raise ValueError(f"Metric {metric!r} requires access to preds (or to probs of shape [n, num_classes] to derive them)")
+            preds = probs_to_preds(probs)
         preds = _as_labels("preds", preds).to(golds.device)
-        answered = ~self._is_abstain(preds)
-        coverage = float(answered.double().mean())
-        golds, preds = golds[answered], preds[answered]
-        probs = None if probs is None else probs[answered.to(probs.device)].to(golds.device)
-        num_classes = self._num_classes(golds, preds, probs)
+        marker = resolve(preds, self.abstain_label)
+        no_answer = preds == (NO_CLASS if marker is None else marker)
+        coverage = float((~no_answer).double().mean())  # over all rows, gold abstains included (Snorkel)
+        kept = keep.to(golds.device) & ~self._is_abstain(preds)
+        golds, preds = golds[kept], preds[kept]
+        probs = None if probs is None else probs[kept.to(probs.device)].to(golds.device)
+        classes = self._classes(golds, preds, probs)
         results = {}
         for metric in self.metrics:
             if metric == "coverage":
@@ -186,85 +215,152 @@ class Scorer:
                 continue
             if len(golds) == 0:
                 raise ValueError(f"Scorer: every prediction is the abstain label {self.abstain_label}; cannot compute {metric}")
-            results[metric] = _as_float(self._classification_metric(metric, golds, preds, probs, num_classes))
+            if metric == "roc_auc":
+                results[metric] = _roc_auc(golds, probs, classes)
+            else:
+                results[metric] = _from_confusion(metric, _confusion(golds, preds, classes), classes, self.beta)
         return results
 
     @staticmethod
-    def _num_classes(golds: Tensor, preds: Tensor, probs: Tensor | None) -> int:
-        if probs is not None and probs.dim() == 2:
-            num_classes = probs.shape[1]
-        else:
-            num_classes = max(2, 1 + int(torch.cat([golds, preds]).max()) if len(golds) else 2)
-        for name, values in (("golds", golds), ("preds", preds)):
-            if len(values) and (values.min() < 0 or values.max() >= num_classes):
-                raise ValueError(
-                    f"Scorer: {name} hold labels in [{int(values.min())}, {int(values.max())}] but there are "
-                    f"{num_classes} classes; labels must lie in [0, {num_classes - 1}] (is the abstain label right?)"
-                )
-        return num_classes
-
-    def _classification_metric(
-        self, metric: str, golds: Tensor, preds: Tensor, probs: Tensor | None, num_classes: int
-    ) -> Tensor:
-        tmc = _torchmetrics().classification
-        binary = num_classes == 2
-        if metric == "accuracy":
-            return tmc.multiclass_accuracy(preds, golds, num_classes, average="micro")
-        if metric == "f1_micro":
-            return tmc.multiclass_f1_score(preds, golds, num_classes, average="micro")
-        if metric == "f1_macro":
-            return tmc.multiclass_f1_score(preds, golds, num_classes, average="macro")
-        if metric == "matthews_corrcoef":
-            return tmc.binary_matthews_corrcoef(preds, golds) if binary else tmc.multiclass_matthews_corrcoef(preds, golds, num_classes)
-        if metric == "roc_auc":
-            return self._roc_auc(golds, probs, num_classes)
-        if metric == "fbeta":
-            if binary:
-                return tmc.binary_fbeta_score(preds, golds, beta=self.beta)
-            return tmc.multiclass_fbeta_score(preds, golds, beta=self.beta, num_classes=num_classes, average="macro")
-        binary_funcs = {"precision": tmc.binary_precision, "recall": tmc.binary_recall, "f1": tmc.binary_f1_score}
-        multiclass_funcs = {"precision": tmc.multiclass_precision, "recall": tmc.multiclass_recall, "f1": tmc.multiclass_f1_score}
-        if binary:
-            return binary_funcs[metric](preds, golds)
-        return multiclass_funcs[metric](preds, golds, num_classes, average="macro")
-
-    @staticmethod
-    def _roc_auc(golds: Tensor, probs: Tensor | None, num_classes: int) -> Tensor:
-        tmc = _torchmetrics().classification
-        if probs is None:
-            raise ValueError("Scorer: metric 'roc_auc' needs probs")
-        missing = sorted(set(range(num_classes)) - set(golds.unique().tolist()))
-        if missing:
-            # torchmetrics would return a meaningless 0 here; scikit-learn raises too
-            raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {num_classes}")
-        probs = probs.float()
-        rows_sum_to_one = probs.dim() == 1 or bool(torch.allclose(probs.sum(dim=1), torch.ones(len(probs)), atol=1e-3))
-        if not rows_sum_to_one or bool(((probs < 0) | (probs > 1)).any()):
-            # AUC of raw logits ranks by the wrong score (logit 1, not P(class 1)): refuse
+    def _classes(golds: Tensor, preds: Tensor, probs: Tensor | None) -> Tensor:
+        """The sorted class labels: those in golds and preds, and 0..C-1 for probs of width C (else 0, 1)."""
+        width = probs.shape[1] if probs is not None and probs.dim() == 2 else 2
+        classes = torch.unique(torch.cat([golds, preds, torch.arange(width, device=golds.device)]))
+        if probs is not None and probs.dim() == 2 and int(classes.max()) >= width:
+            name = "golds" if bool((golds >= width).any()) else "preds"
             raise ValueError(
-                "Scorer: roc_auc needs probabilities (values in [0, 1], rows summing to 1) but got what look "
-                "like logits; give the task an output function: Task(output_func=...), an architecture's "
-                "output_funcs={task: softmax}, or an MTLModel entry's 'output'"
+                f"Scorer: {name} hold label {int(classes.max())} but probs have {width} columns; labels must lie in "
+                f"[0, {width - 1}] (is the abstain label right?)"
             )
-        if probs.dim() == 1:
-            return tmc.binary_auroc(probs, golds)
-        if num_classes == 2:
-            return tmc.binary_auroc(probs[:, 1], golds)
-        return tmc.multiclass_auroc(probs, golds, num_classes, average="macro")
+        return classes
 
     def _regression(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> dict[str, float]:
         values = preds if preds is not None else probs
         if values is None:
             raise ValueError("Scorer: regression metrics need preds (or probs holding the predicted values)")
-        dtype = torch.promote_types(torch.promote_types(values.dtype, golds.dtype), torch.float32)
-        values, golds = values.to(golds.device, dtype), golds.to(dtype)
+        values, golds = values.to(golds.device, torch.float64), golds.to(torch.float64)
         if values.dim() == golds.dim() + 1 and values.shape[-1] == 1:
             values = values.squeeze(-1)
         if values.shape != golds.shape:
             raise ValueError(f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}")
         tmf = _torchmetrics()
         funcs = {"mse": tmf.mean_squared_error, "mae": tmf.mean_absolute_error, "r2": tmf.r2_score}
-        return {metric: _as_float(funcs[metric](values, golds)) for metric in self.metrics}
+        return {metric: float(funcs[metric](values, golds)) for metric in self.metrics}
+
+
+def _confusion(golds: Tensor, preds: Tensor, classes: Tensor) -> Tensor:
+    """The float64 confusion matrix over `classes` (rows: gold, columns: predicted)."""
+    index = torch.searchsorted(classes, torch.stack([golds, preds]))
+    matrix = _torchmetrics().classification.multiclass_confusion_matrix(index[1], index[0], len(classes))
+    return matrix.to(torch.float64)
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+
+
+def _from_confusion(metric: str, matrix: Tensor, classes: Tensor, beta: float) -> float:
+    """accuracy, precision, recall, f1, fbeta, f1_micro, f1_macro or matthews_corrcoef from a confusion matrix."""
+    n, correct = matrix.sum(), matrix.trace()
+    if metric in ("accuracy", "f1_micro"):
+        return float(correct / n)
+    gold_counts, pred_counts = matrix.sum(dim=1), matrix.sum(dim=0)
+    if metric == "matthews_corrcoef":  # Gorodkin's multiclass form, which reduces to the binary MCC
+        cov_gp = correct * n - gold_counts @ pred_counts
+        cov_pp, cov_gg = n * n - pred_counts @ pred_counts, n * n - gold_counts @ gold_counts
+        return float(cov_gp / torch.sqrt(cov_pp * cov_gg)) if float(cov_pp * cov_gg) > 0 else 0.0
+    tp = matrix.diagonal()
+    fp, fn = pred_counts - tp, gold_counts - tp
+    if metric == "precision":
+        per_class = _ratio(tp, tp + fp)
+    elif metric == "recall":
+        per_class = _ratio(tp, tp + fn)
+    else:
+        b2 = 1.0 if metric in ("f1", "f1_macro") else beta**2
+        per_class = _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)
+    if metric != "f1_macro" and classes.tolist() == [0, 1]:
+        return float(per_class[1])
+    present = (gold_counts + pred_counts) > 0
+    return float(per_class[present].mean())
+
+
+def _binary_auc(scores: Tensor, positive: Tensor) -> float:
+    """Area under the ROC curve by the Mann-Whitney rank sum (tied scores share their mean rank)."""
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(torch.float64)
+    ranks = (ends - (counts - 1) / 2)[inverse]
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
+    if probs is None:
+        raise ValueError("Scorer: metric 'roc_auc' needs probs")
+    if bool((classes < 0).any()):
+        raise ValueError(f"Scorer: roc_auc has no probability column for the negative labels in {classes.tolist()}")
+    probs = probs.to(torch.float64)
+    width = probs.shape[1] if probs.dim() == 2 else 2
+    missing = sorted(set(range(width)) - set(golds.unique().tolist()))
+    if missing:
+        # scikit-learn raises too: with a class absent from the golds, its AUC is undefined
+        raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {width}")
+    rows_sum_to_one = probs.dim() == 1 or bool(torch.allclose(probs.sum(dim=1), torch.ones_like(probs[:, 0]), atol=1e-3))
+    if not rows_sum_to_one or bool(((probs < 0) | (probs > 1)).any()):
+        # AUC of raw logits ranks by the wrong score (logit 1, not P(class 1)): refuse
+        raise ValueError(
+            "Scorer: roc_auc needs probabilities (values in [0, 1], rows summing to 1) but got what look "
+            "like logits; give the task an output function: Task(output_func=...), an architecture's "
+            "output_funcs={task: softmax}, or an MTLModel entry's 'output'"
+        )
+    if probs.dim() == 1:
+        return _binary_auc(probs, golds == 1)
+    if width == 2:
+        return _binary_auc(probs[:, 1], golds == 1)
+    return sum(_binary_auc(probs[:, c], golds == c) for c in range(width)) / width
+
+
+def metric_score(
+    golds: Any = None,
+    preds: Any = None,
+    probs: Any = None,
+    metric: str = "accuracy",
+    filter_dict: Mapping[str, Sequence[int]] | None = None,
+    **kwargs: Any,
+) -> float:
+    """One metric of golds/preds/probs (Snorkel's `metric_score`), after dropping filtered rows.
+
+    `filter_dict` maps "golds", "preds" or "probs" to values: rows where that array holds
+    one of them are dropped (``{"golds": [-1], "preds": [-1]}`` drops abstains). No other
+    row is dropped: -1 is an ordinary class unless filtered (it still counts as "no
+    answer" for `coverage`). The only keyword option is `beta` (for "fbeta").
+    """
+    if metric not in METRICS:
+        raise ValueError(f"The metric you provided ({metric!r}) is not one of {list(METRICS)}")
+    unknown = set(kwargs) - {"beta"}
+    if unknown:
+        raise TypeError(f"metric_score takes no option {sorted(unknown)}; the only option is beta (for fbeta)")
+    arrays = {"golds": golds, "preds": preds, "probs": probs}
+    arrays = {k: _as_tensor(k, v) for k, v in arrays.items()}
+    for name in ("golds", "preds"):
+        if arrays[name] is not None and metric not in REGRESSION_METRICS:
+            _as_labels(name, arrays[name])
+    if filter_dict:
+        if set(filter_dict) - set(arrays):
+            raise ValueError(f"filter_dict must only include keys in {list(arrays)}, got {sorted(filter_dict)}")
+        rows = next(v for v in arrays.values() if v is not None)
+        keep = torch.ones(len(rows), dtype=torch.bool)
+        for name, values in filter_dict.items():
+            if arrays[name] is not None:
+                column = arrays[name] if arrays[name].dim() == 1 else arrays[name].reshape(len(rows), -1)[:, 0]
+                keep &= ~torch.isin(column, torch.as_tensor(list(values), dtype=column.dtype))
+        arrays = {k: None if v is None else v[keep] for k, v in arrays.items()}
+    if arrays["golds"] is None:
+        raise ValueError(f"Metric {metric!r} requires access to golds")
+    if metric == "coverage" and arrays["preds"] is None:
+        raise ValueError("Metric 'coverage' requires access to preds")
+    scorer = Scorer(metrics=[metric], abstain_label=None, beta=kwargs.get("beta", 1.0))
+    return scorer.score(arrays["golds"], arrays["preds"], arrays["probs"])[metric]
 
 
 def _custom_result(name: str, value: Any) -> dict[str, float]:
@@ -341,10 +437,7 @@ def labels_to_tasks(
     remap_labels = remap_labels or {}
     mapping = {}
     for label in label_names:
-        if label in remap_labels:
-            task = remap_labels[label]
-        else:
-            task = label if label in task_names else None
+        task = remap_labels.get(label, label if label in task_names else None)
         if task is None:
             continue
         if task not in task_names:
@@ -361,13 +454,15 @@ def _model_device(model: Any) -> torch.device | None:
 
 
 def _dataset_of(dataloader: DataLoader) -> Any:
-    dataset = dataloader.dataset
+    dataset: Any = dataloader.dataset  # duck-typed: checked for a DictDataset's attributes below
     for attribute in ("name", "split", "Y_dict"):
         if not hasattr(dataset, attribute):
             raise TypeError(
                 f"scoring needs dataloaders over a DictDataset (with name, split, Y_dict); "
                 f"got a dataset of type {type(dataset).__name__} without {attribute!r}"
             )
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name!r} has no rows in its {dataset.split!r} split: nothing to score")
     return dataset
 
 
@@ -394,7 +489,7 @@ def _collect(model: Any, dataloader: DataLoader, mapping: Mapping[str, str]) -> 
                         gold, output = gold.reshape(-1), output.reshape(-1, output.shape[-1])
                     if len(gold) != len(output):
                         raise ValueError(
-                            f"label {label!r} has {len(gold)} rows in a batch of dataset {dataloader.dataset.name!r} "
+                            f"label {label!r} has {len(gold)} rows in a batch of dataset {_dataset_of(dataloader).name!r} "
                             f"but task {task!r} returned {len(output)}; outputs need one row per label row"
                         )
                     golds[label].append(gold)
@@ -413,7 +508,14 @@ def _predictions(label: str, outputs: Tensor, scorer: Scorer | None) -> Tensor:
             f"task outputs for label {label!r} are 1-D; a classifier's outputs must be [n, num_classes] "
             f"probabilities (give the task a regression Scorer if it predicts values)"
         )
-    return outputs.argmax(dim=-1)
+    if outputs.shape[-1] < 2:
+        if scorer is None:
+            return outputs  # one column and no Scorer to say what it is: nothing scores these
+        raise ValueError(
+            f"task outputs for label {label!r} have one column; a classifier's outputs must be [n, num_classes >= 2] "
+            f"probabilities (give the task a regression Scorer if it predicts values)"
+        )
+    return probs_to_preds(outputs.reshape(-1, outputs.shape[-1])).reshape(outputs.shape[:-1])
 
 
 def predict(
@@ -427,7 +529,8 @@ def predict(
 
     Returns Snorkel's `{"golds": {label: Tensor}, "probs": {label: Tensor}, "preds": {...}}`,
     keyed by label name, tensors on the model's output device. Predictions are the argmax
-    of the outputs, or the outputs themselves for tasks whose Scorer is a regression
+    of the outputs with ties (within 1e-5) broken by Snorkel's deterministic hash of the
+    row number (`mtlkit.utils.probs_to_preds`), or the outputs themselves for tasks whose Scorer is a regression
     scorer (`scorers` overrides `model.scorers()`).
     """
     dataset = _dataset_of(dataloader)
@@ -455,13 +558,17 @@ def score(
     """
     task_scorers = dict(model.scorers()) if scorers is None else dict(scorers)
     scores: dict[str, float] = {}
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for dataloader in dataloaders:
         dataset = _dataset_of(dataloader)
-        if (dataset.name, dataset.split) in seen:
-            raise ValueError(f"two dataloaders both score as dataset {dataset.name!r}, split {dataset.split!r}; give them different names")
-        seen.add((dataset.name, dataset.split))
         mapping = labels_to_tasks(dataset.Y_dict.keys(), model.task_names, remap_labels)
+        for label in mapping:  # two loaders may share a dataset name and split if their labels differ (Snorkel)
+            if (label, dataset.name, dataset.split) in seen:
+                raise ValueError(
+                    f"two dataloaders both score label {label!r} as dataset {dataset.name!r}, split {dataset.split!r}; "
+                    "give them different names"
+                )
+            seen.add((label, dataset.name, dataset.split))
         results = predict(model, dataloader, return_preds=True, remap_labels=remap_labels, scorers=task_scorers)
         scores.update(score_predictions(results, mapping, task_scorers, f"{dataset.name}/{dataset.split}"))
     return _to_dataframe(scores) if as_dataframe else scores
@@ -488,10 +595,14 @@ def score_predictions(
     return scores
 
 
-def _to_dataframe(scores: Mapping[str, float]) -> Any:
+def _pandas(what: str) -> Any:
     try:
-        import pandas as pd
+        import pandas
     except ImportError as error:
-        raise ImportError("as_dataframe=True needs pandas (pip install pandas), or leave as_dataframe=False for a dict") from error
+        raise ImportError(f"{what} needs pandas (pip install pandas); leave it False for a dict") from error
+    return pandas
+
+
+def _to_dataframe(scores: Mapping[str, float]) -> Any:
     rows = [(*key.split("/", 3), value) for key, value in scores.items()]
-    return pd.DataFrame(rows, columns=["label", "dataset", "split", "metric", "score"])
+    return _pandas("as_dataframe=True").DataFrame(rows, columns=["label", "dataset", "split", "metric", "score"])

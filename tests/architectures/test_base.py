@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import mtlkit.architectures as A
 from mtlkit.errors import SpecError
-from mtlkit.training.protocol import MultiTaskModel
+from mtlkit.protocol import MultiTaskModel
 from mtlkit.weighting import GradientBalancer, get
 
 TASKS = ["reg", "cls", "aux"]
@@ -181,7 +181,10 @@ def test_rep_grad_pushes_the_balancers_combination_through_the_shared_part(arch,
         torch.testing.assert_close(grad_or_zero(p), ref, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+MULTI_INPUT_REFUSED = {"CrossStitch", "LTB", "PLE"}  # as in LibMTL: their tasks read each other's features
+
+
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) - MULTI_INPUT_REFUSED))
 def test_multi_input_runs_only_the_task_of_each_batch(arch):
     torch.manual_seed(0)
     model = build(arch, multi_input=True).eval()
@@ -197,6 +200,27 @@ def test_multi_input_runs_only_the_task_of_each_batch(arch):
     calls.update({t: 0 for t in TASKS})
     step = model.train().training_step(x_cls, {"cls": Y["cls"]})
     assert list(step.losses) == ["cls"] and calls == {"reg": 0, "cls": 1, "aux": 0}
+
+
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) - MULTI_INPUT_REFUSED))
+def test_multi_input_gives_each_task_its_own_input_in_one_step(arch):
+    model = build(arch, multi_input=True, input_key=None).eval()
+    inputs = {t: batch(seed=i)[0][: 3 + i] for i, t in enumerate(TASKS)}  # a different batch per task
+    _, Y = batch(n=6)
+    Y = {t: Y[t][: 3 + i] for i, t in enumerate(TASKS)}
+    step = model.training_step(inputs, Y)
+    assert set(step.losses) == set(TASKS) and step.counts == {t: 3 + i for i, t in enumerate(TASKS)}
+    for t in TASKS:  # each task's loss is that of its own input alone
+        alone = model.training_step(inputs[t], {t: Y[t]}).losses[t]
+        torch.testing.assert_close(step.losses[t], alone)
+    with pytest.raises(KeyError, match="no entry for task"):
+        model.task_outputs({"reg": inputs["reg"]}, ["reg", "cls"])
+
+
+@pytest.mark.parametrize("arch", sorted(MULTI_INPUT_REFUSED))
+def test_multi_input_is_refused_where_libmtl_refuses_it(arch):
+    with pytest.raises(ValueError, match="multi_input"):
+        build(arch, multi_input=True)
 
 
 def _train(model: A.Architecture, balancer, rep: bool, steps: int = 8) -> tuple[float, float]:
@@ -274,8 +298,9 @@ def test_task_outputs_read_the_input_field_of_a_dict_batch_without_gradient():
     assert list(out) == ["cls"] and not out["cls"].requires_grad
     torch.testing.assert_close(out["cls"], model(x)["cls"])
     assert model.scorers() == {"cls": "a scorer"}
+    torch.testing.assert_close(model.task_outputs({"pixels": x}, ["cls"])["cls"], out["cls"])  # the only field
     with pytest.raises(KeyError, match="input_key"):
-        model.task_outputs({"pixels": x}, ["cls"])
+        model.task_outputs({"pixels": x, "mask": x}, ["cls"])
 
 
 def test_libmtl_names_and_positional_signature():

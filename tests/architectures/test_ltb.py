@@ -47,9 +47,26 @@ def test_eval_reads_each_tasks_most_likely_parent():
     torch.testing.assert_close(model(x)["a"], model(x)["a"])
 
 
-def test_training_without_the_number_of_epochs_says_how_to_set_it():
+def test_without_epochs_the_schedule_is_that_of_a_100_epoch_run():
+    # LibMTL's LTB runs without an explicit length too; the first epoch warms up, then τ = 5/√(epoch + 1).
     model = make()
-    with pytest.raises(ConfigError, match="epochs="):
-        model(torch.randn(2, 4))
-    model.eval()
-    model(torch.randn(2, 4))  # eval needs no schedule
+    model(torch.randn(2, 4))  # epoch 0: warm-up
+    torch.testing.assert_close(model._mixing(0), torch.full((2, 2), 0.5))
+    model.set_epoch(3)
+    assert model.temperature() == pytest.approx(100 / 20 / 2)
+    model.set_epoch(3, epochs=40)  # the length can come with the epoch
+    assert model.epochs == 40 and model.temperature() == pytest.approx(40 / 20 / 2)
+    with pytest.raises(ConfigError, match="epochs"):
+        make(epochs=0)
+
+
+def test_trains_under_the_trainer_without_epochs():
+    from mtlkit import DictDataLoader, DictDataset, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=g)
+    data = DictDataset("d", "train", {"input_data": x}, {"a": x[:, :1], "b": -x[:, 1:2]})
+    model = LTB(TASKS, stages, {t: nn.Linear(4, 1) for t in TASKS}, losses={t: nn.functional.mse_loss for t in TASKS})
+    with pytest.warns(UserWarning, match="no metric to report"):  # no validation split here
+        Trainer(n_epochs=3, lr=0.01, progress_bar=False).fit(model, [DictDataLoader(data, batch_size=8)])
+    assert model.epoch == 2 and model.branches().shape == (2, 2)

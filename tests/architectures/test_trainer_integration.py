@@ -1,5 +1,8 @@
 """Every architecture trains through the Trainer with EW and with a gradient balancer at its representation."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,3 +81,41 @@ def test_column_mixing_architectures_need_two_tasks(name):
             decoders={"a": nn.Linear(8, 2)},
             **OPTIONS[name],
         )
+
+
+def _readme_block(containing: str) -> str:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    found = [b for b in blocks if containing in b]
+    assert len(found) == 1, f"expected one README block with {containing!r}, found {len(found)}"
+    return found[0]
+
+
+def test_the_readme_libmtl_snippet_runs_verbatim_on_multi_mnist():
+    namespace: dict = {}
+    exec(compile(_readme_block("from mtlkit.architectures import MMoE"), "README.md", "exec"), namespace)
+    scores = namespace["model"].score(namespace["dataloaders"][2:])
+    assert set(scores) == {"left/multi_mnist/test/accuracy", "right/multi_mnist/test/accuracy"}
+    assert all(value > 0.2 for value in scores.values())  # chance is 0.1
+
+
+def test_score_and_predict_as_multitask_classifier_and_fit_warns_without_metrics():
+    torch.manual_seed(0)
+    model = _model("HPS", False)
+    loaders = _loaders()
+    Trainer(n_epochs=2, lr=0.02, progress_bar=False, seed=0).fit(model, loaders)
+    scores = model.score(loaders)
+    assert set(scores) == {"a/toy/train/accuracy", "a/toy/valid/accuracy"}
+    predictions = model.predict(loaders[1], return_preds=True)
+    assert predictions["preds"]["a"].shape == (32,) and predictions["golds"]["b"].shape == (32,)
+    assert scores["a/toy/valid/accuracy"] == pytest.approx(
+        float((predictions["preds"]["a"] == predictions["golds"]["a"]).float().mean())
+    )
+    bare = arch.HPS(["a", "b"], lambda: nn.Linear(4, 8), {"a": nn.Linear(8, 2), "b": nn.Linear(8, 1)},
+                    losses={"a": F.cross_entropy, "b": lambda p, y: F.mse_loss(p.squeeze(-1), y)})
+    with pytest.warns(UserWarning, match="no metric to report: HPS has no Scorer for any task"):
+        assert Trainer(n_epochs=1, progress_bar=False).fit(bare, loaders) == {}
+    with pytest.warns(UserWarning, match="no dataloader is of a validation or test split"):
+        Trainer(n_epochs=1, progress_bar=False).fit(model, loaders[:1])
+    with pytest.raises(ValueError, match="no metrics to score"):
+        bare.score(loaders)

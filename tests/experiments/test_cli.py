@@ -8,7 +8,7 @@ from mtlkit.cli import main
 def test_list_names_architectures_balancers_datasets_and_metrics(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("mmoe", "cagrad", "penguins", "f1_macro"):
+    for word in ("mmoe", "cagrad", "penguins", "f1_macro", "every=k", "ema=β", "mgda@every=4"):
         assert word in out
 
 

@@ -26,3 +26,18 @@ def test_results_do_not_depend_on_writing_run_folders_and_eval_reproduces_them(t
     again = evaluate(tmp_path / "uw-seed0", ("valid", "test"))
     for key, value in written.runs["uw"][0].scores.items():
         assert abs(again[key] - value) < 1e-6, key
+
+
+def test_mean_std_never_prints_negative_zero():
+    from mtlkit.experiments.report import mean_std
+
+    assert mean_std([-0.001], digits=2) == "0.00"
+    assert mean_std([-0.001, 0.001], digits=2) == "0.00 ± 0.00"
+    assert mean_std([-0.5], digits=2) == "-0.50"
+
+
+def test_legend_says_split_seed_count_and_delta_m_sign():
+    one = run_suite("penguins", [Variant("ew")], seeds=[0], scale=0.05)
+    assert "test split" in one.legend() and "One seed" in one.legend() and "above 0 beats" in one.legend()
+    two = run_suite("penguins", [Variant("ew")], seeds=[0, 1], scale=0.05)
+    assert "over 2 seeds" in two.legend()

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mtlkit import MTLModel
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput
 
 OUTPUTS = ["Task1", "Task2", "Task3"]
 

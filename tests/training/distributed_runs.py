@@ -22,8 +22,8 @@ from mtlkit.training import StepOutput
 
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
-METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")
-REP_METHODS = ("mgda", "nash_mtl")  # Gramian-based methods at the shared representation
+METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "famo", "fairgrad", "mgda@every=2,ema=0.9")
+REP_METHODS = ("mgda", "nash_mtl", "fairgrad", "mgda@every=2,ema=0.9")  # Gramian-based methods at the shared representation
 TIMEOUT_S = 60
 
 

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -46,7 +47,7 @@ def test_bad_choice_names_the_key_and_allowed_values(key, value, allowed):
 @pytest.mark.parametrize(
     "key, value",
     [("n_epochs", 0), ("n_epochs", 1.5), ("n_epochs", True), ("lr", 0), ("lr", "0.1"), ("l2", -1.0),
-     ("grad_clip", 0.0), ("log_every", 0), ("checkpoint_runway", -1), ("early_stopping", 0), ("seed", -3)],
+     ("grad_clip", -0.5), ("log_every", 0), ("checkpoint_runway", -1), ("early_stopping", 0), ("seed", -3)],
 )
 def test_bad_number_is_rejected_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
@@ -74,11 +75,9 @@ def test_checkpoint_metric_splits_into_key_and_mode():
     )
 
 
-def test_scheduler_that_needs_an_option_says_which():
-    with pytest.raises(ConfigError, match="step_size"):
-        TrainerConfig(lr_scheduler="step")
-    with pytest.raises(ConfigError, match="gamma"):
-        TrainerConfig(lr_scheduler="exponential")
+def test_constant_takes_no_scheduler_options():
+    with pytest.raises(ConfigError, match="'constant' is no schedule"):
+        TrainerConfig(lr_scheduler="constant", lr_scheduler_kwargs={"factor": 0.5})
 
 
 def test_unknown_optimizer_option_is_named_with_close_spellings():
@@ -140,6 +139,55 @@ def test_objects_a_checkpoint_cannot_hold_are_listed():
     assert config.to_dict()["optimizer"] is None
 
 
-def test_snorkel_nested_option_points_to_the_flat_options():
-    with pytest.raises(ConfigError, match="checkpoint_dir, checkpoint_metric"):
-        TrainerConfig.from_dict({"checkpointer_config": {"checkpoint_dir": "c"}})
+def test_snorkel_nested_options_map_to_the_flat_ones():
+    config = TrainerConfig.from_dict(
+        {
+            "n_epochs": 4,
+            "optimizer": "sgd",
+            "lr_scheduler": "step",
+            "optimizer_config": {"sgd_config": {"momentum": 0.5}, "adam_config": {"amsgrad": True}},
+            "lr_scheduler_config": {"warmup_steps": 2, "warmup_unit": "epochs", "step_config": {"step_size": 3, "gamma": 0.5},
+                                    "exponential_config": {"gamma": 0.1}},
+            "log_writer": "json",
+            "log_writer_config": {"log_dir": "logs", "run_name": "r1"},
+            "checkpointer_config": {"checkpoint_dir": "ck", "checkpoint_metric": "t/d/valid/acc:max", "checkpoint_factor": 2},
+            "log_manager_config": {"counter_unit": "epochs", "evaluation_freq": 2},
+            "model_config": {"device": -1, "dataparallel": True},
+        }
+    )
+    assert dict(config.optimizer_kwargs) == {"momentum": 0.5}  # only the chosen optimizer's options
+    assert dict(config.lr_scheduler_kwargs) == {"step_size": 3, "gamma": 0.5}
+    assert (config.warmup_steps, config.warmup_unit) == (2, "epochs")
+    assert config.log_writers == ("json",) and config.log_dir == os.path.join("logs", "r1")
+    assert (config.checkpoint_dir, config.checkpoint_metric) == ("ck", "t/d/valid/acc:max")
+    assert (config.evaluate_every, config.checkpoint_every) == (2, 4)  # factor 2 x every 2 epochs
+    assert config.device == torch.device("cpu")
+
+
+def test_warmup_percentage_is_a_share_of_the_whole_run():
+    config = TrainerConfig.from_dict({"n_epochs": 4, "lr_scheduler_config": {"warmup_percentage": 0.25}})
+    assert (config.warmup_steps, config.warmup_unit) == (1.0, "epochs")
+
+
+def test_nested_options_refuse_what_mtlkit_cannot_honour():
+    with pytest.raises(ConfigError, match="Unrecognized writer option log_writer='csv'"):
+        TrainerConfig.from_dict({"log_writer": "csv"})
+    with pytest.raises(ConfigError, match="counter_unit'\\]='batches'.*whole epochs"):
+        TrainerConfig.from_dict({"log_manager_config": {"counter_unit": "batches"}})
+    with pytest.raises(ConfigError, match="min_lr"):
+        TrainerConfig.from_dict({"lr_scheduler_config": {"min_lr": 1e-4}})
+    with pytest.raises(ConfigError, match="checkpoint_task_metrics"):
+        TrainerConfig.from_dict({"checkpointer_config": {"checkpoint_task_metrics": ["a/b/c/d:max"]}})
+    with pytest.raises(ConfigError, match="'warmup_step' in lr_scheduler_config. Did you mean 'warmup_steps'"):
+        TrainerConfig.from_dict({"lr_scheduler_config": {"warmup_step": 1}})
+    with pytest.raises(ConfigError, match="sets warmup_steps, which is also given"):
+        TrainerConfig.from_dict({"warmup_steps": 1, "lr_scheduler_config": {"warmup_steps": 2}})
+    with pytest.raises(ConfigError, match="unknown Trainer option 'n_epoch'.*Did you mean 'n_epochs'"):
+        TrainerConfig.from_dict({"n_epoch": 2})
+
+
+
+def test_grad_clip_zero_means_no_clipping_as_in_snorkel():
+    assert TrainerConfig(grad_clip=0).grad_clip is None
+    with pytest.raises(ConfigError, match="grad_clip"):
+        TrainerConfig(grad_clip=-1.0)

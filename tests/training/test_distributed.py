@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from mtlkit import ConfigError, DictDataLoader, DictDataset, Trainer
 from mtlkit.training.distributed import is_main_process, shard_evaluation_loader, shard_training_loader
-from mtlkit.weighting import available
+from mtlkit.weighting import is_registered
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_runs as runs  # noqa: E402  (importable by name: the spawned ranks import it too)
@@ -72,7 +72,7 @@ def _assert_same_run(two, one):
 @pytest.mark.parametrize("method", [*runs.METHODS, *(f"{m}/rep" for m in runs.REP_METHODS)])
 def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, method):
     name = method.split("/")[0]
-    if name not in available():
+    if not is_registered(name):
         pytest.skip(f"balancer {name!r} is not registered yet")
     (rank0, rank1), _ = spawned
     one = runs.run(name, 1, rep_grad=method.endswith("/rep"))

@@ -18,7 +18,8 @@ def _lrs(config, batches_per_epoch):
     for _ in range(config.n_epochs * batches_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
     return lrs
 
 
@@ -56,7 +57,11 @@ def test_warmup_in_epochs_counts_whole_epochs_of_batches():
 
 def test_warmup_longer_than_the_run_is_a_config_error():
     with pytest.raises(ConfigError, match="warmup_steps"):
-        _lrs(TrainerConfig(n_epochs=1, warmup_steps=4), 4)
+        _lrs(TrainerConfig(n_epochs=1, warmup_steps=5), 4)
+
+
+def test_warmup_may_last_the_whole_run():
+    assert _lrs(TrainerConfig(n_epochs=1, lr=1.0, warmup_steps=4), 4) == pytest.approx([0.2, 0.4, 0.6, 0.8])
 
 
 def test_user_kwargs_override_the_derived_defaults():
@@ -98,3 +103,17 @@ def test_a_parameter_shared_with_the_balancer_is_optimised_once():
     p = nn.Parameter(torch.ones(1))
     optimizer = build_optimizer(TrainerConfig(), [p, p], [p])
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 1
+
+
+def test_exponential_and_step_default_to_snorkels_options():
+    exp = _lrs(TrainerConfig(lr=1.0, lr_scheduler="exponential"), 4)
+    assert exp == pytest.approx([0.9**i for i in range(4)])  # gamma 0.9 per batch
+    step = _lrs(TrainerConfig(lr=1.0, n_epochs=3, lr_scheduler="step"), 4)
+    assert step == pytest.approx([1.0] * 5 + [0.9] * 5 + [0.81] * 2)  # step_size 5 batches, gamma 0.9
+
+
+def test_constant_schedule_is_no_scheduler_unless_there_is_a_warmup():
+    p = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer(TrainerConfig(), [p], [])
+    assert build_lr_scheduler(TrainerConfig(), optimizer, 4) is None
+    assert _lrs(TrainerConfig(lr=1.0, n_epochs=2, warmup_steps=3), 3) == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])

@@ -45,7 +45,12 @@ def test_fit_lowers_the_training_loss_and_scores_valid_and_test_at_the_end(make_
     assert all("test" not in key for record in trainer.history for key in record)
 
 
-@pytest.mark.parametrize("weighting", ["dwa", "uw", "rlw", "famo", "gradvac"])
+# training_step calls per step: FAMO recomputes the losses after the step, MoDo and SDMGrad draw
+# two extra batches, Auto-λ forwards a validation batch and this batch twice more.
+FORWARDS_PER_STEP = {"dwa": 1, "uw": 1, "rlw": 1, "famo": 2, "gradvac": 1, "modo": 3, "sdmgrad": 3, "auto_lambda": 4}
+
+
+@pytest.mark.parametrize("weighting", list(FORWARDS_PER_STEP))
 def test_run_resumed_after_epoch_1_ends_with_the_parameters_of_an_uninterrupted_run(
     weighting, make_model, make_loaders, params, tmp_path
 ):
@@ -58,7 +63,7 @@ def test_run_resumed_after_epoch_1_ends_with_the_parameters_of_an_uninterrupted_
     # Same run, cut off at the third batch of epoch 2 (8 batches per epoch).
     with pytest.raises(KeyboardInterrupt):
         Trainer(**config, checkpoint_dir=str(tmp_path / "run")).fit(
-            make_model(0, dropout=0.3, interrupt_at=11), make_loaders()
+            make_model(0, dropout=0.3, interrupt_at=10 * FORWARDS_PER_STEP[weighting] + 1), make_loaders()
         )
     # Resume in a "new process": other initial weights, loader seeds and global RNG state.
     resumed_model = make_model(7, dropout=0.3)
@@ -291,3 +296,40 @@ def test_restore_best_false_keeps_the_last_epoch_while_best_pt_holds_the_best(ma
     assert all(torch.equal(restored.state_dict()[k], v) for k, v in best.items())
     assert all(torch.equal(kept.state_dict()[k], v) for k, v in last.items())
     assert not all(torch.equal(a, b) for a, b in zip(params(restored), params(kept)))
+
+
+def test_snorkel_attributes_name_the_writer_checkpointer_and_warmup(make_model, make_loaders, tmp_path):
+    from mtlkit import Checkpointer, LogWriter
+
+    trainer = Trainer(
+        n_epochs=2,
+        seed=0,
+        logging=True,
+        checkpointing=True,
+        log_writer="json",
+        log_writer_config={"log_dir": str(tmp_path), "run_name": "run"},
+        checkpointer_config={"checkpoint_dir": str(tmp_path / "ck"), "checkpoint_metric": "a/dsA/valid/accuracy:max"},
+        lr_scheduler_config={"warmup_steps": 1, "warmup_unit": "epochs"},
+        **QUIET,
+    )
+    trainer.fit(make_model(), make_loaders())
+    assert isinstance(trainer.log_writer, LogWriter) and trainer.log_writer.log_dir == str(tmp_path / "run")
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert [step for step, _ in log["model/all/train/loss"]] == [8, 16]  # one value per evaluation, at its step
+    assert trainer.warmup_steps == 8  # one epoch: 4 batches of each of the two datasets
+    assert trainer.lr_scheduler is not None  # the warm-up ramp (the schedule itself is constant)
+    assert isinstance(trainer.checkpointer, Checkpointer) and trainer.checkpointer.monitor is trainer.monitor
+    best = max(h["a/dsA/valid/accuracy"] for h in trainer.history)
+    assert trainer.checkpointer.best_metric_dict == {"a/dsA/valid/accuracy": best}
+    assert (tmp_path / "ck" / "best.pt").is_file()
+
+
+def test_constant_schedule_trains_and_resumes_without_a_scheduler(make_model, make_loaders, tmp_path):
+    trainer = Trainer(n_epochs=1, seed=0, **QUIET)
+    trainer.fit(make_model(), make_loaders())
+    assert trainer.lr_scheduler is None and trainer.log_writer is None and trainer.checkpointer is None
+    trainer.save(tmp_path / "state.pt")
+    model = make_model(seed=1)
+    resumed = Trainer.load(tmp_path / "state.pt", model, n_epochs=2)
+    resumed.fit(model, make_loaders())
+    assert resumed.epoch == 2 and resumed.lr_scheduler is None

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from mtlkit.weighting.context import StepContext
+
 
 class SmallMTL(nn.Module):
     """Trunk (two tanh layers) → representation → T linear heads, MSE losses."""
@@ -24,6 +26,30 @@ class SmallMTL(nn.Module):
         rep = self.trunk(self.x)
         losses = [((head(rep) - y) ** 2).mean() for head, y in zip(self.heads, self.y)]
         return losses, rep
+
+    def context(self, tasks: list[str], seed: int = 1) -> StepContext:
+        """A StepContext over this model: its fixed batch, and fresh random batches drawn from `seed`."""
+        generator = torch.Generator().manual_seed(seed)
+        dtype = self.x.dtype
+
+        def draw():
+            x = torch.randn(16, 5, generator=generator, dtype=dtype)
+            return x, torch.randn(len(tasks), 16, 1, generator=generator, dtype=dtype)
+
+        def losses(batch):
+            x, y = batch
+            rep = self.trunk(x)
+            return {task: ((head(rep) - target) ** 2).mean() for task, head, target in zip(tasks, self.heads, y)}
+
+        return StepContext(
+            batch=(self.x, self.y),
+            losses=losses,
+            next_train_batch=draw,
+            next_valid_batch=draw,
+            shared_parameters=list(self.trunk.parameters()),
+            parameters=list(self.parameters()),
+            lr=0.05,
+        )
 
 
 @pytest.fixture

@@ -56,3 +56,14 @@ def test_backward_through_registry_fills_finite_gradients(small_mtl):
     losses, rep = model()
     get("aligned_mtl").backward(losses, shared_reps=rep)
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+def test_mean_reduction_is_the_sum_divided_by_the_number_of_tasks():
+    J = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.allclose(AlignedMTL(reduction="mean").aggregate(J), AlignedMTL().aggregate(J) / 4, atol=1e-12)
+    # TorchJD's published value for AlignedMTL() on this Jacobian is (0.2133, 0.9673, 0.9673).
+    J = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+    expected = torch.tensor([0.2133, 0.9673, 0.9673])
+    assert torch.allclose(AlignedMTL(reduction="mean").aggregate(J), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="reduction"):
+        AlignedMTL(reduction="max")

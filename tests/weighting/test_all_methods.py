@@ -1,16 +1,28 @@
-"""Every registered balancer, by name: trains, survives a zero-gradient task, checkpoints."""
+"""Every registered balancer, by name: trains, survives a zero-gradient task, checkpoints.
+
+Balancers that declare `needs` get a StepContext over the test model; those whose state
+lives in the shared parameters' coordinates (`supports_shared_reps = False`) must refuse
+a representation with an error that says what to do instead.
+"""
 
 import pytest
 import torch
 
 from mtlkit.weighting import available, get
+from mtlkit.weighting.context import needs_of
 
 TASKS = ["a", "b", "c"]
 METHODS = available(aliases=False)
 MODES = ["params", "reps"]
 
 
+def _supports(name, mode):
+    return mode == "params" or getattr(type(get(name, tasks=TASKS)), "supports_shared_reps", True)
+
+
 def _step(model, balancer, mode, zero_task=False):
+    if needs_of(balancer):
+        balancer.context = model.context(TASKS)
     losses, rep = model()
     if zero_task:  # task b's loss is constant in every parameter: a zero gradient row
         losses[1] = (model.heads[1](rep) * 0).mean() + 1.0
@@ -34,6 +46,10 @@ def _train(model_cls, name, mode, steps=4, zero_task=False):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", METHODS)
 def test_method_trains_a_few_steps_without_nan(small_mtl, name, mode):
+    if not _supports(name, mode):
+        with pytest.raises(ValueError, match="needs the task gradients on the shared parameters.*rep_grad=False"):
+            _train(small_mtl, name, mode)
+        return
     model, balancer, result = _train(small_mtl, name, mode)
     for p in [*model.parameters(), *balancer.parameters()]:
         assert torch.isfinite(p).all()
@@ -44,6 +60,8 @@ def test_method_trains_a_few_steps_without_nan(small_mtl, name, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", METHODS)
 def test_method_handles_a_task_with_zero_gradient(small_mtl, name, mode):
+    if not _supports(name, mode):
+        pytest.skip("refuses shared_reps (tested above)")
     model, balancer, result = _train(small_mtl, name, mode, steps=3, zero_task=True)
     for p in [*model.parameters(), *balancer.parameters()]:
         assert torch.isfinite(p).all()
@@ -52,7 +70,8 @@ def test_method_handles_a_task_with_zero_gradient(small_mtl, name, mode):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_state_dict_round_trip_reproduces_the_next_step(small_mtl, name):
-    model, balancer, _ = _train(small_mtl, name, "reps", steps=3)
+    mode = "reps" if _supports(name, "reps") else "params"
+    model, balancer, _ = _train(small_mtl, name, mode, steps=3)
     restored = get(name, tasks=TASKS)
     restored.load_state_dict(balancer.state_dict())
     grads = []
@@ -60,6 +79,6 @@ def test_state_dict_round_trip_reproduces_the_next_step(small_mtl, name):
         for p in model.parameters():
             p.grad = None
         torch.manual_seed(1)  # methods that draw random numbers draw the same ones
-        _step(model, b, "reps")
+        _step(model, b, mode)
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -66,6 +66,27 @@ def test_rescale_divides_by_the_official_factors(rescale, factor):
     assert torch.allclose(CAGrad(c=0.5, rescale=rescale).aggregate(J), plain / factor, atol=1e-12)
 
 
+@pytest.mark.parametrize("c", [1.0, 2.0, 5.0])
+def test_c_at_least_one_conflicts_with_no_task_on_random_jacobians(c):
+    # The ball then holds 0, so the worst task improvement is >= 0 (4 tasks in 3-d: 0 is
+    # often inside the hull, the degenerate case of the dual).
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        J = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+        d = CAGrad(c=c).aggregate(J)
+        norms = J.norm(dim=1)
+        assert bool((J @ d >= -1e-7 * norms * norms.max()).all())
+
+
+def test_when_zero_is_in_the_hull_the_update_is_the_mean_projected_onto_the_dual_cone():
+    # 0 = (g1 + g2)/2, so the dual optimum is g_w = 0. The dual cone {x: Jx >= 0} is the
+    # half-line x1 = 0, x2 >= 0; the mean (-1/3, 1/3) conflicts with g1, its projection is (0, 1/3).
+    J = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    d = CAGrad(c=2.0, rescale=0).aggregate(J)
+    assert torch.allclose(d, torch.tensor([0.0, 1.0 / 3.0], dtype=torch.float64), atol=1e-7)
+    assert float((d - J.mean(0)).norm()) <= 2.0 * float(J.mean(0).norm())  # inside the ball
+
+
 def test_invalid_options_are_rejected():
     with pytest.raises(ValueError, match="rescale"):
         CAGrad(rescale=3)

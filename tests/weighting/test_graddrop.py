@@ -55,6 +55,8 @@ def test_leak_values_are_checked():
         GradDrop(leak=1.5)
     with pytest.raises(ValueError, match="leak values for 3 tasks"):
         GradDrop(tasks=3, leak=[0.0, 1.0])
+    with pytest.raises(ValueError, match="got none"):
+        GradDrop(tasks=1, leak=[])
 
 
 def test_zero_and_identical_gradients_give_finite_updates():

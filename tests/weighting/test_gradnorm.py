@@ -82,3 +82,14 @@ def test_backward_through_reps_fills_gradients_and_state_dict_carries_weights(sm
     fresh.load_state_dict(balancer.state_dict())
     assert torch.equal(fresh.task_weights, balancer.task_weights)
     assert torch.equal(fresh.initial_losses, balancer.initial_losses)
+
+
+def test_a_step_that_would_zero_every_weight_raises_instead_of_keeping_stale_weights():
+    # α = 0.5 and training rates (0.5, 1.5): Σ r^α < T, so both weighted norms can exceed their
+    # targets (w n ∝ (0.38, 0.62)); with a huge lr both weights are pushed to zero.
+    balancer = GradNorm(tasks=["depth", "seg"], alpha=0.5, lr=100.0)
+    balancer.initial_losses.copy_(torch.ones(2))
+    J = torch.tensor([[0.38, 0.0], [0.0, 0.62]])
+    with pytest.raises(FloatingPointError, match=r"GradNorm.*lr=100.0.*\['depth', 'seg'\].*lower lr"):
+        balancer.combine(J, torch.tensor([0.5, 1.5]), torch.arange(2))
+    assert torch.equal(balancer.task_weights, torch.ones(2))  # nothing half-updated

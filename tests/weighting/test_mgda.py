@@ -73,6 +73,29 @@ def test_l2_normalisation_solves_on_unit_gradients_and_applies_weights_to_raw_on
     assert torch.allclose(g, torch.tensor([5.0, 0.5], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("normalization", ["l2", "loss", "loss+"])
+def test_apply_to_normalized_gives_the_min_norm_point_of_the_normalised_gradients(normalization):
+    # LibMTL's behaviour: the update is Σ w_t g_t / n_t, the min-norm point itself, so it
+    # conflicts with no task; the reported weights are w_t / n_t on the raw gradients.
+    g = torch.Generator().manual_seed(4)
+    J = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    J[1] = -0.6 * J[0] + 0.3 * J[1]
+    losses = torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64)
+    norms = J.norm(dim=1)
+    scales = {"l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
+    N = J / scales.unsqueeze(1)
+    balancer = MGDA(normalization=normalization, apply_to="normalized")
+    d, w = balancer.combine(J, losses, torch.arange(3))
+    assert float(d.norm() ** 2) == pytest.approx(_min_norm_by_enumeration(N @ N.T), rel=1e-9)
+    assert torch.allclose(w @ J, d) and bool((J @ d >= -1e-12).all())
+    assert "non_conflicting" in balancer.properties
+    assert "non_conflicting" not in MGDA(normalization=normalization).properties
+    raw, _ = MGDA(normalization=normalization).combine(J, losses, torch.arange(3))
+    assert not torch.allclose(raw, d)
+    with pytest.raises(ValueError, match="apply_to"):
+        MGDA(apply_to="scaled")
+
+
 @pytest.mark.parametrize("normalization", ["loss", "loss+"])
 def test_loss_normalisations_solve_on_the_scaled_gradients(normalization):
     g = torch.Generator().manual_seed(3)

@@ -83,3 +83,14 @@ def test_backward_fills_finite_gradients_within_max_norm(small_mtl):
     result = get("nash_mtl", tasks=3, max_norm=0.5).backward(losses, shared_params=model.trunk.parameters())
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
     assert float(result.stats["grad_norm"]) <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("T", [2, 3, 5])
+def test_unclipped_update_has_norm_sqrt_T_so_the_default_clip_scales_it_by_one_over_sqrt_T(T):
+    # αᵀGα = Σ_t α_t (Gα)_t = Σ_t 1 = T: the paper's update has norm √T whatever the
+    # gradients; max_norm = 1 (the official code's, LibMTL's and TorchJD's default, and
+    # this one's) divides it by √T — the factor √2 between the two scales for two tasks.
+    J = torch.randn(T, 8, generator=torch.Generator().manual_seed(T), dtype=torch.float64)
+    paper = NashMTL(tasks=T, max_norm=0.0).aggregate(J)
+    assert float(paper.norm()) == pytest.approx(T**0.5, rel=1e-7)  # up to the 1e-8 ridge
+    assert torch.allclose(NashMTL(tasks=T).aggregate(J), paper / T**0.5, atol=1e-7)

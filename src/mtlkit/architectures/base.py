@@ -11,17 +11,22 @@ pushes the combined gradient through the shared part in one backward.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
+from torch.utils.data import DataLoader
 
+from mtlkit import metrics
 from mtlkit.errors import SpecError
-from mtlkit.training.protocol import StepOutput
+from mtlkit.graph.executor import NodeError
+from mtlkit.labels import marker_of
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -48,16 +53,20 @@ class Architecture(nn.Module):
         decoders: `{task: nn.Module}`, one head per task, reading the task's representation.
         rep_grad: `training_step` returns the shared representation of its forward as
             `StepOutput.shared_reps`, so that gradient balancers act there (LibMTL's flag).
-        multi_input: accepted for LibMTL compatibility. Whatever its value,
-            `forward(inputs, task_name)` runs only that task's head, and `training_step`
-            runs only the tasks labelled in the batch.
+        multi_input: each task has its own input (LibMTL's flag). Then an input given as
+            `{task: input}` (after `input_key`) runs the shared part once per task on that
+            task's input, and each task's targets match its own input's rows; an input
+            given whole is read by every task. Cross-stitch, LTB and PLE refuse it, as in
+            LibMTL (their tasks read each other's features). Either way,
+            `forward(inputs, task_name)` runs only that task, and `training_step` only
+            the tasks labelled in the batch.
         device: where to move the module after building it; None leaves it where the
             encoder and decoders are.
 
     mtlkit-only keyword arguments:
         losses: `{task: loss_fn(prediction, target) -> scalar}`, used by `training_step`.
-            A 1-D integer target with value -1 marks a row without label; such rows are
-            left out of that task's loss.
+            Rows without a label (class -1, regression NaN, or the task Scorer's
+            `abstain_label`; see `mtlkit.labels`) are left out of that task's loss.
         metrics: `{task: mtlkit.Scorer}`, returned by `scorers()`.
         output_funcs: `{task: fn}` applied to that task's prediction in `task_outputs`
             (what scoring sees), e.g. a softmax so that `roc_auc` gets probabilities.
@@ -67,7 +76,10 @@ class Architecture(nn.Module):
             forward on zeros. Run one forward (or pass `img_size`) before counting
             parameters; optimizers may be built before.
         input_key: the field of a dict batch `X` (as `DictDataLoader` yields) that holds
-            the input, for `training_step` and `task_outputs`; None passes `X` unchanged.
+            the input, for `training_step`, `task_outputs`, `score` and `predict`. "auto"
+            (default): the field "input_data" if the batch has it, else the batch's only
+            field (e.g. "image" of the built-in multi_mnist), or with `multi_input` a batch
+            keyed by task names as per-task inputs; None passes `X` unchanged.
 
     For a custom loop with a gradient balancer at the representation, use
     `predictions, reps = model.forward_with_reps(x)` and
@@ -90,7 +102,7 @@ class Architecture(nn.Module):
         metrics: Mapping[str, Any] | None = None,
         output_funcs: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
         img_size: Sequence[int] | None = None,
-        input_key: str | None = "input_data",
+        input_key: str | None = "auto",
     ) -> None:
         super().__init__()
         self.task_name = _task_names(task_name, type(self).__name__)
@@ -120,6 +132,13 @@ class Architecture(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         """The parameters below the cut: those more than one task depends on."""
         raise NotImplementedError
+
+    def _refuse_multi_input(self, why: str) -> None:
+        if self.multi_input:
+            raise ValueError(
+                f"{type(self).__name__} does not support multi_input=True ({why}); use multi_input=False, "
+                "or an architecture that does: HPS, MMoE, MTAN, CGC, DSelectK"
+            )
 
     def _new_encoder(self) -> nn.Module:
         encoder = self.encoder_class()
@@ -164,7 +183,7 @@ class Architecture(nn.Module):
         take the task gradients at the representation (what `rep_grad` does in LibMTL).
         """
         tasks = self.task_name if task_name is None else [self._known_task(task_name)]
-        step = self._encode(inputs, list(tasks))
+        step = self._run(inputs, list(tasks))
         return self._decode(step), [r for r in step.reps if r.requires_grad]
 
     def get_share_params(self) -> list[nn.Parameter]:
@@ -187,22 +206,19 @@ class Architecture(nn.Module):
         labelled = self._labelled(Y)
         if not labelled:
             return StepOutput(losses={}, counts={}, shared_reps=[] if self.rep_grad else None)
-        step = self._encode(self._input(X), list(labelled))
+        step = self._run(self._input(X), list(labelled))
         predictions = self._decode(step)
         losses, counts = {}, {}
-        for task, (target, mask) in labelled.items():
-            prediction = predictions[task]
-            if mask is not None:
-                prediction, target = prediction[mask], target[mask]
-            loss = self.losses[task](prediction, target)
+        for task, targets in labelled.items():
+            loss = task_loss(task, self.losses[task], predictions[task], targets)
             if task in step.penalties:
                 loss = loss + step.penalties[task]
             losses[task] = loss
-            counts[task] = int(target.shape[0])
+            counts[task] = targets.count
         if not self.rep_grad:
             return StepOutput(losses=losses, counts=counts)
         reps = [r for r in step.reps if r.requires_grad]
-        if not reps:
+        if not reps and torch.is_grad_enabled():  # under no_grad (a loss-only forward) there is nothing to check
             raise ValueError(
                 f"{type(self).__name__}(rep_grad=True): no shared representation requires grad in this step; "
                 "are the shared parameters frozen? Use rep_grad=False"
@@ -213,16 +229,92 @@ class Architecture(nn.Module):
         """The decoders' outputs (no gradient) for `task_names`."""
         tasks = [self._known_task(t) for t in task_names]
         with torch.no_grad():
-            outputs = self._decode(self._encode(self._input(X), tasks))
+            outputs = self._decode(self._run(self._input(X), tasks))
         return {t: self.output_funcs[t](y) if t in self.output_funcs else y for t, y in outputs.items()}
 
     def scorers(self) -> Mapping[str, Any]:
         return dict(self._metrics)
 
+    def predict(
+        self,
+        dataloader: DataLoader,
+        return_preds: bool = False,
+        remap_labels: Mapping[str, str | None] | None = None,
+    ) -> dict[str, dict[str, Tensor]]:
+        """`{"golds": {label: T}, "probs": {label: T}[, "preds": {label: T}]}` for one dataloader, as
+        `MultitaskClassifier.predict` (probs are the outputs after `output_funcs`)."""
+        return metrics.predict(self, dataloader, return_preds=return_preds, remap_labels=remap_labels)
+
+    def score(
+        self,
+        dataloaders: Sequence[DataLoader],
+        remap_labels: Mapping[str, str | None] | None = None,
+        as_dataframe: bool = False,
+    ) -> dict[str, float] | Any:
+        """Every task's `metrics` on every dataloader, keyed `task/dataset/split/metric`, as
+        `MultitaskClassifier.score`. Tasks without a Scorer in `metrics` get no entry."""
+        if not self._metrics:
+            raise ValueError(
+                f"{type(self).__name__} has no metrics to score: pass metrics={{task: mtlkit.Scorer([...]), ...}} "
+                "to the constructor"
+            )
+        return metrics.score(self, dataloaders, remap_labels=remap_labels, as_dataframe=as_dataframe)
+
     # ------------------------------------------------------------------ helpers
 
+    def _run(self, inputs: Any, tasks: list[str]) -> _Pass:
+        """`_encode` (see `_per_task_run`); a submodule failing on the input raises `NodeError` naming it."""
+        with self._naming_failures(inputs):
+            return self._per_task_run(inputs, tasks)
+
+    def _per_task_run(self, inputs: Any, tasks: list[str]) -> _Pass:
+        """`_encode`, once per task on its own input when multi_input inputs come as `{task: input}`."""
+        if not (self.multi_input and isinstance(inputs, Mapping) and inputs and set(inputs) <= set(self.task_name)):
+            return self._encode(inputs, tasks)
+        missing = [t for t in tasks if t not in inputs]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__}(multi_input=True): the per-task inputs have no entry for task(s) {missing} "
+                f"(given: {sorted(inputs)}); give one input per task that is run or labelled"
+            )
+        passes = {t: self._encode(inputs[t], [t]) for t in tasks}
+        return _Pass(
+            features={t: p.features[t] for t, p in passes.items()},
+            reps=[r for p in passes.values() for r in p.reps],
+            penalties={t: p.penalties[t] for t, p in passes.items() if t in p.penalties},
+        )
+
     def _decode(self, step: _Pass) -> dict[str, Tensor]:
-        return {task: self.decoders[task](feature) for task, feature in step.features.items()}
+        outputs = {}
+        for task, feature in step.features.items():
+            with self._naming_failures(feature):
+                outputs[task] = self.decoders[task](feature)
+        return outputs
+
+    @contextmanager
+    def _naming_failures(self, inputs: Any) -> Iterator[None]:
+        """Re-raise an error from inside one of this architecture's modules as `NodeError` naming that module."""
+        try:
+            yield
+        except Exception as err:
+            module = self._innermost_module(err.__traceback__)
+            if module is None:  # raised by the architecture itself: its message names what to change
+                raise
+            raise NodeError(
+                f"{type(self).__name__}: module {module!r} failed on the input {_describe(inputs)}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+
+    def _innermost_module(self, tb: Any) -> str | None:
+        """The dotted name of the deepest submodule of this architecture running in traceback `tb`."""
+        names = {id(m): name for name, m in self.named_modules() if name}
+        found = None
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if owner is not None and id(owner) in names:
+                found = names[id(owner)]
+            tb = tb.tb_next
+        return found
 
     def _known_task(self, task: str) -> str:
         if task not in self.task_name:
@@ -232,15 +324,20 @@ class Architecture(nn.Module):
     def _input(self, X: Any) -> Any:
         if self.input_key is None or not isinstance(X, Mapping):
             return X
-        if self.input_key not in X:
+        key = self.input_key
+        if key == "auto" and self.multi_input and X and set(X) <= set(self.task_name):
+            return X  # per-task inputs, {task: input}
+        if key == "auto":
+            key = "input_data" if "input_data" in X or len(X) != 1 else next(iter(X))
+        if key not in X:
             raise KeyError(
-                f"{type(self).__name__}: the batch has no field {self.input_key!r} (fields: {sorted(X)}); "
+                f"{type(self).__name__}: the batch has no field {key!r} (fields: {sorted(X)}); "
                 "pass input_key=<field name> to the constructor, or input_key=None to give the encoder the whole dict"
             )
-        return X[self.input_key]
+        return X[key]
 
-    def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None]]:
-        """`{task: (target, row mask or None)}` for the tasks with at least one label in `Y`."""
+    def _labelled(self, Y: Mapping[str, Tensor]) -> dict[str, Labelled]:
+        """The targets of the tasks with at least one labelled row in `Y` (see `mtlkit.labels`)."""
         if not isinstance(Y, Mapping):
             raise TypeError(
                 f"{type(self).__name__}.training_step: Y must be a dict task -> target, got {type(Y).__name__}"
@@ -257,35 +354,61 @@ class Architecture(nn.Module):
                     f"{type(self).__name__}: the batch is labelled for task {task!r} but no loss was given for it; "
                     f"pass losses={{{task!r}: loss_fn, ...}} to the constructor"
                 )
-            target = Y[task]
-            mask = None
-            if target.dim() == 1 and not target.is_floating_point() and not target.is_complex():
-                keep = target != -1
-                if not bool(keep.any()):
-                    continue
-                mask = None if bool(keep.all()) else keep
-            labelled[task] = (target, mask)
+            targets = labelled_targets(task, Y[task], marker_of(self._metrics.get(task)))
+            if targets is not None:
+                labelled[task] = targets
         return labelled
+
+
+def _describe(value: Any) -> str:
+    """A short description of an input: tensor shapes, dict keys, type names."""
+    if isinstance(value, Tensor):
+        return f"Tensor{tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    return type(value).__name__
 
 
 def _as_stages(encoder: Any, arch: str = "this architecture", min_stages: int = 1) -> nn.ModuleList:
     """Split an encoder into the stages that per-stage architectures mix between.
 
-    Accepts an `nn.Sequential` or `nn.ModuleList` (each element is one stage: group
-    layers with an inner `nn.Sequential`), a list or tuple of modules, or a ResNet with
-    `conv1, bn1, relu, maxpool, layer1 … layer4` (as LibMTL's and torchvision's), split
-    into the stem and the four layers; its `avgpool`/`fc`, if any, are not used.
+    Accepts, in this order:
+
+    - an `nn.Sequential` or `nn.ModuleList`, or a list or tuple of modules: each element is
+      one stage (group layers with an inner `nn.Sequential`) — the explicit form;
+    - a ResNet with `conv1, bn1, relu, maxpool, layer1 … layer4` (LibMTL's, its dilated
+      one, torchvision's): the stem and the four layers; its `avgpool`/`fc`, if any, are
+      not used (the decoders read layer4's features, as in LibMTL);
+    - a module holding such a ResNet as an attribute (LibMTL's office example: the
+      ResNet, then its own pooling and hidden layer): the ResNet's stages, the last
+      followed by the wrapper's own layers. The wrapper's `forward` must apply the ResNet
+      to its input first — it then runs with that attribute replaced by the identity —
+      and a torchvision ResNet's `avgpool`, flatten and `fc` run in between, as its
+      `forward` does.
     """
     if isinstance(encoder, (nn.Sequential, nn.ModuleList, list, tuple)):
         stages = list(encoder)
-    elif all(hasattr(encoder, name) for name in _RESNET_STEM + _RESNET_LAYERS):
-        stem = nn.Sequential(*(getattr(encoder, name) for name in _RESNET_STEM))
-        stages = [stem, *(getattr(encoder, name) for name in _RESNET_LAYERS)]
+    elif _is_resnet(encoder):
+        stages = _resnet_stages(encoder)
+    elif isinstance(encoder, nn.Module) and len(held := _held_resnets(encoder)) == 1:
+        stages = _wrapper_stages(encoder, held[0])
     else:
+        kind = type(encoder).__name__
+        held = _held_resnets(encoder) if isinstance(encoder, nn.Module) else []
+        found = (
+            f"{kind} holds {len(held)} ResNets ({', '.join(held)}), so which one to split is ambiguous"
+            if held
+            else f"{kind} is not a sequence of stages nor a ResNet, and holds no ResNet as an attribute"
+        )
         raise SpecError(
-            f"{arch} mixes the encoder stage by stage: encoder_class must build an nn.Sequential, an "
-            f"nn.ModuleList or a list of modules (one per stage), or a ResNet with conv1, bn1, relu, maxpool, "
-            f"layer1…layer4; got {type(encoder).__name__}"
+            f"{arch} mixes the encoder stage by stage, but cannot find the stages of what encoder_class builds: "
+            f"{found}. It accepts an nn.Sequential, nn.ModuleList or list of modules (one per stage, each feeding "
+            "the next), a ResNet (conv1, bn1, relu, maxpool, layer1…layer4), or a module holding one ResNet as an "
+            "attribute that its forward applies first. Make encoder_class return the stages explicitly, e.g. "
+            "lambda: nn.Sequential(stem, block1, head) (a one-element list makes the whole encoder one stage), "
+            "or use an architecture that takes the encoder whole (HPS, MMoE, CGC, DSelectK)"
         )
     not_modules = [i for i, stage in enumerate(stages) if not isinstance(stage, nn.Module)]
     if not_modules:
@@ -296,6 +419,41 @@ def _as_stages(encoder: Any, arch: str = "this architecture", min_stages: int = 
             "give encoder_class a sequence of stages"
         )
     return nn.ModuleList(stages)
+
+
+def _is_resnet(module: Any) -> bool:
+    return isinstance(module, nn.Module) and all(hasattr(module, name) for name in _RESNET_STEM + _RESNET_LAYERS)
+
+
+def _held_resnets(wrapper: nn.Module) -> list[str]:
+    """The names of the wrapper's direct children that are ResNets."""
+    return [name for name, child in wrapper.named_children() if _is_resnet(child)]
+
+
+def _resnet_stages(resnet: nn.Module) -> list[nn.Module]:
+    stem = nn.Sequential(*(getattr(resnet, name) for name in _RESNET_STEM))
+    return [stem, *(getattr(resnet, name) for name in _RESNET_LAYERS)]
+
+
+def _wrapper_stages(wrapper: nn.Module, name: str) -> list[nn.Module]:
+    """The held ResNet's stages; the last one then runs the rest of the wrapper's forward."""
+    resnet = getattr(wrapper, name)
+    *stages, last = _resnet_stages(resnet)
+    between = []
+    if isinstance(getattr(resnet, "fc", None), nn.Module) and isinstance(getattr(resnet, "avgpool", None), nn.Module):
+        between = [resnet.avgpool, nn.Flatten(1), resnet.fc]  # torchvision's ResNet.forward after layer4
+    setattr(wrapper, name, nn.Identity())  # the wrapper's forward now starts from the ResNet's output
+    return [*stages, nn.Sequential(last, *between, wrapper)]
+
+
+def _list_at(container: nn.ModuleList | nn.ModuleDict, key: Any) -> nn.ModuleList:
+    """`container[key]` where that item is a ModuleList (torch types the items as plain Modules)."""
+    return cast(nn.ModuleList, container[key])
+
+
+def _dict_at(container: nn.ModuleList | nn.ModuleDict, key: Any) -> nn.ModuleDict:
+    """`container[key]` where that item is a ModuleDict (torch types the items as plain Modules)."""
+    return cast(nn.ModuleDict, container[key])
 
 
 def _mix(experts: Tensor, weights: Tensor) -> Tensor:
@@ -310,7 +468,11 @@ def _softmax_gate(num_experts: int) -> nn.Sequential:
 
 def _gate_input(inputs: Any, arch: str) -> Tensor:
     if not isinstance(inputs, Tensor):
-        raise TypeError(f"{arch}'s gates read the input tensor; got {type(inputs).__name__} (set input_key)")
+        raise TypeError(
+            f"{arch}'s gates read the input as one tensor (batch, …), but the input is a {type(inputs).__name__}: "
+            "set input_key to the batch field that holds that tensor, or use an architecture whose gates do not "
+            "read the input (HPS, MTAN, CrossStitch, LTB)"
+        )
     return inputs
 
 

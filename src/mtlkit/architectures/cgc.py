@@ -8,7 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.architectures.base import Architecture, _expert_counts, _gate_input, _mix, _Pass, _softmax_gate
+from mtlkit.architectures.base import (
+    Architecture,
+    _expert_counts,
+    _gate_input,
+    _list_at,
+    _mix,
+    _Pass,
+    _softmax_gate,
+)
 
 
 class CGC(Architecture):
@@ -51,7 +59,7 @@ class CGC(Architecture):
         shared = torch.stack([e(inputs) for e in self.shared_experts])
         features = {}
         for t in tasks:
-            experts = torch.cat([shared, *(e(inputs).unsqueeze(0) for e in self.task_experts[t])])
+            experts = torch.cat([shared, *(e(inputs).unsqueeze(0) for e in _list_at(self.task_experts, t))])
             features[t] = _mix(experts, self.expert_weights(inputs, t))
         return _Pass(features, [shared])
 

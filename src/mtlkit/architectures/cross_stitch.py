@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.architectures.base import Architecture, _Pass
+from mtlkit.architectures.base import Architecture, _list_at, _Pass
 
 
 class CrossStitch(Architecture):
@@ -21,7 +21,7 @@ class CrossStitch(Architecture):
     `alpha_same` (α_S, 0.9 by default) and α[t, j] = (1 − α_S)/(T − 1), which is the
     paper's (α_S, α_D) = (0.9, 0.1) for two tasks. The paper trains the units with a
     larger learning rate than the columns: `model.units.parameters()` can go in their
-    own optimizer group.
+    own optimizer group. `multi_input=True` is refused, as in LibMTL.
 
     Departures from LibMTL: any staged encoder (not only its ResNet), units initialised
     as in the paper rather than all ones, one unit after every stage but the last. The
@@ -43,8 +43,9 @@ class CrossStitch(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+        self._refuse_multi_input("every task column reads the other columns, so all tasks need the same input")
         self.columns = self._new_task_columns()
-        self.num_stages = len(self.columns[self.task_name[0]])
+        self.num_stages = len(_list_at(self.columns, self.task_name[0]))
         T = self.task_num
         eye = torch.eye(T)
         init = alpha_same * eye + (1 - alpha_same) / (T - 1) * (1 - eye)
@@ -56,7 +57,7 @@ class CrossStitch(Architecture):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         last = self.num_stages - 1
-        columns = [p for t in self.task_name for p in self.columns[t][:last].parameters()]
+        columns = [p for t in self.task_name for p in _list_at(self.columns, t)[:last].parameters()]
         return columns + list(self.units[: last - 1])
 
 
@@ -71,14 +72,14 @@ def _run_columns(
     `mixing(s)` gives the T×T matrix M after stage s. The cut is the stack of column
     outputs entering the last mixing; only the requested tasks run their last stage.
     """
-    last = len(columns[task_names[0]]) - 1
-    x = [columns[t][0](inputs) for t in task_names]
+    last = len(_list_at(columns, task_names[0])) - 1
+    x = [_list_at(columns, t)[0](inputs) for t in task_names]
     for stage in range(1, last):
         mixed = torch.einsum("tj,j...->t...", mixing(stage - 1), torch.stack(x))
-        x = [columns[t][stage](mixed[i]) for i, t in enumerate(task_names)]
+        x = [_list_at(columns, t)[stage](mixed[i]) for i, t in enumerate(task_names)]
     stacked = torch.stack(x)
     M = mixing(last - 1)
     features = {}
     for t in tasks:
-        features[t] = columns[t][last](torch.einsum("j,j...->...", M[task_names.index(t)], stacked))
+        features[t] = _list_at(columns, t)[last](torch.einsum("j,j...->...", M[task_names.index(t)], stacked))
     return _Pass(features, [stacked])

@@ -35,6 +35,8 @@ class DSelectK(Architecture):
     representation (`rep_grad`) is the stack of expert outputs, as in `MMoE`.
     """
 
+    codes: Tensor
+
     def __init__(
         self,
         task_name: Sequence[str],
@@ -93,7 +95,7 @@ class DSelectK(Architecture):
         if self.entropy_reg:
             entropy = -(selectors * torch.log(selectors + 1e-6)).sum(-1)
             terms.append(self.entropy_reg * entropy.sum(-1).mean())
-        return sum(terms) if terms else None
+        return sum(terms[1:], terms[0]) if terms else None
 
     def _encode(self, inputs: Any, tasks: list[str]) -> _Pass:
         experts = torch.stack([e(inputs) for e in self.experts])

@@ -9,9 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.architectures.base import Architecture, _Pass
+from mtlkit.architectures.base import Architecture, _list_at, _Pass
 from mtlkit.architectures.cross_stitch import _run_columns
 from mtlkit.errors import ConfigError
+
+_DEFAULT_EPOCHS = 100  # the schedule's length when `epochs` is not given
 
 
 class LTB(Architecture):
@@ -23,8 +25,13 @@ class LTB(Architecture):
     (straight-through), so the columns learn a tree of shared and branched stages. The
     schedule follows LibMTL: for the first `warmup` fraction of `epochs`, every column
     reads the mean of all columns; then the temperature is τ = epochs / 20 / √(epoch + 1).
-    Set the epoch with `set_epoch(epoch)` (or assign `model.epoch` and `model.epochs`,
-    as LibMTL's Trainer does). In eval mode each column reads its most likely parent.
+    Set the epoch with `set_epoch(epoch)` (`mtlkit.Trainer` calls it at the start of each
+    epoch) or assign `model.epoch` and `model.epochs`, as LibMTL's Trainer does. Without
+    `epochs` the schedule is that of a 100-epoch run (LibMTL's examples' length): the
+    first epoch warms up, then τ = 5/√(epoch + 1). In eval mode each column reads its
+    most likely parent.
+
+    `multi_input=True` is refused, as in LibMTL: every column reads every task's input.
 
     Departures from LibMTL: any staged encoder (not only its ResNet); the warm-up
     averages the columns (LibMTL sums them); eval is deterministic (argmax). The shared
@@ -47,8 +54,11 @@ class LTB(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+        self._refuse_multi_input("every task column reads the other columns, so all tasks need the same input")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ConfigError(f"LTB epochs must be a positive int (the length of training), got {epochs!r}")
         self.columns = self._new_task_columns()
-        self.num_stages = len(self.columns[self.task_name[0]])
+        self.num_stages = len(_list_at(self.columns, self.task_name[0]))
         T = self.task_num
         self.branch_logits = nn.ParameterList(nn.Parameter(torch.zeros(T, T)) for _ in range(self.num_stages - 1))
         self.epoch = 0
@@ -56,9 +66,11 @@ class LTB(Architecture):
         self.warmup = warmup
         self._finish_init()
 
-    def set_epoch(self, epoch: int) -> None:
-        """Tell the branching schedule which epoch (from 0) is starting."""
+    def set_epoch(self, epoch: int, epochs: int | None = None) -> None:
+        """Tell the branching schedule which epoch (from 0) is starting, and optionally the run's length."""
         self.epoch = epoch
+        if epochs is not None:
+            self.epochs = epochs
 
     def temperature(self) -> float:
         """The Gumbel-softmax temperature at the current epoch."""
@@ -78,17 +90,12 @@ class LTB(Architecture):
         return nn.functional.gumbel_softmax(logits, tau=self.temperature(), hard=True, dim=-1)
 
     def _epochs(self) -> int:
-        if self.epochs is None:
-            raise ConfigError(
-                "LTB needs the length of training for its temperature schedule: pass epochs=<number of epochs> "
-                "(or set model.epochs) and call model.set_epoch(epoch) at the start of each epoch"
-            )
-        return self.epochs
+        return _DEFAULT_EPOCHS if self.epochs is None else self.epochs
 
     def _encode(self, inputs: Any, tasks: list[str]) -> _Pass:
         return _run_columns(self.columns, self.task_name, inputs, tasks, self._mixing)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         last = self.num_stages - 1
-        columns = [p for t in self.task_name for p in self.columns[t][:last].parameters()]
+        columns = [p for t in self.task_name for p in _list_at(self.columns, t)[:last].parameters()]
         return columns + list(self.branch_logits[: last - 1])

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mtlkit.architectures.base import Architecture, _LazyChannelLinear, _Pass
+from mtlkit.architectures.base import Architecture, _LazyChannelLinear, _list_at, _Pass
 
 
 class MTAN(Architecture):
@@ -65,8 +65,8 @@ class MTAN(Architecture):
                 x = shared
                 if k > 0:
                     previous = _match_spatial(attended[t], shared)
-                    x = torch.cat([shared, F.relu(self.projections[t][k - 1](previous, shared.shape[1]))], dim=1)
-                attended[t] = self.attention[t][k](x, shared.shape[1]) * shared
+                    x = torch.cat([shared, F.relu(_list_at(self.projections, t)[k - 1](previous, shared.shape[1]))], dim=1)
+                attended[t] = _list_at(self.attention, t)[k](x, shared.shape[1]) * shared
         return _Pass(attended, reps)
 
     def shared_parameters(self) -> list[nn.Parameter]:

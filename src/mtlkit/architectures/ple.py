@@ -8,7 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlkit.architectures.base import Architecture, _expert_counts, _gate_input, _mix, _Pass, _softmax_gate
+from mtlkit.architectures.base import (
+    Architecture,
+    _dict_at,
+    _expert_counts,
+    _gate_input,
+    _list_at,
+    _mix,
+    _Pass,
+    _softmax_gate,
+)
 
 
 class PLE(Architecture):
@@ -22,8 +31,10 @@ class PLE(Architecture):
     experts into the shared path's next input. `num_experts=[shared, per task …]` as in
     LibMTL.
 
+    `multi_input=True` is refused, as in LibMTL.
+
     Departures from LibMTL: any staged encoder (not only its ResNet), no `img_size`
-    needed, `multi_input` allowed. The shared representation (`rep_grad`) is the cut
+    needed. The shared representation (`rep_grad`) is the cut
     above which every parameter serves one task: the last level's shared-expert outputs
     and each task's input to the last level (everything below the last level reaches
     every task through the shared gates).
@@ -42,6 +53,7 @@ class PLE(Architecture):
         **kwargs: Any,
     ) -> None:
         super().__init__(task_name, encoder_class, decoders, rep_grad, multi_input, device, **kwargs)
+        self._refuse_multi_input("the shared experts mix every task's path, so all tasks need the same input")
         n_shared, n_task = _expert_counts(num_experts, self.task_name, type(self).__name__)
         shared = [self._new_stages() for _ in range(n_shared)]
         own = {t: [self._new_stages() for _ in range(n_task[t])] for t in self.task_name}
@@ -63,21 +75,23 @@ class PLE(Architecture):
         h = {t: _gate_input(inputs, type(self).__name__) for t in self.task_name}  # each path's level input
         h_shared = inputs
         for level in range(last):  # every path: the shared gates read all experts
-            shared = torch.stack([e(h_shared) for e in self.shared_experts[level]])
-            own = {t: [e(h[t]) for e in self.task_experts[level][t]] for t in self.task_name}
-            everyone = [x for outputs in own.values() for x in outputs]
-            everyone = torch.cat([shared, torch.stack(everyone)]) if everyone else shared
+            shared = torch.stack([e(h_shared) for e in _list_at(self.shared_experts, level)])
+            task_experts = _dict_at(self.task_experts, level)
+            own = {t: [e(h[t]) for e in _list_at(task_experts, t)] for t in self.task_name}
+            outputs = [x for task_outputs in own.values() for x in task_outputs]
+            everyone = torch.cat([shared, torch.stack(outputs)]) if outputs else shared
             h_shared = _mix(everyone, self.shared_gates[level](h_shared))
             h = {t: self._gated(level, t, shared, own[t], h[t]) for t in self.task_name}
-        shared = torch.stack([e(h_shared) for e in self.shared_experts[last]])
-        features = {t: self._gated(last, t, shared, [e(h[t]) for e in self.task_experts[last][t]], h[t]) for t in tasks}
+        shared = torch.stack([e(h_shared) for e in _list_at(self.shared_experts, last)])
+        task_experts = _dict_at(self.task_experts, last)
+        features = {t: self._gated(last, t, shared, [e(h[t]) for e in _list_at(task_experts, t)], h[t]) for t in tasks}
         reps = [shared] + ([h[t] for t in tasks] if last > 0 else [])
         return _Pass(features, reps)
 
     def _gated(self, level: int, task: str, shared: Tensor, own: list[Tensor], x: Tensor) -> Tensor:
         """Task `task`'s mixture, at `level`, of the shared experts' stack and its own experts' outputs."""
         experts = torch.cat([shared, torch.stack(own)]) if own else shared
-        return _mix(experts, self.task_gates[level][task](x))
+        return _mix(experts, _dict_at(self.task_gates, level)[task](x))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         last = self.num_levels - 1

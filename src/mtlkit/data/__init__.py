@@ -1,6 +1,7 @@
-"""Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers."""
+"""Multi-dataset data handling: `DictDataset`, `DictDataLoader`, batch schedulers, `register_dataset`."""
 
-from mtlkit.data.dataset import DictDataset
+from mtlkit.data.dataset import DEFAULT_DATASET_NAME, DEFAULT_INPUT_DATA_KEY, DEFAULT_TASK_NAME, DictDataset
+from mtlkit.data.datasets import register_dataset
 from mtlkit.data.loader import DictDataLoader, EpochSampler, collate_dicts, move_to_device, pad_sequences
 from mtlkit.data.schedulers import (
     SCHEDULERS,
@@ -13,6 +14,9 @@ from mtlkit.data.schedulers import (
 )
 
 __all__ = [
+    "DEFAULT_DATASET_NAME",
+    "DEFAULT_INPUT_DATA_KEY",
+    "DEFAULT_TASK_NAME",
     "SCHEDULERS",
     "BatchScheduler",
     "DictDataLoader",
@@ -26,4 +30,5 @@ __all__ = [
     "get_scheduler",
     "move_to_device",
     "pad_sequences",
+    "register_dataset",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,6 +87,8 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
+            if self.seed is None:
+                raise ValueError("a shuffling EpochSampler needs an integer seed")
             indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes)).tolist()
         else:
             indices = list(range(self.length))
@@ -108,6 +111,8 @@ class DictDataLoader(DataLoader):
     the dataset for distributed training. A user `sampler`/`batch_sampler` is used
     as given (then `shuffle`, `num_replicas` and `rank` must stay at their defaults).
     """
+
+    dataset: DictDataset  # checked in __init__
 
     def __init__(
         self,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -61,10 +62,11 @@ class BatchScheduler(ABC):
     def _next_batch(dataloaders: Sequence[DataLoader], iterators: list[Iterator[Any] | None], index: int) -> Batch:
         # A loader is (re)started when first used or exhausted: only temperature sampling asks for more than one pass.
         for _ in range(2):
-            if iterators[index] is None:
-                iterators[index] = iter(dataloaders[index])
+            iterator = iterators[index]
+            if iterator is None:
+                iterator = iterators[index] = iter(dataloaders[index])
             try:
-                return next(iterators[index])
+                return next(iterator)
             except StopIteration:
                 iterators[index] = None
         raise ValueError(f"dataloader {index} ({_loader_name(dataloaders[index])}) yielded no batch; is it empty?")

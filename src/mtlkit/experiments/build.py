@@ -6,14 +6,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import networkx as nx
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlkit import architectures
+from mtlkit.architectures import Architecture
 from mtlkit.data import DictDataLoader, DictDataset
-from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo
+from mtlkit.data.datasets import DatasetInfo, LoadedDataset, TaskInfo, load_factory
 from mtlkit.data.datasets import load as load_dataset
-from mtlkit.errors import ConfigError
-from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
+from mtlkit.data.tables import load_table
+from mtlkit.errors import ConfigError, SpecError
+from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig, option_error
 from mtlkit.experiments.modules import build_layer, encoder_factory, head, loss_function, output_shape
 from mtlkit.graph import INPUT, MTLModel
 from mtlkit.metrics import Scorer
@@ -31,8 +33,28 @@ ARCHITECTURE_CLASSES: dict[str, type[architectures.Architecture]] = {
 
 
 def load_data(config: ExperimentConfig) -> LoadedDataset:
-    """The configured built-in dataset, split with the experiment's seed unless the options set one."""
-    return load_dataset(config.data.name, **{"seed": config.seed, **config.data.options})
+    """The configured dataset (registered name, table file or factory), split with the experiment's seed
+    unless the options set one."""
+    data = config.data
+    if data.path is not None:
+        if data.targets is None:
+            raise ConfigError("data.targets: a table file needs its target columns named (see docs/config.md)")
+        return load_table(
+            data.path,
+            targets=data.targets,
+            features=data.features,
+            split=data.split,
+            missing=data.missing,
+            standardize_values=data.standardize,
+            name=data.name,
+            seed=config.seed,
+        )
+    options = {"seed": config.seed, **data.options}
+    if data.factory is not None:
+        return load_factory(data.factory, **options)
+    if data.name is None:
+        raise ConfigError("data: give a dataset name, a table file (path) or a factory")
+    return load_dataset(data.name, **options)
 
 
 def select_tasks(info: DatasetInfo, data: DataConfig) -> list[str]:
@@ -58,7 +80,7 @@ def build_loaders(loaded: LoadedDataset, tasks: Sequence[str], batch_size: int, 
     return loaders
 
 
-def build_model(config: ExperimentConfig, info: DatasetInfo, tasks: Sequence[str]) -> nn.Module:
+def build_model(config: ExperimentConfig, info: DatasetInfo, tasks: Sequence[str]) -> Architecture | MTLModel:
     """The configured architecture (with built encoder and heads) or node-list graph."""
     if config.model.graph is not None:
         return _graph_model(config.model.graph, info, tasks)
@@ -72,7 +94,7 @@ def scorer(task: TaskInfo) -> Scorer:
     return Scorer(metrics=[task.metric])
 
 
-def model_graph(model: nn.Module) -> nx.DiGraph:
+def model_graph(model: Architecture | MTLModel) -> nx.DiGraph:
     """The model's task graph, or for an architecture a schematic input → shared part → heads."""
     g = getattr(model, "g", None)
     if isinstance(g, nx.DiGraph):
@@ -85,7 +107,10 @@ def model_graph(model: nn.Module) -> nx.DiGraph:
     return schematic
 
 
-def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_epochs: int) -> nn.Module:
+def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_epochs: int) -> Architecture:
+    architecture = spec.architecture
+    if architecture is None:
+        raise ConfigError("model: give an 'architecture' or a 'graph'")
     input_keys = {info.tasks[t].input_key for t in tasks}
     if len(input_keys) != 1:
         raise ConfigError(
@@ -96,8 +121,8 @@ def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_
     input_shape = info.input_shapes[input_key]
     make_encoder = encoder_factory(spec.encoder, input_shape)
     rep_shape = output_shape(make_encoder, input_shape)
-    options = {**_default_options(spec.architecture, len(tasks), n_epochs), **spec.options}
-    cls = ARCHITECTURE_CLASSES[spec.architecture]
+    options = {**_default_options(architecture, len(tasks), n_epochs), **spec.options}
+    cls = ARCHITECTURE_CLASSES[architecture]
     try:
         return cls(
             list(tasks),
@@ -111,8 +136,10 @@ def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_
             input_key=input_key,
             **options,
         )
-    except TypeError as err:
-        raise ConfigError(f"model.options: {spec.architecture} does not accept {dict(spec.options)}: {err}") from err
+    except (ConfigError, SpecError) as err:
+        raise ConfigError(f"model.options: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(option_error("model.options", architecture, cls, spec.options, err)) from err
 
 
 def _softmax(logits: Tensor) -> Tensor:
@@ -123,13 +150,14 @@ def _softmax(logits: Tensor) -> Tensor:
 def _default_options(architecture: str, num_tasks: int, n_epochs: int) -> dict[str, Any]:
     """Small defaults for the architectures that need sizes (experts, schedules)."""
     experts_per_task = [2] + [1] * num_tasks  # [shared, each task's own]
-    return {
+    defaults: dict[str, dict[str, Any]] = {
         "mmoe": {"num_experts": 4},
         "cgc": {"num_experts": experts_per_task},
         "ple": {"num_experts": experts_per_task},
         "dselect_k": {"num_experts": 4, "num_nonzeros": 2},
         "ltb": {"epochs": n_epochs},
-    }.get(architecture, {})
+    }
+    return defaults.get(architecture, {})
 
 
 def _graph_model(nodes: Sequence[Mapping[str, Any]], info: DatasetInfo, tasks: Sequence[str]) -> MTLModel:

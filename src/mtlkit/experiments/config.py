@@ -1,9 +1,11 @@
 """An experiment in one YAML file: data, model, weighting and trainer settings.
 
+The schema, every key with its default and a worked example: docs/config.md.
+
 ```yaml
 name: digits-hps-ew
 seed: 0
-data: {name: digits, batch_size: 64, options: {}, tasks: null}
+data: {name: digits, batch_size: 64, options: {}, tasks: null}   # or path: table.csv, or factory: pkg.mod:fn
 model:
   architecture: hps            # or `graph:` with a torchMTL-style node list
   encoder: {type: auto, hidden: [128, 64]}
@@ -21,7 +23,10 @@ an unknown key or value is a `ConfigError` naming it and listing what is allowed
 from __future__ import annotations
 
 import difflib
+import inspect
+import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,6 +35,7 @@ from typing import Any
 import yaml
 
 from mtlkit.errors import ConfigError
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, reading `1e-3` as a float (YAML 1.1 needs `1.0e-3`)."""
@@ -44,14 +50,69 @@ _Loader.add_implicit_resolver(
 ARCHITECTURES = ("hps", "cross_stitch", "mmoe", "mtan", "cgc", "ple", "dselect_k", "ltb")
 
 
+TABLE_KEYS = ("features", "targets", "split", "missing", "standardize")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which built-in dataset, its loader options, the batch size and (optionally) a task subset."""
+    """Where the data comes from, the batch size and (optionally) a task subset.
 
-    name: str = "digits"
+    One source: `name` (a built-in or registered dataset, with loader `options`), `path`
+    (a CSV, Parquet or .npz table, described by `features`, `targets`, `split`, `missing`,
+    `standardize`) or `factory` (`"package.module:function"` returning a `LoadedDataset`,
+    called with `options`). Without any, the built-in `digits`. A table's `name` defaults
+    to the file's stem; it is the dataset part of the score keys.
+    """
+
+    name: str | None = None
     batch_size: int = 64
     options: Mapping[str, Any] = field(default_factory=dict)
     tasks: tuple[str, ...] | None = None
+    path: str | None = None
+    factory: str | None = None
+    features: tuple[str, ...] | None = None
+    targets: Mapping[str, Any] | None = None
+    split: Mapping[str, Any] | None = None
+    missing: Any = None
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name is None and self.factory is None:
+            object.__setattr__(self, "name", Path(self.path).stem if isinstance(self.path, str) else "digits")
+
+    def validate(self) -> None:
+        """Types and the choice of source; a table's file and keys; a factory's importability."""
+        from mtlkit.data import datasets
+        from mtlkit.data.tables import check_table_spec
+
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be a positive integer, got {self.batch_size!r}")
+        for key in ("tasks", "features"):
+            value = getattr(self, key)
+            if value is not None and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"data.{key}: a list of names, got {list(value)!r}")
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"data.options: a mapping of the loader's keyword options, got {self.options!r}")
+        if self.path is not None and self.factory is not None:
+            raise ConfigError("data: give either 'path' (a table file) or 'factory', not both")
+        if self.path is None:
+            stray = [k for k in TABLE_KEYS if getattr(self, k) != getattr(DataConfig, k, None)]
+            if stray:
+                raise ConfigError(f"data.{stray[0]}: only for a table file; set data.path, or remove it")
+        if self.path is not None:
+            if not isinstance(self.path, str):
+                raise ConfigError(f"data.path: a file name, got {self.path!r}")
+            if self.options:
+                raise ConfigError("data.options: a table file takes its settings as data keys: " + ", ".join(TABLE_KEYS))
+            if not isinstance(self.standardize, bool):
+                raise ConfigError(f"data.standardize: true or false, got {self.standardize!r}")
+            check_table_spec(self.path, self.targets, self.split)
+        elif self.factory is not None:
+            if self.name is not None:
+                raise ConfigError("data.name: a factory's dataset is named by the DatasetInfo it returns; remove data.name")
+            datasets.resolve_factory(self.factory)
+        else:
+            _one_of(self.name, datasets.available(), "data.name")
 
 
 @dataclass(frozen=True)
@@ -88,8 +149,13 @@ class ExperimentConfig:
         top = _check_keys(raw, cls, "")
         data = _check_keys(top.get("data", {}), DataConfig, "data.")
         model = _check_keys(top.get("model", {}), ModelConfig, "model.")
-        if data.get("tasks") is not None:
-            data["tasks"] = tuple(data["tasks"])
+        for key in ("tasks", "features"):
+            if data.get(key) is not None:
+                if not isinstance(data[key], (list, tuple)):
+                    raise ConfigError(f"data.{key}: a list of names, got {data[key]!r}")
+                data[key] = tuple(data[key])
+        if isinstance(data.get("path"), str):
+            data["path"] = os.path.abspath(data["path"])  # the run folder's config.yaml must not depend on the cwd
         if model.get("graph") is not None:
             model["graph"] = tuple(model["graph"])
             model.setdefault("architecture", None)
@@ -105,13 +171,10 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Check names against the registries (datasets, architectures, balancers, trainer options)."""
-        from mtlkit.data import datasets
         from mtlkit.training import TrainerConfig
         from mtlkit.weighting import get as get_balancer
 
-        _one_of(self.data.name, datasets.available(), "data.name")
-        if not isinstance(self.data.batch_size, int) or self.data.batch_size < 1:
-            raise ConfigError(f"data.batch_size must be a positive integer, got {self.data.batch_size!r}")
+        self.data.validate()
         if self.model.graph is None:
             _one_of(self.model.architecture, ARCHITECTURES, "model.architecture")
         name, options = weighting_spec(self.weighting)
@@ -119,6 +182,9 @@ class ExperimentConfig:
             get_balancer(name, tasks=["a", "b"], **options)  # builds it once to check the options
         except ConfigError as err:
             raise ConfigError(f"weighting: {err}") from err
+        except (TypeError, ValueError) as err:  # a value of the wrong type or range reached the method
+            cls = type(get_balancer(name, tasks=["a", "b"]))
+            raise ConfigError(option_error("weighting", name, cls, options, err)) from err
         reserved = {"weighting", "seed"} & set(self.trainer)
         if reserved:
             raise ConfigError(
@@ -128,6 +194,24 @@ class ExperimentConfig:
             TrainerConfig.from_dict(dict(self.trainer))
         except ConfigError as err:
             raise ConfigError(f"trainer: {err}") from err
+
+
+def option_error(where: str, name: str, cls: type, options: Mapping[str, Any], err: Exception) -> str:
+    """One line for options that `cls` rejected: the first whose type differs from its default's, else the error."""
+    parameters = inspect.signature(cls).parameters
+    for key, value in options.items():
+        default = parameters[key].default if key in parameters else inspect.Parameter.empty
+        if isinstance(default, bool):
+            expected = "true or false" if not isinstance(value, bool) else None
+        elif isinstance(default, (int, float)):
+            expected = "a number" if not isinstance(value, (int, float)) or isinstance(value, bool) else None
+        elif isinstance(default, str):
+            expected = "a string" if not isinstance(value, str) else None
+        else:
+            expected = None
+        if expected:
+            return f"{where}.{key}: {name} needs {expected} (default {default!r}), got {value!r}"
+    return f"{where}: {name} rejected the options {dict(options)}: {err}; fix their values"
 
 
 def weighting_spec(weighting: Any) -> tuple[str, dict[str, Any]]:
@@ -145,9 +229,22 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err}); give a YAML config") from err
+    if raw is None:
+        warnings.warn(f"{path} is empty: every setting takes its default (docs/config.md)", stacklevel=2)
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (name, seed, data, model, weighting, trainer), "
+            f"got a {type(raw).__name__}; see docs/config.md"
+        )
+    data = raw.get("data") if isinstance(raw, Mapping) else None
+    if isinstance(data, Mapping) and isinstance(data.get("path"), str):
+        raw = {**raw, "data": {**data, "path": str(path.parent / data["path"])}}  # relative to the config file
     try:
         return ExperimentConfig.from_dict(apply_overrides(raw, overrides))
     except ConfigError as err:

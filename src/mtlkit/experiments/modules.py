@@ -71,8 +71,10 @@ def encoder_factory(spec: Mapping[str, Any], input_shape: Sequence[int]) -> Call
     if kind == "auto":
         kind = "cnn" if len(input_shape) == 3 else "mlp"
     if kind == "mlp":
-        hidden = list(options.pop("hidden", [128, 64]))
-        dropout = float(options.pop("dropout", 0.0))
+        hidden = _sizes(options.pop("hidden", [128, 64]), "hidden", "layer sizes, e.g. [128, 64]")
+        dropout = options.pop("dropout", 0.0)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ConfigError(f"model.encoder.dropout: a probability in [0, 1), e.g. 0.1; got {dropout!r}")
         _no_more(options, "mlp")
         if len(input_shape) != 1:
             raise ConfigError(f"model.encoder: an mlp encoder needs vector inputs, got shape {tuple(input_shape)}")
@@ -83,7 +85,7 @@ def encoder_factory(spec: Mapping[str, Any], input_shape: Sequence[int]) -> Call
                 for a, b in zip(sizes, sizes[1:])
             )
         )
-    channels = list(options.pop("channels", [16, 32]))
+    channels = _sizes(options.pop("channels", [16, 32]), "channels", "channel counts, e.g. [16, 32]")
     _no_more(options, "cnn")
     if len(input_shape) != 3:
         raise ConfigError(f"model.encoder: a cnn encoder needs C×H×W inputs, got shape {tuple(input_shape)}")
@@ -123,6 +125,15 @@ def _module_class(name: Any, where: str) -> type[nn.Module]:
     close = difflib.get_close_matches(str(name), known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"{where}: {name!r} is not a module of mtlkit.layers or torch.nn.{hint}")
+
+
+def _sizes(value: Any, key: str, what: str) -> list[int]:
+    """A list of positive integers from the config, or a ConfigError naming `model.encoder.<key>`."""
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        raise ConfigError(f"model.encoder.{key}: a list of positive integers ({what}); got {value!r}")
+    return list(value)
 
 
 def _no_more(options: Mapping[str, Any], kind: str) -> None:

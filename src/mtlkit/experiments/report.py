@@ -35,9 +35,14 @@ def mean_std(values: Sequence[float], digits: int = 4) -> str:
     """`mean ± std` (sample std; just the mean for one value)."""
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return f"{mean:.{digits}f}"
+        return _fixed(mean, digits)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{_fixed(mean, digits)} ± {_fixed(std, digits)}"
+
+
+def _fixed(value: float, digits: int) -> str:
+    """`value` with `digits` decimals; a value that rounds to zero prints `0.00`, never `-0.00`."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # -0.0 + 0.0 is +0.0
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> None:

@@ -7,6 +7,7 @@ TensorBoard is installed, its events), `checkpoints/` (`last.pt`, `best.pt`),
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import time
@@ -16,14 +17,16 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
 from mtlkit import metrics
+from mtlkit.architectures import Architecture
 from mtlkit.data.datasets import LoadedDataset
 from mtlkit.errors import ConfigError
 from mtlkit.experiments.build import build_loaders, build_model, load_data, model_graph, select_tasks
 from mtlkit.experiments.config import ExperimentConfig, load_config, weighting_spec
 from mtlkit.experiments.report import plot_curves, scores_table
+from mtlkit.experiments.run_folder import claim_run_folder
+from mtlkit.graph import MTLModel
 from mtlkit.training import Trainer, is_main_process
 from mtlkit.training.checkpoint import load_checkpoint
 
@@ -36,7 +39,7 @@ class RunResult:
     scores: dict[str, float]
     history: list[dict[str, float]]
     seconds_per_epoch: float
-    model: nn.Module
+    model: Architecture | MTLModel
     run_dir: Path | None = None
 
 
@@ -45,11 +48,15 @@ def run(
     run_dir: str | Path | None = None,
     progress_bar: bool = True,
     loaded: LoadedDataset | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train and score `config`; with `run_dir`, also log, checkpoint and write the run folder.
 
     `loaded` is `load_data(config)` when the caller already has it (the suite runs many
-    variants on one dataset and seed).
+    variants on one dataset and seed). A `run_dir` that already holds a run is refused
+    unless `resume` (continue from its `checkpoints/last.pt`, same data and model) or
+    `overwrite` (replace it); while a process writes a run folder, no other can.
     """
     torch.manual_seed(config.seed)
     loaded = load_data(config) if loaded is None else loaded
@@ -64,31 +71,35 @@ def run(
             raise ConfigError("trainer.distributed is false, but this process was launched by torchrun")
         trainer_options["distributed"] = True
     main = is_main_process()
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        if main:  # under torchrun only rank 0 writes; the Trainer does the same for logs and checkpoints
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        writers = ["json", "tensorboard"] if importlib.util.find_spec("tensorboard") else ["json"]
-        first = tasks[0]
-        info = loaded.info.tasks[first]
-        best = f"{first}/{loaded.info.name}/valid/{info.metric}:{'max' if info.higher_is_better else 'min'}"
-        trainer_options = {
-            "logging": True,
-            "log_writers": writers,
-            "log_dir": str(run_dir / "logs"),
-            "checkpointing": True,
-            "checkpoint_dir": str(run_dir / "checkpoints"),
-            "checkpoint_metric": best,
-            **trainer_options,
-        }
-    trainer = Trainer(**trainer_options)
-    start = time.perf_counter()
-    scores = trainer.fit(model, loaders)
-    seconds = (time.perf_counter() - start) / max(trainer.epoch, 1)
-    result = RunResult(config, scores, trainer.history, seconds, model, run_dir)
-    if run_dir is not None and main:
-        write_run_folder(result)
+    with contextlib.ExitStack() as stack:
+        resume_from = None
+        if run_dir is not None:
+            run_dir = Path(run_dir)
+            if main:  # under torchrun only rank 0 writes; the Trainer does the same for logs and checkpoints
+                resume_from = stack.enter_context(claim_run_folder(run_dir, config.to_dict(), resume, overwrite))
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            elif resume:
+                resume_from = run_dir / "checkpoints" / "last.pt"
+            writers = ["json", "tensorboard"] if importlib.util.find_spec("tensorboard") else ["json"]
+            first = tasks[0]
+            info = loaded.info.tasks[first]
+            best = f"{first}/{loaded.info.name}/valid/{info.metric}:{'max' if info.higher_is_better else 'min'}"
+            trainer_options = {
+                "logging": True,
+                "log_writers": writers,
+                "log_dir": str(run_dir / "logs"),
+                "checkpointing": True,
+                "checkpoint_dir": str(run_dir / "checkpoints"),
+                "checkpoint_metric": best,
+                **trainer_options,
+            }
+        trainer = Trainer(**trainer_options)
+        start = time.perf_counter()
+        scores = trainer.fit(model, loaders, resume_from=resume_from)
+        seconds = (time.perf_counter() - start) / max(trainer.epoch, 1)
+        result = RunResult(config, scores, trainer.history, seconds, model, run_dir)
+        if run_dir is not None and main:
+            write_run_folder(result)
     return result
 
 
@@ -100,6 +111,8 @@ def launched_by_torchrun() -> bool:
 def write_run_folder(result: RunResult) -> None:
     """`results.md`, `graph.png` and `curves.png` of a finished run."""
     run_dir = result.run_dir
+    if run_dir is None:
+        raise ValueError("write_run_folder needs a result with a run folder (run_dir is None)")
     from mtlkit.viz import draw_graph
 
     draw_graph(model_graph(result.model), run_dir / "graph.png")
@@ -108,7 +121,8 @@ def write_run_folder(result: RunResult) -> None:
     model = result.config.model.architecture or "graph"
     text = (
         f"# {result.config.name}\n\n"
-        f"dataset `{result.config.data.name}`, model `{model}`, weighting `{weighting}`, seed {result.config.seed}, "
+        f"dataset `{result.config.data.name or result.config.data.factory}`, model `{model}`, "
+        f"weighting `{weighting}`, seed {result.config.seed}, "
         f"{result.seconds_per_epoch:.2f} s/epoch\n\n{scores_table(result.scores)}\n"
     )
     (run_dir / "results.md").write_text(text)

@@ -22,6 +22,7 @@ from mtlkit.data.datasets import DatasetInfo
 from mtlkit.experiments.build import load_data
 from mtlkit.experiments.config import DataConfig, ExperimentConfig, ModelConfig
 from mtlkit.experiments.report import mean_std
+from mtlkit.experiments.run_folder import check_free
 from mtlkit.experiments.runner import RunResult, run
 from mtlkit.metrics import delta_m
 
@@ -86,6 +87,24 @@ class SuiteResult:
         return "\n".join(lines)
 
 
+    def legend(self) -> str:
+        """What the table shows: the split, the seeds, what Δm means and its sign."""
+        seeds = len(next(iter(self.runs.values()), [])) or len(self.baselines)
+        if seeds == 1:
+            spread = (
+                "One seed: no ± is shown, and a difference of a few points between rows is within "
+                "seed-to-seed noise, not a win; `mtlkit bench` gives mean ± std over seeds."
+            )
+        else:
+            spread = f"Mean ± sample std over {seeds} seeds; a difference smaller than the ± is not a win."
+        return (
+            "Each task's metric on the test split, from the model of the last epoch. "
+            f"{spread} Δm %: the average over tasks of the relative difference to the single-task "
+            "baseline (sign flipped for metrics where lower is better), in percent: above 0 beats the "
+            "single-task networks, below 0 loses to them."
+        )
+
+
 def split_metrics(result: RunResult, info: DatasetInfo, split: str = "test") -> dict[str, dict[str, float]]:
     """`{task: {metric: value}}` of a run on `split`."""
     values: dict[str, dict[str, float]] = {}
@@ -124,6 +143,10 @@ def run_suite(
     checkpoints, graph.png, curves.png, results.md) to `out_dir/<variant>-seed<seed>`.
     """
     seeds = list(seeds)
+    if out_dir is not None:  # refuse before hours of training, not at the first variant's folder
+        for seed in seeds:
+            for variant in variants:
+                check_free(out_dir / f"{_slug(variant.label)}-seed{seed}")
     # The splits depend on the seed only: one load serves every run of a seed.
     loads = {seed: load_data(base_config(dataset, seed, scale)) for seed in seeds}
     info = loads[seeds[0]].info

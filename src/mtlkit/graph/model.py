@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,8 @@ from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
-from mtlkit.training.protocol import StepOutput
+from mtlkit.labels import marker_of
+from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -42,7 +43,7 @@ class MTLModel(nn.Module):
     drive it below zero) rather than balancing tasks. For principled learnable
     weights use a balancer, e.g. uncertainty weighting ``mtlkit.weighting.get("uw")``.
 
-    Also implements `mtlkit.training.protocol.MultiTaskModel`, so `mtlkit.Trainer`
+    Also implements `mtlkit.protocol.MultiTaskModel`, so `mtlkit.Trainer`
     can train it: `training_step` returns ``loss_weight * loss(y_hat, y)`` per task
     (weight 1 where ``loss_weight`` is ``None``), the term torchMTL's loop sums.
 
@@ -78,8 +79,11 @@ class MTLModel(nn.Module):
             self._add_weight(spec, reserved)
 
     def _add_weight(self, spec: TaskSpec, reserved: set[str]) -> None:
-        if spec.loss_weight != AUTO:
-            self._fixed_weights[spec.name] = spec.loss_weight
+        weight = spec.loss_weight
+        if weight != AUTO:
+            if isinstance(weight, str):
+                raise SpecError(f"task {spec.name!r} has loss_weight {weight!r}; give a number, None or 'auto'")
+            self._fixed_weights[spec.name] = weight
             return
         param_name = f"{spec.name}_loss"
         if param_name in reserved or param_name in self.task_graph.nodes:
@@ -89,6 +93,11 @@ class MTLModel(nn.Module):
             )
         self.register_parameter(param_name, nn.Parameter(torch.tensor(spec.loss_init_val)))
         self._auto_weights[spec.name] = param_name
+
+    @property
+    def _layers(self) -> Mapping[str, nn.Module]:
+        """The registered modules by name (each added with a module, never None)."""
+        return cast(Mapping[str, nn.Module], self._modules)
 
     @property
     def g(self) -> nx.DiGraph:
@@ -108,11 +117,11 @@ class MTLModel(nn.Module):
     def forward(self, X: Any, tasks: Sequence[str] | None = None) -> tuple[list[Any], list[Any], list[Any]]:
         """Return ``(y_hat, l_funcs, l_weights)`` for `tasks` (default: `output_tasks`)."""
         names = self.output_tasks if tasks is None else _task_list(tasks)
-        values = execute(self.task_graph.plan(names), self._modules, X)
+        values = execute(self.task_graph.plan(names), self._layers, X)
         losses = self.losses
         return [values[t] for t in names], [losses[t] for t in names], [self._weight(t) for t in names]
 
-    # --- mtlkit.training.protocol.MultiTaskModel -------------------------------------------
+    # --- mtlkit.protocol.MultiTaskModel -------------------------------------------
 
     @property
     def task_names(self) -> list[str]:
@@ -120,28 +129,42 @@ class MTLModel(nn.Module):
         return list(self.output_tasks)
 
     def training_step(self, X: Any, Y: Mapping[str, Tensor]) -> StepOutput:
-        """Run the tasks present in `Y` and return ``loss_weight * loss(y_hat, y)`` for each."""
+        """Run the tasks labelled in `Y` and return ``loss_weight * loss(y_hat, y)`` for each.
+
+        Rows without a label (class -1, regression NaN, or the task Scorer's
+        `abstain_label`; see `mtlkit.labels`) are left out of the loss and the counts;
+        a task without a labelled row is absent and its nodes are not run.
+        """
         names = [t for t in self.output_tasks if t in Y]
+        loss_fns: dict[str, Callable[..., Tensor]] = {}
         for key in Y:
             if key not in self.output_tasks:
                 raise ValueError(f"targets given for {key!r}, which is not an output task; output tasks: {self.output_tasks}")
-            if self.losses[key] is None:
+            loss_fn = self.losses[key]
+            if loss_fn is None:
                 raise ValueError(f"targets given for task {key!r}, which has no 'loss'; add a 'loss' to its entry")
-        values = execute(self.task_graph.plan(names), self._modules, X)
-        losses: dict[str, Tensor] = {}
+            loss_fns[key] = loss_fn
+        scorers = self.scorers()
+        targets: dict[str, Labelled] = {}
         for t in names:
-            loss = self.losses[t](values[t], Y[t])
+            labels = labelled_targets(t, Y[t], marker_of(scorers.get(t)))
+            if labels is not None:
+                targets[t] = labels
+        values = execute(self.task_graph.plan(list(targets)), self._layers, X) if targets else {}
+        losses: dict[str, Tensor] = {}
+        for t, y in targets.items():
+            loss = task_loss(t, loss_fns[t], values[t], y)
             weight = self._weight(t)
             losses[t] = loss if weight is None else weight * loss
-        return StepOutput(losses=losses, counts={t: len(Y[t]) for t in names})
+        return StepOutput(losses=losses, counts={t: y.count for t, y in targets.items()})
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters that more than one output task depends on (from graph ancestry)."""
         if self._shared_names is None:  # the graph is fixed once built: find the names once
             users: dict[int, int] = {}
             for task in self.output_tasks:
-                params = {id(p) for name in self.task_graph.needed([task]) for p in self._modules[name].parameters()}
-                for pid in params:
+                ids = {id(p) for name in self.task_graph.needed([task]) for p in self._layers[name].parameters()}
+                for pid in ids:
                     users[pid] = users.get(pid, 0) + 1
             self._shared_names = [n for n, p in self.named_parameters() if users.get(id(p), 0) > 1]
         params = dict(self.named_parameters())
@@ -150,8 +173,12 @@ class MTLModel(nn.Module):
     def task_outputs(self, X: Any, task_names: list[str]) -> dict[str, Any]:
         """Each named node's output, passed through its ``output`` callable where the entry has one."""
         names = _task_list(task_names)
-        values = execute(self.task_graph.plan(names), self._modules, X)
-        return {t: values[t] if self.outputs.get(t) is None else self.outputs[t](values[t]) for t in names}
+        values = execute(self.task_graph.plan(names), self._layers, X)
+        outputs: dict[str, Any] = {}
+        for t in names:
+            output = self.outputs.get(t)
+            outputs[t] = values[t] if output is None else output(values[t])
+        return outputs
 
     def scorers(self) -> Mapping[str, Any]:
         """A `mtlkit.Scorer` per entry that lists ``metrics``; empty if none does."""

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Union
+from typing import Any, TypeGuard
 
 from torch import nn
 
@@ -32,7 +32,7 @@ from mtlkit.layers import Lambda
 AUTO = "auto"
 KEYS = ("name", "layers", "anchor_layer", "loss", "loss_weight", "loss_init_val", "metrics", "output")
 
-Weight = Union[float, str, None]
+Weight = float | str | None
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _parse_metrics(where: str, metrics: Any) -> tuple[str, ...] | None:
     raise SpecError(f"{where} has 'metrics' {metrics!r}; give a list of metric names, e.g. ['accuracy']")
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[Real]:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 

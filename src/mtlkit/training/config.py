@@ -24,13 +24,13 @@ from mtlkit.errors import ConfigError
 from mtlkit.weighting import Balancer, available, is_registered
 
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamax": "Adamax"}
-# Named schedules -> (torch class name, keyword options the user must give).
-LR_SCHEDULERS = {
-    "constant": ("ConstantLR", ()),
-    "linear": ("LinearLR", ()),
-    "exponential": ("ExponentialLR", ("gamma",)),
-    "step": ("StepLR", ("step_size",)),
-    "cosine": ("CosineAnnealingLR", ()),
+# Named schedules -> (torch class name, or None for no schedule; default options, Snorkel's).
+LR_SCHEDULERS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "constant": (None, {}),
+    "linear": ("LinearLR", {}),
+    "exponential": ("ExponentialLR", {"gamma": 0.9}),
+    "step": ("StepLR", {"step_size": 5, "gamma": 0.9}),
+    "cosine": ("CosineAnnealingLR", {}),
 }
 WARMUP_UNITS = ("batches", "epochs")
 LOG_WRITERS = ("json", "tensorboard")
@@ -38,16 +38,6 @@ NONFINITE_POLICIES = ("raise", "skip")
 PRECISIONS = ("fp32", "bf16")
 METRIC_MODES = ("min", "max")
 DIST_BACKENDS = ("gloo", "nccl")
-
-# Snorkel's nested Trainer options and the flat options that replace them.
-_SNORKEL_NESTED = {
-    "checkpointer_config": "checkpoint_dir, checkpoint_metric, checkpoint_every, checkpoint_runway",
-    "log_manager_config": "evaluate_every (epochs)",
-    "log_writer": "log_writers=['json'] or ['tensorboard']",
-    "log_writer_config": "log_dir",
-    "lr_scheduler_config": "warmup_steps, warmup_unit, lr_scheduler_kwargs",
-    "optimizer_config": "optimizer_kwargs",
-}
 
 WeightingSpec = Union[str, tuple, Mapping, Balancer]
 
@@ -60,16 +50,17 @@ class TrainerConfig:
         n_epochs: passes over the training loaders.
         lr: learning rate (also of the balancer's own parameters, e.g. UW's log-variances).
         l2: weight decay of the model's parameters (never of the balancer's).
-        grad_clip: max global gradient norm, or None for no clipping.
+        grad_clip: max global gradient norm, or None (or 0, Snorkel's spelling) for no clipping.
         optimizer: 'sgd', 'adam', 'adamw', 'adamax', the name of any `torch.optim`
             optimizer ('RAdam'), or an `Optimizer` subclass; built with
             `(params, lr=lr, weight_decay=l2, **optimizer_kwargs)`.
-        lr_scheduler: 'constant', 'linear' (to 0 at the end), 'exponential' (needs
-            `gamma`), 'step' (needs `step_size`), 'cosine', the name of any
-            `torch.optim.lr_scheduler` class, or an `LRScheduler` subclass. Schedules
-            step once per optimizer step, so `step_size` and `total_iters` count
-            batches; `lr_scheduler_kwargs` go to the torch class and override the
-            defaults derived from the run length.
+        lr_scheduler: 'constant' (no schedule), 'linear' (to 0 at the end),
+            'exponential' (gamma 0.9 unless given), 'step' (step_size 5, gamma 0.9
+            unless given), 'cosine', the name of any `torch.optim.lr_scheduler` class,
+            or an `LRScheduler` subclass. Schedules step once per optimizer step, so
+            `step_size` and `total_iters` count batches; `lr_scheduler_kwargs` go to
+            the torch class and override the defaults (Snorkel's, and those derived
+            from the run length).
         warmup_steps, warmup_unit: linear warm-up from lr/(W+1) to lr over W batches
             (or W epochs with warmup_unit='epochs'), before the schedule starts.
         weighting: how task losses become gradients: a balancer name ('ew' = sum of
@@ -160,13 +151,16 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrainerConfig:
-        """Build from user keys, naming any unknown key and its close spellings."""
+        """Build from user keys, naming any unknown key and its close spellings.
+
+        Snorkel's nested options (`lr_scheduler_config`, `optimizer_config`,
+        `log_writer`, `log_writer_config`, `checkpointer_config`,
+        `log_manager_config`, `model_config`) are mapped to the flat ones by
+        `from_snorkel_options`.
+        """
+        config = from_snorkel_options(config)
         known = [f.name for f in fields(cls)]
         for key in config:
-            if key in _SNORKEL_NESTED:
-                raise ConfigError(
-                    f"{key!r} is Snorkel's nested form; mtlkit's Trainer options are flat: use {_SNORKEL_NESTED[key]}"
-                )
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=3)
                 hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -177,6 +171,8 @@ class TrainerConfig:
         _int(self, "n_epochs", minimum=1)
         _number(self, "lr", positive=True)
         _number(self, "l2")
+        if self.grad_clip == 0 and not isinstance(self.grad_clip, bool):
+            _set(self, "grad_clip", None)
         if self.grad_clip is not None:
             _number(self, "grad_clip", positive=True)
         _set(self, "optimizer_kwargs", _frozen_kwargs("optimizer_kwargs", self.optimizer_kwargs))
@@ -263,15 +259,18 @@ class TrainerConfig:
 
 def parse_metric(text: str) -> tuple[str, str]:
     """Split 'task/dataset/split/metric:min|max' into (key, mode), checking its form."""
-    form = "'task/dataset/split/metric:min' or ':max' (e.g. 'circle_task/circleDataset/valid/accuracy:max')"
+    form = (
+        "checkpoint_metric must be formatted 'task/dataset/split/metric_name:mode' with mode 'min' or 'max' "
+        "(e.g. 'circle_task/circleDataset/valid/accuracy:max')"
+    )
     if not isinstance(text, str) or text.count(":") != 1:
-        raise ConfigError(f"checkpoint_metric={text!r} must look like {form}")
+        raise ConfigError(f"{form}; got {text!r}")
     key, mode = text.split(":")
     if mode not in METRIC_MODES:
-        raise ConfigError(f"checkpoint_metric={text!r} ends in {mode!r}; it must end in ':min' or ':max'")
+        raise ConfigError(f"checkpoint_metric {text!r} has metric mode {mode!r}; the metric mode must be 'min' or 'max'")
     parts = key.split("/")
     if len(parts) != 4 or not all(parts):
-        raise ConfigError(f"checkpoint_metric={text!r} must have four '/'-separated parts: {form}")
+        raise ConfigError(f"{form}; got {text!r}, whose metric has {len(parts)} '/'-separated parts instead of 4")
     return key, mode
 
 
@@ -282,11 +281,14 @@ def resolve_optimizer(spec: str | type[Optimizer]) -> type[Optimizer]:
     return getattr(torch.optim, OPTIMIZERS.get(spec, spec))
 
 
-def resolve_lr_scheduler(spec: str | type[LRScheduler]) -> type[LRScheduler]:
-    """The LR scheduler class named or given by `spec` (checked by the config)."""
+def resolve_lr_scheduler(spec: str | type[LRScheduler]) -> type[LRScheduler] | None:
+    """The LR scheduler class named or given by `spec` (checked by the config); None for 'constant'."""
     if isinstance(spec, type):
         return spec
-    return getattr(torch.optim.lr_scheduler, LR_SCHEDULERS[spec][0] if spec in LR_SCHEDULERS else spec)
+    if spec in LR_SCHEDULERS:
+        name = LR_SCHEDULERS[spec][0]
+        return None if name is None else getattr(torch.optim.lr_scheduler, name)
+    return getattr(torch.optim.lr_scheduler, spec)
 
 
 def _check_optimizer(spec: Any, kwargs: Mapping[str, Any]) -> None:
@@ -321,12 +323,12 @@ def _check_lr_scheduler(spec: Any, kwargs: Mapping[str, Any]) -> None:
                 "lr_scheduler", spec, list(LR_SCHEDULERS), "the name of a torch.optim.lr_scheduler class or a subclass"
             )
         )
-    if spec in LR_SCHEDULERS:
-        missing = [k for k in LR_SCHEDULERS[spec][1] if k not in kwargs]
-        if missing:
-            example = ", ".join(f"{k!r}: ..." for k in missing)
-            raise ConfigError(f"lr_scheduler={spec!r} needs lr_scheduler_kwargs={{{example}}} (counted in batches)")
-    _check_kwargs("lr_scheduler_kwargs", resolve_lr_scheduler(spec), kwargs, skip=1)
+    cls = resolve_lr_scheduler(spec)
+    if cls is None:
+        if kwargs:
+            raise ConfigError(f"lr_scheduler='constant' is no schedule and takes no lr_scheduler_kwargs, got {dict(kwargs)}")
+        return
+    _check_kwargs("lr_scheduler_kwargs", cls, kwargs, skip=1)
 
 
 def _in_module(spec: Any, module: Any) -> bool:
@@ -426,3 +428,124 @@ def _not_allowed(key: str, value: Any, allowed: Sequence[str], also: str | None 
 
 def _set(config: TrainerConfig, key: str, value: Any) -> None:
     object.__setattr__(config, key, value)  # normalising a frozen dataclass in __post_init__
+
+
+# --- Snorkel's nested Trainer options ------------------------------------------------------
+
+# nested key -> its options -> the flat option it sets (None: handled in `from_snorkel_options`)
+_SNORKEL_NESTED: dict[str, dict[str, str | None]] = {
+    "lr_scheduler_config": {
+        "warmup_steps": "warmup_steps",
+        "warmup_unit": "warmup_unit",
+        "warmup_percentage": None,
+        "min_lr": None,
+        "exponential_config": None,
+        "step_config": None,
+    },
+    "optimizer_config": {"sgd_config": None, "adam_config": None, "adamax_config": None},
+    "log_writer_config": {"log_dir": None, "run_name": None},
+    "checkpointer_config": {
+        "checkpoint_dir": "checkpoint_dir",
+        "checkpoint_metric": "checkpoint_metric",
+        "checkpoint_runway": "checkpoint_runway",
+        "checkpoint_factor": None,
+        "checkpoint_task_metrics": None,
+        "checkpoint_clear": None,
+    },
+    "log_manager_config": {"counter_unit": None, "evaluation_freq": None},
+    "model_config": {"device": None, "dataparallel": None},
+}
+
+
+def from_snorkel_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Snorkel's Trainer options, nested or not, as mtlkit's flat options.
+
+    `lr_scheduler_config` gives warmup_steps/warmup_unit (`warmup_percentage` p of the
+    run becomes p x n_epochs epochs) and, from `exponential_config`/`step_config`, the
+    chosen schedule's `lr_scheduler_kwargs`; `optimizer_config` gives the chosen
+    optimizer's `optimizer_kwargs`; `log_writer` gives `log_writers`;
+    `log_writer_config` gives `log_dir` (joined with `run_name`); `checkpointer_config`
+    gives checkpoint_dir/metric/runway and `checkpoint_every` = checkpoint_factor x
+    evaluate_every; `log_manager_config` (counter_unit 'epochs') gives `evaluate_every`;
+    `model_config`'s device gives `device` (-1: the CPU). A flat option set both ways is
+    an error. Options with no mtlkit counterpart are accepted at their Snorkel defaults
+    (`min_lr=0`, `checkpoint_task_metrics=None`, `checkpoint_clear`, `dataparallel`) and
+    refused otherwise.
+    """
+    flat = {k: v for k, v in config.items() if k not in _SNORKEL_NESTED and k != "log_writer"}
+    nested = {k: _nested(k, config[k]) for k in _SNORKEL_NESTED if k in config and config[k] is not None}
+
+    def put(key: str, value: Any, source: str) -> None:
+        if key in flat:
+            raise ConfigError(f"{source} sets {key}, which is also given as a Trainer option; give it once")
+        flat[key] = value
+
+    if "log_writer" in config:
+        writer = config["log_writer"]
+        if writer not in LOG_WRITERS:
+            raise ConfigError(f"Unrecognized writer option log_writer={writer!r}; choose one of {list(LOG_WRITERS)}")
+        put("log_writers", (writer,), "log_writer")
+    for name, options in nested.items():
+        for key, target in _SNORKEL_NESTED[name].items():
+            if key in options and target is not None:
+                put(target, options[key], f"{name}[{key!r}]")
+    lr = nested.get("lr_scheduler_config", {})
+    if lr.get("warmup_percentage") and not lr.get("warmup_steps"):
+        put("warmup_steps", lr["warmup_percentage"] * config.get("n_epochs", 1), "lr_scheduler_config['warmup_percentage']")
+        put("warmup_unit", "epochs", "lr_scheduler_config['warmup_percentage']")
+    if lr.get("min_lr"):
+        raise ConfigError("lr_scheduler_config['min_lr'] has no mtlkit counterpart; leave it 0, or pass an LRScheduler class")
+    schedule = config.get("lr_scheduler", "constant")
+    for key, name in (("exponential_config", "exponential"), ("step_config", "step")):
+        if key in lr and schedule == name:  # the other schedule's options are ignored, as in Snorkel
+            put("lr_scheduler_kwargs", dict(_nested(f"lr_scheduler_config[{key!r}]", lr[key])), f"lr_scheduler_config[{key!r}]")
+    optimizer = config.get("optimizer", "adam")
+    sub = f"{optimizer}_config"
+    if sub in nested.get("optimizer_config", {}):
+        put("optimizer_kwargs", dict(_nested(f"optimizer_config[{sub!r}]", nested["optimizer_config"][sub])), f"optimizer_config[{sub!r}]")
+    writer_config = nested.get("log_writer_config", {})
+    if writer_config:
+        log_dir = writer_config.get("log_dir", "logs")
+        run_name = writer_config.get("run_name")
+        if not isinstance(log_dir, (str, os.PathLike)):
+            raise ConfigError(f"log_writer_config['log_dir'] must be a path, got {log_dir!r}")
+        put("log_dir", os.path.join(log_dir, run_name) if run_name else os.fspath(log_dir), "log_writer_config")
+    manager = nested.get("log_manager_config", {})
+    if manager.get("counter_unit", "epochs") != "epochs":
+        raise ConfigError(
+            f"log_manager_config['counter_unit']={manager['counter_unit']!r}: mtlkit's Trainer evaluates after whole "
+            "epochs; use counter_unit 'epochs' (or the flat option evaluate_every)"
+        )
+    if "evaluation_freq" in manager:
+        freq = manager["evaluation_freq"]
+        if isinstance(freq, bool) or not isinstance(freq, (int, float)) or not float(freq).is_integer():
+            raise ConfigError(f"log_manager_config['evaluation_freq'] must be a whole number of epochs, got {freq!r}")
+        put("evaluate_every", int(freq), "log_manager_config['evaluation_freq']")
+    checkpointer = nested.get("checkpointer_config", {})
+    if checkpointer.get("checkpoint_task_metrics"):
+        raise ConfigError(
+            "checkpointer_config['checkpoint_task_metrics'] has no Trainer counterpart (the Trainer keeps the best model "
+            "of checkpoint_metric only); use mtlkit.Checkpointer directly for several metrics"
+        )
+    if "checkpoint_factor" in checkpointer:
+        put("checkpoint_every", checkpointer["checkpoint_factor"] * flat.get("evaluate_every", 1), "checkpointer_config")
+    device = nested.get("model_config", {}).get("device")
+    if device is not None:
+        put("device", "cpu" if device == -1 else device, "model_config['device']")
+    return flat
+
+
+def _nested(name: str, value: Any) -> Mapping[str, Any]:
+    """A nested option as a mapping (a dict, or a Snorkel Config NamedTuple); unknown keys refused."""
+    if hasattr(value, "_asdict"):
+        value = value._asdict()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a dict of options, got {value!r}")
+    known = _SNORKEL_NESTED.get(name)
+    if known is not None:
+        for key in value:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), list(known), n=3)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ConfigError(f"unknown option {key!r} in {name}.{hint} Options: {', '.join(known)}.")
+    return value

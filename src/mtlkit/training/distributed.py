@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Sampler
 from mtlkit import metrics
 from mtlkit.data import DictDataLoader, EpochSampler
 from mtlkit.errors import ConfigError
-from mtlkit.training.protocol import StepOutput
+from mtlkit.protocol import StepOutput
 
 # The DataLoader options a shard keeps from the loader it replaces.
 _LOADER_OPTIONS = (

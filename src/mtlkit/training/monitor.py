@@ -21,10 +21,10 @@ class MetricMonitor:
         self.runway = runway
         self.patience = patience
         self.best: float | None = None
-        self.best_epoch: int | None = None
+        self.best_epoch: float | None = None
         self.bad_evaluations = 0
 
-    def update(self, scores: Mapping[str, float], epoch: int) -> bool:
+    def update(self, scores: Mapping[str, float], epoch: float) -> bool:
         """Take the scores of the evaluation after `epoch` epochs; True when the metric improved."""
         if self.key not in scores:
             close = difflib.get_close_matches(self.key, list(scores), n=5, cutoff=0.4)

@@ -17,6 +17,7 @@ logs and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,24 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mtlkit import metrics
+from mtlkit.checks import FitChecks
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
-from mtlkit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from mtlkit.protocol import MultiTaskModel, StepOutput
+from mtlkit.training.checkpoint import (
+    Checkpointer,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
-from mtlkit.training.loggers import Logger, build_loggers
+from mtlkit.training.loggers import Logger, LogWriter, build_loggers
 from mtlkit.training.monitor import MetricMonitor
-from mtlkit.training.optim import build_lr_scheduler, build_optimizer
-from mtlkit.training.protocol import MultiTaskModel, StepOutput
+from mtlkit.training.optim import build_lr_scheduler, build_optimizer, warmup_batches
+from mtlkit.training.step_context import StepContexts
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
 from mtlkit.weighting import get as get_balancer
 
@@ -47,15 +57,23 @@ class Trainer:
     checkpoints that cannot run code. The options and their defaults are those of
     `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
     scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
-    `batch_scheduler` are the objects that trained the model. With `distributed=True`,
-    `dist` is this rank's `Distributed` (rank, world size, time spent in collectives).
+    `batch_scheduler` are the objects that trained the model (`lr_scheduler` is None for
+    the constant schedule), and, as in Snorkel, `log_writer` (the first writer, or None
+    without logging), `checkpointer` (the `Checkpointer` whose monitor tracks the best
+    model, or None without checkpointing) and `warmup_steps` (in batches). With
+    `distributed=True`, `dist` is this rank's `Distributed` (rank, world size, time
+    spent in collectives).
     """
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, name: str | None = None, **config: Any) -> None:
+        self.name = type(self).__name__ if name is None else name  # Snorkel's label for the trainer
         self.config = TrainerConfig.from_dict(config)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.warmup_steps = 0
+        self.log_writer: LogWriter | None = None
+        self.checkpointer: Checkpointer | None = None
         self.balancer: Balancer | None = None
         self.batch_scheduler: BatchScheduler | None = None
         self.monitor: MetricMonitor | None = None
@@ -92,11 +110,22 @@ class Trainer:
             if checkpoint is None and cfg.seed is not None:
                 seed_everything(cfg.seed)
             self._setup(model, train)
+            self._checks = FitChecks(model, train, valid, test, None if self.monitor is None else self.monitor.key)  # checks
+            self._contexts = StepContexts(  # [step context] what balancers that declare `needs` get
+                self.balancer,
+                self.model,
+                valid,
+                lambda X, Y: self._global_output(self._training_step(X, Y, self._batch[1].dataset)),
+                self.device,
+                distributed=self.dist is not None,
+                valid_split=cfg.valid_split,
+            )
             if checkpoint is not None:
                 self._restore(checkpoint)
             resume_step = self.step if checkpoint is not None else None
             if cfg.logging and self.is_main_process:
                 loggers = build_loggers(cfg.log_writers, cfg.log_dir, resume_step)
+            self.log_writer = loggers[0] if loggers else None
             while self.epoch < cfg.n_epochs and not self._should_stop():
                 epoch_losses = self._train_epoch(loggers)
                 self.balancer.epoch_end()
@@ -112,6 +141,8 @@ class Trainer:
                 self.model.load_state_dict(self.best_model)
             scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
             final = self._score(scored) if scored else {}
+            if not final and self.is_main_process:
+                warnings.warn(_nothing_scored(self.model, scored, cfg), stacklevel=2)
             _log(loggers, final, self.step, self.epoch)
             return final
         finally:
@@ -171,6 +202,7 @@ class Trainer:
         if not bool(finite.all()):  # one device sync per step, not one per task
             nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
+        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])  # [step context]
         result = self.balancer.backward(
             out.losses,
             shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
@@ -183,7 +215,9 @@ class Trainer:
             if not bool(torch.isfinite(norm)):
                 return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
         self.optimizer.step()
-        self.lr_scheduler.step()
+        self._contexts.after_step()  # [step context] FAMO: the batch's losses after the step
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.step += 1
         return out, result, dataset
 
@@ -191,19 +225,27 @@ class Trainer:
         """The next batch's task losses and dataset; under torch.distributed, the global batch's losses."""
         if self.dist is None:
             (X, Y), loader = next(batches)
-            return self._training_step(X, Y), loader.dataset
+            self._batch = ((X, Y), loader)  # [step context]
+            return self._training_step(X, Y, loader.dataset), loader.dataset
         out = dataset = failure = None
         try:
             (X, Y), loader = next(batches)
+            self._batch = ((X, Y), loader)  # [step context]
             dataset = loader.dataset
-            out = self._training_step(X, Y)
+            out = self._training_step(X, Y, dataset)
         except Exception as error:  # passed to every rank by global_step_output, where all of them raise
             failure = error
-        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype), dataset
+        return self._global_output(out, failure), dataset
 
-    def _training_step(self, X: Any, Y: Any) -> StepOutput:
+    def _global_output(self, out: StepOutput, failure: BaseException | None = None) -> StepOutput:
+        """The global batch's output under torch.distributed (every rank raises if one failed); `out` otherwise."""
+        if self.dist is None:
+            return out
+        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype)
+
+    def _training_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
         """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
-        with self._autocast():
+        with self._autocast(), self._checks.first_batch(dataset):  # checks: each task's output vs targets, once per dataset
             out = self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
         order = {task: i for i, task in enumerate(self.model.task_names)}
         out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
@@ -237,6 +279,7 @@ class Trainer:
             leave=False,
         )
         batches = self.batch_scheduler.get_batches(self._train_loaders)
+        self._contexts.start_epoch()  # [step context]
         for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             done = self._train_step(batches)
@@ -255,6 +298,7 @@ class Trainer:
         """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
         scores = {**epoch_losses, **(self._score(valid) if valid else {})}
         self.history.append({"epoch": self.epoch, **scores})
+        self._checks.evaluated(scores, self.epoch)  # checks: diverging losses, non-finite scores
         _log(loggers, scores, self.step, self.epoch)
         if self.monitor is not None and self.monitor.update(scores, self.epoch):
             self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -318,8 +362,18 @@ class Trainer:
         if self._batches_per_epoch == 0:
             raise ConfigError("the training dataloaders hold no batch; check the train split's datasets")
         self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer, self._batches_per_epoch)
+        self.warmup_steps = warmup_batches(cfg, self._batches_per_epoch)
         tracked = cfg.checkpointing or cfg.early_stopping is not None
         self.monitor = MetricMonitor(*cfg.metric, cfg.checkpoint_runway, cfg.early_stopping) if tracked else None
+        self.checkpointer = None
+        if cfg.checkpointing and self.is_main_process:
+            self.checkpointer = Checkpointer(
+                evaluation_freq=cfg.evaluate_every,
+                checkpoint_dir=cfg.checkpoint_dir,
+                checkpoint_metric=cfg.checkpoint_metric,
+                checkpoint_runway=cfg.checkpoint_runway,
+                monitor=self.monitor,
+            )
         self.best_model = None
         self.epoch = 0
         self.step = 0
@@ -350,7 +404,7 @@ class Trainer:
             "unsaved_config": self.config.unsaved_keys(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
             "balancer": self.balancer.state_dict(),
             "batch_scheduler_seed": self.batch_scheduler.seed,
             "loader_seeds": self._loader_seeds,
@@ -366,9 +420,11 @@ class Trainer:
 
         Nothing in a checkpoint depends on the number of ranks: a run resumes on any number.
         """
+        _check_resume(checkpoint, self.config.to_dict())  # issue 10 (owndata): balancer, LR-schedule length
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         self.balancer.load_state_dict(checkpoint["balancer"])
         self.batch_scheduler.seed = checkpoint["batch_scheduler_seed"]
         _set_loader_seeds(self._train_loaders, checkpoint["loader_seeds"])
@@ -389,6 +445,39 @@ class Trainer:
     @property
     def _loader_seeds(self) -> dict[str, int | None]:
         return {_loader_key(loader): getattr(loader, "seed", None) for loader in self._train_loaders}
+
+
+def _check_resume(checkpoint: dict[str, Any], current: dict[str, Any]) -> None:
+    """Issue 10 (owndata): a resumed run keeps its checkpoint's balancer; a changed length under an LR schedule warns.
+
+    A balancer's state (learned weights, running averages) belongs to its method, so another
+    method is a `ConfigError`. An LR schedule is restored with the length it was planned for,
+    so a different `n_epochs` does not stretch it: the warning says so.
+    """
+    saved = checkpoint["config"]
+    if "weighting" not in checkpoint["unsaved_config"] and saved.get("weighting") != current.get("weighting"):
+        raise ConfigError(
+            f"resume: the checkpoint was trained with weighting={_method(saved.get('weighting'))}, not "
+            f"{_method(current.get('weighting'))}; a balancer's state cannot move to another method: resume with the "
+            "checkpoint's weighting, or start a new run"
+        )
+    scheduled = saved.get("lr_scheduler") != "constant" or saved.get("warmup_steps", 0)
+    if scheduled and saved.get("n_epochs") != current.get("n_epochs"):
+        warnings.warn(
+            f"resume: the checkpoint's LR schedule (lr_scheduler={saved.get('lr_scheduler')!r}, "
+            f"warmup_steps={saved.get('warmup_steps', 0)}) was planned for n_epochs={saved.get('n_epochs')}; "
+            f"resuming with n_epochs={current.get('n_epochs')} continues that schedule unchanged, it does not "
+            "stretch it. Resume with the same n_epochs, or start a new run for another length",
+            stacklevel=3,
+        )
+
+
+def _method(weighting: Any) -> str:
+    """`'uw'` or `'cagrad' {'c': 0.4}` from a saved weighting (a name, or [name, options])."""
+    if isinstance(weighting, (list, tuple)) and len(weighting) == 2:
+        name, options = weighting
+        return f"{name!r} {options}" if options else repr(name)
+    return repr(weighting)
 
 
 class _EpochLosses:
@@ -430,6 +519,22 @@ def _step_record(out: StepOutput, result: BalanceResult, lr: float) -> dict[str,
     record.update({f"train/weight/{task}": float(w) for task, w in result.weights.items()})
     record.update({f"train/{name}": float(v) for name, v in result.stats.items()})
     return record
+
+
+def _nothing_scored(model: MultiTaskModel, scored: list[DataLoader], cfg: TrainerConfig) -> str:
+    """Why `fit` returns no score, and what to change."""
+    if not scored:
+        return (
+            f"fit has no metric to report: no dataloader is of a validation or test split "
+            f"({', '.join(map(repr, (*cfg.valid_split, *cfg.test_split)))}); "
+            "pass validation/test dataloaders (their dataset's split) to fit, or score the model yourself"
+        )
+    if not model.scorers():
+        return (
+            f"fit has no metric to report: {type(model).__name__} has no Scorer for any task; give it metrics "
+            "(e.g. an architecture's metrics={task: mtlkit.Scorer(['accuracy'])}, a Task's scorer)"
+        )
+    return "fit has no metric to report: no validation/test row is labelled for a task that has a Scorer"
 
 
 def _log(loggers: list[Logger], values: dict[str, float], step: int, epoch: int) -> None:

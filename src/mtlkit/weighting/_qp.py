@@ -48,9 +48,9 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     entering = None
     best, best_value = w, float("inf")
     for _ in range(10 * T + 10):
-        target, direction = _affine_minimiser(K, R, a_list, c, eps, support)
-        if target is not None and all(target[i] > 0 for i in support):
-            w = target
+        point, bounded = _affine_minimiser(K, R, a_list, c, eps, support)
+        if bounded and all(point[i] > 0 for i in support):
+            w = point
             Gw = (G @ torch.tensor(w, dtype=G.dtype)).tolist()
             q = sum(x * y for x, y in zip(w, Gw)) + eps
             value = sum(x * y for x, y in zip(a_list, w)) + c * max(q, 0.0) ** 0.5
@@ -64,12 +64,12 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
             continue
         # The support's minimiser lies outside the simplex (or at infinity): walk
         # towards it and stop where the first coordinate reaches zero.
-        if target is None:
-            step = direction
+        if not bounded:
+            step = point  # the direction along which the objective is unbounded below
             blocking = {i: w[i] / -step[i] for i in support if step[i] < 0}
         else:
-            step = [t - x for t, x in zip(target, w)]
-            blocking = {i: w[i] / (w[i] - target[i]) if w[i] > 0 else 0.0 for i in support if target[i] <= 0}
+            step = [t - x for t, x in zip(point, w)]
+            blocking = {i: w[i] / (w[i] - point[i]) if w[i] > 0 else 0.0 for i in support if point[i] <= 0}
         k = min(blocking, key=blocking.__getitem__)
         theta = blocking[k]
         if theta <= 0 and entering is not None:
@@ -87,15 +87,15 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
 
 def _affine_minimiser(
     K: Tensor, R: Tensor, a: list[float], c: float, eps: float, support: list[int]
-) -> tuple[list[float] | None, list[float] | None]:
+) -> tuple[list[float], bool]:
     """Minimiser of aᵀw + c·sqrt(wᵀGw + eps) on {w: Σw = 1, w zero off `support`}.
 
     Write w = w0 + v with w0 the affine min-norm point (G w0 = m² 1, from the KKT
     system) and 1ᵀv = 0; the objective is aᵀw0 + aᵀv + c·sqrt(m² + eps + vᵀGv),
     minimised along z, the minimiser of aᵀz + ½zᵀGz on 1ᵀz = 0 (for which
     aᵀz = −zᵀGz = −ζ): w = w0 + t z with t = sqrt(m² + eps) / sqrt(c² − ζ). When
-    ζ ≥ c² the objective is unbounded below along z: the point is None and z is
-    returned as the direction.
+    ζ ≥ c² the objective is unbounded below along z: returns (z, False), the direction;
+    otherwise (w, True).
     """
     n, T = len(support), K.shape[0] - 1
     rows = torch.tensor([*support, T])
@@ -112,11 +112,11 @@ def _affine_minimiser(
     if zeta >= c * c * (1 - 1e-12):
         for i, zi in zip(support, z):
             full[i] = zi
-        return None, full
+        return full, False
     t = (m2 + eps) ** 0.5 / (c * c - zeta) ** 0.5
     for i, row in zip(support, values):
         full[i] = row[0] + t * row[1]
-    return full, None
+    return full, True
 
 
 def _entering_vertex(

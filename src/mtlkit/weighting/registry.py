@@ -1,18 +1,23 @@
 """Balancers looked up by name: `get("cagrad", c=0.4)`, `available()`.
 
 Names are case-insensitive and `-` reads as `_`, so "Nash-MTL", "nash_mtl" and
-"NASH_MTL" are one name. Gradient methods also take `rep_reduce` ('sample' or 'batch',
-see `GradientBalancer`).
+"NASH_MTL" are one name. The wrapper options `every` and `ema` (`mtlkit.weighting.wrappers`)
+apply to any method that reports task weights, as keywords (`get("mgda", every=4)`) or
+after an '@' in the name (`get("mgda@every=4,ema=0.9")`); no method may use them as its own
+option names. Gradient methods also take `rep_reduce` ('sample' or 'batch', see
+`GradientBalancer`).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import Balancer, GradientBalancer
+from mtlkit.weighting.wrappers import WRAPPERS, parse_spec, wrap
 
 _REGISTRY: dict[str, type[Balancer]] = {}
 _PRIMARY: dict[type[Balancer], str] = {}  # each class's first registered name
@@ -24,6 +29,9 @@ def register(*names: str) -> Callable[[B], B]:
     """Class decorator: make a balancer available under each of `names` (the first is its main name)."""
 
     def decorate(cls: B) -> B:
+        taken = sorted(set(WRAPPERS) & set(inspect.signature(cls).parameters))
+        if taken:
+            raise ValueError(f"{cls.__name__} takes option(s) {taken}, which are the wrappers' names: rename them")
         _PRIMARY.setdefault(cls, _key(names[0]))
         for name in names:
             key = _key(name)
@@ -44,14 +52,24 @@ def available(aliases: bool = True) -> list[str]:
 
 
 def is_registered(name: str) -> bool:
-    """Whether `get(name)` finds a balancer (names are case-insensitive, '-' reads as '_')."""
+    """Whether `get(name)` finds a balancer (names are case-insensitive, '-' reads as '_').
+
+    A name with wrapper options ('mgda@every=4') counts when its method is registered;
+    malformed options after the '@' raise `ConfigError`.
+    """
     _load_methods()
-    return _key(name) in _REGISTRY
+    return _key(parse_spec(name)[0]) in _REGISTRY
 
 
 def get(name: str, **kwargs: Any) -> Balancer:
-    """Build the balancer registered as `name` with the method's keyword options."""
+    """Build the balancer registered as `name` with the method's keyword options.
+
+    `every` and `ema`, given as keywords or after an '@' in `name`, wrap the method
+    (`mtlkit.weighting.wrappers.wrap`); a keyword overrides the same option in the name.
+    """
     _load_methods()
+    name, wrapper_options = parse_spec(name)
+    wrapper_options.update({key: kwargs.pop(key) for key in WRAPPERS if key in kwargs})
     key = _key(name)
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=3)
@@ -69,9 +87,10 @@ def get(name: str, **kwargs: Any) -> Balancer:
     except TypeError as error:
         raise ConfigError(f"balancer {name!r} takes the options {signature}; {error}") from error
     method = cls(**kwargs)
-    if rep_reduce is not None:
-        method.rep_reduce = rep_reduce
-    return method
+    balancer = wrap(method, **wrapper_options) if wrapper_options else method
+    if rep_reduce is not None:  # on the method and on its wrapper, whichever runs the backward
+        method.rep_reduce = balancer.rep_reduce = rep_reduce
+    return balancer
 
 
 def _key(name: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mtlkit.data.dataset import DictDataset
 from mtlkit.data.datasets.base import SPLITS, DatasetInfo, LoadedDataset, TaskInfo, make_datasets, standardize
 from mtlkit.data.tutorial import make_circle_dataset, make_square_dataset
 
@@ -29,7 +30,7 @@ def load_circles_squares(
         "CircleDataset": ("circle", make_circle_dataset(n, r, split_fractions, circle_seed)),
         "SquareDataset": ("square", make_square_dataset(n, r, split_fractions, square_seed)),
     }
-    datasets = []
+    datasets: list[DictDataset] = []
     for dataset_name, (shape, parts) in makers.items():
         X_parts = standardize(dict(zip(SPLITS, (X for X, _ in parts))))
         datasets += make_datasets(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import Tensor
+
 from mtlkit.data.datasets.base import (
     SPLITS,
     DatasetInfo,
@@ -33,7 +35,8 @@ def load_correlated_regression(
     x, *targets = correlated_regression(n, dim, correlation, seed)
     index = split_indices(n, split_fractions, seed, NAME)
     X_parts = standardize({split: x[index[split]] for split in SPLITS})
-    tasks, Y_parts = {}, {split: {} for split in SPLITS}
+    tasks: dict[str, TaskInfo] = {}
+    Y_parts: dict[str, dict[str, Tensor]] = {split: {} for split in SPLITS}
     for number, y in enumerate(targets, start=1):
         task, y = f"task{number}", y.squeeze(1)
         mean, std = train_stats(y[index["train"]])

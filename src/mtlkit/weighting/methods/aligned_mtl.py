@@ -12,6 +12,7 @@ from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
 _SCALES = ("min", "median", "rmse")
+_REDUCTIONS = ("sum", "mean")
 
 
 def alignment_matrix(G: Tensor, scale_mode: str = "min") -> Tensor:
@@ -46,22 +47,31 @@ class AlignedMTL(GradientBalancer):
     <https://arxiv.org/abs/2305.19000>`_ (Senushkin et al., CVPR 2023). The Jacobian
     J = U Σ Vᵀ is replaced by σ U Vᵀ (all singular values set to σ, the smallest one by
     default), i.e. J ↦ B J with B from `alignment_matrix`; the update is the sum of the
-    aligned gradients, Σ_t (B J)_t = (Bᵀ1)ᵀ J, as the official code (which weights the
-    tasks equally with ones). Options: `scale_mode` 'min' (default, the paper),
-    'median' or 'rmse' (the official code's alternatives). With `shared_reps` this is
-    the paper's Aligned-MTL-UB. Stateless.
+    aligned gradients, Σ_t (B J)_t = (Bᵀ1)ᵀ J, as the paper, the official code and LibMTL
+    (which weight the tasks equally with ones). Options: `scale_mode` 'min' (default, the
+    paper), 'median' or 'rmse' (the official code's alternatives); `reduction` 'sum'
+    (default) or 'mean', TorchJD's scale: its `AlignedMTL` averages the aligned gradients
+    (preference 1/T), an update T times smaller. With `shared_reps` this is the paper's
+    Aligned-MTL-UB. Stateless.
     """
+
+    properties = frozenset({"expected_structure", "permutation_invariant"})
 
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
         scale_mode: str = "min",
+        reduction: str = "sum",
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(tasks, chunk_size=chunk_size)
         if scale_mode not in _SCALES:
             raise ValueError(f"Aligned-MTL scale_mode must be one of {_SCALES}, got {scale_mode!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"Aligned-MTL reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.scale_mode = scale_mode
+        self.reduction = reduction
 
     def weights(self, G: Tensor) -> Tensor:
-        return alignment_matrix(G, self.scale_mode).sum(dim=0)
+        B = alignment_matrix(G, self.scale_mode)
+        return B.sum(dim=0) if self.reduction == "sum" else B.mean(dim=0)

@@ -44,6 +44,11 @@ class DBMTL(GradientBalancer):
     Losses must be >= 0. Needs `tasks` at construction.
     """
 
+    grad_ema: Tensor
+    steps: Tensor
+
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -28,6 +28,11 @@ class DWA(LossBalancer):
     averages) is in buffers; needs `tasks` at construction.
     """
 
+    loss_sum: Tensor
+    loss_count: Tensor
+    history: Tensor
+    seen: Tensor
+
     def __init__(self, tasks: int | Sequence[str] | None = None, temperature: float = 2.0) -> None:
         super().__init__(tasks)
         if temperature <= 0:

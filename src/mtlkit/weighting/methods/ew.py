@@ -8,12 +8,13 @@ from mtlkit.weighting.base import LossBalancer
 from mtlkit.weighting.registry import register
 
 
-@register("ew", "equal")
+@register("ew", "equal", "sum")
 class EW(LossBalancer):
     """Equal weighting: backpropagate Σ_t L_t (every weight is 1).
 
     The baseline of every MTL comparison (e.g. LibMTL's `EW`, which also sums rather
-    than averages). Stateless; `tasks` is optional.
+    than averages; TorchJD's `Sum`, hence also registered as "sum"). Stateless; `tasks`
+    is optional.
     """
 
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.weighting.base import LossBalancer
+from mtlkit.weighting.context import POST_STEP_LOSSES
 from mtlkit.weighting.registry import register
 
 
@@ -24,15 +25,28 @@ class FAMO(LossBalancer):
 
     Where the "after" losses come from: `update(losses)` takes them explicitly (the
     paper's loop recomputes the losses on the same batch after `optimizer.step()`).
-    If `update` was not called, the next `backward` uses its own losses (the next
-    batch's) as the "after" values before weighting them: no extra forward pass, at
-    the price of mixing batch noise into δ. A task absent from either batch gets δ_t = 0.
+    With `post_step=True` (default) FAMO declares the need "post_step_losses"
+    (`mtlkit.weighting.context`), so the Trainer does exactly that: one no-grad
+    forward on the same batch after each step, then `update`. With `post_step=False`,
+    or in a hand-written loop that does not call `update`, the next `backward` uses its
+    own losses (the next batch's) as the "after" values before weighting them: no extra
+    forward pass, at the price of mixing batch noise into δ. A task absent from either
+    batch gets δ_t = 0.
 
     Defaults (paper): lr = 0.025, weight decay γ = 1e-3, Adam β = (0.9, 0.999), ε = 1e-8,
     lower bounds b = 0. Losses must exceed their bound. The logits and Adam's moments
     are buffers (`state_dict()` carries them; they are not optimiser parameters).
     Needs `tasks` at construction.
     """
+
+    task_names: list[str]  # required: set in __init__
+    logits: Tensor
+    min_losses: Tensor
+    pending_loss: Tensor
+    pending: Tensor
+    adam_m: Tensor
+    adam_v: Tensor
+    adam_step: Tensor
 
     def __init__(
         self,
@@ -42,8 +56,10 @@ class FAMO(LossBalancer):
         min_losses: Sequence[float] | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        post_step: bool = True,
     ) -> None:
         super().__init__(tasks)
+        self.needs = frozenset({POST_STEP_LOSSES}) if post_step else frozenset()
         T = self.num_tasks
         if min_losses is not None and len(min_losses) != T:
             raise ValueError(f"FAMO min_losses has {len(min_losses)} values for {T} tasks")

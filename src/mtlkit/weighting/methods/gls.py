@@ -24,7 +24,7 @@ class GLS(LossBalancer):
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         positive = (losses.detach() > 0).tolist()
         if not all(positive):
-            bad = [self.task_names[i] for i, ok in zip(index.tolist(), positive) if not ok]
+            bad = [self.task_names[i] if self.task_names else i for i, ok in zip(index.tolist(), positive) if not ok]
             raise ValueError(f"GLS needs positive losses; the loss of task(s) {bad} is <= 0")
         objective = torch.exp(torch.log(losses).mean())
         return objective, (objective / (losses.numel() * losses)).detach()

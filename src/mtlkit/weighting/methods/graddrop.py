@@ -55,6 +55,8 @@ class GradDrop(GradientBalancer):
     (resumed on another device type, the draws restart from the seed).
     """
 
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
@@ -64,6 +66,8 @@ class GradDrop(GradientBalancer):
     ) -> None:
         super().__init__(tasks, chunk_size=chunk_size)
         leak_values = torch.as_tensor(leak, dtype=torch.float64).reshape(-1)
+        if leak_values.numel() == 0:
+            raise ValueError("GradDrop leak must be one value or one value per task, got none")
         if bool(((leak_values < 0) | (leak_values > 1)).any()):
             raise ValueError(f"GradDrop leak values must be in [0, 1], got {leak}")
         if leak_values.numel() > 1 and self.task_names is not None and leak_values.numel() != self.num_tasks:

@@ -47,6 +47,12 @@ class GradNorm(GradientBalancer):
     at the first step (for L_t(0)) and `tasks` at construction.
     """
 
+    task_names: list[str]  # required: set in __init__
+    task_weights: Tensor
+    initial_losses: Tensor
+
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
@@ -85,6 +91,12 @@ class GradNorm(GradientBalancer):
         step = gradnorm_weight_gradient(w, J.norm(dim=1), ratios, self.alpha)
         # A weight pushed below zero stops at zero (the paper's rule can overshoot).
         moved = (w - self.lr * step).clamp(min=0)
-        if float(moved.sum()) > 0:  # all at zero (huge lr) would stop training: keep the old ones
-            self.task_weights[rows] = (moved * (w.sum() / moved.sum())).to(self.task_weights)
+        if not float(moved.sum()) > 0:
+            # Renormalising all-zero weights is impossible; keeping the old ones would freeze them silently.
+            names = [self.task_names[i] for i in rows.tolist()]
+            raise FloatingPointError(
+                f"GradNorm's weight step (lr={self.lr}) drove the weights of every task in the batch {names} "
+                "to zero, so they cannot be renormalised: lower lr"
+            )
+        self.task_weights[rows] = (moved * (w.sum() / moved.sum())).to(self.task_weights)
         return g, w

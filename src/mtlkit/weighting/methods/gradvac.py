@@ -71,6 +71,10 @@ class GradVac(GradientBalancer):
     both in `state_dict()`. Needs `tasks` at construction.
     """
 
+    targets: Tensor
+
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.base import BalanceResult, GradientBalancer, Losses, LossBalancer, Params, Reps
+from mtlkit.weighting.base import BalanceResult, GradientBalancer, LossBalancer, Losses, Params, Reps
 from mtlkit.weighting.registry import register
 
 _METHODS = ("gradient", "loss", "hybrid")
@@ -16,25 +16,25 @@ _METHODS = ("gradient", "loss", "hybrid")
 def imtl_g_weights(G: Tensor, eps: float = 1e-12) -> Tensor:
     """IMTL-G's α from the Gramian: Σ_t α_t = 1 and g = Σ_t α_t g_t has equal projections gᵀu_t.
 
-    The paper's closed form α_{2:T} = g_1 Uᵀ (D Uᵀ)^{-1}, α_1 = 1 − Σ α_{2:T}, with rows
-    D_t = g_1 − g_t and U_t = u_1 − u_t, written with inner products only: g_a·u_b = G_ab/‖g_b‖.
-    Tasks whose gradient norm is <= eps have no direction: they get α_t = 0 and the
-    others are balanced among themselves (all zero: α = 0).
+    Equal projections gᵀu_t = (Gα)_t / ‖g_t‖ = λ mean Gα = λ n (n_t = ‖g_t‖), so α ∝ G⁺n,
+    normalised to sum 1: the paper's closed form when the gradients are linearly
+    independent, and its generalisation to dependent ones by the pseudo-inverse (Quinton
+    & Rey, 2024), which treats every task alike (the result does not depend on the task
+    order). Tasks whose gradient norm is <= eps·max norm have no direction and get α_t = 0
+    (zero rows and columns of G have zero rows in G⁺). When Σ G⁺n vanishes, no
+    α summing to 1 exists and α = 0.
     """
-    G64 = G.double()
-    norms = G64.diagonal().clamp(min=0).sqrt()
-    active = (norms > eps).nonzero().flatten()
-    alpha = torch.zeros_like(norms)
-    if active.numel() == 1:
-        alpha[active] = 1.0
-    elif active.numel() > 1:
-        M = G64[active][:, active] / norms[active]  # M[a, b] = g_a · u_b
-        g1_U = M[0, 0] - M[0, 1:]
-        D_U = M[0, 0] - M[0, 1:].unsqueeze(0) - M[1:, 0].unsqueeze(1) + M[1:, 1:]
-        # pinv: two tasks with parallel gradients make D Uᵀ singular; any solution balances them.
-        rest = g1_U @ torch.linalg.pinv(D_U)
-        alpha[active] = torch.cat([(1 - rest.sum()).unsqueeze(0), rest])
-    return alpha.to(G.dtype)
+    G64 = G.detach().double()
+    top = float(G64.diagonal().max()) if G64.numel() else 0.0
+    if top <= 0:
+        return torch.zeros(G.shape[0], dtype=G.dtype, device=G.device)
+    Gs = G64 / top  # scale-free problem: the tolerances below are relative
+    norms = Gs.diagonal().clamp(min=0).sqrt()
+    norms = torch.where(norms > eps, norms, torch.zeros_like(norms))
+    v = torch.linalg.pinv(Gs, hermitian=True) @ norms
+    total = float(v.sum())
+    alpha = v / total if abs(total) > 1e-12 else torch.zeros_like(v)
+    return alpha.to(dtype=G.dtype, device=G.device)
 
 
 @register("imtl_g")
@@ -46,6 +46,8 @@ class IMTLG(GradientBalancer):
     positive, as in the paper. Stateless; no options. With
     `shared_reps` it balances the gradients at the last shared feature, as the paper does.
     """
+
+    properties = frozenset({"expected_structure", "permutation_invariant"})
 
     def weights(self, G: Tensor) -> Tensor:
         return imtl_g_weights(G)
@@ -98,6 +100,8 @@ class IMTL(GradientBalancer):
     shared, as the seed's example does, also weights each head by its α_t; pass only the
     trunk's parameters to give heads their unweighted gradient, as in the paper.
     """
+
+    properties = frozenset({"expected_structure"})
 
     def __init__(
         self,
@@ -162,7 +166,10 @@ class IMTL(GradientBalancer):
             # Each scaled loss keeps its own graph (the engine differentiates them one by one
             # at the representation); s_t receives ∂(e^{s_t} L_t)/∂s_t through it, the −1 below.
             scaled = [torch.exp(self.log_scale[i]) * loss for i, loss in zip(index.tolist(), losses)]
-            g, alpha = self._shared_backward(names, index, scaled, shared_params, shared_reps)
+            g, weights = self._shared_backward(names, index, scaled, shared_params, shared_reps)
+            if weights is None:  # IMTL-G defines `weights(G)`, so the engine always reports them
+                raise RuntimeError("IMTL's gradient step returned no task weights")
+            alpha = weights
             (-self.log_scale[index]).sum().backward()
             stats["grad_norm"] = g.detach().norm()
         s = s.detach()

@@ -13,6 +13,7 @@ from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.registry import register
 
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+_APPLY_TO = ("raw", "normalized")
 
 
 def mgda_weights(G: Tensor, scales: Tensor | None = None) -> Tensor:
@@ -44,9 +45,12 @@ class MGDA(GradientBalancer):
 
     `normalization` picks the paper code's gradient normalisers n_t: 'none' (default, the
     paper's algorithm; LibMTL's default too), 'l2' (‖g_t‖), 'loss' (L_t), 'loss+'
-    (L_t·‖g_t‖; the official configs' choice). As in the official implementation, the
-    weights found on the normalised gradients are applied to the raw ones,
-    Σ_t w_t g_t (LibMTL applies them to the normalised gradients instead).
+    (L_t·‖g_t‖; the official configs' choice). `apply_to` says where the weights w found
+    on the normalised gradients go: 'raw' (default, the official implementation):
+    Σ_t w_t g_t; 'normalized' (LibMTL without rep_grad): Σ_t w_t g_t / n_t, the min-norm
+    point itself, reported as the weights w_t / n_t. With normalization 'none' both agree.
+    The update conflicts with no task and does not depend on the task order when
+    normalization is 'none' or apply_to is 'normalized' (see `properties`).
 
     MGDA-UB (the paper's upper bound) is the same balancer given the shared
     representation: `backward(losses, shared_reps=z)` takes the task gradients
@@ -57,16 +61,26 @@ class MGDA(GradientBalancer):
     scales them by w_t too).
     """
 
+    properties = frozenset({"expected_structure", "non_conflicting", "permutation_invariant"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
         normalization: str = "none",
+        apply_to: str = "raw",
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(tasks, chunk_size=chunk_size)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(f"MGDA normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+        if apply_to not in _APPLY_TO:
+            raise ValueError(f"MGDA apply_to must be one of {_APPLY_TO}, got {apply_to!r}")
         self.normalization = normalization
+        self.apply_to = apply_to
+        if normalization != "none" and apply_to == "raw":
+            # The min-norm point is of other vectors, and its weights are not unique when those
+            # are affinely dependent: the raw update may then depend on the task order too.
+            self.properties = frozenset({"expected_structure"})
 
     def weights(self, G: Tensor) -> Tensor:
         if self.normalization in ("loss", "loss+"):
@@ -74,7 +88,7 @@ class MGDA(GradientBalancer):
                 f"MGDA normalization={self.normalization!r} needs the losses: call combine(J, losses, index) "
                 "or backward(...), not weights(G)"
             )
-        return mgda_weights(G, G.diagonal().clamp(min=0).sqrt() if self.normalization == "l2" else None)
+        return self._weights(G, G.diagonal().clamp(min=0).sqrt() if self.normalization == "l2" else None)
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         if self.normalization in ("loss", "loss+") and bool((losses < 0).any()):
@@ -86,5 +100,11 @@ class MGDA(GradientBalancer):
         G = gramian(J)
         norms = G.diagonal().clamp(min=0).sqrt()
         scales = {"none": None, "l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
-        w = mgda_weights(G, scales)
+        w = self._weights(G, scales)
         return w @ J, w
+
+    def _weights(self, G: Tensor, scales: Tensor | None) -> Tensor:
+        w = mgda_weights(G, scales)
+        if self.apply_to == "raw" or scales is None:
+            return w
+        return w / torch.where(scales > 0, scales, torch.ones_like(scales)).to(w)  # a zero scale counts as 1

@@ -83,9 +83,20 @@ class NashMTL(GradientBalancer):
     `update_weights_every` = 1 (solve every step; k > 1 reuses the last α for k − 1
     steps — the Jacobian is still computed on those steps, only the solve is saved).
 
+    Scale: the paper's update Σ α_t g_t has norm exactly √T (αᵀGα = Σ_t α_t (Gα)_t = T);
+    `max_norm` = 1.0, the default of the official code, LibMTL and TorchJD alike, scales
+    it down by √T (by √2 for two tasks). `max_norm=0` keeps the paper's scale. Where no
+    exact solution exists (0 in the cone of the gradients, e.g. T > rank), the ridge gives
+    a near-zero update; TorchJD's and LibMTL's cvxpy iterations stop elsewhere.
+
     State: `alpha` (last solved weights, NaN until solved) and `step`, in `state_dict()`.
     Needs `tasks` at construction. Zero gradients get α_t = 0 (see `nash_weights`).
     """
+
+    alpha: Tensor
+    step: Tensor
+
+    properties = frozenset({"expected_structure", "permutation_invariant"})
 
     def __init__(
         self,

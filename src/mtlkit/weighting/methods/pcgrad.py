@@ -60,6 +60,8 @@ class PCGrad(GradientBalancer):
     its state is part of `state_dict()`, so a resumed run draws the same orders.
     """
 
+    properties = frozenset({"expected_structure"})
+
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,

@@ -28,6 +28,12 @@ class STCH(LossBalancer):
     nadir sums, nadir) is in buffers; needs `tasks` at construction.
     """
 
+    task_names: list[str]  # required: set in __init__
+    epoch: Tensor
+    nadir_sum: Tensor
+    nadir_count: Tensor
+    nadir: Tensor
+
     def __init__(self, tasks: int | Sequence[str] | None = None, mu: float = 1.0, warmup_epochs: int = 4) -> None:
         super().__init__(tasks)
         if mu <= 0:

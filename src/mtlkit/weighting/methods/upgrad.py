@@ -18,19 +18,31 @@ from mtlkit.weighting.registry import register
 _RIDGE = 1e-9
 
 
-def upgrad_weights(G: Tensor, preference: Tensor | None = None) -> Tensor:
+def upgrad_weights(
+    G: Tensor, preference: Tensor | None = None, norm_eps: float | None = None, reg_eps: float | None = None
+) -> Tensor:
     """Weights w with Σ_t w_t g_t = Σ_i π(p_i g_i), π the projection onto the dual cone.
 
     The dual cone is {x: g_t·x ≥ 0 for every t}; π(p_i g_i) = Jᵀw^(i) with w^(i) the
-    minimiser of wᵀGw over w ≥ p_i e_i (`dual_cone_weights`). Solved in the scaled
-    variables y = n ⊙ w (n_t = ‖g_t‖), i.e. on the correlation matrix G/(n nᵀ), so that
-    gradients of very different norms are treated alike; the problem is the same.
-    `preference` p defaults to 1/T for every task (the paper's mean). Zero gradients
-    constrain nothing and project to 0: they keep their own weight p_t.
+    minimiser of wᵀGw over w ≥ p_i e_i (`dual_cone_weights`). `preference` p defaults to
+    1/T for every task (the paper's mean).
+
+    Default: solved in the scaled variables y = n ⊙ w (n_t = ‖g_t‖), i.e. on the
+    correlation matrix G/(n nᵀ) plus a `_RIDGE` (1e-9) identity, so that gradients of
+    very different norms are treated alike; zero gradients constrain nothing and keep
+    their own weight p_t. With `norm_eps` or `reg_eps` given (None counts as 0), TorchJD's
+    regularised problem instead: G/trace(G) + reg_eps·I, with G taken as 0 when
+    trace(G) < norm_eps (TorchJD's defaults: both 1e-4).
     """
     T = G.shape[0]
     p = torch.full((T,), 1.0 / T, dtype=torch.float64) if preference is None else host(preference)
     G64 = host(G)
+    if norm_eps is not None or reg_eps is not None:
+        trace = float(G64.diagonal().sum())
+        normalised = G64 / trace if trace >= (norm_eps or 0.0) and trace > 0 else torch.zeros_like(G64)
+        regularised = normalised + (reg_eps or 0.0) * torch.eye(T, dtype=torch.float64)
+        weights = dual_cone_weights(regularised, torch.diag(p)).sum(dim=0)
+        return weights.to(dtype=G.dtype, device=G.device)
     norms = G64.diagonal().clamp(min=0).sqrt()
     live = norms > 1e-12 * float(norms.max())
     weights = p.clone()
@@ -54,28 +66,53 @@ class UPGrad(GradientBalancer):
     non-negative quadratic program on the Gramian, solved exactly by an active-set method
     for all tasks at once (`mtlkit.weighting._qp.dual_cone_weights`); TorchJD calls
     quadprog. `preference` (default: equal, 1/T) weights the projected gradients.
-    Departure: a 1e-9 ridge on the correlation matrix (see `_RIDGE`). Stateless.
+
+    Departure: by default a 1e-9 ridge on the correlation matrix (see `_RIDGE`), close
+    to the exact projections. TorchJD regularises more (G/trace(G) + 1e-4·I): pass
+    `norm_eps=1e-4, reg_eps=1e-4` to reproduce its values (see `upgrad_weights`).
+    Stateless.
     """
+
+    properties = frozenset(
+        {
+            "expected_structure",
+            "non_conflicting",
+            "permutation_invariant",
+            "linear_under_scaling",
+            "strongly_stationary",
+        }
+    )
 
     def __init__(
         self,
         tasks: int | Sequence[str] | None = None,
         preference: Sequence[float] | None = None,
+        norm_eps: float | None = None,
+        reg_eps: float | None = None,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(tasks, chunk_size=chunk_size)
+        for name, value in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
+            if value is not None and value < 0:
+                raise ValueError(f"UPGrad {name} must be >= 0, got {value}")
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+        if norm_eps is not None or reg_eps is not None:
+            # TorchJD's ridge shifts the projections by O(reg_eps): no longer exactly
+            # non-conflicting nor linear under scaling (TorchJD checks these at 4e-4 and 6e-2).
+            self.properties = frozenset({"expected_structure", "permutation_invariant", "strongly_stationary"})
         self.preference = None if preference is None else torch.as_tensor(preference, dtype=torch.float64)
         if self.preference is not None and bool((self.preference < 0).any()):
-            raise ValueError(f"UPGrad preference values must be >= 0, got {list(preference)}")
+            raise ValueError(f"UPGrad preference values must be >= 0, got {self.preference.tolist()}")
 
     def weights(self, G: Tensor) -> Tensor:
         if self.preference is not None and self.preference.numel() != G.shape[0]:
             raise ValueError(
                 f"UPGrad has {self.preference.numel()} preference values but got {G.shape[0]} task gradients"
             )
-        return upgrad_weights(G, self.preference)
+        return upgrad_weights(G, self.preference, self.norm_eps, self.reg_eps)
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         preference = None if self.preference is None else self.preference[index.cpu()]
-        w = upgrad_weights(gramian(J), preference)
+        w = upgrad_weights(gramian(J), preference, self.norm_eps, self.reg_eps)
         return w @ J, w

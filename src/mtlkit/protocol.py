@@ -1,0 +1,120 @@
+"""The small protocol through which the Trainer drives any multi-task model, and the
+one per-task loss helper that every front door calls.
+
+`MultitaskClassifier` (Snorkel flows), `MTLModel` (torchMTL dict graphs) and every
+architecture in `mtlkit.architectures` implement `MultiTaskModel`, so one Trainer, one
+set of balancers and one scoring loop serve all three front doors. Each computes a
+task's loss with `labelled_targets` then `task_loss`, so all three follow one label convention
+(`mtlkit.labels`: class label -1 and regression NaN mean "no label") and share the
+checks `mtlkit.checks` runs on the first batch of each training dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from mtlkit import checks
+from mtlkit.labels import AUTO, Marker, unlabelled_rows
+
+
+@dataclass
+class StepOutput:
+    """Per-task results of one training forward pass.
+
+    `losses` holds one scalar per task that has at least one labelled row in the
+    batch (tasks without labels are absent, not zero); `counts` the number of
+    labelled rows behind each loss. `shared_reps` holds the shared representation
+    tensor(s) of this forward when the model computes task gradients at the
+    representation (`rep_grad`), else `None`.
+    """
+
+    losses: dict[str, Tensor]
+    counts: dict[str, int] = field(default_factory=dict)
+    shared_reps: list[Tensor] | None = None
+
+
+@runtime_checkable
+class MultiTaskModel(Protocol):
+    """What the Trainer, the balancers and the scoring loop need from a model."""
+
+    @property
+    def task_names(self) -> list[str]:
+        """All task names, in a stable order."""
+
+    def training_step(self, X: Mapping[str, Any] | Tensor, Y: Mapping[str, Tensor]) -> StepOutput:
+        """Forward the batch and return the loss of each task labelled in `Y`."""
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters used by more than one task (where gradient balancers act)."""
+
+    def task_outputs(self, X: Mapping[str, Any] | Tensor, task_names: list[str]) -> dict[str, Tensor]:
+        """Outputs for scoring (probabilities for classifiers, values for regressors)."""
+
+    def scorers(self) -> Mapping[str, Any]:
+        """The `Scorer` of each task that has one."""
+
+
+@dataclass
+class Labelled:
+    """One task's targets in a batch and which of their rows carry a label."""
+
+    target: Tensor
+    rows: Tensor | None  # boolean mask of the labelled rows; None when every row is labelled
+    count: int  # the number of labelled rows (what `StepOutput.counts` reports)
+    marker: Marker = AUTO
+
+
+def labelled_targets(task: str, target: Any, marker: Marker = AUTO) -> Labelled | None:
+    """The labelled rows of one task's targets (see `mtlkit.labels`), or None when no row has a label.
+
+    `marker` is the task Scorer's `abstain_label` where the task has one. Costs one
+    host sync (the count), none with ``marker=None``.
+    """
+    if not isinstance(target, Tensor):
+        raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
+    if marker is None:
+        return Labelled(target, None, len(target), marker)
+    absent = unlabelled_rows(target, marker)
+    count = len(absent) - int(absent.count_nonzero())
+    if count == 0:
+        return None
+    return Labelled(target, None if count == len(absent) else ~absent, count, marker)
+
+
+def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: Labelled) -> Tensor:
+    """`loss_fn(output, target)` on the labelled rows of one task.
+
+    For torch's elementwise losses (mse, l1, smooth_l1, huber, binary cross-entropy,
+    as functions or modules) a trailing size-1 dimension on one side only is squeezed:
+    a regression head's (N, 1) output against (N,) targets (or (N,) against (N, 1))
+    would otherwise broadcast to N×N. Other losses get the shapes as they are. On the
+    first batch of each training dataset in `Trainer.fit`, `mtlkit.checks` checks the
+    output against the targets and names the task, dataset and split of a mismatch.
+    """
+    target = labels.target
+    if labels.rows is not None:
+        if not isinstance(output, Tensor):
+            raise ValueError(
+                f"task {task!r}: some rows of the batch are unlabelled, but the task's output is a "
+                f"{type(output).__name__}, which cannot be masked row by row; make its last layer return a tensor"
+            )
+        output, target = output[labels.rows.to(output.device)], target[labels.rows.to(target.device)]
+    if isinstance(output, Tensor):
+        target = target.to(output.device)
+        if checks.loss_kind(loss_fn) == "elementwise":
+            output, target = _squeeze_trailing_one(output, target)
+    if checks.first_batch_dataset() is not None:
+        return checks.first_batch_loss(task, loss_fn, output, target, labels.marker)
+    return loss_fn(output, target)
+
+
+def _squeeze_trailing_one(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    if output.dim() == target.dim() + 1 and output.shape[-1] == 1 and output.shape[:-1] == target.shape:
+        return output.squeeze(-1), target
+    if target.dim() == output.dim() + 1 and target.shape[-1] == 1 and target.shape[:-1] == output.shape:
+        return output, target.squeeze(-1)
+    return output, target
