@@ -1,17 +1,31 @@
-"""Time per training step of every registered balancer, relative to EW, and against TorchJD.
+"""Step time and peak memory of gradient balancers relative to EW, in both modes, against TorchJD.
 
-Model: a shared MLP trunk (in → hidden → hidden → rep, ReLU) and T linear heads (MSE),
-T = 2, 10, 40. For every method registered in `mtlkit.weighting` (one name per class) a
-step is zero_grad → forward → `balancer.backward(...)` → `optimizer.step()`, with the
-task gradients taken on the shared parameters ("params") or at the representation
-("reps", LibMTL's rep_grad). When `torchjd` is importable, the same aggregation through
-TorchJD (`autojac.mtl_backward` + `jac_to_grad` with its aggregator, i.e. the Jacobian on
-the shared parameters) runs beside mtlkit's params mode. All entries of one (T, mode)
-cell run interleaved, one step each per round; each number is an entry's median
-step time. On CPU (one torch thread) the clock is the thread's CPU time, so other
-processes' load does not inflate it; on CUDA, wall time of synchronised steps.
+A step is zero_grad → forward → backward → SGD step on a shared trunk with T linear heads
+(MSE). Entries of one cell:
 
-Run: python benchmarks/balancers.py [--quick] [--device cpu|cuda] [--threads 1] [--write-readme]
+- `ew`: one backward of Σ L_t (the floor);
+- `<method> params`: mtlkit with the task gradients on the shared parameters (methods
+  defined by weights(G) take the Gramian path: G accumulated without holding J, then one
+  weighted backward);
+- `<method> reps/sample`, `reps/batch`: mtlkit at the representation (rep_grad), with
+  `rep_reduce="sample"` (per-sample rows, T×(B·D)) and `"batch"` (LibMTL's batch sums, T×D);
+- `<method> torchjd-autojac`: TorchJD's `mtl_backward` + `jac_to_grad(shared, aggregator)`;
+- `<method> torchjd-autogram`: TorchJD's `autogram.Engine(trunk).compute_gramian(losses)`,
+  its weighting, then `losses.backward(weights)`.
+
+TorchJD columns appear when `torchjd` is importable and has the method without optional
+solvers (its UPGrad/CAGrad/Nash-MTL need quadprog/cvxpy). All entries of a cell alternate
+step by step in one process; each time is an entry's median over `--rounds` steps, measured
+as the process's CPU time (all threads; `--clock wall` for wall time, synchronised on CUDA),
+so waiting for a core on a busy machine is not counted. Peak memory: the highest total of
+live tensor bytes allocated during one step above what was allocated before it, from torch's
+profiler (`profile_memory=True`, CPU allocations; `torch.cuda.max_memory_allocated` on CUDA).
+
+Tables: (1) the issue's workload, MLP 64→256→256 (ReLU), batch 256, T = 2, 10, 40;
+(2) other shapes at T = 10: MLP 64→1024→1024, a small CNN (3×16×16 input, two convs),
+batch 32 and 256. Each at torch's default thread count and at 1 thread.
+
+Run: python benchmarks/balancers.py [--quick] [--methods mgda upgrad imtl_g] [--threads default 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -24,44 +38,32 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from mtlkit.weighting import GradientBalancer, available, get
-from mtlkit.weighting.context import POST_STEP_LOSSES, StepContext, needs_of
+from mtlkit.weighting import get
 
-README = Path(__file__).resolve().parent / "README.md"
-BEGIN, END = "<!-- balancers:begin -->", "<!-- balancers:end -->"
-
-# mtlkit name -> TorchJD aggregator factory (T -> aggregator), for methods both have.
-TORCHJD = {
-    "ew": lambda T: _jd("Sum")(),
-    "mgda": lambda T: _jd("MGDA")(),
-    "pcgrad": lambda T: _jd("PCGrad")(),
-    "cagrad": lambda T: _jd("CAGrad")(c=0.4),
-    "gradvac": lambda T: _jd("GradVac")(),
-    "graddrop": lambda T: _jd("GradDrop")(),
-    "imtl_g": lambda T: _jd("IMTLG")(),
-    "nash_mtl": lambda T: _jd("NashMTL")(n_tasks=T),
-    "aligned_mtl": lambda T: _jd("AlignedMTL")(),
-    "upgrad": lambda T: _jd("UPGrad")(),
-}
+TORCHJD_NAMES = {"mgda": "MGDA", "upgrad": "UPGrad", "imtl_g": "IMTLG", "cagrad": "CAGrad", "aligned_mtl": "AlignedMTL",
+                 "pcgrad": "PCGrad", "nash_mtl": "NashMTL", "gradvac": "GradVac", "dualproj": "DualProj"}
 
 
-def _jd(name: str):
-    import torchjd.aggregation
-
-    return getattr(torchjd.aggregation, name)
+def trunk(kind: str) -> tuple[nn.Module, tuple[int, ...], int]:
+    """(trunk, input shape of one sample, representation width)."""
+    if kind == "mlp256":
+        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU()), (64,), 256
+    if kind == "mlp1024":
+        return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU()), (64,), 1024
+    if kind == "cnn":
+        layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten()]
+        return nn.Sequential(*layers), (3, 16, 16), 32 * 8 * 8
+    raise ValueError(f"unknown trunk {kind!r}")
 
 
 class Net(nn.Module):
-    def __init__(self, num_tasks: int, d_in: int, hidden: int, rep: int) -> None:
+    def __init__(self, kind: str, num_tasks: int) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, rep), nn.ReLU()
-        )
+        self.trunk, self.input_shape, rep = trunk(kind)
         self.heads = nn.ModuleList(nn.Linear(rep, 1) for _ in range(num_tasks))
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -69,258 +71,213 @@ class Net(nn.Module):
         return [((head(z) - y[:, t : t + 1]) ** 2).mean() for t, head in enumerate(self.heads)], z
 
 
-def _mtlkit_step(net: Net, name: str, tasks: list[str], mode: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    balancer = get(name, tasks=tasks).to(next(net.parameters()).device)
-    optimizer = torch.optim.SGD([*net.parameters(), *balancer.parameters()], lr=1e-3)
+def _ew(net: Net, T: int) -> Callable:
+    def backward(losses, z):
+        torch.stack(losses).sum().backward()
+    return backward
+
+
+def _mtlkit(net: Net, T: int, name: str, mode: str) -> Callable:
+    balancer = get(name, tasks=T)
+    if mode != "params":
+        balancer.rep_reduce = mode.split("/")[1]
     shared = list(net.trunk.parameters())
-    needs = needs_of(balancer)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        optimizer.zero_grad()
-        if needs:  # what the Trainer hands these methods; the extra batches are this one (same cost)
-            balancer.context = _context(net, tasks, x, y)
-        losses, z = net.losses(x, y)
-        if mode == "reps":
-            balancer.backward(losses, shared_reps=z)
-        else:
+    def backward(losses, z):
+        if mode == "params":
             balancer.backward(losses, shared_params=shared)
-        optimizer.step()
-        if POST_STEP_LOSSES in needs:  # FAMO's exact loop, as the Trainer runs it
-            with torch.no_grad():
-                balancer.update(balancer.context.losses((x, y)))
-
-    return step
+        else:
+            balancer.backward(losses, shared_reps=z)
+    return backward
 
 
-def _context(net: Net, tasks: list[str], x: torch.Tensor, y: torch.Tensor) -> StepContext:
-    def losses(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return dict(zip(tasks, net.losses(*batch)[0]))
-
-    def same() -> tuple[torch.Tensor, torch.Tensor]:
-        return x, y
-
-    return StepContext((x, y), losses, same, same, list(net.trunk.parameters()), list(net.parameters()), lr=1e-3)
-
-
-def _torchjd_step(net: Net, aggregator) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _autojac(net: Net, T: int, name: str) -> Callable:
     from torchjd.autojac import jac_to_grad, mtl_backward
 
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    aggregator = _jd(name, "")
     shared = list(net.trunk.parameters())
+    heads = [list(h.parameters()) for h in net.heads]
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        optimizer.zero_grad()
-        losses, z = net.losses(x, y)
-        mtl_backward(losses, features=z, shared_params=shared, tasks_params=[list(h.parameters()) for h in net.heads])
+    def backward(losses, z):
+        mtl_backward(losses, features=z, shared_params=shared, tasks_params=heads)
         jac_to_grad(shared, aggregator)
-        optimizer.step()
-
-    return step
+    return backward
 
 
-def _torchjd_aggregator(name: str, T: int):
-    """TorchJD's aggregator for `name`, or why there is none here."""
-    if name not in TORCHJD:
-        return None, "not in TorchJD"
-    try:
-        return TORCHJD[name](T), ""
-    except ImportError as error:  # TorchJD's optional solver dependencies (cvxpy, quadprog)
-        return None, str(error).split(".")[0]
+def _autogram(net: Net, T: int, name: str) -> Callable:
+    from torchjd.autogram import Engine
+
+    weighting = _jd(name, "Weighting")
+    engine = Engine(net.trunk, batch_dim=None)
+
+    def backward(losses, z):
+        vector = torch.stack(losses)
+        vector.backward(weighting(engine.compute_gramian(vector)))
+    return backward
 
 
-def _time(steps: dict[str, Callable], x, y, rounds: int, warmup: int) -> dict[str, float]:
-    """Median step time of each entry over `rounds` interleaved steps.
+def _jd(name: str, suffix: str):
+    import torchjd.aggregation as aggregation
 
-    On CPU the clock is this thread's CPU time: torch runs single-threaded here (autograd
-    included), and time spent waiting for a core taken by another process is not counted.
-    On CUDA it is wall time around synchronised steps.
-    """
-    cuda = x.device.type == "cuda"
-    clock = time.perf_counter if cuda else time.thread_time
+    return getattr(aggregation, TORCHJD_NAMES[name] + suffix)()
+
+
+def entries(net: Net, T: int, methods: list[str], torchjd: bool) -> dict[str, Callable[[], Callable]]:
+    """Entry name -> factory of its backward(losses, z) on a fresh copy of `net`."""
+    made: dict[str, Callable] = {"ew": lambda n: _ew(n, T)}
+    for name in methods:
+        for mode in ("params", "reps/sample", "reps/batch"):
+            made[f"{name} {mode}"] = lambda n, name=name, mode=mode: _mtlkit(n, T, name, mode)
+        if torchjd and name in TORCHJD_NAMES:
+            for kind, build in (("autojac", _autojac), ("autogram", _autogram)):
+                try:  # optional solvers of TorchJD (quadprog, cvxpy) may be missing
+                    build(copy.deepcopy(net), T, name)
+                except Exception as error:  # noqa: BLE001 - reported in the table's notes
+                    print(f"  (no torchjd-{kind} {name}: {str(error).splitlines()[0][:100]})", file=sys.stderr)
+                    continue
+                made[f"{name} torchjd-{kind}"] = lambda n, name=name, build=build: build(n, T, name)
+    return made
+
+
+def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str, tuple[float, float]]:
+    """Entry -> (median step seconds, peak MB of one step)."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    base = Net(kind, T).to(device)
+    x = torch.randn(batch, *base.input_shape, device=device)
+    y = torch.randn(batch, T, device=device)
+    steps = {}
+    for entry, factory in entries(base, T, methods, args.torchjd).items():
+        net = copy.deepcopy(base)
+        backward = factory(net)
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4)
+
+        def step(net=net, backward=backward, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            losses, z = net.losses(x, y)
+            backward(losses, z)
+            optimizer.step()
+        steps[entry] = step
+    cuda = device.type == "cuda"
+    clock = time.perf_counter if (cuda or args.clock == "wall") else time.process_time
     for step in steps.values():
-        for _ in range(warmup):
-            step(x, y)
-    samples: dict[str, list[float]] = {key: [] for key in steps}
-    for _ in range(rounds):
-        for key, step in steps.items():
+        for _ in range(args.warmup):
+            step()
+    samples: dict[str, list[float]] = {entry: [] for entry in steps}
+    for _ in range(args.rounds):
+        for entry, step in steps.items():
             if cuda:
                 torch.cuda.synchronize()
             start = clock()
-            step(x, y)
+            step()
             if cuda:
                 torch.cuda.synchronize()
-            samples[key].append(clock() - start)
-    return {key: statistics.median(values) for key, values in samples.items()}
+            samples[entry].append(clock() - start)
+    return {entry: (statistics.median(samples[entry]), _peak_mb(step, device)) for entry, step in steps.items()}
 
 
-def run(args: argparse.Namespace) -> tuple[dict, list[str], dict[str, str]]:
-    device = torch.device(args.device)
-    results: dict[tuple[int, str], dict[str, float]] = {}
-    skipped: dict[str, str] = {}
-    names: list[str] = []
-    for T in args.tasks:
-        tasks = [f"t{i}" for i in range(T)]
-        names = available(aliases=False)
-        torch.manual_seed(0)
-        base = Net(T, args.d_in, args.hidden, args.rep).to(device)
-        x = torch.randn(args.batch, args.d_in, device=device)
-        y = torch.randn(args.batch, T, device=device)
-        for mode in ("params", "reps"):
-            steps: dict[str, Callable] = {}
-            for name in names:
-                balancer = get(name, tasks=tasks)
-                if mode == "reps" and not isinstance(balancer, GradientBalancer):
-                    continue  # loss methods ignore where task gradients would be taken
-                if mode == "reps" and not getattr(balancer, "supports_shared_reps", True):
-                    continue  # state in the shared parameters' coordinates: refuses rep_grad
-                steps[name] = _mtlkit_step(copy.deepcopy(base), name, tasks, mode)
-                if mode == "params" and args.torchjd:
-                    aggregator, why = _torchjd_aggregator(name, T)
-                    if aggregator is None:
-                        if why != "not in TorchJD":
-                            skipped[name] = why
-                        continue
-                    steps[f"torchjd:{name}"] = _torchjd_step(copy.deepcopy(base), aggregator.to(device))
-            results[(T, mode)] = _time(steps, x, y, args.rounds, args.warmup)
-            print(f"T={T} {mode}: done", file=sys.stderr)
-    return results, names, skipped
+def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
 
 
-def tables(results: dict, names: list[str], skipped: dict[str, str], args: argparse.Namespace) -> str:
-    Ts = args.tasks
-    lines = [
-        f"Step time relative to EW in the same run (EW's own time in ms on the first row). "
-        f"Trunk {args.d_in}→{args.hidden}→{args.hidden}→{args.rep} (ReLU), batch {args.batch}, "
-        f"T linear heads, SGD; device {args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}. "
-        f"`params`: task gradients on the shared parameters; `reps`: at the representation (rep_grad). "
-        f"Loss methods ignore the mode, so they have one column per T.",
-        "",
-        "| method | " + " | ".join(f"T={T} params | T={T} reps" for T in Ts) + " |",
-        "|---|" + "---:|" * (2 * len(Ts)),
-    ]
-    ew = {T: results[(T, "params")]["ew"] for T in Ts}
-    lines.append("| EW (ms) | " + " | ".join(f"{1e3 * ew[T]:.1f} | " for T in Ts) + "|")
+def table(title: str, cells: dict[tuple, dict[str, tuple[float, float]]], columns: list[tuple]) -> str:
+    lines = [title, "", "| entry | " + " | ".join(_label(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+    names = list(dict.fromkeys(name for c in columns for name in cells[c]))
     for name in names:
-        cells = []
-        for T in Ts:
-            for mode in ("params", "reps"):
-                t = results[(T, mode)].get(name)
-                cells.append("" if t is None else f"{t / ew[T]:.2f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    jd = [n for n in names if any(f"torchjd:{n}" in results[(T, "params")] for T in Ts)]
-    if jd:
-        lines += [
-            "",
-            "Same method, Jacobian on the shared parameters: mtlkit (`shared_params`) vs TorchJD "
-            "(`mtl_backward` + `jac_to_grad`), ms per step; ratio < 1 means mtlkit is faster.",
-            "",
-            "| method | " + " | ".join(f"T={T} mtlkit | T={T} TorchJD | ratio" for T in Ts) + " |",
-            "|---|" + "---:|" * (3 * len(Ts)),
-        ]
-        for name in jd:
-            cells = []
-            for T in Ts:
-                ours, theirs = results[(T, "params")][name], results[(T, "params")].get(f"torchjd:{name}")
-                cells += [f"{1e3 * ours:.1f}", "" if theirs is None else f"{1e3 * theirs:.1f}"]
-                cells.append("" if theirs is None else f"{ours / theirs:.2f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if skipped:
-        lines += ["", "Not compared (TorchJD aggregator could not be built here): "]
-        lines += [f"- {name}: {why}" for name, why in sorted(skipped.items())]
+        row = []
+        for c in columns:
+            cell = cells[c]
+            if name not in cell:
+                row.append("")
+                continue
+            seconds, peak = cell[name]
+            ew_seconds, ew_peak = cell["ew"]
+            if name == "ew":
+                row.append(f"{seconds * 1e3:.2f} ms, {peak:.1f} MB")
+            else:
+                row.append(f"{seconds / ew_seconds:.2f}×, {peak / max(ew_peak, 1e-9):.1f}× mem")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def targets(results: dict, names: list[str], args: argparse.Namespace) -> list[str]:
-    """The issue's two targets, checked on this run."""
-    report = []
-    if 10 in args.tasks:
-        cell = results[(10, "reps")]
-        ew = results[(10, "params")]["ew"]
-        slow = {n: round(cell[n] / ew, 2) for n in names if n in cell and cell[n] / ew > 1.5}
-        report.append(f"rep_grad at T=10 <= 1.5x EW: {'met' if not slow else f'NOT met for {slow}'}")
-    lost = {
-        (n, T): round(results[(T, "params")][n] / results[(T, "params")][f"torchjd:{n}"], 2)
-        for T in args.tasks
-        for n in names
-        if f"torchjd:{n}" in results[(T, "params")] and results[(T, "params")][n] > results[(T, "params")][f"torchjd:{n}"]
-    }
-    if args.torchjd:
-        report.append(f"params mode at least as fast as TorchJD: {'met' if not lost else f'NOT met for {lost}'}")
-    return report
+def _label(c: tuple) -> str:
+    kind, T, batch, threads = c
+    return f"{kind} T={T} B={batch} {threads} thr"
 
 
-_SECTION = """## balancers.py — step time of every balancer, relative to EW, and against TorchJD
-
-One training step (zero_grad, forward, `balancer.backward`, SGD step) of a shared MLP
-trunk with T linear heads (MSE), for every method in `mtlkit.weighting.available(aliases=False)`,
-with the task gradients on the shared parameters (`params`) or at the representation
-(`reps`, rep_grad); loss methods have one column per T. Beside mtlkit's `params` mode, the
-same aggregation through TorchJD 0.18 (`autojac.mtl_backward` + `jac_to_grad`), where
-TorchJD has the method and its optional solvers are installed. All entries of one cell
-alternate step by step in one process; CPU times are the thread's CPU time (one torch
-thread), so other jobs' load does not inflate them.
-
-```
-python benchmarks/balancers.py                 # T = 2 10 40, about 4 min on 1 core
-python benchmarks/balancers.py --quick         # T = 2 10, smaller trunk, about 20 s
-python benchmarks/balancers.py --write-readme  # also replaces the table below
-```
-
-Targets (issue 4): every gradient method with rep_grad at T=10 <= 1.5x an EW step; with
-shared parameters, mtlkit at least as fast as TorchJD on the same method.
-"""
-
-
-def _write_readme(text: str) -> None:
-    """Replace only the text between this benchmark's markers (other sections stay)."""
-    block = f"{BEGIN}\n{text}\n{END}"
-    current = README.read_text() if README.exists() else "# Benchmarks\n"
-    if BEGIN in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + _SECTION + "\n" + block + "\n"
-    README.write_text(current)
+def speedups(cells: dict[tuple, dict[str, tuple[float, float]]], columns: list[tuple], methods: list[str]) -> str:
+    lines = ["TorchJD time / mtlkit `params` time (> 1: mtlkit faster), per cell:", ""]
+    for c in columns:
+        parts = []
+        for name in methods:
+            ours = cells[c].get(f"{name} params")
+            for kind in ("autojac", "autogram"):
+                theirs = cells[c].get(f"{name} torchjd-{kind}")
+                if ours and theirs:
+                    parts.append(f"{name} {kind} {theirs[0] / ours[0]:.2f}")
+        if parts:
+            lines.append(f"- {_label(c)}: " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="T = 2 and 10, fewer steps, smaller trunk (~1 min)")
-    parser.add_argument("--tasks", type=int, nargs="+", default=None, help="numbers of tasks (default 2 10 40)")
+    parser.add_argument("--quick", action="store_true", help="only the issue's workload at T=10, fewer rounds")
+    parser.add_argument("--methods", nargs="+", default=["mgda", "upgrad", "imtl_g"])
+    parser.add_argument("--threads", nargs="+", default=["default", "1"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 on CPU: timings are thread CPU time)"
-    )
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--no-torchjd", dest="torchjd", action="store_false")
-    parser.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
     args = parser.parse_args()
-    if args.device == "cpu" and args.threads != 1:
-        parser.error("CPU timings use the thread's CPU time, which needs --threads 1")
-    torch.set_num_threads(args.threads)
+    args.rounds = args.rounds or (7 if args.quick else 15)
+    args.warmup = 2
     if args.torchjd:
         try:
             import torchjd  # noqa: F401
         except ImportError:
             args.torchjd = False
-            print("torchjd is not installed: TorchJD columns left out", file=sys.stderr)
-    if args.quick:
-        args.tasks = args.tasks or [2, 10]
-        args.d_in, args.hidden, args.rep = 64, 256, 128
-        args.rounds, args.warmup = args.rounds or 10, 2
-    else:
-        args.tasks = args.tasks or [2, 10, 40]
-        args.d_in, args.hidden, args.rep = 128, 512, 256
-        args.rounds, args.warmup = args.rounds or 10, 2
-    results, names, skipped = run(args)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    text = f"Measured {time.strftime('%Y-%m-%d')} ({machine}).\n\n" + tables(results, names, skipped, args)
-    checks = targets(results, names, args)
-    text += "\n\nTargets on this run: " + "; ".join(checks) + "."
-    print(text)
-    if args.write_readme:
-        _write_readme(text)
+    default_threads = torch.get_num_threads()
+    main_cells = [("mlp256", T, 256) for T in ((10,) if args.quick else (2, 10, 40))]
+    shape_cells = [] if args.quick else [(k, 10, b) for k in ("mlp1024", "cnn") for b in (32, 256)] + [("mlp256", 10, 32)]
+    results: dict[tuple, dict] = {}
+    for threads in args.threads:
+        torch.set_num_threads(default_threads if threads == "default" else int(threads))
+        label = f"{torch.get_num_threads()}" + ("d" if threads == "default" else "")
+        for kind, T, batch in main_cells + shape_cells:
+            print(f"{kind} T={T} batch={batch} threads={label} ...", file=sys.stderr, flush=True)
+            results[(kind, T, batch, label)] = measure(kind, T, batch, args.methods, args)
+    clock = "wall time" if args.clock == "wall" or args.device != "cpu" else "process CPU time"
+    print(f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.machine()} {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, device {args.device}, {clock}, median of {args.rounds} steps; 'Nd' = torch's default "
+          f"N threads. EW row: ms per step and peak MB of one step; other rows: ratio to EW (time, peak memory).\n")
+    labels = [f"{default_threads}d" if t == "default" else str(int(t)) for t in args.threads]
+    columns = [(k, T, b, lab) for lab in labels for k, T, b in main_cells]
+    print(table("Issue workload (MLP 64→256→256, batch 256):", results, columns))
+    print()
+    print(speedups(results, columns, args.methods))
+    if shape_cells:
+        columns = [(k, T, b, lab) for lab in labels for k, T, b in shape_cells]
+        print()
+        print(table("Other shapes, T=10:", results, columns))
+        print()
+        print(speedups(results, columns, args.methods))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,21 @@
-"""Overhead of the task-graph executor: one training step of the torchMTL quickstart graph.
+"""Overhead of the task-graph executor on the torchMTL quickstart graph.
 
 mtlkit's `MTLModel` against the same network written by hand as a plain `nn.Module`
-(same layers, same initial weights, same optimizer, same loss loop), at batch sizes
-32 and 1024. Steps of the two models alternate in one process so that machine load
-affects both alike; each cell is the median over many steps.
+(same layers, same initial weights, same loss loop, same optimizer), at batch sizes 32
+and 1024, for three workloads:
 
-Run: python benchmarks/graph_overhead.py [--steps 2000] [--threads 1] [--device cpu]
+- forward:          ``model(X)``
+- forward+backward: zero the grads, ``model(X)``, torchMTL's README loss loop, ``backward``
+- full step:        the same plus an Adam step
+
+Each sample times `--inner` consecutive calls by the process's CPU time (`--clock cpu`,
+the default: time spent waiting for a core on a busy machine is not counted) or by the
+wall clock (`--clock wall`, synchronised on CUDA); samples of the two models alternate
+in one process so that machine load affects both alike. Each cell is the median over the
+samples; "median ratio" is the median of the per-pair ratios mtlkit / hand-written.
+Needs neither torchMTL nor a GPU.
+
+Run: python benchmarks/graph_overhead.py [--samples 400] [--inner 20] [--threads default 1] [--device cpu] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -44,22 +54,29 @@ class HandWritten(nn.Module):
         return y_hat, [self.mse, self.bce, self.mse], [1.0, 1.0, self.Task3_loss]
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, X: torch.Tensor, y: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
+def _forward(model, optimizer, X, y) -> None:
+    model(X)
+
+
+def _forward_backward(model, optimizer, X, y) -> None:
     optimizer.zero_grad()
     y_hat, l_funcs, l_weights = model(X)
     loss = 0
     for i in range(len(y_hat)):
         loss += l_weights[i] * l_funcs[i](y_hat[i], y[i])
     loss.backward()
+
+
+def _step(model, optimizer, X, y) -> None:
+    _forward_backward(model, optimizer, X, y)
     optimizer.step()
-    if X.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
-def measure(batch_size: int, steps: int, device: torch.device, warmup: int = 50) -> tuple[float, float, float]:
-    """Median step seconds (hand-written, mtlkit) and the median of the per-pair ratios."""
+WORKLOADS = {"forward": _forward, "forward+backward": _forward_backward, "full step": _step}
+
+
+def measure(workload, batch_size: int, samples: int, inner: int, device: torch.device, clock, warmup: int = 20):
+    """Median seconds per call (hand-written, mtlkit) and the median of the per-sample ratios."""
     torch.manual_seed(0)
     graph = build_model().to(device)
     hand = HandWritten().to(device)
@@ -71,29 +88,44 @@ def measure(batch_size: int, steps: int, device: torch.device, warmup: int = 50)
     y = [torch.randn(batch_size, 1, device=device), torch.rand(batch_size, 1, device=device).round(),
          torch.randn(batch_size, 1, device=device)]
     times: dict[nn.Module, list[float]] = {graph: [], hand: []}
-    for k in range(warmup + steps):
-        order = (graph, hand) if k % 2 else (hand, graph)
-        for model in order:
-            t = _step(model, opts[model], X, y)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for k in range(warmup + samples):
+        for model in (graph, hand) if k % 2 else (hand, graph):
+            opt = opts[model]
+            sync()
+            start = clock()
+            for _ in range(inner):
+                workload(model, opt, X, y)
+            sync()
             if k >= warmup:
-                times[model].append(t)
+                times[model].append((clock() - start) / inner)
     ratios = [a / b for a, b in zip(times[graph], times[hand])]
     return statistics.median(times[hand]), statistics.median(times[graph]), statistics.median(ratios)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="timed steps per model and batch size")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    parser.add_argument("--samples", type=int, default=400, help="timed samples per model and cell")
+    parser.add_argument("--inner", type=int, default=20, help="calls per timed sample")
+    parser.add_argument("--threads", nargs="+", default=["default", "1"], help="torch intra-op thread counts")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall clock")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" and args.device == "cpu" else time.perf_counter
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, {args.steps} steps")
-    print(f"{'batch':>6} {'hand-written':>14} {'mtlkit':>12} {'ratio of medians':>17} {'median ratio':>13}")
-    for batch_size in (32, 1024):
-        hand, graph, ratio = measure(batch_size, args.steps, device)
-        print(f"{batch_size:>6} {hand * 1e6:>11.1f} µs {graph * 1e6:>9.1f} µs {graph / hand:>17.3f} {ratio:>13.3f}")
+    default_threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, device {device}, {args.samples} samples x {args.inner} calls per cell, "
+          f"{'process CPU time' if clock is time.process_time else 'wall clock'}")
+    print(f"| threads | workload | batch | hand-written | mtlkit | ratio of medians | median ratio |")
+    print(f"|---:|---|---:|---:|---:|---:|---:|")
+    for threads in args.threads:
+        torch.set_num_threads(default_threads if threads == "default" else int(threads))
+        label = f"{torch.get_num_threads()}" + (" (default)" if threads == "default" else "")
+        for name, workload in WORKLOADS.items():
+            for batch_size in (32, 1024):
+                hand, graph, ratio = measure(workload, batch_size, args.samples, args.inner, device, clock)
+                print(f"| {label} | {name} | {batch_size} | {hand * 1e6:.1f} µs | {graph * 1e6:.1f} µs "
+                      f"| {graph / hand:.3f} | {ratio:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import networkx as nx
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +33,9 @@ from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.labels import marker_of
 from mtlkit.metrics import Scorer
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["MultitaskClassifier", "Operation", "Task"]
 

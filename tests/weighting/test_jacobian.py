@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from mtlkit.weighting import GradientBalancer
-from mtlkit.weighting.jacobian import gramian, jacobian, leaves_above, rep_jacobian, task_jacobian
+from mtlkit.weighting import GradientBalancer, get
+from mtlkit.weighting.jacobian import (
+    gramian,
+    gramian_root,
+    jacobian,
+    leaves_above,
+    params_gramian,
+    rep_jacobian,
+    task_jacobian,
+)
 
 
 def _sequential_reference(losses, inputs):
@@ -163,3 +171,143 @@ def test_leaves_above_stop_at_the_representation(small_mtl):
     losses, rep = model()
     found = {id(p) for p in leaves_above(losses, [rep])}
     assert found == {id(p) for p in model.heads.parameters()}
+
+
+# --- the Gramian path on shared parameters -------------------------------------------------
+
+
+@pytest.fixture(params=["folded", "rows"])
+def gramian_way(request, monkeypatch):
+    """Force one of the Gramian path's two ways (the engine otherwise picks the faster)."""
+    import mtlkit.weighting.jacobian as engine
+
+    monkeypatch.setattr(engine, "_FASTER", {})
+    monkeypatch.setattr(engine, "_time_gramian_ways", lambda *args: request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("case", ["frontier", "skip connection", "no frontier"])
+def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl, case, gramian_way):
+    model = small_mtl(num_tasks=4, dtype=torch.float64)
+    losses, rep = model()
+    params = list(model.trunk.parameters())
+    if case == "skip connection":  # task 2 also reads an inner trunk layer: two frontier edges
+        losses[2] = losses[2] + (model.trunk[1](model.trunk[0](model.x)) ** 2).mean()
+    if case == "no frontier":  # a parameter only task 0 reaches: rows from the losses themselves
+        params.append(model.heads[0].weight)
+    expected = gramian(jacobian(losses, params))
+    G, apply = params_gramian(losses, params)
+    assert torch.allclose(G, expected, rtol=1e-12, atol=1e-14)
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    reference = torch.autograd.grad((w * torch.stack(losses)).sum(), params, retain_graph=True)
+    apply(w)
+    for p, g in zip(params, reference):
+        assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+def test_params_gramian_holds_no_block_of_the_jacobian_afterwards(small_mtl, monkeypatch):
+    import mtlkit.weighting.jacobian as engine
+
+    monkeypatch.setattr(engine, "_FASTER", {})
+    monkeypatch.setattr(engine, "_time_gramian_ways", lambda *args: "folded")
+    model = small_mtl(dtype=torch.float64)
+    losses, _ = model()
+    params = list(model.trunk.parameters())
+    params_gramian(losses, params)[0]
+    assert all(p.grad is None for p in params) and all(not p._backward_hooks for p in params)
+
+
+def test_params_gramian_falls_back_to_rows_when_the_backward_cannot_be_batched():
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = _NumpyDouble.apply(x)
+    losses = [y.sum(), (y**2).sum()]
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        G, _ = params_gramian(losses, [x])
+    J = torch.stack([torch.full_like(x, 2.0), 8 * x.detach()])
+    assert torch.allclose(G, J @ J.T)
+
+
+def test_gramian_root_reproduces_a_singular_gramian():
+    J = torch.randn(3, 7, dtype=torch.float64)
+    J[2] = J[0] + J[1]  # rank 2
+    R = gramian_root(gramian(J))
+    assert torch.allclose(R @ R.T, gramian(J), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "imtl_g", "cagrad", "aligned_mtl", "nash_mtl", "pcgrad", "gradvac"])
+def test_gramian_path_gives_the_jacobian_paths_weights_and_grads(small_mtl, name, gramian_way):
+    # chunk_size=1 takes the rows themselves (the Jacobian path); the default takes the Gramian path.
+    results = {}
+    for chunk_size in (None, 1):
+        model = small_mtl(num_tasks=4, dtype=torch.float64)
+        balancer = get(name, tasks=4, chunk_size=chunk_size)
+        losses, _ = model()
+        out = balancer.backward(losses, shared_params=model.trunk.parameters())
+        results[chunk_size] = (out.weights, _grads(model))
+    (w_gram, g_gram), (w_rows, g_rows) = results[None], results[1]
+    for task in w_rows:
+        assert torch.allclose(w_gram[task], w_rows[task], atol=1e-7), task
+    for param in g_rows:
+        assert torch.allclose(g_gram[param], g_rows[param], atol=1e-7), param
+
+
+# --- rep_reduce: which rows at the representation give the weights --------------------------
+
+
+def _mgda_two_task_weights(g1, g2):
+    """Closed-form min-norm point of the segment [g1, g2] (Sener & Koltun 2018, T = 2)."""
+    a = float(torch.clamp((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)), 0.0, 1.0))
+    return torch.tensor([a, 1.0 - a], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rep_reduce", ["sample", "batch"])
+def test_rep_reduce_weights_and_trunk_grads_match_a_float64_reference(small_mtl, rep_reduce):
+    model = small_mtl(num_tasks=2, dtype=torch.float64, seed=3)
+    losses, rep = model()
+    rows = [torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses]  # B×D each
+    flat = [r.sum(0) if rep_reduce == "batch" else r.reshape(-1) for r in rows]
+    w = _mgda_two_task_weights(*flat)
+    expected = torch.autograd.grad(rep, list(model.trunk.parameters()), w[0] * rows[0] + w[1] * rows[1], retain_graph=True)
+    balancer = get("mgda", tasks=2, rep_reduce=rep_reduce)
+    out = balancer.backward(losses, shared_reps=rep)
+    assert torch.allclose(torch.stack(list(out.weights.values())), w, atol=1e-10)
+    for p, g in zip(model.trunk.parameters(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-12)
+
+
+def test_the_two_rep_reduce_modes_give_different_weights(small_mtl):
+    weights = {}
+    for mode in ("sample", "batch"):
+        model = small_mtl(num_tasks=3, dtype=torch.float64, seed=1)
+        losses, rep = model()
+        balancer = get("upgrad", tasks=3)
+        balancer.rep_reduce = mode
+        weights[mode] = torch.stack(list(balancer.backward(losses, shared_reps=rep).weights.values()))
+    assert not torch.allclose(weights["sample"], weights["batch"], atol=1e-3)
+
+
+def test_rep_reduce_is_checked():
+    from mtlkit import ConfigError
+
+    with pytest.raises(ConfigError, match="rep_reduce='mean'"):
+        get("mgda", rep_reduce="mean")
+    with pytest.raises(ConfigError, match="needs a gradient method"):
+        get("ew", rep_reduce="batch")
+
+
+def test_batch_rows_need_a_method_that_sees_only_the_gramian(small_mtl):
+    model = small_mtl(dtype=torch.float64)
+    losses, rep = model()
+    with pytest.raises(ValueError, match="GradDrop needs the task gradients themselves"):
+        get("graddrop", tasks=3, rep_reduce="batch").backward(losses, shared_reps=rep)
+
+
+def test_a_leaf_below_the_frontier_but_not_shared_still_gets_its_gradient(small_mtl):
+    # The trunk's last layer is not in shared_params (so it is "specific") but lies below the
+    # frontier: the rows at the frontier must not stop the gradient it receives through it.
+    model = small_mtl(num_tasks=2, dtype=torch.float64)
+    losses, _ = model()
+    last = model.trunk[2].weight
+    expected = torch.autograd.grad(sum(losses), last, retain_graph=True)[0]
+    _FixedWeights().backward(losses, shared_params=list(model.trunk[0].parameters()))
+    assert torch.allclose(last.grad, expected, atol=1e-12)

@@ -89,6 +89,7 @@ def test_every_k_reuses_the_weights_with_one_weighted_backward_and_no_jacobian(s
 
     monkeypatch.setattr(base, "jacobian", no_jacobian)
     monkeypatch.setattr(base, "rep_jacobian", no_jacobian)
+    monkeypatch.setattr(base, "params_gramian", no_jacobian)  # the Gramian path of weights(G) methods
     rows = _task_grads(model)
     for _ in range(2):  # steps 2 and 3 of 3 reuse w
         _zero(model)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import networkx as nx
 import torch
 from torch import Tensor, nn
 
@@ -15,6 +14,9 @@ from mtlkit.graph.spec import AUTO, TaskSpec, parse_tasks
 from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.labels import marker_of
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["MTLModel"]
 

@@ -22,15 +22,18 @@ each once; intermediate values live in a dict local to that call.
 from __future__ import annotations
 
 import difflib
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-import networkx as nx
 from torch import nn
 
 from mtlkit.errors import SpecError
 from mtlkit.graph.executor import INPUT, NodeError, Plan, Step, execute
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["INPUT", "Node", "NodeError", "TaskGraph"]
 
@@ -85,18 +88,25 @@ class TaskGraph:
     def __init__(self, nodes: Sequence[Node], outputs: Sequence[str]) -> None:
         self.nodes: dict[str, Node] = _check_names(nodes)
         _check_references(self.nodes)
-        self.g = _build_digraph(self.nodes)
-        _check_acyclic(self.g)
+        self.order: list[str] = _topological_order(self.nodes)
         self.outputs: list[str] = list(outputs)
         self._check_known(self.outputs, "output")
-        position = {name: i for i, name in enumerate([INPUT, *self.nodes])}
-        self.order: list[str] = [
-            n for n in nx.lexicographical_topological_sort(self.g, key=position.__getitem__) if n != INPUT
-        ]
-        self._ancestors: dict[str, frozenset[str]] = {
-            name: frozenset(nx.ancestors(self.g, name) - {INPUT}) | {name} for name in self.nodes
-        }
+        self._ancestors: dict[str, frozenset[str]] = {}
+        for name in self.order:  # sources come first in `order`, so their sets are ready
+            ancestors = {name}
+            for src in self.nodes[name].sources:
+                if src != INPUT:
+                    ancestors |= self._ancestors[src]
+            self._ancestors[name] = frozenset(ancestors)
         self._plans: dict[tuple[str, ...], Plan] = {}
+        self._g: nx.DiGraph | None = None
+
+    @property
+    def g(self) -> nx.DiGraph:
+        """The graph as a `networkx.DiGraph` (built on first access; networkx is imported then)."""
+        if self._g is None:
+            self._g = _build_digraph(self.nodes)
+        return self._g
 
     def needed(self, outputs: Iterable[str]) -> set[str]:
         """The nodes (without `INPUT`) that computing `outputs` runs."""
@@ -113,7 +123,7 @@ class TaskGraph:
         plan = self._plans.get(key)
         if plan is None:
             needed = self.needed(key)
-            plan = tuple(Step.of(self.nodes[name]) for name in self.order if name in needed)
+            plan = Plan([Step.of(self.nodes[name]) for name in self.order if name in needed])
             self._plans[key] = plan
         return plan
 
@@ -180,6 +190,8 @@ def _check_references(nodes: Mapping[str, Node]) -> None:
 
 
 def _build_digraph(nodes: Mapping[str, Node]) -> nx.DiGraph:
+    import networkx as nx  # only for users of `g`: it costs ~0.15 s to import
+
     g = nx.DiGraph()
     g.add_node(INPUT)
     for node in nodes.values():
@@ -190,14 +202,46 @@ def _build_digraph(nodes: Mapping[str, Node]) -> nx.DiGraph:
     return g
 
 
-def _check_acyclic(g: nx.DiGraph) -> None:
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
-        return
-    path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+def _topological_order(nodes: Mapping[str, Node]) -> list[str]:
+    """Node names, each after its sources; ties broken by declaration order. SpecError on a cycle."""
+    position = {name: i for i, name in enumerate(nodes)}
+    readers: dict[str, list[str]] = {name: [] for name in nodes}
+    waiting = {}
+    for node in nodes.values():
+        sources = {src for src in node.sources if src != INPUT}
+        waiting[node.name] = len(sources)
+        for src in sources:
+            readers[src].append(node.name)
+    ready = [position[name] for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    names = list(nodes)
+    order = []
+    while ready:
+        name = names[heapq.heappop(ready)]
+        order.append(name)
+        for reader in readers[name]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, position[reader])
+    if len(order) < len(nodes):
+        _raise_cycle(nodes, {name for name, count in waiting.items() if count > 0})
+    return order
+
+
+def _raise_cycle(nodes: Mapping[str, Node], blocked: set[str]) -> None:
+    """Find one cycle among the `blocked` nodes (each has a blocked source) and raise SpecError."""
+    node = next(name for name in nodes if name in blocked)
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    while node not in seen:  # walk back along blocked sources until a node repeats
+        seen[node] = len(path)
+        path.append(node)
+        node = next(src for src in nodes[node].sources if src in blocked)
+    cycle = list(reversed(path[seen[node] :]))  # edges run source -> reader
+    text = " -> ".join([*cycle, cycle[0]])
+    reader = cycle[1] if len(cycle) > 1 else cycle[0]
     raise SpecError(
-        f"nodes form a cycle: {path}; node {cycle[0][1]!r} cannot read from {cycle[0][0]!r} "
+        f"nodes form a cycle: {text}; node {reader!r} cannot read from {cycle[0]!r} "
         "while depending on it; remove one of these references"
     )
 

@@ -36,7 +36,16 @@ from typing import Protocol, Union
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.jacobian import gramian, jacobian, leaves_above, reachable_leaves, rep_jacobian
+from mtlkit.weighting.jacobian import (
+    batch_rows,
+    gramian,
+    gramian_root,
+    jacobian,
+    leaves_above,
+    params_gramian,
+    reachable_leaves,
+    rep_jacobian,
+)
 
 Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
 Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
@@ -228,7 +237,17 @@ class GradientBalancer(Balancer):
 
     `chunk_size` bounds the rows of one batched backward on the shared parameters
     (None: all T at once; 1: one plain backward per task, for graphs vmap cannot batch).
+
+    `rep_reduce` (with `shared_reps`; set it on the balancer, or pass it to
+    `mtlkit.weighting.get`) says which rows at the representation give the weights:
+    "sample" (default) keeps one row block per sample, T×(B·D), the exact task Jacobian
+    at the representation; "batch" sums each task's gradient over the batch first, T×D,
+    as LibMTL's `rep_grad=True` does. Either way the weights then combine the per-sample
+    rows that go through the trunk. "batch" is cheaper (a T×D Gramian) and needs a method
+    defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
     """
+
+    rep_reduce: str = "sample"
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -300,6 +319,13 @@ class GradientBalancer(Balancer):
         # With collectives every process takes all of them (zero columns where unreached), so
         # that the Jacobians line up; the global J then drops what no process reached.
         params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
+        if params and collectives is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
+            # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
+            specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
+            G, apply = params_gramian(losses, params, specific)
+            _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+            _, weights = self._combine_checked(gramian_root(G), names, losses, index)
+            return apply(weights), weights
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
         combined = None
         if collectives is not None and J is not None:  # J is None only without shared parameters
@@ -398,7 +424,12 @@ class GradientBalancer(Balancer):
         one_backward = collectives is not None and collectives.reduces_in_backward
         specific = [] if one_backward else leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if collectives is None:
+        if self.rep_reduce != "sample":
+            # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
+            _check_rep_reduce(self, collectives is not None)
+            _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
+            g = weights @ J
+        elif collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
         else:
             g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
@@ -454,15 +485,22 @@ def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
 
 
-def _sees_only_gramian(cls: type[GradientBalancer]) -> bool:
+def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
+    name = type(balancer).__name__
+    if balancer.rep_reduce != "batch":
+        raise ValueError(f"{name}: rep_reduce must be 'sample' or 'batch', got {balancer.rep_reduce!r}")
+    if not _sees_only_gramian(type(balancer)):
+        raise ValueError(
+            f"{name} needs the task gradients themselves, so it cannot take weights from batch-summed rows: "
+            "use rep_reduce='sample' or a method defined by weights(G) (mgda, upgrad, imtl_g, cagrad, ...)"
+        )
+    if distributed:
+        raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
+
+
+def _sees_only_gramian(cls: type) -> bool:
     """Whether a method's update depends on J only through JJᵀ (it is defined by `weights(G)`)."""
     return cls.weights is not GradientBalancer.weights and cls.aggregate is GradientBalancer.aggregate
-
-
-def gramian_root(G: Tensor) -> Tensor:
-    """A T×T matrix R with RRᵀ = G (G symmetric positive semi-definite), in G's dtype."""
-    eigenvalues, vectors = torch.linalg.eigh(G.double())
-    return (vectors * eigenvalues.clamp(min=0).sqrt()).to(G.dtype)
 
 
 def _global_jacobian(

@@ -1,28 +1,43 @@
 """Per-task gradients (the T×N task Jacobian) and the T×T Gramian.
 
-- `jacobian(losses, inputs)`: the T backward passes run as one batched pass
-  (`torch.autograd.grad(..., is_grads_batched=True)`, which vmaps the backward graph),
-  `chunk_size` rows at a time. Used on shared parameters, where every row traverses the
-  trunk and batching turns T matrix products into one. `chunk_size=1` runs T plain
-  `autograd.grad` calls instead, for graphs whose backward cannot be vmapped (a custom
-  `autograd.Function` that leaves PyTorch in its backward, `.item()` in a hook). When the
-  batched pass hits such an operation, the engine says so in a `RuntimeWarning` and
-  computes the rows one by one; other errors propagate unchanged.
+- The frontier: where the losses' graphs meet (in a shared-trunk model, the edges from
+  the heads into the representation). Each task's gradient there comes from ONE
+  backward over the heads (per-task hooks on the nodes reading the edges, which keep
+  each task's share and stop it there, so the T shares are never summed); the T rows
+  then go through the shared part. A batched pass from the losses would push T rows,
+  T−1 of them zero, through every head (T² head passes).
+- `jacobian(losses, inputs)`: J from the frontier rows (or from the losses when there is
+  no frontier), either as one batched backward (`is_grads_batched`, which vmaps the
+  backward graph; `chunk_size` rows at a time) or as one plain backward per row; with
+  `chunk_size=None` the engine times both on the first call for a set of inputs and T
+  and keeps the faster. `chunk_size=1` always runs T plain `autograd.grad` calls, for
+  graphs whose backward cannot be vmapped (a custom `autograd.Function` that leaves
+  PyTorch in its backward, `.item()` in a hook); when the batched pass hits such an
+  operation the engine says so in a `RuntimeWarning` and computes the rows one by one.
+- `params_gramian(losses, params)`: G = JJᵀ on shared parameters without holding J, and
+  an `apply(w)` that writes the weighted update. One vmapped backward runs the T rows
+  together; a hook on each parameter folds that parameter's T×|p| block into G as soon as
+  the backward produces it and hands the engine a zero-stride stand-in, so at most one
+  block (plus the backward's own batched activation gradients) is alive at a time;
+  `apply` is one more backward through the shared part. For T ≤ 4 the engine may instead
+  hold J (timed once). Methods that see J only through G (MGDA, UPGrad, IMTL-G, CAGrad,
+  Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
-  ONE backward pass over the heads (per-task hooks on the nodes that read the
-  representation), which also yields the heads' own gradients. A batched pass would
-  push T rows, T−1 of them zero, through every head (T² head passes).
+  the one pass over the heads, which also yields the heads' own gradients.
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch._C import _functorch
+from torch.autograd.graph import GradientEdge
 
 
 def jacobian(
@@ -35,16 +50,30 @@ def jacobian(
     """T×N matrix whose row t is ∂losses[t]/∂inputs, flattened and concatenated.
 
     `losses` holds T scalar losses (a sequence, or a 1-D tensor). `chunk_size` bounds
-    how many rows one batched backward computes (None: all T); 1 means one plain
-    backward per loss (`task_jacobian`). Inputs a loss does not reach get zeros.
+    how many rows one batched backward computes; 1 means one plain backward per loss
+    (`task_jacobian`). With None, the engine measures once per set of inputs and number
+    of tasks whether one batched backward or one backward per task is faster, and keeps
+    that choice. Where the losses' graphs meet at a frontier (`_frontier`), the rows
+    start there, so the heads are traversed once. Inputs a loss does not reach get zeros.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
     inputs = list(inputs)
     if chunk_size == 1:
         return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
+    edges = None if isinstance(losses, Tensor) else _frontier(losses, inputs)
+    if edges is None:
+        vec = _as_vector(losses)
+        outputs, seeds = [vec], [torch.eye(vec.numel(), dtype=vec.dtype, device=vec.device)]
+    else:
+        outputs, (seeds, _) = edges, _edge_rows(losses, edges, [])
+    key = (tuple(map(id, inputs)), len(seeds[0]), seeds[0].device.type)
     try:
-        return _batched(_as_vector(losses), inputs, chunk_size)
+        if chunk_size is not None or _FASTER.get(key) == "batched":
+            return _batched(outputs, seeds, inputs, chunk_size)
+        if _FASTER.get(key) == "per task":
+            return _one_by_one(outputs, seeds, inputs)
+        return _measure_once(key, outputs, seeds, inputs)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -55,6 +84,31 @@ def jacobian(
             stacklevel=2,
         )
         return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
+
+
+_FASTER: dict[tuple, str] = {}  # (ids of the inputs, T, device type) -> "batched" | "per task"
+
+
+def _measure_once(key: tuple, outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
+    """Time both ways of computing the rows (twice each, best of two) and remember the faster."""
+    times = {}
+    for _ in range(2):
+        for way, compute in (("batched", _batched), ("per task", _one_by_one)):
+            start = time.perf_counter()
+            J = compute(outputs, seeds, inputs) if way == "per task" else compute(outputs, seeds, inputs, None)
+            if J.device.type == "cuda":
+                torch.cuda.synchronize(J.device)
+            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
+    _FASTER[key] = min(times, key=times.get)
+    return J
+
+
+def _one_by_one(outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
+    rows = []
+    for t in range(seeds[0].shape[0]):
+        grads = torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)
+        rows.append(_flatten_rows([_zeros_if_none(g, x, None) for g, x in zip(grads, inputs)]))
+    return torch.cat(rows, dim=0)
 
 
 def task_jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, retain_graph: bool = True) -> Tensor:
@@ -93,10 +147,12 @@ def rep_jacobian(
         J = task_jacobian(losses, reps)
         return J, torch.autograd.grad(total, also, retain_graph=True, allow_unused=True) if also else ()
     rows: list[list[Tensor | None]] = [[None] * len(reps) for _ in losses]
+    below = {id(v) for v in reachable_leaves_from([GradientEdge(*target) for target in targets])} if also else set()
+    record = _keep if any(id(x) in below for x in also) else _record
     handles = []
     for node, t in owner.items():
         edges = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
-        handles.append(node.register_hook(functools.partial(_record, rows[t], edges)))
+        handles.append(node.register_hook(functools.partial(record, rows[t], edges)))
     try:
         grads = torch.autograd.grad(total, [*reps, *also], retain_graph=True, allow_unused=True)
     finally:
@@ -109,6 +165,21 @@ def rep_jacobian(
     if not blocks:  # no representation given: a Jacobian without columns
         return total.new_zeros(len(rows), 0), grads
     return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)), grads[len(reps) :]
+
+
+def batch_rows(J: Tensor, reps: Sequence[Tensor]) -> Tensor:
+    """Rows of a `rep_jacobian` summed over each representation's leading (batch) dimension.
+
+    T×(B·D) per-sample rows become T×D rows, the gradient of each task with respect to
+    a representation shared by the whole batch; LibMTL's `rep_grad` takes its weights
+    from these.
+    """
+    blocks, offset = [], 0
+    for r in reps:
+        n = r.numel()
+        blocks.append(J[:, offset : offset + n].reshape(J.shape[0], r.shape[0] if r.dim() else 1, -1).sum(dim=1))
+        offset += n
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
 
 def leaves_above(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> list[Tensor]:
@@ -136,6 +207,162 @@ def gramian(J: Tensor) -> Tensor:
     return J @ J.T
 
 
+def params_gramian(
+    losses: Sequence[Tensor], params: Sequence[Tensor], specific: Sequence[Tensor] = ()
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated block by block, and `apply`.
+
+    `apply(w)` adds ∂Σ_t w_t L_t/∂params to the params' `.grad` and ∂Σ_t L_t/∂`specific`
+    to theirs (nothing is written before), frees the graph and returns the flat update
+    written to `params`. Where the losses' graphs meet at a frontier (`_frontier`), the
+    rows start there (one pass over the heads) and `apply` is one backward of the trunk.
+    When the backward cannot be vmapped, a `RuntimeWarning` says so and G comes from the
+    rows of one plain backward per task (J is then held, as with `chunk_size=1`).
+    """
+    params = list(params)
+    edges = _frontier(losses, params)
+    if edges is None:
+        vec = _as_vector(losses)
+        G = _folded_gramian(lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
+                            [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)], params, losses)
+        return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
+    below = {id(v) for v in reachable_leaves_from(edges)}
+    rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=not any(id(x) in below for x in specific))
+    T = len(rows[0])
+    key = (tuple(map(id, params)), T, rows[0].device.type, "gramian")
+    if _FASTER.get(key) is None:
+        # Small T: holding J (at most _ROWS_KEPT rows) can beat the second trunk backward.
+        _FASTER[key] = "folded" if T > _ROWS_KEPT else _time_gramian_ways(edges, rows, params, losses)
+    if _FASTER[key] == "rows":
+        J = _one_by_one(edges, rows, params)
+
+        def apply_rows(weights: Tensor) -> Tensor:
+            _add_grads(specific, specific_grads)
+            g = weights.detach().to(J) @ J
+            _add_grads(params, list(g.split([p.numel() for p in params])), reshape=True)
+            return g
+
+        return gramian(J), apply_rows
+    G = _folded_gramian(lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
+                        rows, params, losses)
+
+    def apply(weights: Tensor) -> Tensor:
+        _add_grads(specific, specific_grads)
+        w = weights.detach()
+        seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
+        grads = torch.autograd.grad(edges, params, seeds, allow_unused=True)
+        return _add_grads(params, grads)
+
+    return G, apply
+
+
+_ROWS_KEPT = 4  # the Gramian path may hold J (T×P) instead when T is at most this
+
+
+def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> str:
+    """'folded' (G in the backward, then one more trunk backward) or 'rows' (J held), whichever is faster here."""
+    def folded() -> None:
+        _folded_gramian(lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True),
+                        rows, params, losses)
+        torch.autograd.grad(edges, params, [r.sum(0) for r in rows], retain_graph=True, allow_unused=True)
+
+    def held() -> None:
+        J = _one_by_one(edges, rows, params)
+        gramian(J).sum(0) @ J
+
+    times = {}
+    for _ in range(2):
+        for way, run in (("folded", folded), ("rows", held)):
+            start = time.perf_counter()
+            run()
+            if rows[0].device.type == "cuda":
+                torch.cuda.synchronize(rows[0].device)
+            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
+    return min(times, key=times.get)
+
+
+def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> Tensor:
+    """Σ over params of block·blockᵀ, each block the T rows of `vmap(vjp)(seeds)` at one parameter."""
+    T = seeds[0].shape[0]
+    G = seeds[0].new_zeros(T, T)
+
+    def fold(grad: Tensor) -> Tensor:
+        # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
+        if _functorch.is_batchedtensor(grad):
+            block = _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0).reshape(T, -1)
+            G.addmm_(block, block.T)
+        else:  # the same gradient for every row
+            G.add_(grad.detach().pow(2).sum())
+        return grad.new_zeros(()).expand(grad.shape)  # nothing of size |p| is kept
+
+    handles = [p.register_hook(fold) for p in params]
+    try:
+        torch.func.vmap(vjp)(*seeds)
+    except RuntimeError as error:
+        if not _is_vmap_failure(error):
+            raise
+        warnings.warn(
+            f"the task backward passes could not be batched ({error}); computing the {T} task "
+            "gradients one at a time for their Gramian. Pass chunk_size=1 to do so directly.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        for handle in handles:
+            handle.remove()
+        return gramian(task_jacobian(_as_list(losses), params))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return G
+
+
+def gramian_root(G: Tensor) -> Tensor:
+    """A T×T matrix R with R Rᵀ = G (G symmetric PSD): stands in for J in a method that sees only JJᵀ."""
+    eigenvalues, vectors = torch.linalg.eigh(G.double())
+    return (vectors * eigenvalues.clamp(min=0).sqrt()).to(G.dtype)
+
+
+def weighted_backward(
+    losses: Sequence[Tensor], weights: Tensor, *, params: Sequence[Tensor], specific: Sequence[Tensor] = ()
+) -> Tensor:
+    """Add ∂Σ_t w_t L_t/∂params to the params' `.grad` (and ∂Σ_t L_t/∂`specific` to theirs).
+
+    Returns the flat update written to `params` (length P). Frees the graph.
+    """
+    vec = _as_vector(losses)
+    if specific:
+        torch.autograd.backward(vec.sum(), inputs=list(specific), retain_graph=True)
+    grads = torch.autograd.grad((weights.detach().to(vec) * vec).sum(), list(params), allow_unused=True)
+    return _add_grads(params, grads)
+
+
+def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape: bool = False) -> Tensor:
+    """Add `grads` to the params' `.grad` (zeros where None); return them flattened into one vector."""
+    flat = []
+    for p, grad in zip(params, grads):
+        update = torch.zeros_like(p) if grad is None else (grad.view_as(p) if reshape else grad)
+        p.grad = update if p.grad is None else p.grad + update
+        flat.append(update.reshape(-1))
+    return torch.cat(flat) if flat else torch.zeros(0)
+
+
+def reachable_leaves_from(edges: Sequence[GradientEdge]) -> list[Tensor]:
+    """Leaf tensors requiring grad below these autograd edges."""
+    leaves, seen = [], set()
+    stack = [edge.node for edge in edges]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+            continue
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return leaves
+
+
 def reachable_leaves(losses: Tensor) -> list[Tensor]:
     """Leaf tensors requiring grad that `losses` depends on, in graph order."""
     leaves: list[Tensor] = []
@@ -154,20 +381,85 @@ def reachable_leaves(losses: Tensor) -> list[Tensor]:
     return leaves
 
 
-def _batched(losses: Tensor, inputs: list[Tensor], chunk_size: int | None) -> Tensor:
-    T = losses.numel()
-    eye = torch.eye(T, dtype=losses.dtype, device=losses.device)
+def _frontier(losses: Sequence[Tensor], params: Sequence[Tensor]) -> list[GradientEdge] | None:
+    """The edges where the losses' graphs meet: from a node of one task into a node of several.
+
+    Every path from a loss to a parameter reached by several losses crosses one of these
+    edges, so each task's gradient at the edges, pushed through the shared part, is that
+    task's row of J; heads are traversed once, not T times. None when there is no such
+    cut usable here: nothing shared, a loss that is itself shared, a parameter in `params`
+    that only one loss reaches, or a leaf read directly by a task's own node.
+    """
+    counts: dict = {}
+    graphs = []
+    for loss in losses:
+        seen: set = set()
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+        graphs.append(seen)
+        for node in seen:
+            counts[node] = counts.get(node, 0) + 1
+    shared = {node for node, count in counts.items() if count > 1}
+    if not shared or any(loss.grad_fn in shared for loss in losses):
+        return None
+    reached = {id(node.variable) for node in shared if hasattr(node, "variable")}
+    if any(id(p) not in reached for p in params):
+        return None
+    edges: dict = {}
+    for nodes in graphs:
+        for node in nodes - shared:
+            for edge in node.next_functions:
+                if edge[0] in shared:
+                    if hasattr(edge[0], "variable"):
+                        return None
+                    edges[edge] = None
+    return [GradientEdge(node, nr) for node, nr in edges]
+
+
+def _edge_rows(
+    losses: Sequence[Tensor], edges: list[GradientEdge], also: list[Tensor], stop: bool = True
+) -> tuple[list[Tensor], tuple[Tensor | None, ...]]:
+    """Per edge, the T×(edge's shape) gradients of each loss there, and ∂Σ_t L_t/∂`also`, from one backward.
+
+    `stop=False` when some of `also` lies below the edges (their gradients must flow on).
+    """
+    targets = [(edge.node, edge.output_nr) for edge in edges]
+    owner = _reader_owners(losses, targets)
+    rows: list[list[Tensor | None]] = [[None] * len(edges) for _ in losses]
+    handles = []
+    for node, t in owner.items():
+        indices = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
+        handles.append(node.register_hook(functools.partial(_record if stop else _keep, rows[t], indices)))
+    try:
+        grads = torch.autograd.grad(torch.stack(list(losses)).sum(), [*edges, *also], retain_graph=True, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    stacked = []
+    for k in range(len(edges)):
+        example = next(row[k] for row in rows if row[k] is not None)
+        stacked.append(torch.stack([row[k] if row[k] is not None else torch.zeros_like(example) for row in rows]))
+    return stacked, grads[len(edges) :]
+
+
+def _batched(outputs: list, seeds: list[Tensor], inputs: list[Tensor], chunk_size: int | None) -> Tensor:
+    T = seeds[0].shape[0]
     step = chunk_size or T
     rows = []
     for start in range(0, T, step):
         # The graph is kept even on the last chunk so that, if vmap fails part-way,
-        # the sequential path can still run on it; it is freed with `losses`.
-        seeds = eye[start : start + step]
+        # the sequential path can still run on it; it is freed with the losses.
+        chunk = [s[start : start + step] for s in seeds]
         grads = torch.autograd.grad(
-            losses, inputs, grad_outputs=seeds, retain_graph=True, is_grads_batched=True, allow_unused=True
+            outputs, inputs, grad_outputs=chunk, retain_graph=True, is_grads_batched=True, allow_unused=True
         )
         # Not materialize_grads: with batched grads it returns unused inputs' zeros without the batch dim.
-        rows.append(_flatten_rows([_zeros_if_none(g, x, len(seeds)) for g, x in zip(grads, inputs)]))
+        rows.append(_flatten_rows([_zeros_if_none(g, x, len(chunk[0])) for g, x in zip(grads, inputs)]))
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
 
 
@@ -201,7 +493,22 @@ def _readers(loss: Tensor, targets: list[tuple]) -> set:
     return found
 
 
-def _record(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> None:
+def _record(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> tuple:
+    """Keep this task's gradients along `edges`, and stop them there.
+
+    Only used where nothing below the edges is differentiated in the same pass, so the
+    engine need not add up the T tasks' gradients at the edges.
+    """
+    passed = list(grad_inputs)
+    for i, k in edges:
+        if grad_inputs[i] is not None:
+            row[k] = grad_inputs[i] if row[k] is None else row[k] + grad_inputs[i]
+            passed[i] = None
+    return tuple(passed)
+
+
+def _keep(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> None:
+    """Keep this task's gradients along `edges` and let them flow on."""
     for i, k in edges:
         if grad_inputs[i] is not None:
             row[k] = grad_inputs[i] if row[k] is None else row[k] + grad_inputs[i]
@@ -227,6 +534,11 @@ def _flatten_rows(grads: Sequence[Tensor]) -> Tensor:
 
 
 def _is_vmap_failure(error: RuntimeError) -> bool:
-    # The two message families PyTorch raises for operations vmap cannot batch.
+    # The message families PyTorch raises for operations vmap cannot batch (the last one: data
+    # read outside PyTorch, e.g. `.numpy()`, from a batched tensor of torch.func.vmap).
     message = str(error)
-    return message.startswith("Batching rule not implemented") or "vmap" in message.lower()
+    return (
+        message.startswith("Batching rule not implemented")
+        or "vmap" in message.lower()
+        or "that doesn't have storage" in message
+    )

@@ -4,7 +4,8 @@ Names are case-insensitive and `-` reads as `_`, so "Nash-MTL", "nash_mtl" and
 "NASH_MTL" are one name. The wrapper options `every` and `ema` (`mtlkit.weighting.wrappers`)
 apply to any method that reports task weights, as keywords (`get("mgda", every=4)`) or
 after an '@' in the name (`get("mgda@every=4,ema=0.9")`); no method may use them as its own
-option names.
+option names. Gradient methods also take `rep_reduce` ('sample' or 'batch', see
+`GradientBalancer`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mtlkit.errors import ConfigError
-from mtlkit.weighting.base import Balancer
+from mtlkit.weighting.base import Balancer, GradientBalancer
 from mtlkit.weighting.wrappers import WRAPPERS, parse_spec, wrap
 
 _REGISTRY: dict[str, type[Balancer]] = {}
@@ -75,13 +76,21 @@ def get(name: str, **kwargs: Any) -> Balancer:
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ConfigError(f"unknown balancer {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}.")
     cls = _REGISTRY[key]
+    rep_reduce = kwargs.pop("rep_reduce", None)
+    if rep_reduce is not None and (not issubclass(cls, GradientBalancer) or rep_reduce not in ("sample", "batch")):
+        raise ConfigError(
+            f"balancer {name!r}: rep_reduce={rep_reduce!r} needs a gradient method and 'sample' or 'batch'"
+        )
     signature = inspect.signature(cls)
     try:
         signature.bind(**kwargs)
     except TypeError as error:
         raise ConfigError(f"balancer {name!r} takes the options {signature}; {error}") from error
     method = cls(**kwargs)
-    return wrap(method, **wrapper_options) if wrapper_options else method
+    balancer = wrap(method, **wrapper_options) if wrapper_options else method
+    if rep_reduce is not None:  # on the method and on its wrapper, whichever runs the backward
+        method.rep_reduce = balancer.rep_reduce = rep_reduce
+    return balancer
 
 
 def _key(name: str) -> str:
