@@ -113,8 +113,15 @@ def _fit(config: str, steps: int, args: argparse.Namespace, world: int | None) -
     method, _, variant = config.partition("/")
     torch.manual_seed(0)
     model = Net(rep_grad=variant == "rep")
-    trainer = Trainer(weighting=method, n_epochs=1, lr=1e-3, seed=0, progress_bar=False,
-                      strategy="single" if world is None else "ddp", device=args.device)
+    trainer = Trainer(
+        weighting=method,
+        n_epochs=1,
+        lr=1e-3,
+        seed=0,
+        progress_bar=False,
+        strategy="single" if world is None else "ddp",
+        device=args.device,
+    )
     if world is not None:
         trainer.strategy = ManualAveraging() if variant == "manual" else DDPStrategy()
         trainer.strategy.profile = True
@@ -147,8 +154,9 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     if args.device == "cuda":
         torch.cuda.set_device(rank)
     backend = "nccl" if args.device == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=300))
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=300)
+    )
     results = {config: _measure(config, args, world) for config in args.configs}
     dist.destroy_process_group()
     if rank == 0:
@@ -188,10 +196,14 @@ def main() -> None:
     medians = {key: _median(values) for key, values in measured.items()}
     params = sum(p.numel() for p in Net(False).trunk.parameters())
 
-    print(f"device {args.device}, {args.threads} thread(s)/process, trunk {params} parameters, "
-          f"{args.batch} rows/rank/step, {args.steps} timed steps, median of {args.repeats}\n")
-    print("| config | processes | global batch | steps/s | weak-scaling efficiency "
-          "| collectives ms/step (losses / jacobian / gramian / update / gradients) | collectives share |")
+    print(
+        f"device {args.device}, {args.threads} thread(s)/process, trunk {params} parameters, "
+        f"{args.batch} rows/rank/step, {args.steps} timed steps, median of {args.repeats}\n"
+    )
+    print(
+        "| config | processes | global batch | steps/s | weak-scaling efficiency "
+        "| collectives ms/step (losses / jacobian / gramian / update / gradients) | collectives share |"
+    )
     print("|---|---|---:|---:|---:|---|---:|")
     for config in args.configs:
         base = medians[config, str(args.procs[0])]["steps_per_s"] if args.procs[0] == 1 else None
@@ -202,8 +214,10 @@ def main() -> None:
             parts = " / ".join(f"{1000 * comm.get(k, 0.0):.2f}" for k in STEP_COLLECTIVES)
             share = sum(comm.get(k, 0.0) for k in STEP_COLLECTIVES) * r["steps_per_s"]
             efficiency = f"{r['steps_per_s'] / base:.2f}" if base and procs != "1, single" else "—"
-            print(f"| {config} | {procs} | {args.batch * world} | {r['steps_per_s']:.1f} | {efficiency} | "
-                  f"{parts if comm else '—'} | {f'{100 * share:.0f} %' if comm else '—'} |")
+            print(
+                f"| {config} | {procs} | {args.batch * world} | {r['steps_per_s']:.1f} | {efficiency} | "
+                f"{parts if comm else '—'} | {f'{100 * share:.0f} %' if comm else '—'} |"
+            )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def _as_labels(name: str, values: Tensor) -> Tensor:
             f"{tuple(values.shape)}; take the argmax of probabilistic labels first, or use regression metrics."
         )
     if values.is_floating_point() and not torch.equal(values, values.round()):
-        raise ValueError(f"Input contains at least one non-integer value: classification {name} must be integer class indices")
+        raise ValueError(
+            f"Input contains at least one non-integer value: classification {name} must be integer class indices"
+        )
     return values.long()
 
 
@@ -114,7 +116,9 @@ class Scorer:
         self.metrics = list(metrics or [])
         for metric in self.metrics:
             if metric not in METRICS:
-                raise ValueError(f"Unrecognized metric {metric!r}; choose from {list(METRICS)} or pass custom_metric_funcs")
+                raise ValueError(
+                    f"Unrecognized metric {metric!r}; choose from {list(METRICS)} or pass custom_metric_funcs"
+                )
         kinds = {metric in REGRESSION_METRICS for metric in self.metrics}
         if len(kinds) > 1:
             raise ValueError(
@@ -250,7 +254,9 @@ class ScoreState:
         if preds is None:
             if probs is None or probs.dim() != 2:
                 metric = scorer.metrics[0]
-                raise ValueError(f"Metric {metric!r} requires access to preds (or to probs of shape [n, num_classes] to derive them)")
+                raise ValueError(
+                    f"Metric {metric!r} requires access to preds (or to probs of shape [n, num_classes] to derive them)"
+                )
             preds = probs_to_preds(probs)
         preds = _as_labels("preds", preds).to(golds.device)
         marker = resolve(preds, scorer.abstain_label)
@@ -265,7 +271,9 @@ class ScoreState:
             C = probs.shape[1]
         for name, values in (("golds", golds), ("preds", preds)):
             if len(values) and (int(values.min()) < -1 or int(values.max()) >= C):
-                columns = f"probs have {C} columns" if probs is not None and probs.dim() == 2 else f"there are {C} classes"
+                columns = (
+                    f"probs have {C} columns" if probs is not None and probs.dim() == 2 else f"there are {C} classes"
+                )
                 raise ValueError(
                     f"Scorer: {name} hold label {int(values.max()) if int(values.max()) >= C else int(values.min())} but "
                     f"{columns}; labels must lie in [0, {C - 1}] (is the abstain label right?)"
@@ -281,7 +289,9 @@ class ScoreState:
         if values.dim() == golds.dim() + 1 and values.shape[-1] == 1:
             values = values.squeeze(-1)
         if values.shape != golds.shape:
-            raise ValueError(f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}")
+            raise ValueError(
+                f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}"
+            )
         golds, errors = golds.reshape(len(golds), -1).cpu(), (values - golds).reshape(len(golds), -1).cpu()
         sums = torch.stack([(errors**2).sum(0), errors.abs().sum(0), golds.sum(0), (golds**2).sum(0)])
         self.sums = sums if self.sums is None else self.sums + sums
@@ -335,7 +345,9 @@ class ScoreState:
                 results[metric] = answered / rows
                 continue
             if float(matrix.sum()) == 0:
-                raise ValueError(f"Scorer: every prediction is the abstain label {scorer.abstain_label}; cannot compute {metric}")
+                raise ValueError(
+                    f"Scorer: every prediction is the abstain label {scorer.abstain_label}; cannot compute {metric}"
+                )
             if metric == "roc_auc":
                 golds, probs = self._answered_rows()
                 results[metric] = _roc_auc(golds, probs, classes)
@@ -418,7 +430,9 @@ def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
     if missing:
         # scikit-learn raises too: with a class absent from the golds, its AUC is undefined
         raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {width}")
-    rows_sum_to_one = probs.dim() == 1 or bool(torch.allclose(probs.sum(dim=1), torch.ones_like(probs[:, 0]), atol=1e-3))
+    rows_sum_to_one = probs.dim() == 1 or bool(
+        torch.allclose(probs.sum(dim=1), torch.ones_like(probs[:, 0]), atol=1e-3)
+    )
     if not rows_sum_to_one or bool(((probs < 0) | (probs > 1)).any()):
         # AUC of raw logits ranks by the wrong score (logit 1, not P(class 1)): refuse
         raise ValueError(
@@ -483,7 +497,9 @@ def _custom_result(name: str, value: Any) -> dict[str, float]:
         try:
             results[key] = float(item)
         except (TypeError, ValueError) as error:
-            raise TypeError(f"custom metric {name!r} returned {key}={item!r}; return a float or a dict of floats") from error
+            raise TypeError(
+                f"custom metric {name!r} returned {key}={item!r}; return a float or a dict of floats"
+            ) from error
     return results
 
 
@@ -530,7 +546,9 @@ def delta_m(
 def _higher_is_better(directions: Mapping[str, Any] | None, task: str, metric: str) -> bool:
     if directions is None:
         if metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"delta_m: no known direction for metric {metric!r} of task {task!r}; pass higher_is_better")
+            raise ValueError(
+                f"delta_m: no known direction for metric {metric!r} of task {task!r}; pass higher_is_better"
+            )
         return HIGHER_IS_BETTER[metric]
     by_metric = directions[task] if isinstance(directions.get(task), Mapping) else directions
     if metric not in by_metric:
@@ -554,7 +572,9 @@ def labels_to_tasks(
         if task is None:
             continue
         if task not in task_names:
-            raise ValueError(f"remap_labels maps label {label!r} to task {task!r}, which the model does not have; tasks: {sorted(task_names)}")
+            raise ValueError(
+                f"remap_labels maps label {label!r} to task {task!r}, which the model does not have; tasks: {sorted(task_names)}"
+            )
         mapping[label] = task
     return mapping
 
@@ -579,7 +599,9 @@ def _dataset_of(dataloader: DataLoader) -> Any:
     return dataset
 
 
-def _collect(model: Any, dataloader: DataLoader, mapping: Mapping[str, str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def _collect(
+    model: Any, dataloader: DataLoader, mapping: Mapping[str, str]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Gold labels and task outputs of every labelled task over one dataloader (no grad, eval mode)."""
     tasks = list(dict.fromkeys(mapping.values()))
     golds: dict[str, list[Tensor]] = defaultdict(list)

@@ -23,8 +23,26 @@ from mtlkit.training import DDPStrategy, StepOutput, close_process_group
 
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
-METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "graddrop", "db_mtl", "famo", "fairgrad", "mgda@every=2,ema=0.9")
-REP_METHODS = ("mgda", "nash_mtl", "fairgrad", "mgda@every=2,ema=0.9")  # Gramian-based methods at the shared representation
+METHODS = (
+    "ew",
+    "uw",
+    "mgda",
+    "pcgrad",
+    "cagrad",
+    "imtl",
+    "nash_mtl",
+    "graddrop",
+    "db_mtl",
+    "famo",
+    "fairgrad",
+    "mgda@every=2,ema=0.9",
+)
+REP_METHODS = (
+    "mgda",
+    "nash_mtl",
+    "fairgrad",
+    "mgda@every=2,ema=0.9",
+)  # Gramian-based methods at the shared representation
 SHARDED_METHODS = ("mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")  # Gramian-only: G from slices of J
 TIMEOUT_S = 60
 
@@ -84,16 +102,19 @@ class RichNet(Net):
 
     def scorers(self):
         spread = {"spread": lambda golds, preds, probs: float(np.std(preds - golds))}
-        return {"a": Scorer(["accuracy", "f1", "f1_micro", "matthews_corrcoef", "roc_auc", "fbeta"], beta=0.5),
-                "b": Scorer(["mse", "mae", "r2"], custom_metric_funcs=spread),
-                "c": Scorer(["precision", "recall", "coverage", "f1"])}
+        return {
+            "a": Scorer(["accuracy", "f1", "f1_micro", "matthews_corrcoef", "roc_auc", "fbeta"], beta=0.5),
+            "b": Scorer(["mse", "mae", "r2"], custom_metric_funcs=spread),
+            "c": Scorer(["precision", "recall", "coverage", "f1"]),
+        }
 
 
 def one_row_loader() -> DictDataLoader:
     """One validation row: rank 1's shard of it is empty."""
     data = make_loaders(4)[2].dataset
-    one = DictDataset("dsOne", "test", {k: v[:1] for k, v in data.X_dict.items()},
-                      {k: v[:1] for k, v in data.Y_dict.items()})
+    one = DictDataset(
+        "dsOne", "test", {k: v[:1] for k, v in data.X_dict.items()}, {k: v[:1] for k, v in data.Y_dict.items()}
+    )
     return DictDataLoader(one, batch_size=4)
 
 
@@ -131,12 +152,20 @@ def make_loaders(batch_size: int) -> list[DictDataLoader]:
 
 
 def config(weighting: str, **overrides) -> dict:
-    return {"n_epochs": 2, "lr": 0.1, "optimizer": "sgd", "weighting": weighting, "seed": 0,
-            "progress_bar": False, **overrides}
+    return {
+        "n_epochs": 2,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "weighting": weighting,
+        "seed": 0,
+        "progress_bar": False,
+        **overrides,
+    }
 
 
-def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None, sharded: bool = False,
-        **overrides) -> dict:
+def run(
+    weighting: str, processes: int, rep_grad: bool = False, resume_from=None, sharded: bool = False, **overrides
+) -> dict:
     """Train with `processes` ranks' worth of batch; return what the tests compare.
 
     `sharded`: Gramian-only methods take G from slices of J (the NCCL default) instead of the averaged J.
@@ -175,8 +204,14 @@ def _scenarios(rank: int, out: Path) -> dict:
     results["graddrop/rep"] = _error(lambda: run("graddrop", WORLD, rep_grad=True, distributed=True))
     # Rank-specific folders show who writes; rank 0's checkpoint is resumed on one process by the test.
     results["written"] = run(
-        "uw", WORLD, distributed=True, n_epochs=1, logging=True, checkpointing=True,
-        log_dir=str(out / f"logs{rank}"), checkpoint_dir=str(out / f"checkpoints{rank}"),
+        "uw",
+        WORLD,
+        distributed=True,
+        n_epochs=1,
+        logging=True,
+        checkpointing=True,
+        log_dir=str(out / f"logs{rank}"),
+        checkpoint_dir=str(out / f"checkpoints{rank}"),
     )
     results["resumed"] = run("uw", WORLD, distributed=True, resume_from=out / "one_process.pt")
     results["auto"] = run("pcgrad", WORLD, strategy="auto")  # the script's group makes 'auto' pick ddp
@@ -185,10 +220,14 @@ def _scenarios(rank: int, out: Path) -> dict:
     torch.manual_seed(0)
     results["scores"] = strategy.score(RichNet().double(), make_loaders(4)[2:])
     results["scores/one"] = strategy.score(make_model(), [one_row_loader()])
-    results["raise"] = _error(lambda: Trainer(**config("mgda", distributed=True)).fit(
-        make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)))
-    results["nan"] = _error(lambda: Trainer(**config("ew", distributed=True)).fit(
-        make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH)))
+    results["raise"] = _error(
+        lambda: Trainer(**config("mgda", distributed=True)).fit(
+            make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)
+        )
+    )
+    results["nan"] = _error(
+        lambda: Trainer(**config("ew", distributed=True)).fit(make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH))
+    )
     return results
 
 
@@ -203,8 +242,13 @@ def worker(rank: int, ports: tuple[int, int], out: str) -> None:
     torch.set_num_threads(1)
     out = Path(out)
     try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank),
-                          WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(ports[0]),
+            RANK=str(rank),
+            WORLD_SIZE=str(WORLD),
+            LOCAL_RANK=str(rank),
+        )
         results = {"env": run("ew", WORLD, distributed=True, dist_timeout=TIMEOUT_S)}
         results["env/kept_group"] = dist.is_initialized()
         results["env/again"] = run("mgda", WORLD, strategy="ddp", dist_timeout=TIMEOUT_S)
@@ -213,8 +257,13 @@ def worker(rank: int, ports: tuple[int, int], out: str) -> None:
         results["env/closed"] = not dist.is_initialized()
         for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # phase 2: the script's own group
             del os.environ[name]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[1]}", rank=rank,
-                                world_size=WORLD, timeout=timedelta(seconds=TIMEOUT_S))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{ports[1]}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=timedelta(seconds=TIMEOUT_S),
+        )
         results.update(_scenarios(rank, out))
         close_process_group()
         results["user/kept_group"] = dist.is_initialized()

@@ -46,8 +46,9 @@ def spawned(tmp_path_factory):
     # The checkpoint that two ranks resume: one epoch of a one-process run.
     runs.run("uw", 1, n_epochs=1, checkpointing=True, checkpoint_dir=str(out / "one"))
     (out / "one" / "last.pt").rename(out / "one_process.pt")
-    context = mp.start_processes(runs.worker, args=(tuple(_free_ports(2)), str(out)), nprocs=runs.WORLD,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        runs.worker, args=(tuple(_free_ports(2)), str(out)), nprocs=runs.WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 240
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -183,8 +184,10 @@ def _indices(loader):
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_training_shards_together_hold_the_one_process_batches_of_each_epoch(epoch):
     one = DictDataLoader(_dataset(24), batch_size=6, shuffle=True, seed=3)
-    shards = [shard_training_loader(DictDataLoader(_dataset(24), batch_size=3, shuffle=True, seed=99), 2, r, 3)
-              for r in range(2)]
+    shards = [
+        shard_training_loader(DictDataLoader(_dataset(24), batch_size=3, shuffle=True, seed=99), 2, r, 3)
+        for r in range(2)
+    ]
     for loader in (one, *shards):
         loader.set_epoch(epoch)
     merged = [sorted(a + b) for a, b in zip(*map(_indices, shards), strict=True)]
@@ -228,8 +231,10 @@ def test_a_score_state_updated_batch_by_batch_equals_one_scoring_of_all_rows():
     golds = torch.randint(0, 3, (40,), generator=g)
     golds[::7] = -1  # abstains
     probs = torch.softmax(torch.randn(40, 3, generator=g, dtype=torch.float64), dim=1)
-    scorer = Scorer(["accuracy", "f1", "matthews_corrcoef", "roc_auc", "coverage"],
-                    custom_metric_funcs={"n": lambda golds, preds, probs: float(len(golds))})
+    scorer = Scorer(
+        ["accuracy", "f1", "matthews_corrcoef", "roc_auc", "coverage"],
+        custom_metric_funcs={"n": lambda golds, preds, probs: float(len(golds))},
+    )
     state = scorer.state(3)
     for rows in torch.arange(40).split(9):
         state.update(golds[rows], probs[rows].argmax(1), probs[rows])

@@ -276,7 +276,9 @@ def parse_metric(text: str) -> tuple[str, str]:
         raise ConfigError(f"{form}; got {text!r}")
     key, mode = text.split(":")
     if mode not in METRIC_MODES:
-        raise ConfigError(f"checkpoint_metric {text!r} has metric mode {mode!r}; the metric mode must be 'min' or 'max'")
+        raise ConfigError(
+            f"checkpoint_metric {text!r} has metric mode {mode!r}; the metric mode must be 'min' or 'max'"
+        )
     parts = key.split("/")
     if len(parts) != 4 or not all(parts):
         raise ConfigError(f"{form}; got {text!r}, whose metric has {len(parts)} '/'-separated parts instead of 4")
@@ -313,9 +315,7 @@ def _check_optimizer(spec: Any, kwargs: Mapping[str, Any]) -> None:
         )
     reserved = {"params", "lr", "weight_decay"} & set(kwargs)
     if reserved:
-        raise ConfigError(
-            f"optimizer_kwargs may not set {sorted(reserved)}: use the Trainer options lr and l2 instead"
-        )
+        raise ConfigError(f"optimizer_kwargs may not set {sorted(reserved)}: use the Trainer options lr and l2 instead")
     _check_kwargs("optimizer_kwargs", resolve_optimizer(spec), kwargs, skip=1)
 
 
@@ -335,7 +335,9 @@ def _check_lr_scheduler(spec: Any, kwargs: Mapping[str, Any]) -> None:
     cls = resolve_lr_scheduler(spec)
     if cls is None:
         if kwargs:
-            raise ConfigError(f"lr_scheduler='constant' is no schedule and takes no lr_scheduler_kwargs, got {dict(kwargs)}")
+            raise ConfigError(
+                f"lr_scheduler='constant' is no schedule and takes no lr_scheduler_kwargs, got {dict(kwargs)}"
+            )
         return
     _check_kwargs("lr_scheduler_kwargs", cls, kwargs, skip=1)
 
@@ -500,18 +502,32 @@ def from_snorkel_options(config: Mapping[str, Any]) -> dict[str, Any]:
                 put(target, options[key], f"{name}[{key!r}]")
     lr = nested.get("lr_scheduler_config", {})
     if lr.get("warmup_percentage") and not lr.get("warmup_steps"):
-        put("warmup_steps", lr["warmup_percentage"] * config.get("n_epochs", 1), "lr_scheduler_config['warmup_percentage']")
+        put(
+            "warmup_steps",
+            lr["warmup_percentage"] * config.get("n_epochs", 1),
+            "lr_scheduler_config['warmup_percentage']",
+        )
         put("warmup_unit", "epochs", "lr_scheduler_config['warmup_percentage']")
     if lr.get("min_lr"):
-        raise ConfigError("lr_scheduler_config['min_lr'] has no mtlkit counterpart; leave it 0, or pass an LRScheduler class")
+        raise ConfigError(
+            "lr_scheduler_config['min_lr'] has no mtlkit counterpart; leave it 0, or pass an LRScheduler class"
+        )
     schedule = config.get("lr_scheduler", "constant")
     for key, name in (("exponential_config", "exponential"), ("step_config", "step")):
         if key in lr and schedule == name:  # the other schedule's options are ignored, as in Snorkel
-            put("lr_scheduler_kwargs", dict(_nested(f"lr_scheduler_config[{key!r}]", lr[key])), f"lr_scheduler_config[{key!r}]")
+            put(
+                "lr_scheduler_kwargs",
+                dict(_nested(f"lr_scheduler_config[{key!r}]", lr[key])),
+                f"lr_scheduler_config[{key!r}]",
+            )
     optimizer = config.get("optimizer", "adam")
     sub = f"{optimizer}_config"
     if sub in nested.get("optimizer_config", {}):
-        put("optimizer_kwargs", dict(_nested(f"optimizer_config[{sub!r}]", nested["optimizer_config"][sub])), f"optimizer_config[{sub!r}]")
+        put(
+            "optimizer_kwargs",
+            dict(_nested(f"optimizer_config[{sub!r}]", nested["optimizer_config"][sub])),
+            f"optimizer_config[{sub!r}]",
+        )
     writer_config = nested.get("log_writer_config", {})
     if writer_config:
         log_dir = writer_config.get("log_dir", "logs")
@@ -537,7 +553,9 @@ def from_snorkel_options(config: Mapping[str, Any]) -> dict[str, Any]:
             "of checkpoint_metric only); use mtlkit.Checkpointer directly for several metrics"
         )
     if "checkpoint_factor" in checkpointer:
-        put("checkpoint_every", checkpointer["checkpoint_factor"] * flat.get("evaluate_every", 1), "checkpointer_config")
+        put(
+            "checkpoint_every", checkpointer["checkpoint_factor"] * flat.get("evaluate_every", 1), "checkpointer_config"
+        )
     device = nested.get("model_config", {}).get("device")
     if device is not None:
         put("device", "cpu" if device == -1 else device, "model_config['device']")

@@ -161,9 +161,7 @@ class Balancer(nn.Module):
             if self.task_names is None:
                 self.task_names = [str(i) for i in range(len(losses))]
             if len(losses) != len(self.task_names):
-                raise ValueError(
-                    f"{type(self).__name__}: got {len(losses)} losses for {len(self.task_names)} tasks"
-                )
+                raise ValueError(f"{type(self).__name__}: got {len(losses)} losses for {len(self.task_names)} tasks")
             keyed = [(self.task_names[i], i, loss) for i, loss in enumerate(losses)]
         active = [(n, i, loss) for n, i, loss in keyed if isinstance(loss, Tensor) and loss.requires_grad]
         for name, _, loss in active:
@@ -340,7 +338,9 @@ class GradientBalancer(Balancer):
             torch.autograd.backward(vec.sum(), inputs=leaves)
             return vec.new_zeros(0), None
         hint = (
-            "" if self.chunk_size == 1 else " With batched task backward passes, an inf inside one "
+            ""
+            if self.chunk_size == 1
+            else " With batched task backward passes, an inf inside one "
             "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
         )
         g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)

@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mtlkit import metrics
+from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.checkpoint import rng_state, set_rng_state
 from mtlkit.training.distributed import (
     RankFailure,
@@ -48,7 +49,6 @@ from mtlkit.training.distributed import (
     shard_evaluation_loader,
     shard_training_loader,
 )
-from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.strategies.base import Strategy, trained_parameters
 from mtlkit.weighting import Balancer, BalanceResult, LossBalancer
 

@@ -122,7 +122,9 @@ class IMTL(GradientBalancer):
         self.method = method
         if method != "gradient":
             if self.task_names is None:
-                raise ValueError(f"IMTL(method={method!r}) learns one scale per loss: give num_losses=<number of losses>")
+                raise ValueError(
+                    f"IMTL(method={method!r}) learns one scale per loss: give num_losses=<number of losses>"
+                )
             init = torch.zeros(self.num_tasks) if init_loss is None else torch.tensor(init_loss, dtype=torch.float32)
             if init.shape != (self.num_tasks,):
                 raise ValueError(f"IMTL init_loss has {init.numel()} values for {self.num_tasks} losses")
