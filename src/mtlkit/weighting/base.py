@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +47,9 @@ from mtlkit.weighting.jacobian import (
     rep_jacobian,
 )
 
-Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
-Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
-Reps = Union[Tensor, Sequence[Tensor]]
+Losses = Sequence[Tensor] | Mapping[str, Tensor]
+Params = Iterable[Tensor] | Iterable[Iterable[Tensor]]
+Reps = Tensor | Sequence[Tensor]
 
 
 @dataclass
