@@ -50,10 +50,7 @@ from mtlkit.weighting import Balancer, BalanceResult
 from mtlkit.weighting import get as get_balancer
 
 if TYPE_CHECKING:
-
-    class TrainableModel(nn.Module, MultiTaskModel):
-        """What `fit` trains: an `nn.Module` implementing `MultiTaskModel` (checked by `_check_model`)."""
-
+    from mtlkit.protocol import TrainableModel
 
 _T = TypeVar("_T")
 
