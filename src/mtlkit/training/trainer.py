@@ -61,12 +61,12 @@ class Trainer:
     Snorkel's Trainer with a pluggable balancer (`weighting`), exact resume and
     checkpoints that cannot run code. The options and their defaults are those of
     `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
-    scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
-    `batch_scheduler` are the objects that trained the model (`lr_scheduler` is None for
-    the constant schedule; before the first `fit`, reading `model`, `optimizer`, `balancer`
-    or `batch_scheduler` raises RuntimeError), and, as in Snorkel, `log_writer` (the first writer, or None
-    without logging), `checkpointer` (the `Checkpointer` whose monitor tracks the best
-    model, or None without checkpointing) and `warmup_steps` (in batches). `strategy` is
+    scores of every evaluation, and `model`, `optimizer`, `lr_scheduler`, `balancer` and
+    `batch_scheduler` are the objects of the last fit (`lr_scheduler` is None for the
+    constant schedule; before the first `fit`, reading the others raises RuntimeError),
+    and, as in Snorkel, `log_writer` (the first writer, or None without logging),
+    `checkpointer` (the `Checkpointer` whose monitor tracks the best model, or None
+    without checkpointing) and `warmup_steps` (in batches). `strategy` is
     the `mtlkit.training.strategies.Strategy` that runs the fits (rank, world size, time
     spent in collectives); one Trainer may `fit` any number of times.
     """
