@@ -162,8 +162,8 @@ def main() -> None:
     print("| run | plain loop (s) | mtlkit Trainer (s) | ratio |")
     print("|---|---:|---:|---:|")
     for label, runs in (
-        ("warm (median of %d)" % args.repeats, warm),
-        ("cold, fresh process (median of %d)" % args.cold_repeats, cold),
+        (f"warm (median of {args.repeats})", warm),
+        (f"cold, fresh process (median of {args.cold_repeats})", cold),
     ):
         plain, ours = statistics.median(runs["plain"]), statistics.median(runs["mtlkit"])
         print(f"| {label} | {plain:.2f} | {ours:.2f} | {ours / plain:.2f}× |")

@@ -364,7 +364,7 @@ def test_draw_graph_draws_the_compiled_operations(tmp_path):
 def test_trainer_with_a_gradient_balancer_trains_trunk_and_heads():
     from mtlkit import Trainer
 
-    task_a, task_b, trunk = two_tasks()
+    task_a, task_b, _trunk = two_tasks()
     model = MultitaskClassifier([task_a, task_b])
     X = torch.randn(32, 4)
     Y_b = torch.randint(0, 3, (32,))

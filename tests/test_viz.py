@@ -34,7 +34,7 @@ def test_layout_puts_input_on_top_heads_at_the_bottom_and_edges_downwards():
     assert pos["T1"][1] == bottom and pos["T3"][1] == bottom
     assert all(pos[u][1] > pos[v][1] for u, v in model.g.edges)
     rows = {}
-    for name, (x, y) in pos.items():
+    for _name, (x, y) in pos.items():
         rows.setdefault(y, []).append(x)
     assert all(len(xs) == len(set(xs)) for xs in rows.values())  # no two nodes on one spot
 

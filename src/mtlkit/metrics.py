@@ -238,13 +238,14 @@ class ScoreState:
                 raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
         keep = scorer.labelled(golds)
         self.counts[0] += int(keep.sum())
-        labelled = [None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)]
+        kept_golds = golds[keep.to(golds.device)]
+        kept_preds, kept_probs = (None if v is None else v[keep.to(v.device)] for v in (preds, probs))
         if scorer.custom_metric_funcs or "roc_auc" in scorer.metrics:
-            self.rows.append([None if v is None else v.detach().cpu() for v in labelled])
+            self.rows.append([None if v is None else v.detach().cpu() for v in (kept_golds, kept_preds, kept_probs)])
         if not scorer.metrics:
             return
         if scorer.is_regression:
-            self._update_regression(*labelled)
+            self._update_regression(kept_golds, kept_preds, kept_probs)
         else:
             self._update_classification(golds, preds, probs, keep)
 
@@ -327,7 +328,7 @@ class ScoreState:
             results.update(self._classification(rows, answered))
         if scorer.custom_metric_funcs:
             columns = [[row[k] for row in self.rows] for k in range(3)]
-            arrays = [None if any(v is None for v in col) else torch.cat(col).numpy() for col in columns]
+            arrays = [_cat_or_none(col) for col in columns]
             for name, func in scorer.custom_metric_funcs.items():
                 results.update(_custom_result(name, func(*arrays)))
         return results
@@ -488,6 +489,12 @@ def metric_score(
         raise ValueError("Metric 'coverage' requires access to preds")
     scorer = Scorer(metrics=[metric], abstain_label=None, beta=kwargs.get("beta", 1.0))
     return scorer.score(arrays["golds"], arrays["preds"], arrays["probs"])[metric]
+
+
+def _cat_or_none(column: list[Tensor | None]) -> Any:
+    """One column of the kept rows as a numpy array (for custom metric functions), or None where a batch lacked it."""
+    present = [v for v in column if v is not None]
+    return torch.cat(present).numpy() if len(present) == len(column) else None
 
 
 def _custom_result(name: str, value: Any) -> dict[str, float]:

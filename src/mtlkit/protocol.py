@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -56,6 +56,12 @@ class MultiTaskModel(Protocol):
 
     def scorers(self) -> Mapping[str, Any]:
         """The `Scorer` of each task that has one."""
+
+
+if TYPE_CHECKING:
+
+    class TrainableModel(nn.Module, MultiTaskModel):
+        """What the Trainer trains: an `nn.Module` implementing `MultiTaskModel` (for type checking only)."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ def test_linear_part_has_the_asked_scale_and_cosine_similarity():
 
 
 def test_correlation_one_gives_the_same_task_twice_up_to_noise():
-    x, y1, y2 = correlated_regression(30, dim=4, correlation=1.0, seed=1, noise_std=0.0)
+    _x, y1, y2 = correlated_regression(30, dim=4, correlation=1.0, seed=1, noise_std=0.0)
     torch.testing.assert_close(y1, y2)
     _, y1, y2 = correlated_regression(4000, dim=4, correlation=1.0, seed=1, noise_std=0.1)
     assert (y1 - y2).std().item() == pytest.approx(0.1 * 2**0.5, rel=0.1)

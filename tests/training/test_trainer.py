@@ -109,6 +109,12 @@ def test_save_before_fit_says_to_fit_first(tmp_path):
         Trainer().save(tmp_path / "t.pt")
 
 
+@pytest.mark.parametrize("attribute", ["model", "optimizer", "balancer", "batch_scheduler"])
+def test_per_fit_objects_before_fit_say_to_fit_first(attribute):
+    with pytest.raises(RuntimeError, match=f"Trainer.{attribute} is set by fit: call fit"):
+        getattr(Trainer(), attribute)
+
+
 def test_same_seed_same_run_and_other_seed_other_batch_order(make_model, make_loaders, params):
     runs = {}
     for name, seed in (("first", 0), ("again", 0), ("other", 1)):

@@ -67,7 +67,7 @@ def test_zero_and_identical_gradients_give_finite_weights():
     J = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
     balancer = GradNorm(tasks=3)
     for _ in range(3):
-        g, w = balancer.combine(J, torch.ones(3), torch.arange(3))
+        g, _w = balancer.combine(J, torch.ones(3), torch.arange(3))
         assert bool(torch.isfinite(g).all()) and bool(torch.isfinite(balancer.task_weights).all())
 
 

@@ -68,7 +68,7 @@ def test_zero_identical_and_opposite_gradients_give_finite_updates():
     J = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0], [-1.0, -2.0]], dtype=torch.float64)
     balancer = GradVac(tasks=4, beta=0.5)
     for _ in range(3):
-        g, w = balancer.combine(J, torch.ones(4), torch.arange(4))
+        g, _w = balancer.combine(J, torch.ones(4), torch.arange(4))
         assert bool(torch.isfinite(g).all()) and bool(torch.isfinite(balancer.targets).all())
 
 

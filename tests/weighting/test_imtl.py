@@ -160,7 +160,7 @@ def test_seed_unpacking_gives_scaled_losses_as_a_list_in_input_order_with_skippe
     losses = [h(z).pow(2).mean() for h in heads]
     frozen = losses[1].detach()  # requires_grad=False: left out, as in the seed
     imtl = IMTL(method="hybrid", num_losses=3, init_loss=[0.5, 0.0, -0.5])
-    grad_loss, scaled = imtl.backward(shared_parameters=[trunk.parameters()], losses=[losses[0], frozen, losses[2]])
+    _grad_loss, scaled = imtl.backward(shared_parameters=[trunk.parameters()], losses=[losses[0], frozen, losses[2]])
     assert isinstance(scaled, list) and len(scaled) == 3
     assert torch.equal(scaled[1], frozen)
     assert torch.allclose(scaled[0], math.exp(0.5) * losses[0].detach() - 0.5)

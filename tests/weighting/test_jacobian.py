@@ -194,7 +194,7 @@ def gramian_way(request, monkeypatch):
 @pytest.mark.parametrize("case", ["frontier", "skip connection", "no frontier"])
 def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl, case, gramian_way):
     model = small_mtl(num_tasks=4, dtype=torch.float64)
-    losses, rep = model()
+    losses, _rep = model()
     params = list(model.trunk.parameters())
     if case == "skip connection":  # task 2 also reads an inner trunk layer: two frontier edges
         losses[2] = losses[2] + (model.trunk[1](model.trunk[0](model.x)) ** 2).mean()

@@ -9,6 +9,7 @@ namespaces can be named, so a config cannot build arbitrary objects.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -82,7 +83,7 @@ def encoder_factory(spec: Mapping[str, Any], input_shape: Sequence[int]) -> Call
         return lambda: nn.Sequential(
             *(
                 nn.Sequential(nn.Linear(a, b), nn.ReLU(), *([nn.Dropout(dropout)] if dropout else []))
-                for a, b in zip(sizes, sizes[1:])
+                for a, b in itertools.pairwise(sizes)
             )
         )
     channels = _sizes(options.pop("channels", [16, 32]), "channels", "channel counts, e.g. [16, 32]")
@@ -93,7 +94,7 @@ def encoder_factory(spec: Mapping[str, Any], input_shape: Sequence[int]) -> Call
     return lambda: nn.Sequential(
         *(
             nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2))
-            for a, b in zip(sizes, sizes[1:])
+            for a, b in itertools.pairwise(sizes)
         )
     )
 

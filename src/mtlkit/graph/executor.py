@@ -56,6 +56,8 @@ class Plan(tuple):
     Its straight-line function is generated on the first eager run and kept on the plan.
     """
 
+    _run: Callable[[Mapping[str, nn.Module], Any], dict[str, Any]]
+
 
 def execute(plan: Sequence[Step], modules: Mapping[str, nn.Module], x: Any) -> dict[str, Any]:
     """Run `plan` on input `x`; return ``{INPUT: x, node_name: output, ...}`` for the executed nodes."""

@@ -25,7 +25,7 @@ import difflib
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["INPUT", "Node", "NodeError", "TaskGraph"]
 
-InputRef = Union[str, tuple[str, str | int | None]]
+InputRef = str | tuple[str, str | int | None]
 
 
 @dataclass(frozen=True)

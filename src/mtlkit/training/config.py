@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -40,7 +40,7 @@ METRIC_MODES = ("min", "max")
 DIST_BACKENDS = ("gloo", "nccl")
 STRATEGIES = ("auto", "single", "ddp")
 
-WeightingSpec = Union[str, tuple, Mapping, Balancer]
+WeightingSpec = str | tuple | Mapping | Balancer
 
 
 @dataclass(frozen=True)

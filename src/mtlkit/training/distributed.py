@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -115,7 +116,8 @@ def shard_training_loader(loader: DataLoader, num_replicas: int, rank: int, seed
     A loader already sharded for this rank is kept (with `seed`).
     """
     sampler = getattr(loader, "sampler", None)
-    where = f"the training loader of dataset {loader.dataset.name!r} (split {loader.dataset.split!r})"
+    dataset: Any = loader.dataset  # a DictDataset (checked below): it has a name and a split
+    where = f"the training loader of dataset {dataset.name!r} (split {dataset.split!r})"
     if not isinstance(loader, DictDataLoader) or not isinstance(sampler, EpochSampler):
         raise ConfigError(
             f"multi-process training shards {where} across ranks itself: build it as DictDataLoader(dataset, "
@@ -145,7 +147,8 @@ def shard_training_loader(loader: DataLoader, num_replicas: int, rank: int, seed
 def shard_evaluation_loader(loader: DataLoader, num_replicas: int, rank: int) -> DataLoader:
     """This rank's share of an evaluation loader: examples rank, rank + num_replicas, … (no padding, no repeat)."""
     options = {name: getattr(loader, name) for name in _LOADER_OPTIONS if hasattr(loader, name)}
-    sampler = _Strided(len(loader.dataset), num_replicas, rank)
+    dataset: Any = loader.dataset  # map-style (the sampler below indexes it): it has a length
+    sampler = _Strided(len(dataset), num_replicas, rank)
     return DataLoader(loader.dataset, sampler=sampler, collate_fn=loader.collate_fn, **options)
 
 

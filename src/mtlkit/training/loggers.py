@@ -171,9 +171,9 @@ def _as_dict(config: Any) -> dict[str, Any]:
     raise TypeError(f"write_config takes a dataclass, a NamedTuple or a mapping, got {type(config).__name__}")
 
 
-def build_loggers(writers: tuple[str, ...], log_dir: str, resume_step: int | None) -> list[Logger]:
+def build_loggers(writers: tuple[str, ...], log_dir: str, resume_step: int | None) -> list[LogWriter]:
     """The writers named in `writers`; `resume_step` is the step a resumed run continues from."""
-    loggers: list[Logger] = []
+    loggers: list[LogWriter] = []
     for writer in writers:
         if writer == "json":
             loggers.append(LogWriter(log_dir, append=resume_step is not None))

@@ -12,15 +12,16 @@ resumed at an epoch boundary draws the same batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mtlkit.data import move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.protocol import StepOutput
+from mtlkit.weighting import Balancer
 from mtlkit.weighting.context import (
     EXTRA_TRAIN_BATCH,
     POST_STEP_LOSSES,
@@ -29,6 +30,9 @@ from mtlkit.weighting.context import (
     needs_of,
     set_values,
 )
+
+if TYPE_CHECKING:
+    from mtlkit.protocol import TrainableModel
 
 
 class StepContexts:
@@ -42,15 +46,16 @@ class StepContexts:
 
     def __init__(
         self,
-        balancer: nn.Module,
-        model: nn.Module,
+        balancer: Balancer,
+        model: TrainableModel,
         valid_loaders: list[DataLoader],
         forward: Callable[[Any, Any], StepOutput],
         device: torch.device,
         distributed: bool,
         valid_split: Sequence[str],
     ) -> None:
-        self.balancer, self.model, self.valid_loaders = balancer, model, valid_loaders
+        self.balancer: Any = balancer  # read duck-typed: `context` and `update` (see mtlkit.weighting.context)
+        self.model, self.valid_loaders = model, valid_loaders
         self.forward, self.device = forward, device
         self.needs = needs_of(balancer)
         name = type(balancer).__name__
@@ -121,5 +126,6 @@ def _endless(loaders: list[DataLoader]) -> Iterator[Any]:
                 drawn = True
                 yield batch
         if not drawn:
-            names = [f"{loader.dataset.name}/{loader.dataset.split}" for loader in loaders]
+            datasets: list[Any] = [loader.dataset for loader in loaders]  # DictDatasets: they have a name and split
+            names = [f"{dataset.name}/{dataset.split}" for dataset in datasets]
             raise ConfigError(f"the dataloaders {names} hold no batch")

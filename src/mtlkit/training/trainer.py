@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -49,6 +49,11 @@ from mtlkit.training.strategies import Strategy, build_strategy
 from mtlkit.weighting import Balancer, BalanceResult
 from mtlkit.weighting import get as get_balancer
 
+if TYPE_CHECKING:
+    from mtlkit.protocol import TrainableModel
+
+_T = TypeVar("_T")
+
 
 class Trainer:
     """Trains a `MultitaskClassifier`, an `MTLModel` or an architecture: `Trainer(**config).fit(model, loaders)`.
@@ -56,11 +61,12 @@ class Trainer:
     Snorkel's Trainer with a pluggable balancer (`weighting`), exact resume and
     checkpoints that cannot run code. The options and their defaults are those of
     `TrainerConfig`; `trainer.config` holds them. After `fit`, `history` lists the
-    scores of every evaluation, and `optimizer`, `lr_scheduler`, `balancer` and
-    `batch_scheduler` are the objects that trained the model (`lr_scheduler` is None for
-    the constant schedule), and, as in Snorkel, `log_writer` (the first writer, or None
-    without logging), `checkpointer` (the `Checkpointer` whose monitor tracks the best
-    model, or None without checkpointing) and `warmup_steps` (in batches). `strategy` is
+    scores of every evaluation, and `model`, `optimizer`, `lr_scheduler`, `balancer` and
+    `batch_scheduler` are the objects of the last fit (`lr_scheduler` is None for the
+    constant schedule; before the first `fit`, reading the others raises RuntimeError),
+    and, as in Snorkel, `log_writer` (the first writer, or None without logging),
+    `checkpointer` (the `Checkpointer` whose monitor tracks the best model, or None
+    without checkpointing) and `warmup_steps` (in batches). `strategy` is
     the `mtlkit.training.strategies.Strategy` that runs the fits (rank, world size, time
     spent in collectives); one Trainer may `fit` any number of times.
     """
@@ -68,11 +74,11 @@ class Trainer:
     def __init__(self, name: str | None = None, **config: Any) -> None:
         self.name = type(self).__name__ if name is None else name  # Snorkel's label for the trainer
         self.config = TrainerConfig.from_dict(config)
-        self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self._model: TrainableModel | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.balancer: Balancer | None = None
-        self.batch_scheduler: BatchScheduler | None = None
+        self._balancer: Balancer | None = None
+        self._batch_scheduler: BatchScheduler | None = None
         self.monitor: MetricMonitor | None = None
         self.best_model: dict[str, torch.Tensor] | None = None
         self.epoch = 0  # epochs completed
@@ -86,6 +92,26 @@ class Trainer:
         self.strategy: Strategy = build_strategy(self.config)
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def model(self) -> TrainableModel:
+        """The model of the last `fit`."""
+        return _fitted(self._model, "model")
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of the last `fit`."""
+        return _fitted(self._optimizer, "optimizer")
+
+    @property
+    def balancer(self) -> Balancer:
+        """The balancer of the last `fit`."""
+        return _fitted(self._balancer, "balancer")
+
+    @property
+    def batch_scheduler(self) -> BatchScheduler:
+        """The batch scheduler of the last `fit`."""
+        return _fitted(self._batch_scheduler, "batch_scheduler")
 
     def fit(
         self,
@@ -104,8 +130,8 @@ class Trainer:
         train, valid, test = _split_loaders(dataloaders, cfg)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else self._pending
         self._pending = None
-        device = self.strategy.launch(cfg.device)
-        loggers: list[Logger] = []
+        device = self.strategy.launch(None if cfg.device is None else torch.device(cfg.device))
+        loggers: list[LogWriter] = []
         try:
             if checkpoint is None and cfg.seed is not None:
                 seed_everything(cfg.seed)
@@ -161,7 +187,7 @@ class Trainer:
         is tracked); `checkpoint_dir/last.pt` holds the state at the end of training.
         In a multi-process run only rank 0 writes (every rank holds the same state).
         """
-        if self.model is None:
+        if self._model is None:
             raise RuntimeError("Trainer.save: nothing to save yet; call fit(model, dataloaders) first")
         if self.is_main_process:
             save_checkpoint(self._state(), path)
@@ -183,7 +209,7 @@ class Trainer:
             )
         saved = {k: v for k, v in checkpoint["config"].items() if k not in checkpoint["unsaved_config"]}
         trainer = cls(**{**saved, **overrides})
-        model.load_state_dict(checkpoint["model"])
+        _check_model(model).load_state_dict(checkpoint["model"])
         trainer._pending = checkpoint
         return trainer
 
@@ -200,7 +226,8 @@ class Trainer:
         values = dict(zip(out.losses, torch.stack([loss.detach().sum() for loss in out.losses.values()]).tolist()))
         nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
         if nonfinite:
-            return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
+            self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
+            return None
         self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])
         result = self.strategy.backward(
             self.balancer,
@@ -211,7 +238,8 @@ class Trainer:
         if cfg.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             if not bool(torch.isfinite(norm)):
-                return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
+                self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
+                return None
         self.optimizer.step()
         self._contexts.after_step()  # FAMO: the batch's losses after the step
         if self.lr_scheduler is not None:
@@ -258,13 +286,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
 
-    def _train_epoch(self, loggers: list[Logger]) -> dict[str, float]:
+    def _train_epoch(self, loggers: Sequence[Logger]) -> dict[str, float]:
         """Train on every batch the scheduler plans for this epoch; return the epoch's mean losses."""
         cfg = self.config
         self.model.train()
         self.batch_scheduler.set_epoch(self.epoch)
-        if hasattr(self.model, "set_epoch"):  # models with schedules of their own (LTB's temperature)
-            self.model.set_epoch(self.epoch)
+        set_epoch = getattr(self.model, "set_epoch", None)
+        if set_epoch is not None:  # models with schedules of their own (LTB's temperature)
+            set_epoch(self.epoch)
         losses = _EpochLosses()
         bar = tqdm(
             total=self._batches_per_epoch,
@@ -289,7 +318,7 @@ class Trainer:
         bar.close()
         return losses.means()
 
-    def _evaluate(self, epoch_losses: dict[str, float], valid: list[DataLoader], loggers: list[Logger]) -> None:
+    def _evaluate(self, epoch_losses: dict[str, float], valid: list[DataLoader], loggers: Sequence[Logger]) -> None:
         """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
         scores = {**epoch_losses, **(self.strategy.score(self.model, valid) if valid else {})}
         self.history.append({"epoch": self.epoch, **scores})
@@ -313,26 +342,27 @@ class Trainer:
     def _setup(self, model: MultiTaskModel, train: list[DataLoader], device: torch.device | None) -> None:
         """Fresh run state: device, balancer, the strategy's set-up, optimizer, batch scheduler, LR schedule, counters."""
         cfg = self.config
-        _check_model(model)
+        model = _check_model(model)
         if device is not None:
             model.to(device)
-        self.model = model
+        self._model = model
         self.device = _device_of(model)
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self._task_order = {task: i for i, task in enumerate(model.task_names)}
-        self.balancer = self._build_balancer(model.task_names).to(self.device)
-        train = self.strategy.setup(model, self.balancer, train)
-        self.optimizer = build_optimizer(cfg, model.parameters(), self.balancer.parameters())
+        balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
+        train = self.strategy.setup(model, balancer, train)
+        optimizer = self._optimizer = build_optimizer(cfg, model.parameters(), balancer.parameters())
         if isinstance(cfg.batch_scheduler, BatchScheduler):
-            self.batch_scheduler = cfg.batch_scheduler
+            batch_scheduler = cfg.batch_scheduler
         else:
             seed = cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()).item())
-            self.batch_scheduler = get_scheduler(cfg.batch_scheduler, seed=seed)
+            batch_scheduler = get_scheduler(cfg.batch_scheduler, seed=seed)
+        self._batch_scheduler = batch_scheduler
         self._train_loaders = train
-        self._batches_per_epoch = len(self.batch_scheduler.plan([len(loader) for loader in train]))
+        self._batches_per_epoch = len(batch_scheduler.plan([len(loader) for loader in train]))
         if self._batches_per_epoch == 0:
             raise ConfigError("the training dataloaders hold no batch; check the train split's datasets")
-        self.lr_scheduler = build_lr_scheduler(cfg, self.optimizer, self._batches_per_epoch)
+        self.lr_scheduler = build_lr_scheduler(cfg, optimizer, self._batches_per_epoch)
         self.warmup_steps = warmup_batches(cfg, self._batches_per_epoch)
         tracked = cfg.checkpointing or cfg.early_stopping is not None
         self.monitor = MetricMonitor(*cfg.metric, cfg.checkpoint_runway, cfg.early_stopping) if tracked else None
@@ -501,7 +531,7 @@ def _nothing_scored(model: MultiTaskModel, scored: list[DataLoader], cfg: Traine
     return "fit has no metric to report: no validation/test row is labelled for a task that has a Scorer"
 
 
-def _log(loggers: list[Logger], values: dict[str, float], step: int, epoch: int) -> None:
+def _log(loggers: Sequence[Logger], values: dict[str, float], step: int, epoch: int) -> None:
     for logger in loggers:
         logger.log(values, step, epoch)
 
@@ -510,9 +540,11 @@ def _split_loaders(
     dataloaders: Sequence[DataLoader], cfg: TrainerConfig
 ) -> tuple[list[DataLoader], list[DataLoader], list[DataLoader]]:
     """The train, validation and test loaders, by exact `dataset.split` name."""
-    train, valid, test = [], [], []
+    train: list[DataLoader] = []
+    valid: list[DataLoader] = []
+    test: list[DataLoader] = []
     for i, loader in enumerate(dataloaders):
-        dataset = getattr(loader, "dataset", None)
+        dataset: Any = getattr(loader, "dataset", None)
         if not hasattr(dataset, "split") or not hasattr(dataset, "name"):
             raise TypeError(
                 f"dataloader #{i} has no dataset.name/dataset.split: "
@@ -536,7 +568,8 @@ def _split_loaders(
     return train, valid, test
 
 
-def _check_model(model: Any) -> None:
+def _check_model(model: object) -> TrainableModel:
+    """`model` as what `fit` trains, or a TypeError that names what it lacks."""
     if not isinstance(model, nn.Module) or not isinstance(model, MultiTaskModel):
         missing = [
             name
@@ -547,6 +580,14 @@ def _check_model(model: Any) -> None:
             f"Trainer.fit needs an nn.Module implementing mtlkit.protocol.MultiTaskModel; "
             f"{type(model).__name__} {'lacks ' + ', '.join(missing) if missing else 'is not an nn.Module'}"
         )
+    return cast("TrainableModel", model)
+
+
+def _fitted(value: _T | None, name: str) -> _T:
+    """`Trainer.<name>`, which `fit` sets."""
+    if value is None:
+        raise RuntimeError(f"Trainer.{name} is set by fit: call fit(model, dataloaders) first")
+    return value
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -557,7 +598,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _loader_key(loader: DataLoader) -> str:
-    return f"{loader.dataset.name}/{loader.dataset.split}"
+    dataset: Any = loader.dataset  # a DictDataset (`_split_loaders` checked its name and split)
+    return f"{dataset.name}/{dataset.split}"
 
 
 def _set_loader_seeds(train: list[DataLoader], seeds: dict[str, int | None]) -> None:

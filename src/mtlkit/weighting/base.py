@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +47,9 @@ from mtlkit.weighting.jacobian import (
     rep_jacobian,
 )
 
-Losses = Union[Sequence[Tensor], Mapping[str, Tensor]]
-Params = Union[Iterable[Tensor], Iterable[Iterable[Tensor]]]
-Reps = Union[Tensor, Sequence[Tensor]]
+Losses = Sequence[Tensor] | Mapping[str, Tensor]
+Params = Iterable[Tensor] | Iterable[Iterable[Tensor]]
+Reps = Tensor | Sequence[Tensor]
 
 
 @dataclass
@@ -115,7 +115,7 @@ class Balancer(nn.Module):
         """
         if not isinstance(losses, Mapping):
             losses = list(losses)
-        names, index, active = self._active_losses(losses)
+        every, names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
         _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
@@ -127,7 +127,7 @@ class Balancer(nn.Module):
         if not isinstance(losses, Mapping):
             result.positional = [
                 result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
-                for name, loss in zip(self.task_names, losses)
+                for name, loss in zip(every, losses)
             ]
         return result
 
@@ -145,8 +145,9 @@ class Balancer(nn.Module):
         """Backpropagate the active tasks' scalar losses (`index`: their task positions)."""
         raise NotImplementedError
 
-    def _active_losses(self, losses: Losses) -> tuple[list[str], Tensor, list[Tensor]]:
-        """Names, task indices and the (0-d) losses of the tasks whose loss requires grad."""
+    def _active_losses(self, losses: Losses) -> tuple[list[str], list[str], Tensor, list[Tensor]]:
+        """The task name of each loss (in input order); names, task indices and the (0-d) losses of
+        the tasks whose loss requires grad."""
         if isinstance(losses, Mapping):
             items = list(losses.items())
             if self.task_names is None:
@@ -170,7 +171,7 @@ class Balancer(nn.Module):
         names = [n for n, _, _ in active]
         device = active[0][2].device if active else None
         index = torch.tensor([i for _, i, _ in active], dtype=torch.long, device=device)
-        return names, index, [loss.reshape(()) for _, _, loss in active]
+        return [n for n, _, _ in keyed], names, index, [loss.reshape(()) for _, _, loss in active]
 
 
 class LossBalancer(Balancer):
@@ -333,7 +334,7 @@ class GradientBalancer(Balancer):
             else:
                 J, params = _global_jacobian(J, params, flags, collectives)
         shared = {id(p) for p in params}
-        if not params:
+        if J is None or not params:  # (J is None implies no params)
             # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
             torch.autograd.backward(vec.sum(), inputs=leaves)
             return vec.new_zeros(0), None
@@ -498,7 +499,7 @@ def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
         raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
 
 
-def _sees_only_gramian(cls: type) -> bool:
+def _sees_only_gramian(cls: type[GradientBalancer]) -> bool:
     """Whether a method's update depends on J only through JJᵀ (it is defined by `weights(G)`)."""
     return cls.weights is not GradientBalancer.weights and cls.aggregate is GradientBalancer.aggregate
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 from torch._C import _functorch
-from torch.autograd.graph import GradientEdge
+from torch.autograd.graph import GradientEdge, Node
 
 
 def jacobian(
@@ -61,8 +61,8 @@ def jacobian(
     inputs = list(inputs)
     if chunk_size == 1:
         return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
-    edges = None if isinstance(losses, Tensor) else _frontier(losses, inputs)
-    if edges is None:
+    outputs: list[Tensor] | list[GradientEdge]
+    if isinstance(losses, Tensor) or (edges := _frontier(losses, inputs)) is None:
         vec = _as_vector(losses)
         outputs, seeds = [vec], [torch.eye(vec.numel(), dtype=vec.dtype, device=vec.device)]
     else:
@@ -91,15 +91,19 @@ _FASTER: dict[tuple, str] = {}  # (ids of the inputs, T, device type) -> "batche
 
 def _measure_once(key: tuple, outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
     """Time both ways of computing the rows (twice each, best of two) and remember the faster."""
-    times = {}
+    ways: dict[str, Callable[[], Tensor]] = {
+        "batched": lambda: _batched(outputs, seeds, inputs, None),
+        "per task": lambda: _one_by_one(outputs, seeds, inputs),
+    }
+    times: dict[str, float] = {}
     for _ in range(2):
-        for way, compute in (("batched", _batched), ("per task", _one_by_one)):
+        for way, compute in ways.items():
             start = time.perf_counter()
-            J = compute(outputs, seeds, inputs) if way == "per task" else compute(outputs, seeds, inputs, None)
+            J = compute()
             if J.device.type == "cuda":
                 torch.cuda.synchronize(J.device)
             times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
-    _FASTER[key] = min(times, key=times.get)
+    _FASTER[key] = min(times, key=times.__getitem__)
     return J
 
 
@@ -147,7 +151,7 @@ def rep_jacobian(
         J = task_jacobian(losses, reps)
         return J, torch.autograd.grad(total, also, retain_graph=True, allow_unused=True) if also else ()
     rows: list[list[Tensor | None]] = [[None] * len(reps) for _ in losses]
-    below = {id(v) for v in reachable_leaves_from([GradientEdge(*target) for target in targets])} if also else set()
+    below = {id(v) for v in reachable_leaves_from(fn for fn, _ in targets)} if also else set()
     record = _keep if any(id(x) in below for x in also) else _record
     handles = []
     for node, t in owner.items():
@@ -158,9 +162,10 @@ def rep_jacobian(
     finally:
         for handle in handles:
             handle.remove()
+    columns = [[row[k] for row in rows] for k in range(len(reps))]
     blocks = [
-        torch.stack([row[k] if row[k] is not None else torch.zeros_like(r) for row in rows]).reshape(len(rows), -1)
-        for k, r in enumerate(reps)
+        torch.stack([v if v is not None else torch.zeros_like(r) for v in column]).reshape(len(rows), -1)
+        for column, r in zip(columns, reps)
     ]
     if not blocks:  # no representation given: a Jacobian without columns
         return total.new_zeros(len(rows), 0), grads
@@ -230,7 +235,7 @@ def params_gramian(
             losses,
         )
         return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
-    below = {id(v) for v in reachable_leaves_from(edges)}
+    below = {id(v) for v in reachable_leaves_from(edge.node for edge in edges)}
     rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=not any(id(x) in below for x in specific))
     T = len(rows[0])
     key = (tuple(map(id, params)), T, rows[0].device.type, "gramian")
@@ -280,7 +285,7 @@ def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], lo
         J = _one_by_one(edges, rows, params)
         gramian(J).sum(0) @ J
 
-    times = {}
+    times: dict[str, float] = {}
     for _ in range(2):
         for way, run in (("folded", folded), ("rows", held)):
             start = time.perf_counter()
@@ -288,7 +293,7 @@ def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], lo
             if rows[0].device.type == "cuda":
                 torch.cuda.synchronize(rows[0].device)
             times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
-    return min(times, key=times.get)
+    return min(times, key=times.__getitem__)
 
 
 def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> Tensor:
@@ -356,10 +361,10 @@ def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape
     return torch.cat(flat) if flat else torch.zeros(0)
 
 
-def reachable_leaves_from(edges: Sequence[GradientEdge]) -> list[Tensor]:
-    """Leaf tensors requiring grad below these autograd edges."""
+def reachable_leaves_from(nodes: Iterable[Node | None]) -> list[Tensor]:
+    """Leaf tensors requiring grad at or below these autograd nodes."""
     leaves, seen = [], set()
-    stack = [edge.node for edge in edges]
+    stack = list(nodes)
     while stack:
         node = stack.pop()
         if node is None or node in seen:
@@ -440,6 +445,8 @@ def _edge_rows(
     """
     targets = [(edge.node, edge.output_nr) for edge in edges]
     owner = _reader_owners(losses, targets)
+    if owner is None:  # `_frontier`'s edges enter the shared part from nodes of one task each
+        raise RuntimeError("a frontier edge is read by several tasks; this is a bug in mtlkit, please report it")
     rows: list[list[Tensor | None]] = [[None] * len(edges) for _ in losses]
     handles = []
     for node, t in owner.items():
@@ -447,15 +454,20 @@ def _edge_rows(
         handles.append(node.register_hook(functools.partial(_record if stop else _keep, rows[t], indices)))
     try:
         grads = torch.autograd.grad(
-            torch.stack(list(losses)).sum(), [*edges, *also], retain_graph=True, allow_unused=True
+            # torch takes edges and tensors together here; its annotation allows one kind at a time
+            torch.stack(list(losses)).sum(),
+            [*edges, *also],  # type: ignore[arg-type]
+            retain_graph=True,
+            allow_unused=True,
         )
     finally:
         for handle in handles:
             handle.remove()
     stacked = []
     for k in range(len(edges)):
-        example = next(row[k] for row in rows if row[k] is not None)
-        stacked.append(torch.stack([row[k] if row[k] is not None else torch.zeros_like(example) for row in rows]))
+        column = [row[k] for row in rows]
+        example = next(v for v in column if v is not None)
+        stacked.append(torch.stack([v if v is not None else torch.zeros_like(example) for v in column]))
     return stacked, grads[len(edges) :]
 
 

@@ -239,8 +239,8 @@ class GradientWrapper(_Wrapper, GradientBalancer):
     @_collectives.setter
     def _collectives(self, value: Collectives | None) -> None:
         self.__dict__["_wrapper_collectives"] = value
-        if "method" in self._modules:
-            self._modules["method"]._collectives = value
+        if "method" in self._modules:  # not yet while GradientBalancer.__init__ runs
+            self.method._collectives = value
 
     def weights(self, G: Tensor) -> Tensor:
         return self.method.weights(G)

@@ -62,7 +62,7 @@ class Strategy:
         self,
         balancer: Balancer,
         losses: dict[str, Tensor],
-        shared_params: list[Tensor] | None,
+        shared_params: Sequence[Tensor] | None,
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
         """Fill the `.grad` of every trained parameter with the global batch's gradient."""
@@ -108,7 +108,7 @@ class SingleProcess(Strategy):
         self,
         balancer: Balancer,
         losses: dict[str, Tensor],
-        shared_params: list[Tensor] | None,
+        shared_params: Sequence[Tensor] | None,
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
         return balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps)

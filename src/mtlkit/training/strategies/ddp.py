@@ -195,7 +195,7 @@ class DDPStrategy(Strategy):
         self,
         balancer: Balancer,
         losses: dict[str, Tensor],
-        shared_params: list[Tensor] | None,
+        shared_params: Sequence[Tensor] | None,
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
         if isinstance(balancer, LossBalancer):  # DDP averaged the model's gradients in the backward
