@@ -4,7 +4,7 @@ DEMO_OUT ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 # Create the venv; take the local CPU build of torch first when the machine has one
 # (pip's find-links; its own dependencies come with the package install), so that the
@@ -28,8 +28,14 @@ $(VENV)/.installed-dev: $(PY) pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m mtlkit demo $(if $(DEMO_OUT),--out $(DEMO_OUT))
 
-test: $(VENV)/.installed-dev
+test: lint
 	$(PY) -m pytest
+
+# Lint, format and type checks (part of `make test`, so CI runs them).
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -70,3 +70,18 @@ def test_trains_under_the_trainer_without_epochs():
     with pytest.warns(UserWarning, match="no metric to report"):  # no validation split here
         Trainer(n_epochs=3, lr=0.01, progress_bar=False).fit(model, [DictDataLoader(data, batch_size=8)])
     assert model.epoch == 2 and model.branches().shape == (2, 2)
+    assert model.epochs == 3  # the run's length, for a model built without its own
+    assert model.temperature() == pytest.approx(3 / 20 / math.sqrt(3))
+
+
+def test_the_trainer_keeps_an_ltb_schedule_of_its_own_length():
+    from mtlkit import DictDataLoader, DictDataset, Trainer
+
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    data = DictDataset("d", "train", {"input_data": x}, {"a": x[:, :1], "b": -x[:, 1:2]})
+    model = LTB(
+        TASKS, stages, {t: nn.Linear(4, 1) for t in TASKS}, epochs=40, losses={t: nn.functional.mse_loss for t in TASKS}
+    )
+    with pytest.warns(UserWarning, match="no metric to report"):
+        Trainer(n_epochs=2, lr=0.01, progress_bar=False).fit(model, [DictDataLoader(data, batch_size=8)])
+    assert model.epochs == 40

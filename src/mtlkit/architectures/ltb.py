@@ -26,9 +26,10 @@ class LTB(Architecture):
     schedule follows LibMTL: for the first `warmup` fraction of `epochs`, every column
     reads the mean of all columns; then the temperature is τ = epochs / 20 / √(epoch + 1).
     Set the epoch with `set_epoch(epoch)` (`mtlkit.Trainer` calls it at the start of each
-    epoch) or assign `model.epoch` and `model.epochs`, as LibMTL's Trainer does. Without
-    `epochs` the schedule is that of a 100-epoch run (LibMTL's examples' length): the
-    first epoch warms up, then τ = 5/√(epoch + 1). In eval mode each column reads its
+    epoch, with the run's `n_epochs` when the model has no `epochs` of its own) or assign
+    `model.epoch` and `model.epochs`, as LibMTL's Trainer does. Without `epochs` and
+    outside the Trainer the schedule is that of a 100-epoch run (LibMTL's examples'
+    length): the first epoch warms up, then τ = 5/√(epoch + 1). In eval mode each column reads its
     most likely parent.
 
     `multi_input=True` is refused, as in LibMTL: every column reads every task's input.

@@ -17,6 +17,7 @@ Everything that depends on the number of processes lives in the strategy
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -293,7 +294,10 @@ class Trainer:
         self.batch_scheduler.set_epoch(self.epoch)
         set_epoch = getattr(self.model, "set_epoch", None)
         if set_epoch is not None:  # models with schedules of their own (LTB's temperature)
-            set_epoch(self.epoch)
+            if "epochs" in inspect.signature(set_epoch).parameters and getattr(self.model, "epochs", None) is None:
+                set_epoch(self.epoch, epochs=cfg.n_epochs)  # a schedule without its own length follows the run's
+            else:
+                set_epoch(self.epoch)
         losses = _EpochLosses()
         bar = tqdm(
             total=self._batches_per_epoch,
