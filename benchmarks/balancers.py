@@ -25,13 +25,24 @@ Tables: (1) the issue's workload, MLP 64→256→256 (ReLU), batch 256, T = 2, 1
 (2) other shapes at T = 10: MLP 64→1024→1024, a small CNN (3×16×16 input, two convs),
 batch 32 and 256. Each at torch's default thread count and at 1 thread.
 
-Run: python benchmarks/balancers.py [--quick] [--methods mgda upgrad imtl_g] [--threads default 1] [--device cpu]
+`--all-methods`: every registered method (`mtlkit.weighting.available(aliases=False)`, loss
+balancers included: their `reps` entry is the same single backward), modes `params` and
+`reps` (sample), the issue's workload only, no TorchJD; one row per method. Methods that
+declare `needs` get a `StepContext` over the benchmark's net, as the Trainer would hand
+them: extra training / validation batches are random batches of the step's shape, and
+FAMO's post-step update (one no-grad forward after the optimizer step) is part of its step.
+A mode a method refuses (`supports_shared_reps = False`) or a T where it is undefined (it
+raises ValueError: Krum, TrimmedMean at small T) is "n/a", the reason printed on stderr.
+
+Run: python benchmarks/balancers.py [--quick] [--methods mgda upgrad imtl_g | --all-methods]
+     [--threads default 1] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import platform
 import statistics
@@ -42,7 +53,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mtlkit.weighting import get
+from mtlkit.weighting import available, get
+from mtlkit.weighting.context import POST_STEP_LOSSES, StepContext, needs_of
 
 TORCHJD_NAMES = {
     "mgda": "MGDA",
@@ -93,19 +105,47 @@ def _ew(net: Net, T: int) -> Callable:
     return backward
 
 
-def _mtlkit(net: Net, T: int, name: str, mode: str) -> Callable:
+def _mtlkit(net: Net, T: int, name: str, mode: str, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable:
     balancer = get(name, tasks=T)
     if mode != "params":
         balancer.rep_reduce = mode.split("/")[1]
+    needs = needs_of(balancer)
+    context = _context(net, balancer.task_names, batch) if needs else None
+    net.balancer = balancer  # its own parameters (UW's log-variances, ...) join the optimizer's
     shared = list(net.trunk.parameters())
 
     def backward(losses, z):
+        balancer.context = context
         if mode == "params":
             balancer.backward(losses, shared_params=shared)
         else:
             balancer.backward(losses, shared_reps=z)
 
+    def after_step():  # the Trainer's side of "post_step_losses" (FAMO): one no-grad forward on the same batch
+        balancer.context = None
+        with torch.no_grad():
+            balancer.update(dict(zip(balancer.task_names, net.losses(*batch)[0])))
+
+    backward.after_step = after_step if POST_STEP_LOSSES in needs else None
     return backward
+
+
+def _context(net: Net, names: list[str], batch: tuple[torch.Tensor, torch.Tensor]) -> StepContext:
+    """What the Trainer hands a balancer that declares `needs`; its extra training and validation batches are
+    random batches of the step's shape, a few made once and drawn in turn."""
+    generator = torch.Generator().manual_seed(1)
+    x, y = batch
+    made = [(torch.randn(x.shape, generator=generator), torch.randn(y.shape, generator=generator)) for _ in range(4)]
+    draws = itertools.cycle([(ex.to(x.device), ey.to(y.device)) for ex, ey in made])
+    return StepContext(
+        batch=batch,
+        losses=lambda b: dict(zip(names, net.losses(*b)[0])),
+        next_train_batch=lambda: next(draws),
+        next_valid_batch=lambda: next(draws),
+        shared_parameters=list(net.trunk.parameters()),
+        parameters=list(net.parameters()),
+        lr=1e-4,
+    )
 
 
 def _autojac(net: Net, T: int, name: str) -> Callable:
@@ -141,12 +181,19 @@ def _jd(name: str, suffix: str):
     return getattr(aggregation, TORCHJD_NAMES[name] + suffix)()
 
 
-def entries(net: Net, T: int, methods: list[str], torchjd: bool) -> dict[str, Callable[[], Callable]]:
-    """Entry name -> factory of its backward(losses, z) on a fresh copy of `net`."""
+def entries(
+    net: Net, T: int, methods: list[str], modes: list[str], torchjd: bool, batch: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, Callable[[Net], Callable]]:
+    """Entry name -> factory of its backward(losses, z) on a fresh copy of `net`.
+
+    Modes a method refuses are left out: `shared_reps` for methods with `supports_shared_reps = False`.
+    """
     made: dict[str, Callable] = {"ew": lambda n: _ew(n, T)}
     for name in methods:
-        for mode in ("params", "reps/sample", "reps/batch"):
-            made[f"{name} {mode}"] = lambda n, name=name, mode=mode: _mtlkit(n, T, name, mode)
+        reps = getattr(type(get(name, tasks=T)), "supports_shared_reps", True)
+        for mode in modes:
+            if mode == "params" or reps:
+                made[f"{name} {mode}"] = lambda n, name=name, mode=mode: _mtlkit(n, T, name, mode, batch)
         if torchjd and name in TORCHJD_NAMES:
             for kind, build in (("autojac", _autojac), ("autogram", _autogram)):
                 try:  # optional solvers of TorchJD (quadprog, cvxpy) may be missing
@@ -166,23 +213,30 @@ def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str
     x = torch.randn(batch, *base.input_shape, device=device)
     y = torch.randn(batch, T, device=device)
     steps = {}
-    for entry, factory in entries(base, T, methods, args.torchjd).items():
+    for entry, factory in entries(base, T, methods, args.modes, args.torchjd, (x, y)).items():
         net = copy.deepcopy(base)
         backward = factory(net)
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-4)
+        after_step = getattr(backward, "after_step", None)
 
-        def step(net=net, backward=backward, optimizer=optimizer):
+        def step(net=net, backward=backward, optimizer=optimizer, after_step=after_step):
             optimizer.zero_grad(set_to_none=True)
             losses, z = net.losses(x, y)
             backward(losses, z)
             optimizer.step()
+            if after_step is not None:
+                after_step()
 
         steps[entry] = step
     cuda = device.type == "cuda"
     clock = time.perf_counter if (cuda or args.clock == "wall") else time.process_time
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
+    for entry, step in list(steps.items()):
+        try:
+            for _ in range(args.warmup):
+                step()
+        except ValueError as error:  # a method undefined here (Krum at T=2, ...): "n/a" in the table
+            print(f"  (n/a {entry}: {str(error).splitlines()[0][:160]})", file=sys.stderr)
+            del steps[entry]
     samples: dict[str, list[float]] = {entry: [] for entry in steps}
     for _ in range(args.rounds):
         for entry, step in steps.items():
@@ -224,7 +278,7 @@ def table(title: str, cells: dict[tuple, dict[str, tuple[float, float]]], column
         for c in columns:
             cell = cells[c]
             if name not in cell:
-                row.append("")
+                row.append("n/a")
                 continue
             seconds, peak = cell[name]
             ew_seconds, ew_peak = cell["ew"]
@@ -233,6 +287,22 @@ def table(title: str, cells: dict[tuple, dict[str, tuple[float, float]]], column
             else:
                 row.append(f"{seconds / ew_seconds:.2f}×, {peak / max(ew_peak, 1e-9):.1f}× mem")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def method_table(cells: dict[tuple, dict[str, tuple[float, float]]], columns: list[tuple], methods: list[str]) -> str:
+    """One row per method: its step time / EW's in each mode (`--all-methods`)."""
+    modes = {"params": "params", "reps/sample": "reps", "reps/batch": "reps/batch"}
+    heads = [(c, mode) for c in columns for mode in modes if any(f" {mode}" in e for e in cells[c])]
+    lines = [
+        "| method | " + " | ".join(f"T={c[1]} {modes[mode]}" for c, mode in heads) + " |",
+        "|---|" + "---:|" * len(heads),
+        "| EW floor (ms) | " + " | ".join(f"{cells[c]['ew'][0] * 1e3:.2f}" for c, _ in heads) + " |",
+    ]
+    for name in methods:
+        row = [cells[c].get(f"{name} {mode}") for c, mode in heads]
+        ratios = [f"{r[0] / cells[c]['ew'][0]:.2f}" if r else "n/a" for r, (c, _) in zip(row, heads)]
+        lines.append(f"| {name} | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
@@ -260,6 +330,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the issue's workload at T=10, fewer rounds")
     parser.add_argument("--methods", nargs="+", default=["mgda", "upgrad", "imtl_g"])
+    parser.add_argument(
+        "--all-methods",
+        action="store_true",
+        help="every registered method, modes params and reps (sample), the issue's workload only, no TorchJD",
+    )
     parser.add_argument("--threads", nargs="+", default=["default", "1"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
@@ -268,6 +343,9 @@ def main() -> None:
     args = parser.parse_args()
     args.rounds = args.rounds or (7 if args.quick else 15)
     args.warmup = 2
+    args.modes = ["params", "reps/sample", "reps/batch"]
+    if args.all_methods:
+        args.methods, args.modes, args.torchjd = available(aliases=False), ["params", "reps/sample"], False
     if args.torchjd:
         try:
             import torchjd  # noqa: F401
@@ -276,7 +354,9 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     main_cells = [("mlp256", T, 256) for T in ((10,) if args.quick else (2, 10, 40))]
     shape_cells = (
-        [] if args.quick else [(k, 10, b) for k in ("mlp1024", "cnn") for b in (32, 256)] + [("mlp256", 10, 32)]
+        []
+        if args.quick or args.all_methods
+        else [(k, 10, b) for k in ("mlp1024", "cnn") for b in (32, 256)] + [("mlp256", 10, 32)]
     )
     results: dict[tuple, dict] = {}
     for threads in args.threads:
@@ -293,6 +373,12 @@ def main() -> None:
     )
     labels = [f"{default_threads}d" if t == "default" else str(int(t)) for t in args.threads]
     columns = [(k, T, b, lab) for lab in labels for k, T, b in main_cells]
+    if args.all_methods:
+        for lab in labels:
+            print(f"Issue workload (MLP 64→256→256, batch 256), {lab} threads: step time / EW's\n")
+            print(method_table(results, [c for c in columns if c[3] == lab], args.methods))
+            print()
+        return
     print(table("Issue workload (MLP 64→256→256, batch 256):", results, columns))
     print()
     print(speedups(results, columns, args.methods))
