@@ -170,7 +170,11 @@ class DictDataLoader(DataLoader):
         batches, which the dataset gathers field by field (one indexing per tensor field instead of a
         dict per example); a user's collate_fn or sampler gets exactly what torch gives it."""
         sampler = super()._index_sampler
-        if self.collate_fn is collate_dicts and isinstance(self.sampler, EpochSampler) and type(sampler) is BatchSampler:
+        if (
+            self.collate_fn is collate_dicts
+            and isinstance(self.sampler, EpochSampler)
+            and type(sampler) is BatchSampler
+        ):
             return _Gathering(sampler)
         return sampler
 
