@@ -165,6 +165,8 @@ def main() -> None:
         (f"warm (median of {args.repeats})", warm),
         (f"cold, fresh process (median of {args.cold_repeats})", cold),
     ):
+        if not runs["plain"]:  # --repeats 0 or --cold-repeats 0
+            continue
         plain, ours = statistics.median(runs["plain"]), statistics.median(runs["mtlkit"])
         print(f"| {label} | {plain:.2f} | {ours:.2f} | {ours / plain:.2f}× |")
     if args.profile:

@@ -120,3 +120,66 @@ def test_move_to_device_recurses_and_keeps_other_values():
     moved = move_to_device({"a": [torch.zeros(1), ("s", torch.ones(1))], "b": 3}, "meta")
     assert moved["a"][0].device.type == "meta" and moved["a"][1][1].device.type == "meta"
     assert moved["a"][1][0] == "s" and moved["b"] == 3
+
+
+def _mixed_dataset(n=11):
+    """Equal-shape, string, ragged-input and ragged-label fields."""
+    torch.manual_seed(0)
+    return DictDataset(
+        "mixed",
+        "train",
+        {
+            "x": torch.randn(n, 3),
+            "ids": [f"id{i}" for i in range(n)],
+            "tok": [torch.arange(i % 4 + 1) for i in range(n)],
+        },
+        {"t": torch.randint(0, 2, (n,)), "tags": [torch.arange(i % 3 + 1) for i in range(n)]},
+    )
+
+
+def _assert_same_batch(a, b):
+    for got, expected in zip(a, b):
+        assert got.keys() == expected.keys()
+        for key, value in got.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == expected[key].dtype and torch.equal(value, expected[key]), key
+            else:
+                assert value == expected[key], key
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_loader_gathers_whole_batches_and_gives_what_per_example_collation_gives(shuffle, monkeypatch):
+    import mtlkit.data.dataset as dataset_module
+
+    dataset = _mixed_dataset()
+    gathered = []
+    gather = dataset_module._gather
+    monkeypatch.setattr(dataset_module, "_gather", lambda *a: gathered.append(1) or gather(*a))
+    loader = DictDataLoader(dataset, batch_size=4, shuffle=shuffle, seed=3)
+    order = [i for batch in loader.batch_sampler for i in batch]
+    loader.set_epoch(0)  # the same pass again
+    batches = list(loader)
+    assert len(gathered) == 2 * len(batches) == 2 * 3  # X and Y of every batch, no per-example fetch
+    for k, batch in enumerate(batches):
+        expected = collate_dicts([dataset[i] for i in order[4 * k : 4 * k + 4]])
+        _assert_same_batch(batch, expected)
+
+
+def test_own_collate_fn_gets_the_list_of_example_pairs():
+    dataset = _mixed_dataset()
+    received = []
+    next(iter(DictDataLoader(dataset, batch_size=3, collate_fn=lambda batch: received.append(batch) or 0)))
+    assert type(received[0]) is list and len(received[0]) == 3
+    assert all(type(pair) is tuple for pair in received[0])
+    _assert_same_batch(received[0][1], dataset[1])
+
+
+def test_subclass_with_its_own_getitem_is_fetched_example_by_example():
+    class Doubled(DictDataset):
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return {**x, "x": 2 * x["x"]}, y
+
+    dataset = Doubled("d", "train", {"x": torch.arange(4.0)}, {"t": torch.arange(4)})
+    (X, Y) = next(iter(DictDataLoader(dataset, batch_size=4)))
+    assert X["x"].tolist() == [0.0, 2.0, 4.0, 6.0] and Y["t"].tolist() == [0, 1, 2, 3]

@@ -348,3 +348,14 @@ def test_constant_schedule_trains_and_resumes_without_a_scheduler(make_model, ma
     resumed = Trainer.load(tmp_path / "state.pt", model, n_epochs=2)
     resumed.fit(model, make_loaders())
     assert resumed.epoch == 2 and resumed.lr_scheduler is None
+
+
+def test_loss_balancer_steps_do_not_ask_the_model_for_shared_parameters(make_model, make_loaders):
+    model = make_model()
+    calls = []
+    shared = model.shared_parameters
+    model.shared_parameters = lambda: calls.append(1) or shared()
+    Trainer(n_epochs=1, weighting="ew", **QUIET).fit(model, make_loaders())
+    assert calls == []  # EW weights the losses: the step reads no parameter list
+    Trainer(n_epochs=1, weighting="mgda", **QUIET).fit(model, make_loaders())
+    assert len(calls) == 8  # a gradient method gets them on each of the epoch's 8 steps

@@ -80,3 +80,14 @@ def test_detached_representation_is_rejected(small_mtl):
 def test_stateful_method_without_tasks_says_how_to_build_it():
     with pytest.raises(ValueError, match="tasks="):
         get("uw")
+
+
+def test_losses_checked_skips_the_loss_check_only_inside_the_block(small_mtl):
+    balancer = get("ew")
+    losses, _ = small_mtl(num_tasks=2)()
+    with balancer.losses_checked():
+        result = balancer.backward([losses[0] * float("nan"), losses[1]])  # the caller vouched for them
+    assert torch.isnan(result.loss)
+    losses, _ = small_mtl(num_tasks=2)()
+    with pytest.raises(FloatingPointError, match=r"\['0'\]"):
+        balancer.backward([losses[0] * float("nan"), losses[1]])

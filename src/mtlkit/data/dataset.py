@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -14,6 +15,21 @@ YDict = dict[str, Any]
 DEFAULT_INPUT_DATA_KEY = "input_data"
 DEFAULT_TASK_NAME = "task"
 DEFAULT_DATASET_NAME = "DictDataset"
+
+
+class GatherIndices(list):
+    """A batch's indices, marked by `DictDataLoader` when its collate_fn is `collate_dicts`.
+
+    `DictDataset.__getitems__` gathers such a batch field by field (`Gathered`) instead
+    of building one `(x_dict, y_dict)` pair per index; `collate_dicts` finishes it.
+    """
+
+
+class Gathered(NamedTuple):
+    """A batch's fields: tensor fields indexed at once, any other field as the list of its rows."""
+
+    X: dict[str, Any]
+    Y: dict[str, Any]
 
 
 class DictDataset(Dataset):
@@ -75,6 +91,18 @@ class DictDataset(Dataset):
         y_dict = {key: labels[index] for key, labels in self.Y_dict.items()}
         return x_dict, y_dict
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[XDict, YDict]] | Gathered:
+        """The examples at `indices` (torch's DataLoader fetches a batch through this).
+
+        A `GatherIndices` batch (from a `DictDataLoader` collating with `collate_dicts`)
+        comes back as `Gathered` fields; any other batch, or a subclass with its own
+        `__getitem__`, as the list of `self[i]`, which is what the collate_fn got before.
+        """
+        if not isinstance(indices, GatherIndices) or type(self).__getitem__ is not DictDataset.__getitem__:
+            return [self[i] for i in indices]
+        index = torch.tensor(indices, dtype=torch.long)
+        return Gathered(_gather(self.X_dict, indices, index), _gather(self.Y_dict, indices, index))
+
     def __len__(self) -> int:
         return self._length
 
@@ -96,3 +124,13 @@ class DictDataset(Dataset):
     ) -> DictDataset:
         """A one-field, one-task dataset: `X_dict={input_data_key: X}`, `Y_dict={task_name: Y}`."""
         return cls(name=dataset_name, split=split, X_dict={input_data_key: X_tensor}, Y_dict={task_name: Y_tensor})
+
+
+def _gather(fields: dict[str, Any], indices: Sequence[int], index: Tensor) -> dict[str, Any]:
+    """Each field's rows at `indices`: one indexing for a strided tensor (what stacking its rows gives), else a list."""
+    return {
+        key: values[index]
+        if isinstance(values, Tensor) and values.layout == torch.strided
+        else [values[i] for i in indices]
+        for key, values in fields.items()
+    }

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from mtlkit.data.dataset import DictDataset, XDict, YDict
+from mtlkit.data.dataset import DictDataset, Gathered, GatherIndices, XDict, YDict
 from mtlkit.data.seeding import generator
 
 X_PAD_VALUE = 0
@@ -44,17 +44,40 @@ def _collate_field(where: str, key: str, values: list[Any], pad_value: float) ->
     return pad_sequences(values, pad_value)
 
 
-def collate_dicts(batch: Sequence[tuple[XDict, YDict]]) -> tuple[XDict, YDict]:
+def collate_dicts(batch: Sequence[tuple[XDict, YDict]] | Gathered) -> tuple[XDict, YDict]:
     """Merge `(x_dict, y_dict)` examples into one batch.
 
     Tensors of equal shape are stacked; 1-D/2-D tensors of different lengths are
     right-padded (X with 0, labels with -1 so that padded positions count as
-    unlabelled); non-tensor X fields (strings, ids, ...) stay Python lists.
+    unlabelled); non-tensor X fields (strings, ids, ...) stay Python lists. A
+    `Gathered` batch (`DictDataset.__getitems__`) is the same batch, its tensor fields
+    already stacked.
     """
+    if isinstance(batch, Gathered):
+        X = {key: _collate_gathered("X_dict", key, values, X_PAD_VALUE) for key, values in batch.X.items()}
+        Y = {key: _collate_gathered("Y_dict", key, values, Y_PAD_VALUE) for key, values in batch.Y.items()}
+        return X, Y
     x_keys, y_keys = batch[0][0].keys(), batch[0][1].keys()
     X = {key: _collate_field("X_dict", key, [x[key] for x, _ in batch], X_PAD_VALUE) for key in x_keys}
     Y = {key: _collate_field("Y_dict", key, [y[key] for _, y in batch], Y_PAD_VALUE) for key in y_keys}
     return X, Y
+
+
+def _collate_gathered(where: str, key: str, values: Any, pad_value: float) -> Tensor | list[Any]:
+    return values if isinstance(values, Tensor) else _collate_field(where, key, values, pad_value)
+
+
+class _Gathering:
+    """A batch sampler's batches as `GatherIndices`, for `DictDataset.__getitems__`."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+
+    def __iter__(self) -> Iterator[GatherIndices]:
+        return (GatherIndices(batch) for batch in self.batch_sampler)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
 
 
 class EpochSampler(Sampler[int]):
@@ -140,6 +163,20 @@ class DictDataLoader(DataLoader):
                 seed = int(torch.randint(0, 2**62, ()).item())
             kwargs["sampler"] = EpochSampler(len(dataset), shuffle, seed, num_replicas, rank)
         super().__init__(dataset, collate_fn=collate_fn, **kwargs)
+
+    @property
+    def _index_sampler(self) -> Any:
+        """What torch's iterators draw indices from: with `collate_dicts` and the loader's own sampler, marked
+        batches, which the dataset gathers field by field (one indexing per tensor field instead of a
+        dict per example); a user's collate_fn or sampler gets exactly what torch gives it."""
+        sampler = super()._index_sampler
+        if (
+            self.collate_fn is collate_dicts
+            and isinstance(self.sampler, EpochSampler)
+            and type(sampler) is BatchSampler
+        ):
+            return _Gathering(sampler)
+        return sampler
 
     @property
     def seed(self) -> int | None:

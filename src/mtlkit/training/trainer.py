@@ -47,7 +47,7 @@ from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer, warmup_batches
 from mtlkit.training.step_context import StepContexts
 from mtlkit.training.strategies import Strategy, build_strategy
-from mtlkit.weighting import Balancer, BalanceResult
+from mtlkit.weighting import Balancer, BalanceResult, LossBalancer
 from mtlkit.weighting import get as get_balancer
 
 if TYPE_CHECKING:
@@ -230,14 +230,15 @@ class Trainer:
             self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
             return None
         self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])
-        result = self.strategy.backward(
-            self.balancer,
-            out.losses,
-            shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
-            shared_reps=out.shared_reps,
-        )
+        with self.balancer.losses_checked():  # checked above, on the values the step read anyway
+            result = self.strategy.backward(
+                self.balancer,
+                out.losses,
+                shared_params=self._shared_params() if out.shared_reps is None else None,
+                shared_reps=out.shared_reps,
+            )
         if cfg.grad_clip is not None:
-            norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self._parameters, cfg.grad_clip)
             if not bool(torch.isfinite(norm)):
                 self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
                 return None
@@ -247,6 +248,13 @@ class Trainer:
             self.lr_scheduler.step()
         self.step += 1
         return out, values, result, dataset
+
+    def _shared_params(self) -> Any:
+        """`model.shared_parameters()`, or None for a balancer that only weights the losses (and never reads them)."""
+        kind = type(self.balancer)
+        if kind._backward is LossBalancer._backward and kind.backward is Balancer.backward:
+            return None
+        return self.model.shared_parameters()
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
@@ -351,7 +359,8 @@ class Trainer:
             model.to(device)
         self._model = model
         self.device = _device_of(model)
-        self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self._parameters = list(model.parameters())  # clipped each step
+        self._loss_dtype = next((p.dtype for p in self._parameters if p.is_floating_point()), torch.float32)
         self._task_order = {task: i for i, task in enumerate(model.task_names)}
         balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
         train = self.strategy.setup(model, balancer, train)

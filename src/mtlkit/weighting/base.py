@@ -28,8 +28,9 @@ Zero and non-finite values:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,6 +82,8 @@ class Balancer(nn.Module):
     position, a dict by name. Losses with `requires_grad=False` are left out of the step.
     """
 
+    _losses_checked = False  # True within `losses_checked()`
+
     def __init__(self, tasks: int | Sequence[str] | None = None) -> None:
         super().__init__()
         if isinstance(tasks, int):
@@ -118,18 +121,35 @@ class Balancer(nn.Module):
         every, names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
-        _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
-        self._collectives = collectives  # read by the engine (`_shared_backward`) during this call only
-        try:
+        if not self._losses_checked:
+            _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
+        if collectives is None:  # `_collectives` is None outside a call: nothing to set (nn.Module's setattr is slow)
             result = self._backward(names, index, active, shared_params, shared_reps)
-        finally:
-            self._collectives = None
+        else:
+            self._collectives = collectives  # read by the engine (`_shared_backward`) during this call only
+            try:
+                result = self._backward(names, index, active, shared_params, shared_reps)
+            finally:
+                self._collectives = None
         if not isinstance(losses, Mapping):
             result.positional = [
                 result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
                 for name, loss in zip(every, losses)
             ]
         return result
+
+    @contextlib.contextmanager
+    def losses_checked(self) -> Iterator[None]:
+        """Within this block `backward` skips its check that the losses are finite (a device sync).
+
+        For a caller that has just checked the same losses itself, as the Trainer does.
+        """
+        # A plain flag, set past nn.Module's (per-step costly) attribute bookkeeping.
+        object.__setattr__(self, "_losses_checked", True)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_losses_checked", False)
 
     def epoch_end(self) -> None:
         """Hook called by the Trainer after each epoch (DWA and friends use it)."""
