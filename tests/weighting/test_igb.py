@@ -27,7 +27,7 @@ def test_base_epoch_balances_log_losses_then_weights_by_the_improvable_gap():
     assert torch.allclose(torch.stack(list(result.weights.values())), w / L)
 
 
-def test_a_task_first_seen_later_gets_its_base_then_and_losses_must_be_positive():
+def test_a_task_first_seen_later_gets_its_base_then_and_losses_must_be_non_negative():
     igb = get("igbv1", tasks=2)
     igb.backward({"0": torch.tensor(1.0, requires_grad=True)})
     igb.epoch_end()
@@ -36,5 +36,8 @@ def test_a_task_first_seen_later_gets_its_base_then_and_losses_must_be_positive(
     assert torch.allclose(grads, torch.tensor([1.0, 0.25]))
     igb.epoch_end()
     assert igb.base_losses[1] == 4.0
-    with pytest.raises(ValueError, match="positive losses"):
-        _backward(igb, [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"non-negative losses; task\(s\) \['1'\] are negative"):
+        _backward(igb, [1.0, -0.5])
+    # A loss of exactly 0 (a perfectly fit task; its cross entropy underflows) leaves the objective.
+    grads, result = _backward(igb, [1.0, 0.0])
+    assert bool(torch.isfinite(grads).all()) and grads[1] == 0 and float(result.weights["1"]) == 0

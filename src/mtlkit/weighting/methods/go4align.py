@@ -62,7 +62,8 @@ class GO4Align(LossBalancer):
     Defaults (authors' code): η = 1e-4 (`step_size`), p uniform at the start; the paper
     tunes the number of groups per benchmark (`num_groups` = 2 here). Departure: the
     grouping is the exact 1-D k-means optimum (`kmeans_1d`), not a seeded Lloyd run, so
-    it is deterministic. Needs positive losses (the scale divides by them). p is a buffer.
+    it is deterministic. A task whose loss is exactly 0 gets weight 0 (its scale 1/L_t is undefined and its
+    gradient vanishes); negative losses raise. p is a buffer.
     """
 
     task_names: list[str]  # required: set in __init__
@@ -77,12 +78,17 @@ class GO4Align(LossBalancer):
 
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         L = losses.detach()
-        if not bool((L > 0).all()):
-            bad = [self.task_names[i] for i, ok in zip(index.tolist(), (L > 0).tolist()) if not ok]
-            raise ValueError(f"GO4Align scales by 1/L_t and needs positive losses; task(s) {bad} are not")
+        if bool((L < 0).any()):
+            bad = [self.task_names[i] for i, ok in zip(index.tolist(), (L >= 0).tolist()) if not ok]
+            raise ValueError(f"GO4Align scales by 1/L_t and needs non-negative losses; task(s) {bad} are negative")
         p = self.indicators.clone()
         p[index] = p[index] * torch.exp(-self.step_size * L.to(p))
         self.indicators.copy_(p / p.sum())
-        gamma = (L.sum() / L) * self.indicators[index].to(L)
-        w = kmeans_1d(gamma, self.num_groups)
+        # A loss of exactly 0 (a task fit perfectly, or a loss that underflowed) has no gradient to
+        # scale: such tasks get weight 0 and the groups are formed over the others.
+        positive = L > 0
+        w = torch.zeros_like(L)
+        if bool(positive.any()):
+            gamma = (L.sum() / L[positive]) * self.indicators[index[positive]].to(L)
+            w[positive] = kmeans_1d(gamma, self.num_groups).to(L)
         return (w * losses).sum(), w

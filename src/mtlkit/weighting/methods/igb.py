@@ -25,7 +25,8 @@ class IGBv1(LossBalancer):
     Defaults (authors' code): the base is the first epoch's mean loss (`base_epochs` = 1).
     A task absent from the whole base period gets its base at the end of the first epoch
     that sees it; until every task in a batch has a base, that batch uses w = 1.
-    Reported weights are the effective weights w_t / L_t on the losses. Needs positive
+    Reported weights are the effective weights w_t / L_t on the losses (0 for a loss of exactly 0,
+    which is left out of the objective: its log is −∞ and its gradient vanishes). Needs non-negative
     losses. The loss sums and bases are buffers; the Trainer calls `epoch_end`.
     """
 
@@ -48,9 +49,9 @@ class IGBv1(LossBalancer):
 
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         L = losses.detach()
-        if not bool((L > 0).all()):
-            bad = [self.task_names[i] for i, ok in zip(index.tolist(), (L > 0).tolist()) if not ok]
-            raise ValueError(f"IGBv1 balances log losses and needs positive losses; task(s) {bad} are not")
+        if bool((L < 0).any()):
+            bad = [self.task_names[i] for i, ok in zip(index.tolist(), (L >= 0).tolist()) if not ok]
+            raise ValueError(f"IGBv1 balances log losses and needs non-negative losses; task(s) {bad} are negative")
         base = self.base_losses[index]
         if bool(torch.isnan(base).any()):
             self.loss_sum[index] += L.to(self.loss_sum)
@@ -58,7 +59,11 @@ class IGBv1(LossBalancer):
             w = torch.ones_like(L)
         else:
             w = L.numel() * torch.softmax(L / base.to(L), dim=0)
-        return (w * torch.log(losses)).sum(), w / L
+        # A loss of exactly 0 (fit perfectly, or underflowed) has log −∞ and no gradient: it is left out of
+        # the objective, and its effective weight is reported as 0.
+        positive = L > 0
+        objective = torch.where(positive, w * torch.log(losses.clamp_min(torch.finfo(losses.dtype).tiny)), 0.0)
+        return objective.sum(), torch.where(positive, w / L.clamp_min(torch.finfo(L.dtype).tiny), 0.0)
 
     def epoch_end(self) -> None:
         self.epochs += 1
