@@ -112,9 +112,10 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from mtlkit.errors import ConfigError
     from mtlkit.experiments import suite
     from mtlkit.experiments.build import load_data
-    from mtlkit.weighting import available
+    from mtlkit.weighting import available, is_registered
     from mtlkit.weighting.wrappers import split_specs
 
     names: Sequence[str]
@@ -124,6 +125,9 @@ def _bench(args: argparse.Namespace) -> int:
             names = available(aliases=False)
         else:
             names = split_specs(args.methods) if args.methods else suite.DEFAULT_BALANCERS
+            unknown = [name for name in names if not is_registered(name)]
+            if unknown:
+                raise ConfigError(f"--methods: unknown balancer(s) {unknown}; `mtlkit list` shows the registered ones")
         variants = suite.balancer_variants(names, architecture=args.architecture)
         if every or args.tuned:
             tasks = list(load_data(suite.base_config(args.dataset)).info.tasks)
@@ -134,7 +138,9 @@ def _bench(args: argparse.Namespace) -> int:
         variants = suite.architecture_variants(names)
     scale = args.scale * (5 if args.full else 1)
     out = Path(args.out) if args.out else None
-    result = suite.run_suite(args.dataset, variants, seeds=range(args.seeds), scale=scale, out_dir=out)
+    result = suite.run_suite(
+        args.dataset, variants, seeds=range(args.seeds), scale=scale, out_dir=out, keep_going=args.name == "balancers"
+    )
     title = f"`mtlkit bench {args.name} --dataset {args.dataset}` ({args.seeds} seeds, epochs x{scale:g})"
     _write_table(f"{result.table()}\n\n{result.legend()}", out, title)
     return 0

@@ -52,22 +52,23 @@ def _fake_result(valid: float, test: float) -> RunResult:
     return RunResult(config=None, scores=scores, history=[], seconds_per_epoch=0.0, model=None)  # type: ignore[arg-type]
 
 
+# Fake runner: the validation score peaks at lr 3e-3 (the preset), the test score at 1e-3;
+# static weights: validation peaks at species weight 2, test at weight 0.5.
+def _fake_run(config, run_dir=None, progress_bar=True, loaded=None):
+    lr = config.trainer["lr"]
+    weighting = config.weighting
+    if isinstance(weighting, dict):
+        w = weighting["weights"]["species"]
+        return _fake_result(valid=0.5 + 0.1 * w, test=0.9 - 0.1 * w)
+    if config.data.tasks is not None:  # single-task baseline
+        return _fake_result(valid=0.5, test=0.5)
+    return _fake_result(valid=0.9 if abs(lr - 3e-3) < 1e-9 else 0.6, test=0.9 if abs(lr - 1e-3) < 1e-9 else 0.6)
+
+
 def test_tuned_rows_choose_by_validation_not_test_and_appear_in_the_table(monkeypatch):
     from mtlkit.experiments import suite
 
-    # Fake runner: the validation score peaks at lr 3e-3 (the preset), the test score at 1e-3;
-    # static weights: validation peaks at species weight 2, test at weight 0.5.
-    def fake_run(config, run_dir=None, progress_bar=True, loaded=None):
-        lr = config.trainer["lr"]
-        weighting = config.weighting
-        if isinstance(weighting, dict):
-            w = weighting["weights"]["species"]
-            return _fake_result(valid=0.5 + 0.1 * w, test=0.9 - 0.1 * w)
-        if config.data.tasks is not None:  # single-task baseline
-            return _fake_result(valid=0.5, test=0.5)
-        return _fake_result(valid=0.9 if abs(lr - 3e-3) < 1e-9 else 0.6, test=0.9 if abs(lr - 1e-3) < 1e-9 else 0.6)
-
-    monkeypatch.setattr(suite, "run", fake_run)
+    monkeypatch.setattr(suite, "run", _fake_run)
     tasks = ["species", "sex", "body_mass"]
     variants = [suite.tuned_ew("penguins"), suite.tuned_static(tasks)]
     assert len(variants[0].candidates) == 3 and len(variants[1].candidates) == 1 + 2 * len(tasks)
@@ -90,3 +91,14 @@ def test_tuned_rows_need_the_single_task_baselines():
 
     with pytest.raises(ValueError, match="ew \\(tuned\\).*need the single-task baselines"):
         suite.run_suite("penguins", [suite.tuned_ew("penguins")], seeds=[0], baselines=False)
+
+
+def test_bench_methods_all_runs_every_registered_method_and_both_tuned_rows(monkeypatch, capsys):
+    from mtlkit.cli import main
+    from mtlkit.experiments import suite
+    from mtlkit.weighting import available
+
+    monkeypatch.setattr(suite, "run", _fake_run)
+    assert main(["bench", "balancers", "--dataset", "penguins", "--seeds", "1", "--methods", "all"]) == 0
+    rows = [line.split(" | ")[0][2:] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["single-task", *available(aliases=False), "ew (tuned)", "static (tuned)"]

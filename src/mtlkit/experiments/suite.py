@@ -85,6 +85,7 @@ class SuiteResult:
     baselines: list[dict[str, dict[str, float]]]
     chosen: dict[str, list[str]] = field(default_factory=dict)  # tuned row: the chosen candidate per seed
     tuning: dict[str, str] = field(default_factory=dict)  # tuned row: its grid and selection, for the legend
+    failed: dict[str, str] = field(default_factory=dict)  # variant whose run raised: which run and the error
 
     def table(self) -> str:
         """Markdown: a row per variant; each task's test metric, Δm (%) and s/epoch as mean ± std over seeds."""
@@ -98,6 +99,10 @@ class SuiteResult:
             cells = [mean_std([b[t][self.info.tasks[t].metric] for b in self.baselines]) for t in tasks]
             lines.append("| single-task | " + " | ".join(cells) + " | 0 | |")
         for label, results in self.runs.items():
+            if label in self.failed:
+                message = self.failed[label].replace("|", "/").replace("\n", " ")
+                lines.append(f"| {label} | failed ({message}) |" + " |" * (len(header) - 2))
+                continue
             per_seed = [split_metrics(r, self.info) for r in results]
             cells = [mean_std([m[t][self.info.tasks[t].metric] for m in per_seed]) for t in tasks]
             if self.baselines:
@@ -112,7 +117,7 @@ class SuiteResult:
 
     def legend(self) -> str:
         """What the table shows: the split, the seeds, what Δm means and its sign."""
-        seeds = len(next(iter(self.runs.values()), [])) or len(self.baselines)
+        seeds = len(self.baselines) or max((len(r) for r in self.runs.values()), default=0)
         if seeds == 1:
             spread = (
                 "One seed: no ± is shown, and a difference of a few points between rows is within "
@@ -126,7 +131,11 @@ class SuiteResult:
             "baseline (sign flipped for metrics where lower is better), in percent: above 0 beats the "
             "single-task networks, below 0 loses to them."
         )
+        if self.failed:
+            text += f" Failed (the run raised; no scores): {', '.join(self.failed)}."
         for label, picks in self.chosen.items():
+            if label in self.failed:
+                continue
             text += f" {label}: {self.tuning[label]}; chosen per seed: {', '.join(picks)}."
         return text
 
@@ -169,8 +178,12 @@ def run_suite(
     scale: float = 1.0,
     baselines: bool = True,
     out_dir: Path | None = None,
+    keep_going: bool = False,
 ) -> SuiteResult:
     """Train every variant (and the single-task baselines) on every seed; one progress bar over all runs.
+
+    With `keep_going`, a variant whose run raises is skipped on the remaining seeds and its
+    row in the table says where and why it failed; without it, the error propagates.
 
     With `out_dir`, each variant's run on each seed writes its run folder (config, logs,
     checkpoints, graph.png, curves.png, results.md) to `out_dir/<variant>-seed<seed>`.
@@ -192,6 +205,7 @@ def run_suite(
     bar = tqdm(total=len(seeds) * per_seed, desc=f"{dataset}", unit="run")
     runs: dict[str, list[RunResult]] = {v.label: [] for v in variants}
     chosen: dict[str, list[str]] = {v.label: [] for v in variants if v.candidates}
+    failed: dict[str, str] = {}
     baseline_scores: list[dict[str, dict[str, float]]] = []
     for seed in seeds:
         config = base_config(dataset, seed, scale)
@@ -210,17 +224,26 @@ def run_suite(
         for variant in variants:
             results = []
             for one in variant.candidates or (variant,):
+                bar.update()
+                if variant.label in failed:
+                    continue
                 bar.set_postfix_str(f"{one.label}, seed {seed}")
                 run_dir = out_dir / f"{_slug(one.label)}-seed{seed}" if out_dir is not None else None
-                results.append(run(_variant_config(config, dataset, one), run_dir, progress_bar=False, loaded=loaded))
-                bar.update()
+                try:
+                    results.append(run(_variant_config(config, dataset, one), run_dir, False, loaded))
+                except Exception as err:
+                    if not keep_going:
+                        raise
+                    failed[variant.label] = f"{one.label}, seed {seed}: {type(err).__name__}: {err}"
+            if variant.label in failed:
+                continue
             best = select_by_validation(results, info, valid_baseline) if variant.candidates else 0
             runs[variant.label].append(results[best])
             if variant.candidates:
                 chosen[variant.label].append(variant.candidates[best].label)
     bar.close()
     tuning = {v.label: v.tuning for v in variants if v.candidates}
-    return SuiteResult(dataset, info, runs, baseline_scores, chosen, tuning)
+    return SuiteResult(dataset, info, runs, baseline_scores, chosen, tuning, failed)
 
 
 def _variant_config(config: ExperimentConfig, dataset: str, variant: Variant) -> ExperimentConfig:
