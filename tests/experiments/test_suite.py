@@ -102,3 +102,24 @@ def test_bench_methods_all_runs_every_registered_method_and_both_tuned_rows(monk
     assert main(["bench", "balancers", "--dataset", "penguins", "--seeds", "1", "--methods", "all"]) == 0
     rows = [line.split(" | ")[0][2:] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["single-task", *available(aliases=False), "ew (tuned)", "static (tuned)"]
+
+
+def test_keep_going_reports_a_failing_method_in_its_row_and_raises_without_it(monkeypatch):
+    import pytest
+
+    from mtlkit.experiments import suite
+
+    def failing_run(config, run_dir=None, progress_bar=True, loaded=None):
+        if config.weighting == "gls":
+            raise ValueError("GLS needs positive losses")
+        return _fake_run(config)
+
+    monkeypatch.setattr(suite, "run", failing_run)
+    variants = [Variant("ew"), Variant("gls", weighting="gls")]
+    result = suite.run_suite("penguins", variants, seeds=[0, 1], keep_going=True)
+    assert result.failed == {"gls": "gls, seed 0: ValueError: GLS needs positive losses"}
+    assert result.runs["gls"] == [] and len(result.runs["ew"]) == 2
+    assert "| gls | failed (gls, seed 0: ValueError: GLS needs positive losses) | | | | |" in result.table()
+    assert "Failed (the run raised; no scores): gls." in result.legend()
+    with pytest.raises(ValueError, match="positive losses"):
+        suite.run_suite("penguins", variants, seeds=[0])
