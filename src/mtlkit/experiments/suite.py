@@ -229,8 +229,9 @@ def run_suite(
                     continue
                 bar.set_postfix_str(f"{one.label}, seed {seed}")
                 run_dir = out_dir / f"{_slug(one.label)}-seed{seed}" if out_dir is not None else None
+                one_config = _variant_config(config, dataset, one)
                 try:
-                    results.append(run(_variant_config(config, dataset, one), run_dir, False, loaded))
+                    results.append(run(one_config, run_dir, progress_bar=False, loaded=loaded))
                 except Exception as err:
                     if not keep_going:
                         raise
