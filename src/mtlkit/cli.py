@@ -112,19 +112,35 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from mtlkit.errors import ConfigError
     from mtlkit.experiments import suite
+    from mtlkit.experiments.build import load_data
+    from mtlkit.weighting import available, is_registered
     from mtlkit.weighting.wrappers import split_specs
 
     names: Sequence[str]
     if args.name == "balancers":
-        names = split_specs(args.methods) if args.methods else suite.DEFAULT_BALANCERS
+        every = args.methods == "all"
+        if every:
+            names = available(aliases=False)
+        else:
+            names = split_specs(args.methods) if args.methods else suite.DEFAULT_BALANCERS
+            unknown = [name for name in names if not is_registered(name)]
+            if unknown:
+                raise ConfigError(f"--methods: unknown balancer(s) {unknown}; `mtlkit list` shows the registered ones")
         variants = suite.balancer_variants(names, architecture=args.architecture)
+        if every or args.tuned:
+            tasks = list(load_data(suite.base_config(args.dataset)).info.tasks)
+            variants.append(suite.tuned_ew(args.dataset, architecture=args.architecture))
+            variants.append(suite.tuned_static(tasks, architecture=args.architecture))
     else:
         names = args.architectures.split(",") if args.architectures else suite.DEFAULT_ARCHITECTURES
         variants = suite.architecture_variants(names)
     scale = args.scale * (5 if args.full else 1)
     out = Path(args.out) if args.out else None
-    result = suite.run_suite(args.dataset, variants, seeds=range(args.seeds), scale=scale, out_dir=out)
+    result = suite.run_suite(
+        args.dataset, variants, seeds=range(args.seeds), scale=scale, out_dir=out, keep_going=args.name == "balancers"
+    )
     title = f"`mtlkit bench {args.name} --dataset {args.dataset}` ({args.seeds} seeds, epochs x{scale:g})"
     _write_table(f"{result.table()}\n\n{result.legend()}", out, title)
     return 0
@@ -201,7 +217,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["balancers", "architectures"])
     bench.add_argument("--dataset", default="digits", choices=datasets())
     bench.add_argument("--seeds", type=int, default=3)
-    bench.add_argument("--methods", help="comma-separated balancer names (balancers), e.g. ew,mgda@every=4,ema=0.9")
+    bench.add_argument(
+        "--methods",
+        help="comma-separated balancer names (balancers), e.g. ew,mgda@every=4,ema=0.9; "
+        "'all': every registered method and the tuned baselines",
+    )
+    bench.add_argument(
+        "--tuned",
+        action="store_true",
+        help="add the tuned baselines (balancers): EW with lr chosen, and static weights chosen, by validation Δm",
+    )
     bench.add_argument("--architectures", help="comma-separated architecture names (architectures)")
     bench.add_argument("--architecture", default="hps", help="the architecture the balancers train (balancers)")
     bench.add_argument("--scale", type=float, default=1.0, help="multiply the number of epochs")

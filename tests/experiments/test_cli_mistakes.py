@@ -197,3 +197,8 @@ def test_train_and_eval_a_factory_dataset(tmp_path, capsys, monkeypatch):
     assert train(config_file(tmp_path, config), "--run-dir", tmp_path / "r") == 0
     assert main(["eval", str(tmp_path / "r"), "--splits", "valid"]) == 0
     assert "| species | penguins | accuracy |" in capsys.readouterr().out
+
+
+def test_bench_with_an_unknown_method_exits_2_before_training(capsys):
+    assert main(["bench", "balancers", "--dataset", "penguins", "--methods", "ew,nope"]) == 2
+    assert "unknown balancer(s) ['nope']" in one_line_error(capsys)

@@ -6,6 +6,10 @@ number of epochs and is scored on the test split with the model of its last epoc
 Single-task baselines (one HPS network per task, same encoder and budget) give Δm, the
 average relative gain over them (`mtlkit.metrics.delta_m`). Tables show each task's
 metric as mean ± std over seeds, Δm in percent and the wall time per epoch.
+
+A tuned variant (`tuned_ew`, `tuned_static`) trains each of its candidates on each seed
+and reports, for that seed, the candidate with the best Δm on the validation split
+(against the single-task baselines' validation scores); the test split never chooses.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Variant:
     weighting: Any = "ew"
     options: dict[str, Any] = field(default_factory=dict)
     rep_grad: bool = False
+    lr: float | None = None  # None: the preset's learning rate
+    candidates: tuple[Variant, ...] = ()  # a tuned row: per seed, the candidate with the best validation Δm
+    tuning: str = ""  # how the candidates were chosen, for the legend
 
 
 @dataclass
@@ -76,6 +83,9 @@ class SuiteResult:
     info: DatasetInfo
     runs: dict[str, list[RunResult]]
     baselines: list[dict[str, dict[str, float]]]
+    chosen: dict[str, list[str]] = field(default_factory=dict)  # tuned row: the chosen candidate per seed
+    tuning: dict[str, str] = field(default_factory=dict)  # tuned row: its grid and selection, for the legend
+    failed: dict[str, str] = field(default_factory=dict)  # variant whose run raised: which run and the error
 
     def table(self) -> str:
         """Markdown: a row per variant; each task's test metric, Δm (%) and s/epoch as mean ± std over seeds."""
@@ -89,6 +99,10 @@ class SuiteResult:
             cells = [mean_std([b[t][self.info.tasks[t].metric] for b in self.baselines]) for t in tasks]
             lines.append("| single-task | " + " | ".join(cells) + " | 0 | |")
         for label, results in self.runs.items():
+            if label in self.failed:
+                message = self.failed[label].replace("|", "/").replace("\n", " ")
+                lines.append(f"| {label} | failed ({message}) |" + " |" * (len(header) - 2))
+                continue
             per_seed = [split_metrics(r, self.info) for r in results]
             cells = [mean_std([m[t][self.info.tasks[t].metric] for m in per_seed]) for t in tasks]
             if self.baselines:
@@ -103,7 +117,7 @@ class SuiteResult:
 
     def legend(self) -> str:
         """What the table shows: the split, the seeds, what Δm means and its sign."""
-        seeds = len(next(iter(self.runs.values()), [])) or len(self.baselines)
+        seeds = len(self.baselines) or max((len(r) for r in self.runs.values()), default=0)
         if seeds == 1:
             spread = (
                 "One seed: no ± is shown, and a difference of a few points between rows is within "
@@ -111,12 +125,19 @@ class SuiteResult:
             )
         else:
             spread = f"Mean ± sample std over {seeds} seeds; a difference smaller than the ± is not a win."
-        return (
+        text = (
             "Each task's metric on the test split, from the model of the last epoch. "
             f"{spread} Δm %: the average over tasks of the relative difference to the single-task "
             "baseline (sign flipped for metrics where lower is better), in percent: above 0 beats the "
             "single-task networks, below 0 loses to them."
         )
+        if self.failed:
+            text += f" Failed (the run raised; no scores): {', '.join(self.failed)}."
+        for label, picks in self.chosen.items():
+            if label in self.failed:
+                continue
+            text += f" {label}: {self.tuning[label]}; chosen per seed: {', '.join(picks)}."
+        return text
 
 
 def split_metrics(result: RunResult, info: DatasetInfo, split: str = "test") -> dict[str, dict[str, float]]:
@@ -127,6 +148,13 @@ def split_metrics(result: RunResult, info: DatasetInfo, split: str = "test") -> 
         if key_split == split and task in info.tasks:
             values.setdefault(task, {})[metric] = value
     return values
+
+
+def select_by_validation(results: Sequence[RunResult], info: DatasetInfo, baseline: dict[str, dict[str, float]]) -> int:
+    """Index of the result with the best Δm on the validation split against `baseline` (validation scores)."""
+    directions = {t: {i.metric: i.higher_is_better} for t, i in info.tasks.items()}
+    scores = [delta_m(split_metrics(r, info, "valid"), baseline, directions) for r in results]
+    return max(range(len(scores)), key=scores.__getitem__)
 
 
 def base_config(dataset: str, seed: int = 0, scale: float = 1.0) -> ExperimentConfig:
@@ -150,49 +178,79 @@ def run_suite(
     scale: float = 1.0,
     baselines: bool = True,
     out_dir: Path | None = None,
+    keep_going: bool = False,
 ) -> SuiteResult:
     """Train every variant (and the single-task baselines) on every seed; one progress bar over all runs.
+
+    With `keep_going`, a variant whose run raises is skipped on the remaining seeds and its
+    row in the table says where and why it failed; without it, the error propagates.
 
     With `out_dir`, each variant's run on each seed writes its run folder (config, logs,
     checkpoints, graph.png, curves.png, results.md) to `out_dir/<variant>-seed<seed>`.
     """
     seeds = list(seeds)
+    tuned = [v.label for v in variants if v.candidates]
+    if tuned and not baselines:
+        raise ValueError(f"tuned variants {tuned} choose by validation Δm and need the single-task baselines")
     if out_dir is not None:  # refuse before hours of training, not at the first variant's folder
         for seed in seeds:
             for variant in variants:
-                check_free(out_dir / f"{_slug(variant.label)}-seed{seed}")
+                for one in variant.candidates or (variant,):
+                    check_free(out_dir / f"{_slug(one.label)}-seed{seed}")
     # The splits depend on the seed only: one load serves every run of a seed.
     loads = {seed: load_data(base_config(dataset, seed, scale)) for seed in seeds}
     info = loads[seeds[0]].info
     tasks = list(info.tasks)
-    jobs = len(seeds) * (len(variants) + (len(tasks) if baselines else 0))
-    bar = tqdm(total=jobs, desc=f"{dataset}", unit="run")
+    per_seed = sum(len(v.candidates) or 1 for v in variants) + (len(tasks) if baselines else 0)
+    bar = tqdm(total=len(seeds) * per_seed, desc=f"{dataset}", unit="run")
     runs: dict[str, list[RunResult]] = {v.label: [] for v in variants}
+    chosen: dict[str, list[str]] = {v.label: [] for v in variants if v.candidates}
+    failed: dict[str, str] = {}
     baseline_scores: list[dict[str, dict[str, float]]] = []
     for seed in seeds:
         config = base_config(dataset, seed, scale)
         loaded = loads[seed]
+        valid_baseline: dict[str, dict[str, float]] = {}
         if baselines:
             scores: dict[str, dict[str, float]] = {}
             for task in tasks:
                 bar.set_postfix_str(f"single-task {task}, seed {seed}")
                 single = replace(config, data=replace(config.data, tasks=(task,)))
-                scores.update(split_metrics(run(single, progress_bar=False, loaded=loaded), info))
+                result = run(single, progress_bar=False, loaded=loaded)
+                scores.update(split_metrics(result, info))
+                valid_baseline.update(split_metrics(result, info, "valid"))
                 bar.update()
             baseline_scores.append(scores)
         for variant in variants:
-            bar.set_postfix_str(f"{variant.label}, seed {seed}")
-            model = replace(
-                config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad
-            )
-            variant_config = replace(
-                config, name=f"{dataset}-{variant.label}", model=model, weighting=variant.weighting
-            )
-            run_dir = out_dir / f"{_slug(variant.label)}-seed{seed}" if out_dir is not None else None
-            runs[variant.label].append(run(variant_config, run_dir, progress_bar=False, loaded=loaded))
-            bar.update()
+            results = []
+            for one in variant.candidates or (variant,):
+                bar.update()
+                if variant.label in failed:
+                    continue
+                bar.set_postfix_str(f"{one.label}, seed {seed}")
+                run_dir = out_dir / f"{_slug(one.label)}-seed{seed}" if out_dir is not None else None
+                one_config = _variant_config(config, dataset, one)
+                try:
+                    results.append(run(one_config, run_dir, progress_bar=False, loaded=loaded))
+                except Exception as err:
+                    if not keep_going:
+                        raise
+                    failed[variant.label] = f"{one.label}, seed {seed}: {type(err).__name__}: {err}"
+            if variant.label in failed:
+                continue
+            best = select_by_validation(results, info, valid_baseline) if variant.candidates else 0
+            runs[variant.label].append(results[best])
+            if variant.candidates:
+                chosen[variant.label].append(variant.candidates[best].label)
     bar.close()
-    return SuiteResult(dataset, info, runs, baseline_scores)
+    tuning = {v.label: v.tuning for v in variants if v.candidates}
+    return SuiteResult(dataset, info, runs, baseline_scores, chosen, tuning, failed)
+
+
+def _variant_config(config: ExperimentConfig, dataset: str, variant: Variant) -> ExperimentConfig:
+    model = replace(config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad)
+    trainer = config.trainer if variant.lr is None else {**config.trainer, "lr": variant.lr}
+    return replace(config, name=f"{dataset}-{variant.label}", model=model, weighting=variant.weighting, trainer=trainer)
 
 
 def _slug(label: str) -> str:
@@ -202,6 +260,37 @@ def _slug(label: str) -> str:
 def balancer_variants(names: Sequence[str] = DEFAULT_BALANCERS, architecture: str = "hps") -> list[Variant]:
     """One variant per balancer on one architecture (gradient methods on the shared parameters)."""
     return [Variant(label=name, architecture=architecture, weighting=name) for name in names]
+
+
+def tuned_ew(dataset: str, factors: Sequence[float] = (1 / 3, 1.0, 3.0), architecture: str = "hps") -> Variant:
+    """EW with the learning rate chosen per seed by validation Δm from the preset's lr times `factors`."""
+    lr = float(PRESETS[dataset]["trainer"]["lr"])
+    candidates = tuple(Variant(label=f"ew lr={lr * f:.2g}", architecture=architecture, lr=lr * f) for f in factors)
+    grid = ", ".join(f"{c.lr:.2g}" for c in candidates)
+    tuning = f"EW, lr ∈ {{{grid}}}, chosen by validation Δm, {len(candidates)} runs per seed"
+    return Variant(label="ew (tuned)", architecture=architecture, candidates=candidates, tuning=tuning)
+
+
+def tuned_static(tasks: Sequence[str], factors: Sequence[float] = (0.5, 2.0), architecture: str = "hps") -> Variant:
+    """Static weights chosen per seed by validation Δm: all 1, and each task in turn at each of `factors`.
+
+    That is 1 + T·len(factors) runs per seed (a one-task-at-a-time grid, not the full product).
+    """
+    grid: list[dict[str, float]] = [dict.fromkeys(tasks, 1.0)]
+    grid += [{**dict.fromkeys(tasks, 1.0), task: f} for task in tasks for f in factors]
+    candidates = tuple(
+        Variant(
+            label="static " + ",".join(f"{w:g}" for w in weights.values()),
+            architecture=architecture,
+            weighting={"name": "constant", "weights": weights},
+        )
+        for weights in grid
+    )
+    tuning = (
+        f"constant weights (task order {', '.join(tasks)}): all 1, and one task at a time at "
+        f"{' or '.join(f'{f:g}' for f in factors)}, chosen by validation Δm, {len(candidates)} runs per seed"
+    )
+    return Variant(label="static (tuned)", architecture=architecture, candidates=candidates, tuning=tuning)
 
 
 def architecture_variants(names: Sequence[str] = DEFAULT_ARCHITECTURES, weighting: str = "ew") -> list[Variant]:
