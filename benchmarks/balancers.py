@@ -44,8 +44,17 @@ from torch import nn
 
 from mtlkit.weighting import get
 
-TORCHJD_NAMES = {"mgda": "MGDA", "upgrad": "UPGrad", "imtl_g": "IMTLG", "cagrad": "CAGrad", "aligned_mtl": "AlignedMTL",
-                 "pcgrad": "PCGrad", "nash_mtl": "NashMTL", "gradvac": "GradVac", "dualproj": "DualProj"}
+TORCHJD_NAMES = {
+    "mgda": "MGDA",
+    "upgrad": "UPGrad",
+    "imtl_g": "IMTLG",
+    "cagrad": "CAGrad",
+    "aligned_mtl": "AlignedMTL",
+    "pcgrad": "PCGrad",
+    "nash_mtl": "NashMTL",
+    "gradvac": "GradVac",
+    "dualproj": "DualProj",
+}
 
 
 def trunk(kind: str) -> tuple[nn.Module, tuple[int, ...], int]:
@@ -55,7 +64,13 @@ def trunk(kind: str) -> tuple[nn.Module, tuple[int, ...], int]:
     if kind == "mlp1024":
         return nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU()), (64,), 1024
     if kind == "cnn":
-        layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten()]
+        layers = [
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        ]
         return nn.Sequential(*layers), (3, 16, 16), 32 * 8 * 8
     raise ValueError(f"unknown trunk {kind!r}")
 
@@ -74,6 +89,7 @@ class Net(nn.Module):
 def _ew(net: Net, T: int) -> Callable:
     def backward(losses, z):
         torch.stack(losses).sum().backward()
+
     return backward
 
 
@@ -88,6 +104,7 @@ def _mtlkit(net: Net, T: int, name: str, mode: str) -> Callable:
             balancer.backward(losses, shared_params=shared)
         else:
             balancer.backward(losses, shared_reps=z)
+
     return backward
 
 
@@ -101,6 +118,7 @@ def _autojac(net: Net, T: int, name: str) -> Callable:
     def backward(losses, z):
         mtl_backward(losses, features=z, shared_params=shared, tasks_params=heads)
         jac_to_grad(shared, aggregator)
+
     return backward
 
 
@@ -113,6 +131,7 @@ def _autogram(net: Net, T: int, name: str) -> Callable:
     def backward(losses, z):
         vector = torch.stack(losses)
         vector.backward(weighting(engine.compute_gramian(vector)))
+
     return backward
 
 
@@ -132,7 +151,7 @@ def entries(net: Net, T: int, methods: list[str], torchjd: bool) -> dict[str, Ca
             for kind, build in (("autojac", _autojac), ("autogram", _autogram)):
                 try:  # optional solvers of TorchJD (quadprog, cvxpy) may be missing
                     build(copy.deepcopy(net), T, name)
-                except Exception as error:  # noqa: BLE001 - reported in the table's notes
+                except Exception as error:
                     print(f"  (no torchjd-{kind} {name}: {str(error).splitlines()[0][:100]})", file=sys.stderr)
                     continue
                 made[f"{name} torchjd-{kind}"] = lambda n, name=name, build=build: build(n, T, name)
@@ -157,6 +176,7 @@ def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str
             losses, z = net.losses(x, y)
             backward(losses, z)
             optimizer.step()
+
         steps[entry] = step
     cuda = device.type == "cuda"
     clock = time.perf_counter if (cuda or args.clock == "wall") else time.process_time
@@ -255,7 +275,9 @@ def main() -> None:
             args.torchjd = False
     default_threads = torch.get_num_threads()
     main_cells = [("mlp256", T, 256) for T in ((10,) if args.quick else (2, 10, 40))]
-    shape_cells = [] if args.quick else [(k, 10, b) for k in ("mlp1024", "cnn") for b in (32, 256)] + [("mlp256", 10, 32)]
+    shape_cells = (
+        [] if args.quick else [(k, 10, b) for k in ("mlp1024", "cnn") for b in (32, 256)] + [("mlp256", 10, 32)]
+    )
     results: dict[tuple, dict] = {}
     for threads in args.threads:
         torch.set_num_threads(default_threads if threads == "default" else int(threads))
@@ -264,9 +286,11 @@ def main() -> None:
             print(f"{kind} T={T} batch={batch} threads={label} ...", file=sys.stderr, flush=True)
             results[(kind, T, batch, label)] = measure(kind, T, batch, args.methods, args)
     clock = "wall time" if args.clock == "wall" or args.device != "cpu" else "process CPU time"
-    print(f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.machine()} {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, device {args.device}, {clock}, median of {args.rounds} steps; 'Nd' = torch's default "
-          f"N threads. EW row: ms per step and peak MB of one step; other rows: ratio to EW (time, peak memory).\n")
+    print(
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.machine()} {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, device {args.device}, {clock}, median of {args.rounds} steps; 'Nd' = torch's default "
+        f"N threads. EW row: ms per step and peak MB of one step; other rows: ratio to EW (time, peak memory).\n"
+    )
     labels = [f"{default_threads}d" if t == "default" else str(int(t)) for t in args.threads]
     columns = [(k, T, b, lab) for lab in labels for k, T, b in main_cells]
     print(table("Issue workload (MLP 64→256→256, batch 256):", results, columns))

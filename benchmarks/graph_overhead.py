@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from torchmtl_quickstart import build_model  # noqa: E402
+from torchmtl_quickstart import build_model
 
 
 class HandWritten(nn.Module):
@@ -85,8 +85,11 @@ def measure(workload, batch_size: int, samples: int, inner: int, device: torch.d
         raise RuntimeError(f"state dicts differ: {missing}")
     opts = {m: torch.optim.Adam(m.parameters(), lr=1e-3) for m in (graph, hand)}
     X = torch.randn(batch_size, 16, device=device)
-    y = [torch.randn(batch_size, 1, device=device), torch.rand(batch_size, 1, device=device).round(),
-         torch.randn(batch_size, 1, device=device)]
+    y = [
+        torch.randn(batch_size, 1, device=device),
+        torch.rand(batch_size, 1, device=device).round(),
+        torch.randn(batch_size, 1, device=device),
+    ]
     times: dict[nn.Module, list[float]] = {graph: [], hand: []}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for k in range(warmup + samples):
@@ -114,18 +117,23 @@ def main() -> None:
     clock = time.process_time if args.clock == "cpu" and args.device == "cpu" else time.perf_counter
     device = torch.device(args.device)
     default_threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, device {device}, {args.samples} samples x {args.inner} calls per cell, "
-          f"{'process CPU time' if clock is time.process_time else 'wall clock'}")
-    print(f"| threads | workload | batch | hand-written | mtlkit | ratio of medians | median ratio |")
-    print(f"|---:|---|---:|---:|---:|---:|---:|")
+    print(
+        f"torch {torch.__version__}, device {device}, {args.samples} samples x {args.inner} calls per cell, "
+        f"{'process CPU time' if clock is time.process_time else 'wall clock'}"
+    )
+    print("| threads | workload | batch | hand-written | mtlkit | ratio of medians | median ratio |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for threads in args.threads:
         torch.set_num_threads(default_threads if threads == "default" else int(threads))
         label = f"{torch.get_num_threads()}" + (" (default)" if threads == "default" else "")
         for name, workload in WORKLOADS.items():
             for batch_size in (32, 1024):
                 hand, graph, ratio = measure(workload, batch_size, args.samples, args.inner, device, clock)
-                print(f"| {label} | {name} | {batch_size} | {hand * 1e6:.1f} µs | {graph * 1e6:.1f} µs "
-                      f"| {graph / hand:.3f} | {ratio:.3f} |", flush=True)
+                print(
+                    f"| {label} | {name} | {batch_size} | {hand * 1e6:.1f} µs | {graph * 1e6:.1f} µs "
+                    f"| {graph / hand:.3f} | {ratio:.3f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

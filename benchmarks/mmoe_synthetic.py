@@ -99,8 +99,10 @@ def main() -> None:
         p: {kind: [run(kind, p, seed, args) for seed in range(args.seeds)] for kind in MODELS}
         for p in args.correlations
     }
-    print(f"final test MSE (mean of the two tasks), mean ± s.e. over {args.seeds} seeds; "
-          f"{args.n_train} train / {args.n_test} test rows, {args.epochs} epochs")
+    print(
+        f"final test MSE (mean of the two tasks), mean ± s.e. over {args.seeds} seeds; "
+        f"{args.n_train} train / {args.n_test} test rows, {args.epochs} epochs"
+    )
     print(f"{'correlation':>11} | " + " | ".join(f"{kind:>15}" for kind in MODELS) + " | MMoE / shared-bottom")
     for p, by_kind in results.items():
         cells = []

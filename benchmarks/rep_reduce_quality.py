@@ -32,8 +32,10 @@ def main() -> None:
         for mode in ("sample", "batch")
     ]
     result = run_suite(args.dataset, variants, seeds=args.seeds, scale=args.scale)
-    print(f"{args.dataset}, HPS, rep_grad=True, seeds {args.seeds}, scale {args.scale}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"{args.dataset}, HPS, rep_grad=True, seeds {args.seeds}, scale {args.scale}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}"
+    )
     print(result.table())
 
 

@@ -37,21 +37,23 @@ N, EPOCHS, BATCH, LR, SEED = 1000, 10, 32, 0.02, 123
 
 
 def _data():
-    from mtlkit.data.tutorial import make_circle_dataset, make_inv_circle_dataset, make_square_dataset
-
     import torch
 
+    from mtlkit.data.tutorial import make_circle_dataset, make_inv_circle_dataset, make_square_dataset
+
     torch.manual_seed(SEED)
-    return {"circle": make_circle_dataset(N), "square": make_square_dataset(N), "inv_circle": make_inv_circle_dataset(N)}
+    return {
+        "circle": make_circle_dataset(N),
+        "square": make_square_dataset(N),
+        "inv_circle": make_inv_circle_dataset(N),
+    }
 
 
 def mtlkit_fits(clock) -> float:
     """The tutorial's two fits with mtlkit; seconds."""
     sys.path.insert(0, str(ROOT / "examples"))
-    from snorkel_tutorial import make_dataloaders
-
-    import torch
     import torch.nn.functional as F
+    from snorkel_tutorial import make_dataloaders
     from torch import nn
 
     from mtlkit import MultitaskClassifier, Operation, Task, Trainer
@@ -153,11 +155,16 @@ def main() -> None:
     for _ in range(args.cold_repeats):
         for side in SIDES:
             cold[side].append(_cold(side, args))
-    print(f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {'process CPU time' if args.clock == 'cpu' else 'wall time'}; two fits, 1,250 steps of batch 32.\n")
+    print(
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, {'process CPU time' if args.clock == 'cpu' else 'wall time'}; two fits, 1,250 steps of batch 32.\n"
+    )
     print("| run | plain loop (s) | mtlkit Trainer (s) | ratio |")
     print("|---|---:|---:|---:|")
-    for label, runs in (("warm (median of %d)" % args.repeats, warm), ("cold, fresh process (median of %d)" % args.cold_repeats, cold)):
+    for label, runs in (
+        ("warm (median of %d)" % args.repeats, warm),
+        ("cold, fresh process (median of %d)" % args.cold_repeats, cold),
+    ):
         plain, ours = statistics.median(runs["plain"]), statistics.median(runs["mtlkit"])
         print(f"| {label} | {plain:.2f} | {ours:.2f} | {ours / plain:.2f}× |")
     if args.profile:

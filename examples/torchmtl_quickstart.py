@@ -23,50 +23,41 @@ def build_model() -> MTLModel:
     """The quickstart graph: two embeddings, their concatenation, three task heads."""
     tasks = [
         {
-            'name': "Embed1",
-            'layers': Sequential(*[Linear(16, 32), Linear(32, 8)]),
+            "name": "Embed1",
+            "layers": Sequential(*[Linear(16, 32), Linear(32, 8)]),
             # No anchor_layer means this layer receives input directly
         },
         {
-            'name': "Embed2",
-            'layers': Sequential(*[Linear(16, 32), Linear(32, 8)]),
+            "name": "Embed2",
+            "layers": Sequential(*[Linear(16, 32), Linear(32, 8)]),
             # No anchor_layer means this layer receives input directly
         },
+        {"name": "CatTask", "layers": Concat(dim=1), "loss_weight": 1.0, "anchor_layer": ["Embed1", "Embed2"]},
         {
-            'name': "CatTask",
-            'layers': Concat(dim=1),
-            'loss_weight': 1.0,
-            'anchor_layer': ['Embed1', 'Embed2']
+            "name": "Task1",
+            "layers": Sequential(*[Linear(8, 32), Linear(32, 1)]),
+            "loss": MSELoss(),
+            "loss_weight": 1.0,
+            "anchor_layer": "Embed1",
         },
         {
-            'name': "Task1",
-            'layers': Sequential(*[Linear(8, 32), Linear(32, 1)]),
-            'loss': MSELoss(),
-            'loss_weight': 1.0,
-            'anchor_layer': 'Embed1'
+            "name": "Task2",
+            "layers": Sequential(*[Linear(8, 64), Linear(64, 1)]),
+            "loss": BCEWithLogitsLoss(),
+            "loss_weight": 1.0,
+            "anchor_layer": "Embed2",
         },
+        {"name": "FNN", "layers": Sequential(*[Linear(16, 32), Linear(32, 32)]), "anchor_layer": "CatTask"},
         {
-            'name': "Task2",
-            'layers': Sequential(*[Linear(8, 64), Linear(64, 1)]),
-            'loss': BCEWithLogitsLoss(),
-            'loss_weight': 1.0,
-            'anchor_layer': 'Embed2'
+            "name": "Task3",
+            "layers": Sequential(*[Linear(32, 16), Linear(16, 1)]),
+            "anchor_layer": "FNN",
+            "loss": MSELoss(),
+            "loss_weight": "auto",
+            "loss_init_val": 1.0,
         },
-        {
-            'name': "FNN",
-            'layers': Sequential(*[Linear(16, 32), Linear(32, 32)]),
-            'anchor_layer': 'CatTask'
-        },
-        {
-            'name': "Task3",
-            'layers': Sequential(*[Linear(32, 16), Linear(16, 1)]),
-            'anchor_layer': 'FNN',
-            'loss': MSELoss(),
-            'loss_weight': 'auto',
-            'loss_init_val': 1.0
-        }
     ]
-    model = MTLModel(tasks, output_tasks=['Task1', 'Task2', 'Task3'])
+    model = MTLModel(tasks, output_tasks=["Task1", "Task2", "Task3"])
     return model
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from mtlkit.training import close_process_group
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.*?)\s*-->$")
@@ -92,6 +94,8 @@ def test_python_block_runs(block: Block, tmp_path, monkeypatch):
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exit_:  # a block may end with sys.exit(0)
         assert exit_.code in (0, None), f"{block.id} exited with {exit_.code}"
+    finally:
+        close_process_group()  # the one-rank group a torchrun block made lives until closed: not into later tests
     assert os.getcwd() == str(tmp_path)
 
 

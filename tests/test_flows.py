@@ -200,7 +200,9 @@ def test_calculate_loss_masks_abstain_rows_and_counts_active_ones():
 def test_task_without_labelled_rows_is_left_out_and_its_head_not_run():
     task_a, task_b, _ = two_tasks()
     model = MultitaskClassifier([task_a, task_b])
-    losses, counts = model.calculate_loss({"x": torch.randn(3, 4)}, {"a": torch.tensor([1, 0, 2]), "b": torch.full((3,), -1)})
+    losses, counts = model.calculate_loss(
+        {"x": torch.randn(3, 4)}, {"a": torch.tensor([1, 0, 2]), "b": torch.full((3,), -1)}
+    )
     assert set(losses) == set(counts) == {"a"}
     assert model.module_pool["head_b"].calls == 0
 

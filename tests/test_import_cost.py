@@ -9,7 +9,10 @@ from pathlib import Path
 import mtlkit
 
 # The subprocess imports the mtlkit that this test process imported.
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mtlkit.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(Path(mtlkit.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+}
 HEAVY = ["torchmetrics", "matplotlib", "tensorboard", "torch.utils.tensorboard", "scipy", "pandas", "networkx", "yaml"]
 
 

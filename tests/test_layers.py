@@ -8,8 +8,15 @@ from mtlkit import MTLModel, layers
 
 
 def test_all_layers_are_modules():
-    made = [layers.Concat(1), layers.SimpleSelect(0), layers.SliceSelect(slice(1)), layers.Sum(), layers.Mean(),
-            layers.Stack(), layers.Lambda(abs)]
+    made = [
+        layers.Concat(1),
+        layers.SimpleSelect(0),
+        layers.SliceSelect(slice(1)),
+        layers.Sum(),
+        layers.Mean(),
+        layers.Stack(),
+        layers.Lambda(abs),
+    ]
     assert all(isinstance(m, nn.Module) for m in made)
 
 

@@ -20,7 +20,9 @@ def test_matches_the_closed_form_with_class_weights_for_every_reduction():
     weight = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
     rows = _reference(logits, target, weight)
     assert torch.allclose(cross_entropy_with_probs(logits, target, weight, reduction="none"), rows, atol=1e-12)
-    assert cross_entropy_with_probs(logits, target, weight, reduction="sum").item() == pytest.approx(rows.sum().item(), abs=1e-12)
+    assert cross_entropy_with_probs(logits, target, weight, reduction="sum").item() == pytest.approx(
+        rows.sum().item(), abs=1e-12
+    )
     # the mean is over rows: the class weights do not renormalise it
     assert cross_entropy_with_probs(logits, target, weight).item() == pytest.approx(rows.mean().item(), abs=1e-12)
 
@@ -29,7 +31,9 @@ def test_one_hot_targets_give_the_hard_label_cross_entropy():
     logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 2, 1, 1, 0])
     one_hot = F.one_hot(labels, 3).float()
-    assert torch.allclose(cross_entropy_with_probs(logits, one_hot, reduction="none"), F.cross_entropy(logits, labels, reduction="none"))
+    assert torch.allclose(
+        cross_entropy_with_probs(logits, one_hot, reduction="none"), F.cross_entropy(logits, labels, reduction="none")
+    )
 
 
 def test_bad_reduction_or_shape_is_refused():

@@ -1,4 +1,3 @@
-
 import hashlib
 
 import numpy as np
@@ -11,13 +10,25 @@ from mtlkit.data import DictDataLoader, DictDataset
 from mtlkit.metrics import METRICS, Scorer, delta_m, labels_to_tasks, metric_score, predict, score
 from mtlkit.utils import preds_to_probs
 
-CLASSIFICATION = ["accuracy", "precision", "recall", "f1", "fbeta", "f1_micro", "f1_macro", "matthews_corrcoef", "roc_auc"]
+CLASSIFICATION = [
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "fbeta",
+    "f1_micro",
+    "f1_macro",
+    "matthews_corrcoef",
+    "roc_auc",
+]
 
 
 def _random_classification(n, num_classes, seed):
     g = torch.Generator().manual_seed(seed)
     golds = torch.randint(0, num_classes, (n,), generator=g)
-    probs = torch.softmax(torch.randn(n, num_classes, generator=g) + 1.5 * nn.functional.one_hot(golds, num_classes), dim=1)
+    probs = torch.softmax(
+        torch.randn(n, num_classes, generator=g) + 1.5 * nn.functional.one_hot(golds, num_classes), dim=1
+    )
     return golds, probs.argmax(1), probs
 
 
@@ -71,7 +82,9 @@ def test_regression_metrics_match_sklearn_including_multi_output():
     assert scorer.is_regression
     got = scorer.score(golds, preds)
     y, p = golds.numpy(), preds[:, 0].numpy()
-    assert got == pytest.approx({"mse": skm.mean_squared_error(y, p), "mae": skm.mean_absolute_error(y, p), "r2": skm.r2_score(y, p)}, abs=1e-5)
+    assert got == pytest.approx(
+        {"mse": skm.mean_squared_error(y, p), "mae": skm.mean_absolute_error(y, p), "r2": skm.r2_score(y, p)}, abs=1e-5
+    )
     golds2, preds2 = torch.randn(40, 3, generator=g), torch.randn(40, 3, generator=g)
     assert scorer.score(golds2, preds2)["r2"] == pytest.approx(skm.r2_score(golds2.numpy(), preds2.numpy()), abs=1e-5)
 
@@ -101,7 +114,9 @@ def test_abstain_rows_match_sklearn_on_the_kept_rows():
     keep = golds != -1
     y, p = golds[keep].numpy(), preds[keep].numpy()
     assert got["f1_macro"] == pytest.approx(skm.f1_score(y, p, average="macro"), abs=1e-5)
-    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs[keep].double().numpy(), multi_class="ovr"), abs=1e-5)
+    assert got["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y, probs[keep].double().numpy(), multi_class="ovr"), abs=1e-5
+    )
 
 
 def test_nan_abstain_drops_missing_regression_targets():
@@ -122,7 +137,9 @@ def test_custom_metric_functions_get_numpy_without_gold_abstains_and_return_floa
     def pair(golds, preds, probs):
         return {"a": 1, "kappa": skm.cohen_kappa_score(golds, preds)}
 
-    got = Scorer(["accuracy"], custom_metric_funcs={"pred_sum": pred_sum, "pair": pair}).score([1, 0, 1, -1], [1, 1, 1, 0])
+    got = Scorer(["accuracy"], custom_metric_funcs={"pred_sum": pred_sum, "pair": pair}).score(
+        [1, 0, 1, -1], [1, 1, 1, 0]
+    )
     kappa = skm.cohen_kappa_score([1, 0, 1], [1, 1, 1])
     assert got == pytest.approx({"accuracy": 2 / 3, "pred_sum": 3.0, "a": 1.0, "kappa": kappa})
 
@@ -169,7 +186,9 @@ def test_delta_m_matches_hand_computation():
 def test_delta_m_directions_by_metric_or_by_task():
     results, baselines = {"a": {"err": 2.0}, "b": {"err": 2.0}}, {"a": {"err": 4.0}, "b": {"err": 1.0}}
     assert delta_m(results, baselines, {"err": False}) == pytest.approx(100 * (0.5 - 1.0) / 2)
-    assert delta_m(results, baselines, {"a": {"err": False}, "b": {"err": True}}) == pytest.approx(100 * (0.5 + 1.0) / 2)
+    assert delta_m(results, baselines, {"a": {"err": False}, "b": {"err": True}}) == pytest.approx(
+        100 * (0.5 + 1.0) / 2
+    )
     with pytest.raises(ValueError, match="no known direction for metric 'err'"):
         delta_m(results, baselines)
     with pytest.raises(ValueError, match="baseline a/err is 0"):
@@ -240,7 +259,9 @@ def test_score_keys_by_label_dataset_split_metric_and_matches_scorer():
     expected = skm.accuracy_score(direct["golds"]["cls"].numpy(), direct["preds"]["cls"].numpy())
     assert scores["cls/onlycls/test/accuracy"] == pytest.approx(expected)
     values = predict(model, b)["probs"]["reg"][:, 0]
-    assert scores["reg/both/valid/mse"] == pytest.approx(skm.mean_squared_error(b.dataset.Y_dict["reg"].numpy(), values.numpy()), abs=1e-6)
+    assert scores["reg/both/valid/mse"] == pytest.approx(
+        skm.mean_squared_error(b.dataset.Y_dict["reg"].numpy(), values.numpy()), abs=1e-6
+    )
 
 
 def test_score_runs_only_labelled_tasks_in_eval_mode_and_restores_training_mode():

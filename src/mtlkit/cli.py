@@ -46,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prefix}: interrupted", file=sys.stderr)
             return 130
         except Exception as err:  # a bug, not the user's mistake: still no traceback unless asked for
-            print(f"{prefix}: unexpected {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+            print(
+                f"{prefix}: unexpected {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)",
+                file=sys.stderr,
+            )
             return 1
 
 
@@ -177,7 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="run folder (default runs/<name>-<time>, under torchrun runs/<name>-<run id>)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     existing = train.add_mutually_exclusive_group()
-    existing.add_argument("--resume", action="store_true", help="continue the run in --run-dir from checkpoints/last.pt")
+    existing.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from checkpoints/last.pt"
+    )
     existing.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
     train.set_defaults(handler=_train)
 

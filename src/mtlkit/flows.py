@@ -351,7 +351,9 @@ class MultitaskClassifier(nn.Module):
 
     def _check_new_task(self, task: Task) -> None:
         if not isinstance(task, Task):
-            raise SpecError(f"Unrecognized task type: MultitaskClassifier takes mtlkit.Task objects, got {type(task).__name__}")
+            raise SpecError(
+                f"Unrecognized task type: MultitaskClassifier takes mtlkit.Task objects, got {type(task).__name__}"
+            )
         if task.name in self.tasks:
             raise SpecError(
                 f"Found duplicate task {task.name!r}: it is already in model {self.name!r}; give the new task another name"
@@ -359,7 +361,11 @@ class MultitaskClassifier(nn.Module):
         _check_op_sequence(task.name, task.op_sequence, task.module_pool)  # ops may have been edited since Task()
 
     def _warn_on_replaced_modules(self, task: Task) -> None:
-        replaced = [key for key, module in task.module_pool.items() if key in self.module_pool and self.module_pool[key] is not module]
+        replaced = [
+            key
+            for key, module in task.module_pool.items()
+            if key in self.module_pool and self.module_pool[key] is not module
+        ]
         if replaced:
             owners = {key: next(t.name for t in self.tasks.values() if key in t.module_pool) for key in replaced}
             taken = ", ".join(f"{key!r} (from task {owner!r})" for key, owner in owners.items())
@@ -431,7 +437,9 @@ def _as_module_dict(task: str, pool: Any) -> nn.ModuleDict:
     if isinstance(pool, nn.ModuleDict):
         return pool
     if not isinstance(pool, Mapping):
-        raise SpecError(f"task {task!r}: module_pool must be an nn.ModuleDict or a dict of modules, got {type(pool).__name__}")
+        raise SpecError(
+            f"task {task!r}: module_pool must be an nn.ModuleDict or a dict of modules, got {type(pool).__name__}"
+        )
     for key, module in pool.items():
         if not isinstance(module, nn.Module):
             raise SpecError(
@@ -449,7 +457,9 @@ def _check_op_sequence(task: str, ops: Sequence[Operation], pool: nn.ModuleDict)
         if not isinstance(op, Operation):
             raise SpecError(f"task {task!r}: op_sequence holds a {type(op).__name__}; use mtlkit.Operation")
         if op.name in seen:
-            raise SpecError(f"task {task!r}: operation name {op.name!r} appears twice; give each operation a unique name")
+            raise SpecError(
+                f"task {task!r}: operation name {op.name!r} appears twice; give each operation a unique name"
+            )
         if op.module_name not in pool:
             raise SpecError(
                 f"task {task!r}: operation {op.name!r} uses module {op.module_name!r}, which is not in the task's "

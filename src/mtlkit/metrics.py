@@ -46,14 +46,6 @@ HIGHER_IS_BETTER: dict[str, bool] = {name: True for name in CLASSIFICATION_METRI
 CustomMetric = Callable[..., Any]  # (golds, preds, probs) as NumPy arrays -> float or {name: float}
 
 
-def _torchmetrics() -> Any:
-    # Imported on first use: `import torchmetrics` pulls in scipy and matplotlib when they are
-    # installed, which would more than double the time of `import mtlkit`.
-    import torchmetrics.functional
-
-    return torchmetrics.functional
-
-
 def _as_tensor(name: str, values: Any) -> Tensor | None:
     if values is None:
         return None
@@ -74,7 +66,9 @@ def _as_labels(name: str, values: Tensor) -> Tensor:
             f"{tuple(values.shape)}; take the argmax of probabilistic labels first, or use regression metrics."
         )
     if values.is_floating_point() and not torch.equal(values, values.round()):
-        raise ValueError(f"Input contains at least one non-integer value: classification {name} must be integer class indices")
+        raise ValueError(
+            f"Input contains at least one non-integer value: classification {name} must be integer class indices"
+        )
     return values.long()
 
 
@@ -84,8 +78,8 @@ class Scorer:
     Classification: `accuracy`, `coverage`, `precision`, `recall`, `f1`, `fbeta` (with
     `beta`), `f1_micro`, `f1_macro`, `matthews_corrcoef`, `roc_auc`. Regression: `mse`,
     `mae`, `r2`; a scorer holds one kind only, and `is_regression` says which. Values
-    are Python floats computed in float64 (classification counts by torchmetrics'
-    confusion matrix, regression metrics by torchmetrics on float64 inputs).
+    are Python floats computed in float64 from a `ScoreState`'s sufficient statistics
+    (the confusion matrix; per-output error and target sums for regression).
 
     Classes: every label in golds or preds, plus 0..C-1 for probs of width C (0 and 1
     otherwise). With exactly the classes {0, 1}, precision/recall/f1/fbeta are those of
@@ -122,7 +116,9 @@ class Scorer:
         self.metrics = list(metrics or [])
         for metric in self.metrics:
             if metric not in METRICS:
-                raise ValueError(f"Unrecognized metric {metric!r}; choose from {list(METRICS)} or pass custom_metric_funcs")
+                raise ValueError(
+                    f"Unrecognized metric {metric!r}; choose from {list(METRICS)} or pass custom_metric_funcs"
+                )
         kinds = {metric in REGRESSION_METRICS for metric in self.metrics}
         if len(kinds) > 1:
             raise ValueError(
@@ -154,19 +150,32 @@ class Scorer:
         for name, values in (("preds", preds), ("probs", probs)):
             if values is not None and len(values) != len(golds):
                 raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
+        state = self.state(self.num_classes(golds, preds, probs))
+        state.update(golds, preds, probs)
+        return state.compute()
+
+    def num_classes(self, golds: Any, preds: Any = None, probs: Any = None) -> int | None:
+        """The number of classes C these rows imply (None for a regression scorer or one without metrics).
+
+        The width of 2-D `probs` when given, else 1 + the largest label of the labelled
+        golds and of the preds (at least 2). Processes that score shares of one dataset
+        agree on the largest C (`ScoreState`).
+        """
+        if self.is_regression or not self.metrics:
+            return None
+        golds, preds, probs = _as_tensor("golds", golds), _as_tensor("preds", preds), _as_tensor("probs", probs)
+        if probs is not None and probs.dim() == 2:
+            return probs.shape[1]
         keep = self.labelled(golds)
-        if not keep.any():
-            raise ValueError(f"Scorer: every gold label is the abstain label {self.abstain_label}; nothing to score")
-        labelled = [None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)]
-        results: dict[str, float] = {}
-        if self.metrics and self.is_regression:
-            results.update(self._regression(golds[keep], labelled[1], labelled[2]))
-        elif self.metrics:  # coverage counts the gold-abstain rows too
-            results.update(self._classification(golds, preds, probs, keep))
-        arrays = [None if v is None else v.detach().cpu().numpy() for v in labelled]
-        for name, func in self.custom_metric_funcs.items():
-            results.update(_custom_result(name, func(*arrays)))
-        return results
+        labels = [_as_labels("golds", golds)[keep.to(golds.device)]]
+        if preds is not None:
+            labels.append(_as_labels("preds", preds).to(golds.device))
+        largest = int(torch.cat(labels).max()) if sum(len(v) for v in labels) else 1
+        return max(2, 1 + largest)
+
+    def state(self, num_classes: int | None) -> ScoreState:
+        """An empty `ScoreState` of this scorer's metrics for `num_classes` classes (see `num_classes`)."""
+        return ScoreState(self, num_classes)
 
     def score_slices(
         self, S: Any, golds: Any, preds: Any = None, probs: Any = None, as_dataframe: bool = False
@@ -193,48 +202,86 @@ class Scorer:
             return results
         return _pandas("as_dataframe=True").DataFrame.from_dict(results, orient="index")
 
-    def _classification(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None, keep: Tensor) -> dict[str, float]:
+
+class ScoreState:
+    """One scorer's metric state over a stream of rows: `update` with batches, `sync` across processes, `compute`.
+
+    The state is sufficient statistics in float64: the confusion matrix and row counts
+    (classification), per-output sums of errors and targets (regression); the rows
+    themselves only for `roc_auc` and custom metric functions, which need them. So the
+    scores of a dataset split across processes are those of the whole: each process
+    updates with its share, `sync` sums the states, every process computes the same
+    scores. `Scorer.score` is one `update` and a `compute`.
+    """
+
+    def __init__(self, scorer: Scorer, num_classes: int | None) -> None:
+        if not scorer.is_regression and scorer.metrics and num_classes is None:
+            raise ValueError("ScoreState: a classification scorer needs num_classes (Scorer.num_classes)")
+        self.scorer = scorer
+        self.num_classes = num_classes
+        # labelled rows; all rows and those with an answer (coverage counts the gold-abstain rows too, as Snorkel)
+        self.counts = torch.zeros(3, dtype=torch.float64)
+        size = (num_classes or 0) + 1  # index = label + 1: -1 is an ordinary class when abstain_label is None
+        self.confusion = torch.zeros(size, size, dtype=torch.float64)
+        self.width = torch.zeros(1, dtype=torch.float64)  # the width of 2-D probs (0: none seen)
+        self.sums: Tensor | None = None  # regression: Σe², Σ|e|, Σy, Σy² per output column
+        self.rows: list[list[Tensor | None]] = []  # kept for roc_auc and custom metric functions only
+
+    def update(self, golds: Any, preds: Any = None, probs: Any = None) -> None:
+        """Add rows: one task's golds, and preds and/or probs (tensors, arrays or lists)."""
+        scorer = self.scorer
+        golds, preds, probs = _as_tensor("golds", golds), _as_tensor("preds", preds), _as_tensor("probs", probs)
+        if golds is None:
+            raise ValueError("Scorer: golds are required")
+        for name, values in (("preds", preds), ("probs", probs)):
+            if values is not None and len(values) != len(golds):
+                raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
+        keep = scorer.labelled(golds)
+        self.counts[0] += int(keep.sum())
+        labelled = [None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)]
+        if scorer.custom_metric_funcs or "roc_auc" in scorer.metrics:
+            self.rows.append([None if v is None else v.detach().cpu() for v in labelled])
+        if not scorer.metrics:
+            return
+        if scorer.is_regression:
+            self._update_regression(*labelled)
+        else:
+            self._update_classification(golds, preds, probs, keep)
+
+    def _update_classification(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None, keep: Tensor) -> None:
+        scorer = self.scorer
         golds = _as_labels("golds", golds)
         if preds is None:
             if probs is None or probs.dim() != 2:
-                metric = self.metrics[0]
-                raise ValueError(f"Metric {metric!r} requires access to preds (or to probs of shape [n, num_classes] to derive them)")
+                metric = scorer.metrics[0]
+                raise ValueError(
+                    f"Metric {metric!r} requires access to preds (or to probs of shape [n, num_classes] to derive them)"
+                )
             preds = probs_to_preds(probs)
         preds = _as_labels("preds", preds).to(golds.device)
-        marker = resolve(preds, self.abstain_label)
+        marker = resolve(preds, scorer.abstain_label)
         no_answer = preds == (NO_CLASS if marker is None else marker)
-        coverage = float((~no_answer).double().mean())  # over all rows, gold abstains included (Snorkel)
-        kept = keep.to(golds.device) & ~self._is_abstain(preds)
+        self.counts[1] += len(preds)
+        self.counts[2] += int((~no_answer).sum())
+        kept = keep.to(golds.device) & ~scorer._is_abstain(preds)
         golds, preds = golds[kept], preds[kept]
-        probs = None if probs is None else probs[kept.to(probs.device)].to(golds.device)
-        classes = self._classes(golds, preds, probs)
-        results = {}
-        for metric in self.metrics:
-            if metric == "coverage":
-                results[metric] = coverage
-                continue
-            if len(golds) == 0:
-                raise ValueError(f"Scorer: every prediction is the abstain label {self.abstain_label}; cannot compute {metric}")
-            if metric == "roc_auc":
-                results[metric] = _roc_auc(golds, probs, classes)
-            else:
-                results[metric] = _from_confusion(metric, _confusion(golds, preds, classes), classes, self.beta)
-        return results
+        C = int(self.num_classes or 0)
+        if probs is not None and probs.dim() == 2:
+            self.width[0] = probs.shape[1]
+            C = probs.shape[1]
+        for name, values in (("golds", golds), ("preds", preds)):
+            if len(values) and (int(values.min()) < -1 or int(values.max()) >= C):
+                columns = (
+                    f"probs have {C} columns" if probs is not None and probs.dim() == 2 else f"there are {C} classes"
+                )
+                raise ValueError(
+                    f"Scorer: {name} hold label {int(values.max()) if int(values.max()) >= C else int(values.min())} but "
+                    f"{columns}; labels must lie in [0, {C - 1}] (is the abstain label right?)"
+                )
+        index = (golds.cpu() + 1) * self.confusion.shape[1] + preds.cpu() + 1
+        self.confusion += torch.bincount(index, minlength=self.confusion.numel()).reshape(self.confusion.shape).double()
 
-    @staticmethod
-    def _classes(golds: Tensor, preds: Tensor, probs: Tensor | None) -> Tensor:
-        """The sorted class labels: those in golds and preds, and 0..C-1 for probs of width C (else 0, 1)."""
-        width = probs.shape[1] if probs is not None and probs.dim() == 2 else 2
-        classes = torch.unique(torch.cat([golds, preds, torch.arange(width, device=golds.device)]))
-        if probs is not None and probs.dim() == 2 and int(classes.max()) >= width:
-            name = "golds" if bool((golds >= width).any()) else "preds"
-            raise ValueError(
-                f"Scorer: {name} hold label {int(classes.max())} but probs have {width} columns; labels must lie in "
-                f"[0, {width - 1}] (is the abstain label right?)"
-            )
-        return classes
-
-    def _regression(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> dict[str, float]:
+    def _update_regression(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> None:
         values = preds if preds is not None else probs
         if values is None:
             raise ValueError("Scorer: regression metrics need preds (or probs holding the predicted values)")
@@ -242,17 +289,95 @@ class Scorer:
         if values.dim() == golds.dim() + 1 and values.shape[-1] == 1:
             values = values.squeeze(-1)
         if values.shape != golds.shape:
-            raise ValueError(f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}")
-        tmf = _torchmetrics()
-        funcs = {"mse": tmf.mean_squared_error, "mae": tmf.mean_absolute_error, "r2": tmf.r2_score}
-        return {metric: float(funcs[metric](values, golds)) for metric in self.metrics}
+            raise ValueError(
+                f"Scorer: regression preds of shape {tuple(values.shape)} do not match golds of shape {tuple(golds.shape)}"
+            )
+        golds, errors = golds.reshape(len(golds), -1).cpu(), (values - golds).reshape(len(golds), -1).cpu()
+        sums = torch.stack([(errors**2).sum(0), errors.abs().sum(0), golds.sum(0), (golds**2).sum(0)])
+        self.sums = sums if self.sums is None else self.sums + sums
 
+    def sync(self) -> None:
+        """Sum the states over the processes of the default torch.distributed group (every one must call it)."""
+        import torch.distributed as dist
 
-def _confusion(golds: Tensor, preds: Tensor, classes: Tensor) -> Tensor:
-    """The float64 confusion matrix over `classes` (rows: gold, columns: predicted)."""
-    index = torch.searchsorted(classes, torch.stack([golds, preds]))
-    matrix = _torchmetrics().classification.multiclass_confusion_matrix(index[1], index[0], len(classes))
-    return matrix.to(torch.float64)
+        dist.all_reduce(self.counts)
+        dist.all_reduce(self.confusion)
+        dist.all_reduce(self.width, op=dist.ReduceOp.MAX)
+        if self.scorer.is_regression and self.scorer.metrics:
+            columns = torch.tensor([0 if self.sums is None else self.sums.shape[1]], dtype=torch.float64)
+            dist.all_reduce(columns, op=dist.ReduceOp.MAX)
+            sums = torch.zeros(4, int(columns), dtype=torch.float64) if self.sums is None else self.sums
+            dist.all_reduce(sums)
+            self.sums = sums
+        if self.scorer.custom_metric_funcs or "roc_auc" in self.scorer.metrics:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self.rows)
+            self.rows = [rows for part in parts for rows in part]
+
+    def compute(self) -> dict[str, float]:
+        """The scores of every row added (and, after `sync`, of every process's rows)."""
+        scorer = self.scorer
+        labelled, rows, answered = (int(n) for n in self.counts.tolist())
+        if labelled == 0:
+            raise ValueError(f"Scorer: every gold label is the abstain label {scorer.abstain_label}; nothing to score")
+        results: dict[str, float] = {}
+        if scorer.metrics and scorer.is_regression:
+            results.update(self._regression(labelled))
+        elif scorer.metrics:
+            results.update(self._classification(rows, answered))
+        if scorer.custom_metric_funcs:
+            columns = [[row[k] for row in self.rows] for k in range(3)]
+            arrays = [None if any(v is None for v in col) else torch.cat(col).numpy() for col in columns]
+            for name, func in scorer.custom_metric_funcs.items():
+                results.update(_custom_result(name, func(*arrays)))
+        return results
+
+    def _classification(self, rows: int, answered: int) -> dict[str, float]:
+        scorer = self.scorer
+        width = int(self.width) or 2
+        present = (self.confusion.sum(0) + self.confusion.sum(1)) > 0
+        present[1 : width + 1] = True  # 0..width-1: the columns of probs (else 0 and 1)
+        classes = torch.arange(-1, len(present) - 1)[present]
+        matrix = self.confusion[present][:, present]
+        results = {}
+        for metric in scorer.metrics:
+            if metric == "coverage":
+                results[metric] = answered / rows
+                continue
+            if float(matrix.sum()) == 0:
+                raise ValueError(
+                    f"Scorer: every prediction is the abstain label {scorer.abstain_label}; cannot compute {metric}"
+                )
+            if metric == "roc_auc":
+                golds, probs = self._answered_rows()
+                results[metric] = _roc_auc(golds, probs, classes)
+            else:
+                results[metric] = _from_confusion(metric, matrix, classes, scorer.beta)
+        return results
+
+    def _answered_rows(self) -> tuple[Tensor, Tensor | None]:
+        """The kept rows' golds and probs (gold and predicted abstains dropped), for roc_auc."""
+        golds = torch.cat([_as_labels("golds", row[0]) for row in self.rows])  # type: ignore[arg-type]
+        if any(row[2] is None for row in self.rows):
+            return golds, None
+        probs = torch.cat([row[2] for row in self.rows])  # type: ignore[misc]
+        preds = [row[1] if row[1] is not None else probs_to_preds(row[2]) for row in self.rows]  # type: ignore[arg-type]
+        answered = ~self.scorer._is_abstain(torch.cat([_as_labels("preds", p) for p in preds]))
+        return golds[answered], probs[answered]
+
+    def _regression(self, labelled: int) -> dict[str, float]:
+        if self.sums is None:
+            raise ValueError("Scorer: regression metrics need preds (or probs holding the predicted values)")
+        squared, absolute, total, total_squared = self.sums
+        n = float(labelled)
+        residual = squared.sum() / (n * len(squared))
+        spread = total_squared - total**2 / n  # Σ (y - ȳ)² per output
+        values = {
+            "mse": float(residual),
+            "mae": float(absolute.sum() / (n * len(absolute))),
+            "r2": float((1 - squared / spread).mean()),
+        }
+        return {metric: values[metric] for metric in self.scorer.metrics}
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -305,7 +430,9 @@ def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
     if missing:
         # scikit-learn raises too: with a class absent from the golds, its AUC is undefined
         raise ValueError(f"Scorer: roc_auc is undefined when gold labels lack classes {missing} of {width}")
-    rows_sum_to_one = probs.dim() == 1 or bool(torch.allclose(probs.sum(dim=1), torch.ones_like(probs[:, 0]), atol=1e-3))
+    rows_sum_to_one = probs.dim() == 1 or bool(
+        torch.allclose(probs.sum(dim=1), torch.ones_like(probs[:, 0]), atol=1e-3)
+    )
     if not rows_sum_to_one or bool(((probs < 0) | (probs > 1)).any()):
         # AUC of raw logits ranks by the wrong score (logit 1, not P(class 1)): refuse
         raise ValueError(
@@ -370,7 +497,9 @@ def _custom_result(name: str, value: Any) -> dict[str, float]:
         try:
             results[key] = float(item)
         except (TypeError, ValueError) as error:
-            raise TypeError(f"custom metric {name!r} returned {key}={item!r}; return a float or a dict of floats") from error
+            raise TypeError(
+                f"custom metric {name!r} returned {key}={item!r}; return a float or a dict of floats"
+            ) from error
     return results
 
 
@@ -417,7 +546,9 @@ def delta_m(
 def _higher_is_better(directions: Mapping[str, Any] | None, task: str, metric: str) -> bool:
     if directions is None:
         if metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"delta_m: no known direction for metric {metric!r} of task {task!r}; pass higher_is_better")
+            raise ValueError(
+                f"delta_m: no known direction for metric {metric!r} of task {task!r}; pass higher_is_better"
+            )
         return HIGHER_IS_BETTER[metric]
     by_metric = directions[task] if isinstance(directions.get(task), Mapping) else directions
     if metric not in by_metric:
@@ -441,7 +572,9 @@ def labels_to_tasks(
         if task is None:
             continue
         if task not in task_names:
-            raise ValueError(f"remap_labels maps label {label!r} to task {task!r}, which the model does not have; tasks: {sorted(task_names)}")
+            raise ValueError(
+                f"remap_labels maps label {label!r} to task {task!r}, which the model does not have; tasks: {sorted(task_names)}"
+            )
         mapping[label] = task
     return mapping
 
@@ -466,7 +599,9 @@ def _dataset_of(dataloader: DataLoader) -> Any:
     return dataset
 
 
-def _collect(model: Any, dataloader: DataLoader, mapping: Mapping[str, str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def _collect(
+    model: Any, dataloader: DataLoader, mapping: Mapping[str, str]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Gold labels and task outputs of every labelled task over one dataloader (no grad, eval mode)."""
     tasks = list(dict.fromkeys(mapping.values()))
     golds: dict[str, list[Tensor]] = defaultdict(list)
@@ -539,7 +674,11 @@ def predict(
     results = {"golds": golds, "probs": probs}
     if return_preds:
         task_scorers = dict(model.scorers()) if scorers is None else dict(scorers)
-        results["preds"] = {label: _predictions(label, probs[label], task_scorers.get(task)) for label, task in mapping.items()}
+        results["preds"] = {
+            label: _predictions(label, probs[label], task_scorers.get(task))
+            for label, task in mapping.items()
+            if label in probs  # none for an empty loader
+        }
     return results
 
 

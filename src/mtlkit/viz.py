@@ -45,13 +45,29 @@ def draw_graph(model: Any, path: str | PathLike[str] | None = None) -> Figure:
     ax = fig.subplots()
     for u, v in g.edges:
         ax.add_patch(
-            FancyArrowPatch(pos[u], pos[v], arrowstyle="-|>", mutation_scale=14, color="#555555",
-                            shrinkA=16, shrinkB=16, linewidth=1.2)
+            FancyArrowPatch(
+                pos[u],
+                pos[v],
+                arrowstyle="-|>",
+                mutation_scale=14,
+                color="#555555",
+                shrinkA=16,
+                shrinkB=16,
+                linewidth=1.2,
+            )
         )
     for name, (x, y) in pos.items():
         kind = "input" if name == INPUT else "output" if name in outputs else "inner"
-        ax.text(x, y, _label(model, g, name), ha="center", va="center", fontsize=9, zorder=3,
-                bbox={"boxstyle": "round,pad=0.4", "facecolor": _COLOURS[kind], "edgecolor": "#333333"})
+        ax.text(
+            x,
+            y,
+            _label(model, g, name),
+            ha="center",
+            va="center",
+            fontsize=9,
+            zorder=3,
+            bbox={"boxstyle": "round,pad=0.4", "facecolor": _COLOURS[kind], "edgecolor": "#333333"},
+        )
     xs = [x for x, _ in pos.values()]
     ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
     ax.set_ylim(-n_rows + 0.4, 0.6)

@@ -25,6 +25,7 @@ def test_attention_works_across_stages_that_change_shape_and_rank():
 
 def test_task_features_are_the_last_shared_features_scaled_by_a_mask_in_0_1():
     torch.manual_seed(0)
+
     def stages():
         return nn.Sequential(nn.Sequential(nn.Linear(4, 6), nn.Tanh()), nn.Sequential(nn.Linear(6, 6), nn.Tanh()))
 

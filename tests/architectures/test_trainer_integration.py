@@ -26,7 +26,9 @@ OPTIONS = {
 def _model(name: str, rep_grad: bool) -> arch.Architecture:
     return getattr(arch, name)(
         ["a", "b"],
-        encoder_class=lambda: nn.Sequential(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Sequential(nn.Linear(8, 8), nn.ReLU())),
+        encoder_class=lambda: nn.Sequential(
+            nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        ),
         decoders={"a": nn.Linear(8, 2), "b": nn.Linear(8, 1)},
         rep_grad=rep_grad,
         losses={"a": F.cross_entropy, "b": lambda pred, y: F.mse_loss(pred.squeeze(-1), y)},
@@ -41,7 +43,12 @@ def _loaders() -> list[DictDataLoader]:
     X = torch.randn(96, 4, generator=generator)
     Y = {"a": (X[:, 0] > 0).long(), "b": X[:, 1] - X[:, 2]}
     return [
-        DictDataLoader(DictDataset("toy", "train", {"x": X[:64]}, {k: v[:64] for k, v in Y.items()}), batch_size=16, shuffle=True, seed=0),
+        DictDataLoader(
+            DictDataset("toy", "train", {"x": X[:64]}, {k: v[:64] for k, v in Y.items()}),
+            batch_size=16,
+            shuffle=True,
+            seed=0,
+        ),
         DictDataLoader(DictDataset("toy", "valid", {"x": X[64:]}, {k: v[64:] for k, v in Y.items()}), batch_size=32),
     ]
 
@@ -111,8 +118,12 @@ def test_score_and_predict_as_multitask_classifier_and_fit_warns_without_metrics
     assert scores["a/toy/valid/accuracy"] == pytest.approx(
         float((predictions["preds"]["a"] == predictions["golds"]["a"]).float().mean())
     )
-    bare = arch.HPS(["a", "b"], lambda: nn.Linear(4, 8), {"a": nn.Linear(8, 2), "b": nn.Linear(8, 1)},
-                    losses={"a": F.cross_entropy, "b": lambda p, y: F.mse_loss(p.squeeze(-1), y)})
+    bare = arch.HPS(
+        ["a", "b"],
+        lambda: nn.Linear(4, 8),
+        {"a": nn.Linear(8, 2), "b": nn.Linear(8, 1)},
+        losses={"a": F.cross_entropy, "b": lambda p, y: F.mse_loss(p.squeeze(-1), y)},
+    )
     with pytest.warns(UserWarning, match="no metric to report: HPS has no Scorer for any task"):
         assert Trainer(n_epochs=1, progress_bar=False).fit(bare, loaders) == {}
     with pytest.warns(UserWarning, match="no dataloader is of a validation or test split"):

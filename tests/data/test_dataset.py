@@ -5,7 +5,9 @@ from mtlkit.data import DictDataset
 
 
 def test_getitem_returns_one_row_of_every_field():
-    ds = DictDataset("d", "train", {"x": torch.arange(6).view(3, 2), "ids": ["a", "b", "c"]}, {"t": torch.tensor([0, 1, -1])})
+    ds = DictDataset(
+        "d", "train", {"x": torch.arange(6).view(3, 2), "ids": ["a", "b", "c"]}, {"t": torch.tensor([0, 1, -1])}
+    )
     x, y = ds[1]
     assert x["x"].tolist() == [2, 3] and x["ids"] == "b" and y["t"].item() == 1
     assert len(ds) == 3
@@ -44,5 +46,10 @@ def test_unlabelled_dataset_takes_length_from_inputs():
 
 
 def test_variable_length_labels_as_list_of_tensors():
-    ds = DictDataset("tok", "train", {"x": [torch.zeros(2), torch.zeros(3)]}, {"tags": [torch.tensor([1, 0]), torch.tensor([2, 2, 1])]})
+    ds = DictDataset(
+        "tok",
+        "train",
+        {"x": [torch.zeros(2), torch.zeros(3)]},
+        {"tags": [torch.tensor([1, 0]), torch.tensor([2, 2, 1])]},
+    )
     assert ds[1][1]["tags"].tolist() == [2, 2, 1]

@@ -143,10 +143,18 @@ def test_task_info_constructors_pick_loss_metric_and_direction():
     cls = TaskInfo.classification(3, "x")
     reg = TaskInfo.regression("x", 2.0, 0.5, "g")
     assert (cls.kind, cls.num_classes, cls.loss, cls.metric, cls.higher_is_better) == (
-        "classification", 3, "cross_entropy", "accuracy", True,
+        "classification",
+        3,
+        "cross_entropy",
+        "accuracy",
+        True,
     )
     assert (reg.kind, reg.num_classes, reg.loss, reg.metric, reg.higher_is_better) == (
-        "regression", None, "mse", "mae", False,
+        "regression",
+        None,
+        "mse",
+        "mae",
+        False,
     )
 
 
@@ -253,10 +261,12 @@ def test_multi_mnist_labels_match_the_digits_drawn_in_the_image(multi_mnist):
         pool = split_indices(5000, (0.7, 0.15, 0.15), seed=0, dataset="multi_mnist")["valid"]
         left, right = images[pool[i]], images[pool.roll(1)[i]]
         assert labels[pool[i]] == valid.Y_dict["left"][i] and labels[pool.roll(1)[i]] == valid.Y_dict["right"][i]
-        candidates = torch.stack([
-            torch.maximum(_place(left, a, b, 36), _place(right, 8 - c, 8 - d, 36)).flatten()
-            for a, b, c, d in shifts.tolist()
-        ])
+        candidates = torch.stack(
+            [
+                torch.maximum(_place(left, a, b, 36), _place(right, 8 - c, 8 - d, 36)).flatten()
+                for a, b, c, d in shifts.tolist()
+            ]
+        )
         centred = candidates - candidates.mean(1, keepdim=True)
         target = composite - composite.mean()
         best = (centred @ target / (centred.norm(dim=1) * target.norm())).max().item()
@@ -292,10 +302,14 @@ def test_circles_squares_gives_one_dataset_per_task_and_split():
     for split in SPLITS:
         circle, square = data.split(split)
         assert (circle.name, list(circle.X_dict), list(circle.Y_dict)) == (
-            "CircleDataset", ["circle_data"], ["circle_task"],
+            "CircleDataset",
+            ["circle_data"],
+            ["circle_task"],
         )
         assert (square.name, list(square.X_dict), list(square.Y_dict)) == (
-            "SquareDataset", ["square_data"], ["square_task"],
+            "SquareDataset",
+            ["square_data"],
+            ["square_task"],
         )
     circle, square = data.split("train")
     assert not torch.equal(circle.X_dict["circle_data"], square.X_dict["square_data"])

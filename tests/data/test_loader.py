@@ -5,11 +5,21 @@ from mtlkit.data import DictDataLoader, DictDataset, EpochSampler, collate_dicts
 
 
 def _dataset(n=10):
-    return DictDataset("d", "train", {"x": torch.arange(n).float().unsqueeze(1), "ids": [f"id{i}" for i in range(n)]}, {"t": torch.arange(n)})
+    return DictDataset(
+        "d",
+        "train",
+        {"x": torch.arange(n).float().unsqueeze(1), "ids": [f"id{i}" for i in range(n)]},
+        {"t": torch.arange(n)},
+    )
 
 
 def test_collate_stacks_equal_shapes_and_keeps_non_tensors_as_lists():
-    X, Y = collate_dicts([({"x": torch.ones(2), "s": "a"}, {"t": torch.tensor(1)}), ({"x": torch.zeros(2), "s": "b"}, {"t": torch.tensor(0)})])
+    X, Y = collate_dicts(
+        [
+            ({"x": torch.ones(2), "s": "a"}, {"t": torch.tensor(1)}),
+            ({"x": torch.zeros(2), "s": "b"}, {"t": torch.tensor(0)}),
+        ]
+    )
     assert torch.equal(X["x"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
     assert X["s"] == ["a", "b"] and torch.equal(Y["t"], torch.tensor([1, 0]))
 

@@ -26,7 +26,9 @@ def test_register_dataset_makes_it_loadable_by_name(monkeypatch):
     assert "toy_registered" in available()
     a, b = load("toy_registered", seed=1, n=50), load("toy_registered", seed=1, n=50)
     assert torch.equal(a.datasets[0].X_dict["x"], b.datasets[0].X_dict["x"]) and len(a.split("test")[0]) == 20
-    with pytest.raises(ConfigError, match="'toy_registered' is already a dataset; pick another name or pass overwrite=True"):
+    with pytest.raises(
+        ConfigError, match="'toy_registered' is already a dataset; pick another name or pass overwrite=True"
+    ):
         register_dataset("toy_registered", make)
     register_dataset("toy_registered", make, overwrite=True)
     with pytest.raises(ConfigError, match="has no option 'size'"):

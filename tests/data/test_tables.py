@@ -45,8 +45,12 @@ def test_standardisation_uses_labelled_training_rows_only(tmp_path):
     assert torch.allclose(train.X_dict["x"][:, 0], (a - a.mean()) / a.std(unbiased=False), atol=1e-6)
     y = torch.tensor([0.5, 1.5, -1.0], dtype=torch.float64)
     info = loaded.info.tasks["score"]
-    assert info.target_mean == pytest.approx(y.mean().item()) and info.target_std == pytest.approx(y.std(unbiased=False).item())
-    assert loaded.split("test")[0].Y_dict["score"].item() == pytest.approx((3.5 - y.mean().item()) / y.std(unbiased=False).item())
+    assert info.target_mean == pytest.approx(y.mean().item()) and info.target_std == pytest.approx(
+        y.std(unbiased=False).item()
+    )
+    assert loaded.split("test")[0].Y_dict["score"].item() == pytest.approx(
+        (3.5 - y.mean().item()) / y.std(unbiased=False).item()
+    )
 
 
 def test_fractions_split_is_fixed_by_its_seed_and_partitions_the_rows(tmp_path):
@@ -93,19 +97,37 @@ def test_missing_pandas_names_the_extra(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("targets", "options", "message"),
     [
-        ({"kind": {"kind": "classification", "classes": ["cat", "dog"]}}, {"features": ["a"], "split": {"column": "fold"}},
-         r"data.targets.kind: column 'kind' holds '\?' in row 2.*set data.targets.kind.missing"),
+        (
+            {"kind": {"kind": "classification", "classes": ["cat", "dog"]}},
+            {"features": ["a"], "split": {"column": "fold"}},
+            r"data.targets.kind: column 'kind' holds '\?' in row 2.*set data.targets.kind.missing",
+        ),
         ({"kind": {"kind": "classification"}}, {}, r"data.targets.kind.classes: list the values"),
-        ({"kind": {"kind": "clasification", "classes": 2}}, {}, r"data.targets.kind.kind: give one of classification, regression"),
-        ({"kind": {"kind": "regression"}}, {"features": ["a"], "missing": "?"}, r"data.targets.kind: column 'kind' holds 'cat' in row 0, which is not a finite number"),
+        (
+            {"kind": {"kind": "clasification", "classes": 2}},
+            {},
+            r"data.targets.kind.kind: give one of classification, regression",
+        ),
+        (
+            {"kind": {"kind": "regression"}},
+            {"features": ["a"], "missing": "?"},
+            r"data.targets.kind: column 'kind' holds 'cat' in row 0, which is not a finite number",
+        ),
         ({"kinds": {"kind": "regression"}}, {}, r"data.targets: t.csv has no column 'kinds'.*Its columns"),
-        ({"kind": {"kind": "classification", "classes": [False, True]}}, {"features": ["a"]},
-         r"quote them"),
+        ({"kind": {"kind": "classification", "classes": [False, True]}}, {"features": ["a"]}, r"quote them"),
         ({"kind": {"kind": "classification", "classes": ["cat", "dog"], "colour": 1}}, {}, r"unknown key 'colour'"),
         (TARGETS, {"features": ["a", "kind"]}, r"data.features: column 'kind' is a target"),
         (TARGETS, {"features": ["a", "fold"], "missing": "?"}, r"data.features: column 'fold' of t.csv is not numeric"),
-        (TARGETS, {"features": ["b"], "split": {"column": "a"}, "missing": "?"}, r"data.split.column: column 'a' of t.csv holds '1'"),
-        (TARGETS, {"features": ["a"], "split": {"fractions": [0.5, 0.5]}, "missing": "?"}, r"data.split.fractions: .*three non-negative numbers"),
+        (
+            TARGETS,
+            {"features": ["b"], "split": {"column": "a"}, "missing": "?"},
+            r"data.split.column: column 'a' of t.csv holds '1'",
+        ),
+        (
+            TARGETS,
+            {"features": ["a"], "split": {"fractions": [0.5, 0.5]}, "missing": "?"},
+            r"data.split.fractions: .*three non-negative numbers",
+        ),
         (TARGETS, {"split": {"column": "fold", "seed": 1}}, r"data.split: give either 'column' or 'fractions'"),
         ({}, {}, r"data.targets: name each task column"),
     ],

@@ -15,7 +15,20 @@ def test_list_names_architectures_balancers_datasets_and_metrics(capsys):
 def test_train_then_eval_a_config_file(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "data": {"name": "penguins"}, "model": {"encoder": {"hidden": [8]}}}))
-    assert main(["train", str(path), "trainer.n_epochs=1", "weighting=uw", "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "trainer.n_epochs=1",
+                "weighting=uw",
+                "--run-dir",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "| species | penguins | accuracy |" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "r/config.yaml").read_text())["weighting"] == "uw"
     assert main(["eval", str(tmp_path / "r"), "--splits", "test"]) == 0

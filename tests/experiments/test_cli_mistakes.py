@@ -124,7 +124,9 @@ def test_resume_refuses_another_balancer_or_another_model(tmp_path, capsys):
     assert train(path, "--run-dir", tmp_path / "r", "--resume", "weighting=uw") == 2
     assert "the checkpoint was trained with weighting='ew', not 'uw'" in one_line_error(capsys)
     assert train(path, "--run-dir", tmp_path / "r", "--resume", "model.encoder.hidden=[8]") == 2
-    assert "--resume: model.encoder.hidden differs from the run's config.yaml ([4] there, [8] now)" in one_line_error(capsys)
+    assert "--resume: model.encoder.hidden differs from the run's config.yaml ([4] there, [8] now)" in one_line_error(
+        capsys
+    )
     assert train(path, "--run-dir", tmp_path / "fresh", "--resume") == 2
     assert "has no checkpoints/last.pt" in one_line_error(capsys)
 
@@ -140,10 +142,17 @@ def test_a_second_writer_of_the_same_folder_stops_at_once(tmp_path, capsys):
 
 def test_a_writer_in_another_process_blocks_the_folder(tmp_path, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom mtlkit.experiments.run_folder import claim_run_folder\n"
-         "with claim_run_folder(Path(sys.argv[1]), {}):\n    print('locked', flush=True)\n    sys.stdin.read()\n",
-         str(tmp_path / "r")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom pathlib import Path\nfrom mtlkit.experiments.run_folder import claim_run_folder\n"
+            "with claim_run_folder(Path(sys.argv[1]), {}):\n    print('locked', flush=True)\n    sys.stdin.read()\n",
+            str(tmp_path / "r"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -180,9 +189,7 @@ def test_train_and_eval_the_readme_csv_example(tmp_path, capsys):
 
 def test_train_and_eval_a_factory_dataset(tmp_path, capsys, monkeypatch):
     (tmp_path / "cli_factory_mod.py").write_text(
-        "from mtlkit.data.datasets import load\n"
-        "def make(seed=0):\n"
-        "    return load('penguins', seed=seed)\n"
+        "from mtlkit.data.datasets import load\ndef make(seed=0):\n    return load('penguins', seed=seed)\n"
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

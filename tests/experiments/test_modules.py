@@ -10,7 +10,9 @@ from mtlkit.experiments.modules import build_layer, encoder_factory, head, loss_
 
 
 def test_layer_specs_build_torch_and_mtlkit_modules():
-    seq = build_layer([{"Linear": [4, 3]}, "ReLU", {"Dropout": 0.5}, {"Linear": {"in_features": 3, "out_features": 2}}], "here")
+    seq = build_layer(
+        [{"Linear": [4, 3]}, "ReLU", {"Dropout": 0.5}, {"Linear": {"in_features": 3, "out_features": 2}}], "here"
+    )
     assert [type(m) for m in seq] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
     assert seq[0].in_features == 4 and seq[2].p == 0.5 and seq[3].out_features == 2
     assert isinstance(build_layer({"Concat": {"dim": 1}}, "here"), layers.Concat)

@@ -15,13 +15,29 @@ def quickstart_tasks() -> list[dict]:
         {"name": "Embed1", "layers": Sequential(Linear(16, 32), Linear(32, 8))},
         {"name": "Embed2", "layers": Sequential(Linear(16, 32), Linear(32, 8))},
         {"name": "CatTask", "layers": Concat(dim=1), "loss_weight": 1.0, "anchor_layer": ["Embed1", "Embed2"]},
-        {"name": "Task1", "layers": Sequential(Linear(8, 32), Linear(32, 1)), "loss": MSELoss(),
-         "loss_weight": 1.0, "anchor_layer": "Embed1"},
-        {"name": "Task2", "layers": Sequential(Linear(8, 64), Linear(64, 1)), "loss": BCEWithLogitsLoss(),
-         "loss_weight": 1.0, "anchor_layer": "Embed2"},
+        {
+            "name": "Task1",
+            "layers": Sequential(Linear(8, 32), Linear(32, 1)),
+            "loss": MSELoss(),
+            "loss_weight": 1.0,
+            "anchor_layer": "Embed1",
+        },
+        {
+            "name": "Task2",
+            "layers": Sequential(Linear(8, 64), Linear(64, 1)),
+            "loss": BCEWithLogitsLoss(),
+            "loss_weight": 1.0,
+            "anchor_layer": "Embed2",
+        },
         {"name": "FNN", "layers": Sequential(Linear(16, 32), Linear(32, 32)), "anchor_layer": "CatTask"},
-        {"name": "Task3", "layers": Sequential(Linear(32, 16), Linear(16, 1)), "anchor_layer": "FNN",
-         "loss": MSELoss(), "loss_weight": "auto", "loss_init_val": 1.0},
+        {
+            "name": "Task3",
+            "layers": Sequential(Linear(32, 16), Linear(16, 1)),
+            "anchor_layer": "FNN",
+            "loss": MSELoss(),
+            "loss_weight": "auto",
+            "loss_init_val": 1.0,
+        },
     ]
 
 
@@ -29,5 +45,3 @@ def quickstart_tasks() -> list[dict]:
 def tasks() -> list[dict]:
     torch.manual_seed(0)
     return quickstart_tasks()
-
-

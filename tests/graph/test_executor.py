@@ -69,6 +69,7 @@ def test_failure_in_a_later_node_names_it_and_its_inputs():
 
 def test_failed_key_selection_names_the_node_and_the_key():
     graph, modules = _graph()
+
     class NoLeft(nn.Module):
         def forward(self, x):
             return {"right": x}

@@ -103,5 +103,3 @@ def make_loaders():
 def params():
     """`params(model)`: detached copies of the model's parameters."""
     return _params
-
-

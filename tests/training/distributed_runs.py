@@ -12,18 +12,38 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer
-from mtlkit.training import StepOutput
+from mtlkit.training import DDPStrategy, StepOutput, close_process_group
 
 LOCAL_BATCH = 4  # per rank; one process uses WORLD * LOCAL_BATCH
 WORLD = 2
-METHODS = ("ew", "uw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "famo", "fairgrad", "mgda@every=2,ema=0.9")
-REP_METHODS = ("mgda", "nash_mtl", "fairgrad", "mgda@every=2,ema=0.9")  # Gramian-based methods at the shared representation
+METHODS = (
+    "ew",
+    "uw",
+    "mgda",
+    "pcgrad",
+    "cagrad",
+    "imtl",
+    "nash_mtl",
+    "graddrop",
+    "db_mtl",
+    "famo",
+    "fairgrad",
+    "mgda@every=2,ema=0.9",
+)
+REP_METHODS = (
+    "mgda",
+    "nash_mtl",
+    "fairgrad",
+    "mgda@every=2,ema=0.9",
+)  # Gramian-based methods at the shared representation
+SHARDED_METHODS = ("mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")  # Gramian-only: G from slices of J
 TIMEOUT_S = 60
 
 
@@ -77,6 +97,27 @@ class Net(nn.Module):
         return {"a": Scorer(["accuracy"]), "b": Scorer(["mse"]), "c": Scorer(["accuracy", "coverage"])}
 
 
+class RichNet(Net):
+    """Net scored with every kind of metric state: confusion counts, error sums, rows (roc_auc, a custom function)."""
+
+    def scorers(self):
+        spread = {"spread": lambda golds, preds, probs: float(np.std(preds - golds))}
+        return {
+            "a": Scorer(["accuracy", "f1", "f1_micro", "matthews_corrcoef", "roc_auc", "fbeta"], beta=0.5),
+            "b": Scorer(["mse", "mae", "r2"], custom_metric_funcs=spread),
+            "c": Scorer(["precision", "recall", "coverage", "f1"]),
+        }
+
+
+def one_row_loader() -> DictDataLoader:
+    """One validation row: rank 1's shard of it is empty."""
+    data = make_loaders(4)[2].dataset
+    one = DictDataset(
+        "dsOne", "test", {k: v[:1] for k, v in data.X_dict.items()}, {k: v[:1] for k, v in data.Y_dict.items()}
+    )
+    return DictDataLoader(one, batch_size=4)
+
+
 def make_model(rep_grad: bool = False, fail=None) -> Net:
     torch.manual_seed(0)
     return Net(rep_grad, fail).double()
@@ -111,14 +152,28 @@ def make_loaders(batch_size: int) -> list[DictDataLoader]:
 
 
 def config(weighting: str, **overrides) -> dict:
-    return {"n_epochs": 2, "lr": 0.1, "optimizer": "sgd", "weighting": weighting, "seed": 0,
-            "progress_bar": False, **overrides}
+    return {
+        "n_epochs": 2,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "weighting": weighting,
+        "seed": 0,
+        "progress_bar": False,
+        **overrides,
+    }
 
 
-def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None, **overrides) -> dict:
-    """Train with `processes` ranks' worth of batch; return what the tests compare."""
+def run(
+    weighting: str, processes: int, rep_grad: bool = False, resume_from=None, sharded: bool = False, **overrides
+) -> dict:
+    """Train with `processes` ranks' worth of batch; return what the tests compare.
+
+    `sharded`: Gramian-only methods take G from slices of J (the NCCL default) instead of the averaged J.
+    """
     model = make_model(rep_grad)
     trainer = Trainer(**config(weighting, **overrides))
+    if sharded:
+        trainer.strategy = DDPStrategy(shard_jacobian=True)
     final = trainer.fit(model, make_loaders(LOCAL_BATCH * (WORLD // processes)), resume_from=resume_from)
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -126,6 +181,7 @@ def run(weighting: str, processes: int, rep_grad: bool = False, resume_from=None
         "final": final,
         "history": trainer.history,
         "step": trainer.step,
+        "timings": dict(trainer.strategy.timings),
     }
 
 
@@ -141,34 +197,76 @@ def _scenarios(rank: int, out: Path) -> dict:
     results: dict = {}
     for method in METHODS:
         results[method] = run(method, WORLD, distributed=True)
+    for method in SHARDED_METHODS:
+        results[f"{method}/sharded"] = run(method, WORLD, distributed=True, sharded=True)
     for method in REP_METHODS:
         results[f"{method}/rep"] = run(method, WORLD, rep_grad=True, distributed=True)
     results["graddrop/rep"] = _error(lambda: run("graddrop", WORLD, rep_grad=True, distributed=True))
     # Rank-specific folders show who writes; rank 0's checkpoint is resumed on one process by the test.
     results["written"] = run(
-        "uw", WORLD, distributed=True, n_epochs=1, logging=True, checkpointing=True,
-        log_dir=str(out / f"logs{rank}"), checkpoint_dir=str(out / f"checkpoints{rank}"),
+        "uw",
+        WORLD,
+        distributed=True,
+        n_epochs=1,
+        logging=True,
+        checkpointing=True,
+        log_dir=str(out / f"logs{rank}"),
+        checkpoint_dir=str(out / f"checkpoints{rank}"),
     )
     results["resumed"] = run("uw", WORLD, distributed=True, resume_from=out / "one_process.pt")
-    results["raise"] = _error(lambda: Trainer(**config("mgda", distributed=True)).fit(
-        make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)))
-    results["nan"] = _error(lambda: Trainer(**config("ew", distributed=True)).fit(
-        make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH)))
+    results["auto"] = run("pcgrad", WORLD, strategy="auto")  # the script's group makes 'auto' pick ddp
+    strategy = DDPStrategy()
+    strategy.launch(None)
+    torch.manual_seed(0)
+    results["scores"] = strategy.score(RichNet().double(), make_loaders(4)[2:])
+    results["scores/one"] = strategy.score(make_model(), [one_row_loader()])
+    results["raise"] = _error(
+        lambda: Trainer(**config("mgda", distributed=True)).fit(
+            make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)
+        )
+    )
+    results["nan"] = _error(
+        lambda: Trainer(**config("ew", distributed=True)).fit(make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH))
+    )
     return results
 
 
 def worker(rank: int, ports: tuple[int, int], out: str) -> None:
-    """One rank: a run whose process group the Trainer creates from torchrun's variables, then the scenarios."""
+    """One rank: repeated fits in a process group the Trainer creates from torchrun's variables, then the scenarios.
+
+    Phase 1 (issue: a second `fit` used to hang): three fits with different balancers in
+    the group the first one creates, which stays for the next ones and goes on
+    `close_process_group()`. Phase 2: a group the script creates itself, which mtlkit uses
+    and never destroys.
+    """
     torch.set_num_threads(1)
     out = Path(out)
     try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]), RANK=str(rank),
-                          WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(ports[0]),
+            RANK=str(rank),
+            WORLD_SIZE=str(WORLD),
+            LOCAL_RANK=str(rank),
+        )
         results = {"env": run("ew", WORLD, distributed=True, dist_timeout=TIMEOUT_S)}
-        results["env"]["left_group"] = not dist.is_initialized()
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{ports[1]}", rank=rank,
-                                world_size=WORLD, timeout=timedelta(seconds=TIMEOUT_S))
+        results["env/kept_group"] = dist.is_initialized()
+        results["env/again"] = run("mgda", WORLD, strategy="ddp", dist_timeout=TIMEOUT_S)
+        results["env/third"] = run("uw", WORLD, strategy="auto", dist_timeout=TIMEOUT_S)
+        close_process_group()
+        results["env/closed"] = not dist.is_initialized()
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # phase 2: the script's own group
+            del os.environ[name]
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{ports[1]}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=timedelta(seconds=TIMEOUT_S),
+        )
         results.update(_scenarios(rank, out))
+        close_process_group()
+        results["user/kept_group"] = dist.is_initialized()
         dist.destroy_process_group()
     except Exception:
         (out / f"failure{rank}.txt").write_text(traceback.format_exc())

@@ -97,8 +97,13 @@ def test_checkpointer_keeps_the_best_model_of_each_tracked_metric(tmp_path):
     checkpointer.checkpoint(3, _model(3.0), {"t/d/valid/acc": 0.6, "t/d/valid/loss": 0.4})
     assert checkpointer.best_metric_dict == {"t/d/valid/acc": 0.7, "t/d/valid/loss": 0.4}
     names = {p.name for p in tmp_path.iterdir()}
-    assert names == {"checkpoint_1.pth", "checkpoint_2.pth", "checkpoint_3.pth",
-                     "best_model_t_d_valid_acc.pth", "best_model_t_d_valid_loss.pth"}
+    assert names == {
+        "checkpoint_1.pth",
+        "checkpoint_2.pth",
+        "checkpoint_3.pth",
+        "best_model_t_d_valid_acc.pth",
+        "best_model_t_d_valid_loss.pth",
+    }
     checkpointer.clear()
     assert {p.name for p in tmp_path.iterdir()} == {"best_model_t_d_valid_acc.pth", "best_model_t_d_valid_loss.pth"}
     model = checkpointer.load_best_model(_model(0.0))

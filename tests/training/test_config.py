@@ -46,8 +46,19 @@ def test_bad_choice_names_the_key_and_allowed_values(key, value, allowed):
 
 @pytest.mark.parametrize(
     "key, value",
-    [("n_epochs", 0), ("n_epochs", 1.5), ("n_epochs", True), ("lr", 0), ("lr", "0.1"), ("l2", -1.0),
-     ("grad_clip", -0.5), ("log_every", 0), ("checkpoint_runway", -1), ("early_stopping", 0), ("seed", -3)],
+    [
+        ("n_epochs", 0),
+        ("n_epochs", 1.5),
+        ("n_epochs", True),
+        ("lr", 0),
+        ("lr", "0.1"),
+        ("l2", -1.0),
+        ("grad_clip", -0.5),
+        ("log_every", 0),
+        ("checkpoint_runway", -1),
+        ("early_stopping", 0),
+        ("seed", -3),
+    ],
 )
 def test_bad_number_is_rejected_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
@@ -146,11 +157,19 @@ def test_snorkel_nested_options_map_to_the_flat_ones():
             "optimizer": "sgd",
             "lr_scheduler": "step",
             "optimizer_config": {"sgd_config": {"momentum": 0.5}, "adam_config": {"amsgrad": True}},
-            "lr_scheduler_config": {"warmup_steps": 2, "warmup_unit": "epochs", "step_config": {"step_size": 3, "gamma": 0.5},
-                                    "exponential_config": {"gamma": 0.1}},
+            "lr_scheduler_config": {
+                "warmup_steps": 2,
+                "warmup_unit": "epochs",
+                "step_config": {"step_size": 3, "gamma": 0.5},
+                "exponential_config": {"gamma": 0.1},
+            },
             "log_writer": "json",
             "log_writer_config": {"log_dir": "logs", "run_name": "r1"},
-            "checkpointer_config": {"checkpoint_dir": "ck", "checkpoint_metric": "t/d/valid/acc:max", "checkpoint_factor": 2},
+            "checkpointer_config": {
+                "checkpoint_dir": "ck",
+                "checkpoint_metric": "t/d/valid/acc:max",
+                "checkpoint_factor": 2,
+            },
             "log_manager_config": {"counter_unit": "epochs", "evaluation_freq": 2},
             "model_config": {"device": -1, "dataparallel": True},
         }
@@ -184,7 +203,6 @@ def test_nested_options_refuse_what_mtlkit_cannot_honour():
         TrainerConfig.from_dict({"warmup_steps": 1, "lr_scheduler_config": {"warmup_steps": 2}})
     with pytest.raises(ConfigError, match="unknown Trainer option 'n_epoch'.*Did you mean 'n_epochs'"):
         TrainerConfig.from_dict({"n_epoch": 2})
-
 
 
 def test_grad_clip_zero_means_no_clipping_as_in_snorkel():

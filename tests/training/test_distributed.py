@@ -16,12 +16,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mtlkit import ConfigError, DictDataLoader, DictDataset, Trainer
+from mtlkit import ConfigError, DictDataLoader, DictDataset, Scorer, Trainer, metrics
+from mtlkit.experiments.config import ExperimentConfig
+from mtlkit.training import DDPStrategy, SingleProcess, TrainerConfig
 from mtlkit.training.distributed import is_main_process, shard_evaluation_loader, shard_training_loader
 from mtlkit.weighting import is_registered
 
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_runs as runs  # noqa: E402  (importable by name: the spawned ranks import it too)
+import distributed_runs as runs  # importable by name: the spawned ranks import it too
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -44,8 +46,9 @@ def spawned(tmp_path_factory):
     # The checkpoint that two ranks resume: one epoch of a one-process run.
     runs.run("uw", 1, n_epochs=1, checkpointing=True, checkpoint_dir=str(out / "one"))
     (out / "one" / "last.pt").rename(out / "one_process.pt")
-    context = mp.start_processes(runs.worker, args=(tuple(_free_ports(2)), str(out)), nprocs=runs.WORLD,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        runs.worker, args=(tuple(_free_ports(2)), str(out)), nprocs=runs.WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + 240
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -69,7 +72,10 @@ def _assert_same_run(two, one):
             assert two_record[key] == pytest.approx(value, rel=1e-9), key
 
 
-@pytest.mark.parametrize("method", [*runs.METHODS, *(f"{m}/rep" for m in runs.REP_METHODS)])
+@pytest.mark.parametrize(
+    "method",
+    [*runs.METHODS, *(f"{m}/rep" for m in runs.REP_METHODS), *(f"{m}/sharded" for m in runs.SHARDED_METHODS)],
+)
 def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, method):
     name = method.split("/")[0]
     if not is_registered(name):
@@ -80,10 +86,21 @@ def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, m
     _assert_same_run(rank1[method], one)  # every rank holds the same model and balancer state
 
 
-def test_trainer_creates_the_process_group_from_torchrun_variables_and_leaves_it(spawned):
+def test_trainer_creates_the_process_group_from_torchrun_variables_and_keeps_it_for_the_next_fits(spawned):
+    """Three fits in a row in one process (the second used to hang), each equal to one process."""
     (rank0, rank1), _ = spawned
-    _assert_same_run(rank0["env"], runs.run("ew", 1))
-    assert rank0["env"]["left_group"] and rank1["env"]["left_group"]
+    for key, method in (("env", "ew"), ("env/again", "mgda"), ("env/third", "uw")):
+        one = runs.run(method, 1)
+        _assert_same_run(rank0[key], one)
+        _assert_same_run(rank1[key], one)
+    assert rank0["env/kept_group"] and rank1["env/kept_group"]
+    assert rank0["env/closed"] and rank1["env/closed"]  # close_process_group() ends the group mtlkit made
+
+
+def test_a_process_group_the_script_created_is_used_and_never_destroyed(spawned):
+    (rank0, rank1), _ = spawned
+    assert rank0["user/kept_group"] and rank1["user/kept_group"]
+    _assert_same_run(rank0["auto"], runs.run("pcgrad", 1))
 
 
 def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
@@ -91,6 +108,31 @@ def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
     for result in (rank0["graddrop/rep"], rank1["graddrop/rep"]):
         assert result["type"] == "ValueError"
         assert "GradDrop" in result["message"] and "rep_grad" in result["message"]
+
+
+def test_ddp_averages_the_model_gradients_except_where_a_gradient_method_needs_them_first(spawned):
+    (rank0, _), _ = spawned
+    assert set(rank0["ew"]["timings"]) <= {"setup", "losses", "evaluation"}  # no hand-written gradient averaging
+    assert {"jacobian", "gradients"} <= set(rank0["mgda"]["timings"])  # gloo: the averaged J
+    assert "update" not in rank0["mgda"]["timings"]
+    # Sharded: J's columns reduce-scattered, partial Gramians summed, the update gathered.
+    assert {"jacobian", "gramian", "update", "gradients"} <= set(rank0["mgda/sharded"]["timings"])
+    # At a representation: the T×T Gramian all-reduced, then one backward through DDP averages the rest.
+    assert "gramian" in rank0["mgda/rep"]["timings"] and "gradients" not in rank0["mgda/rep"]["timings"]
+
+
+def test_scores_from_reduced_metric_states_equal_one_process_scoring(spawned):
+    (rank0, rank1), _ = spawned
+    torch.manual_seed(0)
+    one = metrics.score(runs.RichNet().double(), runs.make_loaders(4)[2:])
+    assert "a/dsV/valid/roc_auc" in one and "b/dsV/test/spread" in one and "c/dsV/test/recall" in one
+    one_row = metrics.score(runs.make_model(), [runs.one_row_loader()])  # rank 1 holds none of it
+    assert "b/dsOne/test/mse" in one_row
+    for expected, key in ((one, "scores"), (one_row, "scores/one")):
+        for scores in (rank0[key], rank1[key]):
+            assert scores.keys() == expected.keys()
+            for name, value in expected.items():
+                assert scores[name] == pytest.approx(value, rel=1e-6, abs=1e-12), name
 
 
 def test_only_rank_0_logs_and_writes_checkpoints(spawned):
@@ -142,8 +184,10 @@ def _indices(loader):
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_training_shards_together_hold_the_one_process_batches_of_each_epoch(epoch):
     one = DictDataLoader(_dataset(24), batch_size=6, shuffle=True, seed=3)
-    shards = [shard_training_loader(DictDataLoader(_dataset(24), batch_size=3, shuffle=True, seed=99), 2, r, 3)
-              for r in range(2)]
+    shards = [
+        shard_training_loader(DictDataLoader(_dataset(24), batch_size=3, shuffle=True, seed=99), 2, r, 3)
+        for r in range(2)
+    ]
     for loader in (one, *shards):
         loader.set_epoch(epoch)
     merged = [sorted(a + b) for a, b in zip(*map(_indices, shards), strict=True)]
@@ -180,3 +224,50 @@ def test_main_process_is_rank_0_of_the_launch(monkeypatch):
     assert not is_main_process()
     monkeypatch.setenv("RANK", "0")
     assert is_main_process()
+
+
+def test_a_score_state_updated_batch_by_batch_equals_one_scoring_of_all_rows():
+    g = torch.Generator().manual_seed(0)
+    golds = torch.randint(0, 3, (40,), generator=g)
+    golds[::7] = -1  # abstains
+    probs = torch.softmax(torch.randn(40, 3, generator=g, dtype=torch.float64), dim=1)
+    scorer = Scorer(
+        ["accuracy", "f1", "matthews_corrcoef", "roc_auc", "coverage"],
+        custom_metric_funcs={"n": lambda golds, preds, probs: float(len(golds))},
+    )
+    state = scorer.state(3)
+    for rows in torch.arange(40).split(9):
+        state.update(golds[rows], probs[rows].argmax(1), probs[rows])
+    assert state.compute() == pytest.approx(scorer.score(golds, probs.argmax(1), probs), rel=1e-6)
+    assert state.compute()["n"] == 34
+
+    targets = torch.randn(30, generator=g, dtype=torch.float64)
+    values = targets + 0.3 * torch.randn(30, generator=g, dtype=torch.float64)
+    regression = Scorer(["mse", "mae", "r2"])
+    state = regression.state(None)
+    for rows in torch.arange(30).split(7):
+        state.update(targets[rows], values[rows])
+    assert state.compute() == pytest.approx(regression.score(targets, values), rel=1e-12)
+
+
+def test_strategy_option_picks_the_strategy_and_checks_its_value(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert type(Trainer().strategy) is SingleProcess
+    assert type(Trainer(strategy="auto").strategy) is SingleProcess  # no torchrun, no process group
+    assert type(Trainer(distributed=True).strategy) is DDPStrategy
+    assert type(Trainer(strategy="ddp").strategy) is DDPStrategy
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert type(Trainer(strategy="auto").strategy) is DDPStrategy  # launched by torchrun
+    with pytest.raises(ConfigError, match="strategy='single' contradicts distributed=True"):
+        Trainer(strategy="single", distributed=True)
+    with pytest.raises(ConfigError, match="strategy"):
+        Trainer(strategy="dp")
+
+
+def test_yaml_trainer_section_accepts_a_strategy():
+    config = ExperimentConfig.from_dict({"trainer": {"strategy": "auto"}})
+    assert TrainerConfig.from_dict(dict(config.trainer)).strategy == "auto"
+    with pytest.raises(ConfigError, match=r"trainer: .*strategy"):
+        ExperimentConfig.from_dict({"trainer": {"strategy": "fdsp"}})

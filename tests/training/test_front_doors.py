@@ -40,8 +40,13 @@ def test_torchmtl_graph_model_trains_with_uncertainty_weighting(make_loaders):
         [
             {"name": "input", "layers": lambda X: X["x"]},  # the dict batch of a DictDataLoader
             {"name": "trunk", "layers": nn.Sequential(nn.Linear(2, 8), nn.ReLU()), "anchor_layer": "input"},
-            {"name": "a", "layers": nn.Linear(8, 2), "anchor_layer": "trunk", "loss": F.cross_entropy,
-             "metrics": ["accuracy"]},
+            {
+                "name": "a",
+                "layers": nn.Linear(8, 2),
+                "anchor_layer": "trunk",
+                "loss": F.cross_entropy,
+                "metrics": ["accuracy"],
+            },
             {"name": "b", "layers": nn.Linear(8, 2), "anchor_layer": "trunk", "loss": F.cross_entropy},
         ],
         output_tasks=["a", "b"],

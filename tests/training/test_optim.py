@@ -83,8 +83,15 @@ def test_l2_decays_model_parameters_but_not_balancer_parameters():
     assert balancer_p.item() == 1.0
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                       ("adamw", torch.optim.AdamW), ("adamax", torch.optim.Adamax)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("adamax", torch.optim.Adamax),
+    ],
+)
 def test_named_optimizers_build_their_torch_class(name, cls):
     optimizer = build_optimizer(TrainerConfig(optimizer=name, lr=0.2), [nn.Parameter(torch.ones(1))], [])
     assert type(optimizer) is cls and optimizer.param_groups[0]["lr"] == 0.2

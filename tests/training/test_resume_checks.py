@@ -18,7 +18,9 @@ def trained(tmp_path, make_model, make_loaders, **options):
 def test_resume_with_another_balancer_is_refused(tmp_path, make_model, make_loaders):
     path = trained(tmp_path, make_model, make_loaders, weighting="uw")
     with pytest.raises(ConfigError, match=r"trained with weighting='uw', not 'ew'"):
-        Trainer(n_epochs=3, lr=0.1, weighting="ew", progress_bar=False).fit(make_model(), make_loaders(), resume_from=path)
+        Trainer(n_epochs=3, lr=0.1, weighting="ew", progress_bar=False).fit(
+            make_model(), make_loaders(), resume_from=path
+        )
 
 
 def test_resume_with_another_n_epochs_under_a_schedule_warns(tmp_path, make_model, make_loaders):

@@ -109,7 +109,9 @@ def test_extra_batches_are_refused_under_torch_distributed_before_training(make_
     from mtlkit.weighting import get
 
     model = make_model()
-    with pytest.raises(ConfigError, match="MoDo draws extra batches each step, which distributed=True does not support"):
+    with pytest.raises(
+        ConfigError, match="MoDo draws extra batches each step, which distributed=True does not support"
+    ):
         StepContexts(get("modo", tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",))
     # FAMO's post-step forward is fine there: it reduces to the global batch's losses like the step's own.
     StepContexts(get("famo", tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",))

@@ -200,8 +200,15 @@ def test_best_model_is_restored_at_the_end(make_model, make_loaders, params, tmp
 
 
 def test_checkpoint_runway_delays_best_model_tracking(make_model, make_loaders, tmp_path):
-    trainer = Trainer(n_epochs=3, lr=0.05, checkpointing=True, checkpoint_dir=str(tmp_path), checkpoint_runway=2,
-                      checkpoint_metric="model/all/train/loss:max", **QUIET)
+    trainer = Trainer(
+        n_epochs=3,
+        lr=0.05,
+        checkpointing=True,
+        checkpoint_dir=str(tmp_path),
+        checkpoint_runway=2,
+        checkpoint_metric="model/all/train/loss:max",
+        **QUIET,
+    )
     trainer.fit(make_model(), make_loaders())
     assert trainer.monitor.best_epoch == 2
 
@@ -285,7 +292,9 @@ def test_device_option_trains_on_cuda_in_bf16_and_resumes_exactly(make_model, ma
     assert all(torch.equal(a, b) for a, b in zip(params(resumed), params(reference)))
 
 
-def test_restore_best_false_keeps_the_last_epoch_while_best_pt_holds_the_best(make_model, make_loaders, params, tmp_path):
+def test_restore_best_false_keeps_the_last_epoch_while_best_pt_holds_the_best(
+    make_model, make_loaders, params, tmp_path
+):
     config = dict(n_epochs=3, lr=0.05, checkpointing=True, progress_bar=False, seed=0)
     config["checkpoint_metric"] = "model/all/train/loss:max"  # the worst epoch, which is not the last here
     restored, kept = make_model(0), make_model(0)

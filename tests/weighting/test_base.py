@@ -43,7 +43,9 @@ def test_non_finite_gradient_raises_naming_the_task_before_any_grad_is_written(s
         out0 = model.heads[0](rep)
         # Where task 0's own gradient flows (non-zero), make it infinite.
         out0.register_hook(lambda g: torch.where(g != 0, torch.full_like(g, float("inf")), g))
-        losses = [((out0 - model.y[0]) ** 2).mean()] + [((h(rep) - y) ** 2).mean() for h, y in zip(model.heads[1:], model.y[1:])]
+        losses = [((out0 - model.y[0]) ** 2).mean()] + [
+            ((h(rep) - y) ** 2).mean() for h, y in zip(model.heads[1:], model.y[1:])
+        ]
         if "shared_reps" in kwargs:
             kwargs = {"shared_reps": rep}
         with pytest.raises(FloatingPointError, match=r"gradient of task\(s\) \['0'\] is not finite"):

@@ -18,11 +18,22 @@ def _quickstart_model() -> MTLModel:
             {"name": "Embed2", "layers": Sequential(Linear(16, 32), Linear(32, 8)), "anchor_layer": "X"},
             {"name": "CatTask", "layers": Concat(dim=1), "anchor_layer": ["Embed1", "Embed2"]},
             {"name": "Task1", "layers": Linear(8, 1), "anchor_layer": "Embed1", "loss": MSELoss(), "loss_weight": 1.0},
-            {"name": "Task2", "layers": Linear(8, 1), "anchor_layer": "Embed2", "loss": BCEWithLogitsLoss(),
-             "loss_weight": 1.0},
+            {
+                "name": "Task2",
+                "layers": Linear(8, 1),
+                "anchor_layer": "Embed2",
+                "loss": BCEWithLogitsLoss(),
+                "loss_weight": 1.0,
+            },
             {"name": "FNN", "layers": Sequential(Linear(16, 32), Linear(32, 32)), "anchor_layer": "CatTask"},
-            {"name": "Task3", "layers": Linear(32, 1), "anchor_layer": "FNN", "loss": MSELoss(),
-             "loss_weight": "auto", "loss_init_val": 1.0},
+            {
+                "name": "Task3",
+                "layers": Linear(32, 1),
+                "anchor_layer": "FNN",
+                "loss": MSELoss(),
+                "loss_weight": "auto",
+                "loss_init_val": 1.0,
+            },
         ],
         output_tasks=["Task1", "Task2", "Task3"],
     )
@@ -34,7 +45,9 @@ def _loaders() -> list[DictDataLoader]:
     train = {task: y[:96] for task, y in labels.items()}
     valid = {task: y[96:] for task, y in labels.items()}  # Auto-λ's meta objective
     return [
-        DictDataLoader(DictDataset("quickstart", "train", {"x": data.X[:96]}, train), batch_size=16, shuffle=True, seed=0),
+        DictDataLoader(
+            DictDataset("quickstart", "train", {"x": data.X[:96]}, train), batch_size=16, shuffle=True, seed=0
+        ),
         DictDataLoader(DictDataset("quickstart", "valid", {"x": data.X[96:]}, valid), batch_size=16),
     ]
 

@@ -80,7 +80,9 @@ def test_hybrid_applies_alpha_from_the_scaled_losses_gradients(small_mtl):
     losses, _ = model()
     trunk = list(model.trunk.parameters())
     scale = torch.exp(imtl.log_scale.detach())
-    raw = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(l, trunk, retain_graph=True)]) for l in losses])
+    raw = torch.stack(
+        [torch.cat([g.reshape(-1) for g in torch.autograd.grad(l, trunk, retain_graph=True)]) for l in losses]
+    )
     J = scale[:, None] * raw
     alpha = _reference_alpha(J)
     head_grads = [torch.autograd.grad(l, list(h.parameters()), retain_graph=True) for l, h in zip(losses, model.heads)]

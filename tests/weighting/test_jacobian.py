@@ -17,7 +17,9 @@ def _sequential_reference(losses, inputs):
     rows = []
     for loss in losses:
         grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, inputs)]))
+        rows.append(
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, inputs)])
+        )
     return torch.stack(rows)
 
 
@@ -109,7 +111,10 @@ def test_heads_get_their_own_unweighted_gradient_in_both_modes(small_mtl):
     for mode in ("params", "reps"):
         model = small_mtl(dtype=torch.float64)
         losses, rep = model()
-        reference = [torch.autograd.grad(loss, list(head.parameters()), retain_graph=True) for loss, head in zip(losses, model.heads)]
+        reference = [
+            torch.autograd.grad(loss, list(head.parameters()), retain_graph=True)
+            for loss, head in zip(losses, model.heads)
+        ]
         kwargs = {"shared_params": model.trunk.parameters()} if mode == "params" else {"shared_reps": rep}
         _FixedWeights().backward(losses, **kwargs)
         for head, grads in zip(model.heads, reference):
@@ -267,7 +272,9 @@ def test_rep_reduce_weights_and_trunk_grads_match_a_float64_reference(small_mtl,
     rows = [torch.autograd.grad(loss, rep, retain_graph=True)[0] for loss in losses]  # B×D each
     flat = [r.sum(0) if rep_reduce == "batch" else r.reshape(-1) for r in rows]
     w = _mgda_two_task_weights(*flat)
-    expected = torch.autograd.grad(rep, list(model.trunk.parameters()), w[0] * rows[0] + w[1] * rows[1], retain_graph=True)
+    expected = torch.autograd.grad(
+        rep, list(model.trunk.parameters()), w[0] * rows[0] + w[1] * rows[1], retain_graph=True
+    )
     balancer = get("mgda", tasks=2, rep_reduce=rep_reduce)
     out = balancer.backward(losses, shared_reps=rep)
     assert torch.allclose(torch.stack(list(out.weights.values())), w, atol=1e-10)

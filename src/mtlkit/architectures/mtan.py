@@ -65,7 +65,9 @@ class MTAN(Architecture):
                 x = shared
                 if k > 0:
                     previous = _match_spatial(attended[t], shared)
-                    x = torch.cat([shared, F.relu(_list_at(self.projections, t)[k - 1](previous, shared.shape[1]))], dim=1)
+                    x = torch.cat(
+                        [shared, F.relu(_list_at(self.projections, t)[k - 1](previous, shared.shape[1]))], dim=1
+                    )
                 attended[t] = _list_at(self.attention, t)[k](x, shared.shape[1]) * shared
         return _Pass(attended, reps)
 

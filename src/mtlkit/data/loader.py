@@ -69,7 +69,9 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, length: int, shuffle: bool, seed: int | None, num_replicas: int = 1, rank: int = 0) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got num_replicas={num_replicas}, rank={rank}")
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got num_replicas={num_replicas}, rank={rank}"
+            )
         if shuffle and seed is None:
             raise ValueError("a shuffling EpochSampler needs an integer seed")
         self.length = length

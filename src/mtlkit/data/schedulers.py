@@ -120,7 +120,12 @@ class RoundRobinScheduler(BatchScheduler):
 
     def plan(self, batch_counts: Sequence[int]) -> list[int]:
         _check_counts(batch_counts)
-        return [index for step in range(max(batch_counts, default=0)) for index, count in enumerate(batch_counts) if step < count]
+        return [
+            index
+            for step in range(max(batch_counts, default=0))
+            for index, count in enumerate(batch_counts)
+            if step < count
+        ]
 
 
 class TemperatureScheduler(BatchScheduler):
@@ -184,8 +189,12 @@ def get_scheduler(scheduler: str | BatchScheduler, **kwargs: Any) -> BatchSchedu
     """A scheduler by name (`kwargs` go to its constructor, e.g. `seed`, `temperature`), or the instance given."""
     if isinstance(scheduler, BatchScheduler):
         if kwargs:
-            raise ValueError(f"got a scheduler instance {scheduler!r} and constructor arguments {sorted(kwargs)}; pass one or the other")
+            raise ValueError(
+                f"got a scheduler instance {scheduler!r} and constructor arguments {sorted(kwargs)}; pass one or the other"
+            )
         return scheduler
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown batch scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)} or pass a BatchScheduler")
+        raise ValueError(
+            f"unknown batch scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)} or pass a BatchScheduler"
+        )
     return SCHEDULERS[scheduler](**kwargs)

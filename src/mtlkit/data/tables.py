@@ -177,7 +177,9 @@ def _target_spec(task: str, spec: Any) -> dict[str, Any]:
     classes = spec.get("classes")
     if kind == "regression":
         if classes is not None:
-            raise ConfigError(f"{where}.classes: a regression target has no classes; remove it or use kind: classification")
+            raise ConfigError(
+                f"{where}.classes: a regression target has no classes; remove it or use kind: classification"
+            )
         return result
     if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
         classes = list(range(classes))
@@ -216,7 +218,9 @@ def _split_spec(split: Any) -> None:
         raise ConfigError(f"data.split.seed: an integer, got {seed!r}")
 
 
-def _split_rows(columns: Mapping[str, Any], split: Mapping[str, Any], n: int, seed: int, path: Path) -> dict[str, Tensor]:
+def _split_rows(
+    columns: Mapping[str, Any], split: Mapping[str, Any], n: int, seed: int, path: Path
+) -> dict[str, Tensor]:
     column = split.get("column")
     if column is None:
         fractions = tuple(float(f) for f in split.get("fractions", (0.7, 0.15, 0.15)))
@@ -287,7 +291,11 @@ def _class_labels(values: Any, classes: Sequence[Any], missing: Any, task: str, 
             raise ConfigError(
                 f"data.targets.{task}: column {column!r} holds {value!r} in row {row}, which is not one of the classes "
                 f"{list(classes)}; add it to classes, or set data.targets.{task}.missing if it means 'no label'"
-                + (" (YAML reads unquoted yes/no/on/off as booleans: quote them)" if any(isinstance(c, bool) for c in classes) else "")
+                + (
+                    " (YAML reads unquoted yes/no/on/off as booleans: quote them)"
+                    if any(isinstance(c, bool) for c in classes)
+                    else ""
+                )
             )
     return torch.tensor(labels, dtype=torch.int64)
 

@@ -63,7 +63,9 @@ def select_tasks(info: DatasetInfo, data: DataConfig) -> list[str]:
         return list(info.tasks)
     unknown = [t for t in data.tasks if t not in info.tasks]
     if unknown:
-        raise ConfigError(f"data.tasks: dataset {info.name!r} has no task {unknown[0]!r}; its tasks: {list(info.tasks)}")
+        raise ConfigError(
+            f"data.tasks: dataset {info.name!r} has no task {unknown[0]!r}; its tasks: {list(info.tasks)}"
+        )
     return list(data.tasks)
 
 

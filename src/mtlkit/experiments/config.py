@@ -103,13 +103,17 @@ class DataConfig:
             if not isinstance(self.path, str):
                 raise ConfigError(f"data.path: a file name, got {self.path!r}")
             if self.options:
-                raise ConfigError("data.options: a table file takes its settings as data keys: " + ", ".join(TABLE_KEYS))
+                raise ConfigError(
+                    "data.options: a table file takes its settings as data keys: " + ", ".join(TABLE_KEYS)
+                )
             if not isinstance(self.standardize, bool):
                 raise ConfigError(f"data.standardize: true or false, got {self.standardize!r}")
             check_table_spec(self.path, self.targets, self.split)
         elif self.factory is not None:
             if self.name is not None:
-                raise ConfigError("data.name: a factory's dataset is named by the DatasetInfo it returns; remove data.name")
+                raise ConfigError(
+                    "data.name: a factory's dataset is named by the DatasetInfo it returns; remove data.name"
+                )
             datasets.resolve_factory(self.factory)
         else:
             _one_of(self.name, datasets.available(), "data.name")

@@ -55,7 +55,9 @@ def check_free(run_dir: Path) -> None:
     """Raise if `run_dir` already holds a run (for callers that create many folders up front)."""
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing:
-        raise ConfigError(f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); choose another --out")
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); choose another --out"
+        )
 
 
 def _resumable(run_dir: Path, config: Mapping[str, Any]) -> Path:

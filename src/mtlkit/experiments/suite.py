@@ -40,7 +40,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "correlated_regression": {"batch_size": 128, "encoder": {"hidden": [32]}, "trainer": {"n_epochs": 20, "lr": 1e-3}},
     "circles_squares": {"batch_size": 32, "encoder": {"hidden": [8, 4]}, "trainer": {"n_epochs": 10, "lr": 2e-2}},
 }
-DEFAULT_BALANCERS = ("ew", "uw", "dwa", "rlw", "gls", "famo", "mgda", "pcgrad", "cagrad", "imtl_h", "nash_mtl", "upgrad")
+DEFAULT_BALANCERS = (
+    "ew",
+    "uw",
+    "dwa",
+    "rlw",
+    "gls",
+    "famo",
+    "mgda",
+    "pcgrad",
+    "cagrad",
+    "imtl_h",
+    "nash_mtl",
+    "upgrad",
+)
 DEFAULT_ARCHITECTURES = ("hps", "cross_stitch", "mmoe", "mtan", "cgc", "ple", "dselect_k", "ltb")
 
 
@@ -67,7 +80,9 @@ class SuiteResult:
     def table(self) -> str:
         """Markdown: a row per variant; each task's test metric, Δm (%) and s/epoch as mean ± std over seeds."""
         tasks = list(self.info.tasks)
-        header = ["method"] + [f"{t} {self.info.tasks[t].metric} {'↑' if self.info.tasks[t].higher_is_better else '↓'}" for t in tasks]
+        header = ["method"] + [
+            f"{t} {self.info.tasks[t].metric} {'↑' if self.info.tasks[t].higher_is_better else '↓'}" for t in tasks
+        ]
         header += ["Δm % ↑", "s/epoch"]
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         if self.baselines:
@@ -85,7 +100,6 @@ class SuiteResult:
             cells.append(mean_std([r.seconds_per_epoch for r in results], digits=2))
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
-
 
     def legend(self) -> str:
         """What the table shows: the split, the seeds, what Δm means and its sign."""
@@ -168,8 +182,12 @@ def run_suite(
             baseline_scores.append(scores)
         for variant in variants:
             bar.set_postfix_str(f"{variant.label}, seed {seed}")
-            model = replace(config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad)
-            variant_config = replace(config, name=f"{dataset}-{variant.label}", model=model, weighting=variant.weighting)
+            model = replace(
+                config.model, architecture=variant.architecture, options=variant.options, rep_grad=variant.rep_grad
+            )
+            variant_config = replace(
+                config, name=f"{dataset}-{variant.label}", model=model, weighting=variant.weighting
+            )
             run_dir = out_dir / f"{_slug(variant.label)}-seed{seed}" if out_dir is not None else None
             runs[variant.label].append(run(variant_config, run_dir, progress_bar=False, loaded=loaded))
             bar.update()

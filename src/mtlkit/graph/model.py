@@ -73,7 +73,9 @@ class MTLModel(nn.Module):
         reserved = set(dir(self))
         for spec in specs:
             if spec.name in reserved:
-                raise SpecError(f"task name {spec.name!r} clashes with the attribute MTLModel.{spec.name}; rename the task")
+                raise SpecError(
+                    f"task name {spec.name!r} clashes with the attribute MTLModel.{spec.name}; rename the task"
+                )
             self.add_module(spec.name, spec.layers)
         for spec in specs:
             self._add_weight(spec, reserved)
@@ -139,7 +141,9 @@ class MTLModel(nn.Module):
         loss_fns: dict[str, Callable[..., Tensor]] = {}
         for key in Y:
             if key not in self.output_tasks:
-                raise ValueError(f"targets given for {key!r}, which is not an output task; output tasks: {self.output_tasks}")
+                raise ValueError(
+                    f"targets given for {key!r}, which is not an output task; output tasks: {self.output_tasks}"
+                )
             loss_fn = self.losses[key]
             if loss_fn is None:
                 raise ValueError(f"targets given for task {key!r}, which has no 'loss'; add a 'loss' to its entry")
@@ -209,4 +213,3 @@ def _task_list(tasks: Sequence[str], what: str = "tasks") -> list[str]:
     if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
         raise SpecError(f"{what} must be a list of node names, got {tasks!r}")
     return list(tasks)
-

@@ -125,7 +125,9 @@ def _parse_weight(where: str, entry: Mapping[str, Any]) -> tuple[Weight, float |
             )
         return AUTO, float(init_val)
     if "loss_init_val" in entry:
-        raise SpecError(f"{where} sets 'loss_init_val' without loss_weight 'auto'; remove it or set 'loss_weight': 'auto'")
+        raise SpecError(
+            f"{where} sets 'loss_init_val' without loss_weight 'auto'; remove it or set 'loss_weight': 'auto'"
+        )
     if weight is None:
         return None, None
     if isinstance(weight, str):

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["INPUT", "Node", "NodeError", "TaskGraph"]
 
-InputRef = Union[str, tuple[str, Union[str, int, None]]]
+InputRef = Union[str, tuple[str, str | int | None]]
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,7 @@ def _normalise_ref(node: str, ref: InputRef) -> tuple[str, str | int | None]:
         return (ref, None)
     if isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[0], str):
         return (ref[0], ref[1])
-    raise SpecError(
-        f"node {node!r} has input reference {ref!r}; write a node name or a pair (node_name, key_or_None)"
-    )
+    raise SpecError(f"node {node!r} has input reference {ref!r}; write a node name or a pair (node_name, key_or_None)")
 
 
 def _check_names(nodes: Sequence[Node]) -> dict[str, Node]:

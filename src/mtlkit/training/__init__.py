@@ -1,8 +1,20 @@
-"""Training machinery: the Trainer, checkpoints and loggers (and the model protocol of `mtlkit.protocol`, re-exported)."""
+"""Training machinery: the Trainer, its strategies, checkpoints and loggers (and `mtlkit.protocol`'s model protocol, re-exported)."""
 
 from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.config import TrainerConfig
-from mtlkit.training.distributed import RankFailure, is_main_process
+from mtlkit.training.distributed import RankFailure, close_process_group, is_main_process
+from mtlkit.training.strategies import DDPStrategy, SingleProcess, Strategy
 from mtlkit.training.trainer import Trainer
 
-__all__ = ["MultiTaskModel", "RankFailure", "StepOutput", "Trainer", "TrainerConfig", "is_main_process"]
+__all__ = [
+    "DDPStrategy",
+    "MultiTaskModel",
+    "RankFailure",
+    "SingleProcess",
+    "StepOutput",
+    "Strategy",
+    "Trainer",
+    "TrainerConfig",
+    "close_process_group",
+    "is_main_process",
+]

@@ -73,7 +73,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         with zipfile.ZipFile(path) as archive:
             bad_record = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{damaged}, or it is not an mtlkit checkpoint: not a complete torch zip archive ({err})") from None
+        raise CheckpointError(
+            f"{damaged}, or it is not an mtlkit checkpoint: not a complete torch zip archive ({err})"
+        ) from None
     if bad_record is not None:
         raise CheckpointError(f"{damaged}: its record {bad_record!r} fails its checksum")
     try:
@@ -124,7 +126,6 @@ def seed_everything(seed: int) -> None:
         numpy.random.seed(seed % 2**32)
 
 
-
 @dataclass(frozen=True)
 class CheckpointerConfig:
     """A `Checkpointer`'s options (Snorkel's names and defaults).
@@ -160,7 +161,12 @@ class Checkpointer:
     """
 
     def __init__(
-        self, counter_unit: str = "epochs", evaluation_freq: float = 1, *, monitor: MetricMonitor | None = None, **kwargs: Any
+        self,
+        counter_unit: str = "epochs",
+        evaluation_freq: float = 1,
+        *,
+        monitor: MetricMonitor | None = None,
+        **kwargs: Any,
     ) -> None:
         try:
             self.config = CheckpointerConfig(**kwargs)
@@ -179,7 +185,9 @@ class Checkpointer:
                 "must be greater than 0"
             )
         metrics = [config.checkpoint_metric, *(config.checkpoint_task_metrics or ())]
-        self.monitors = {key: MetricMonitor(key, mode, config.checkpoint_runway) for key, mode in map(parse_metric, metrics)}
+        self.monitors = {
+            key: MetricMonitor(key, mode, config.checkpoint_runway) for key, mode in map(parse_metric, metrics)
+        }
         if monitor is not None:
             self.monitors[monitor.key] = monitor
         self.monitor = self.monitors[parse_metric(config.checkpoint_metric)[0]]

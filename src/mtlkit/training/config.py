@@ -38,6 +38,7 @@ NONFINITE_POLICIES = ("raise", "skip")
 PRECISIONS = ("fp32", "bf16")
 METRIC_MODES = ("min", "max")
 DIST_BACKENDS = ("gloo", "nccl")
+STRATEGIES = ("auto", "single", "ddp")
 
 WeightingSpec = Union[str, tuple, Mapping, Balancer]
 
@@ -71,13 +72,16 @@ class TrainerConfig:
         precision: 'fp32', or 'bf16' for `torch.autocast` with bfloat16 (CPU and CUDA;
             needs no loss scaling). fp16 is left out: its loss scaling would change the
             losses that loss-based balancers see.
-        device: where to train; None keeps the model where it is (with distributed=True:
+        device: where to train; None keeps the model where it is (with strategy 'ddp':
             `cuda:LOCAL_RANK` when CUDA is available, else the CPU; 'cuda' means `cuda:LOCAL_RANK`).
     Multi-process training (see docs/distributed.md)
-        distributed: train as one rank of a torch.distributed run launched by `torchrun`:
-            the training loaders are sharded across ranks (`batch_size` is per rank), the
-            balancer sees the global batch's losses and gradients, and rank 0 alone logs
-            and writes checkpoints.
+        strategy: 'single' (this process), 'ddp' (one rank of a torch.distributed run
+            launched by `torchrun`: the training loaders are sharded across ranks,
+            `batch_size` is per rank, the balancer sees the global batch's losses and
+            gradients, and rank 0 alone logs and writes checkpoints), or 'auto' ('ddp'
+            under torchrun or an initialised process group, else 'single'). None: 'ddp'
+            with distributed=True, else 'single'.
+        distributed: True means strategy 'ddp' (when strategy is None or 'auto').
         dist_backend: 'gloo' or 'nccl'; None picks 'nccl' on CUDA and 'gloo' on the CPU.
         dist_timeout: seconds a collective may wait for the other ranks before failing
             (applies to the process group the Trainer creates).
@@ -125,6 +129,7 @@ class TrainerConfig:
     nonfinite_loss: str = "raise"
     precision: str = "fp32"
     device: str | torch.device | None = None
+    strategy: str | None = None
     distributed: bool = False
     dist_backend: str | None = None
     dist_timeout: float = 600.0
@@ -188,6 +193,10 @@ class TrainerConfig:
         _choice(self, "precision", PRECISIONS)
         if self.device is not None:
             _set(self, "device", _device(self.device))
+        if self.strategy is not None:
+            _choice(self, "strategy", STRATEGIES)
+        if self.strategy == "single" and self.distributed is True:
+            raise ConfigError("strategy='single' contradicts distributed=True: drop distributed, or use strategy='ddp'")
         if self.dist_backend is not None:
             _choice(self, "dist_backend", DIST_BACKENDS)
         _number(self, "dist_timeout", positive=True)
@@ -267,7 +276,9 @@ def parse_metric(text: str) -> tuple[str, str]:
         raise ConfigError(f"{form}; got {text!r}")
     key, mode = text.split(":")
     if mode not in METRIC_MODES:
-        raise ConfigError(f"checkpoint_metric {text!r} has metric mode {mode!r}; the metric mode must be 'min' or 'max'")
+        raise ConfigError(
+            f"checkpoint_metric {text!r} has metric mode {mode!r}; the metric mode must be 'min' or 'max'"
+        )
     parts = key.split("/")
     if len(parts) != 4 or not all(parts):
         raise ConfigError(f"{form}; got {text!r}, whose metric has {len(parts)} '/'-separated parts instead of 4")
@@ -304,9 +315,7 @@ def _check_optimizer(spec: Any, kwargs: Mapping[str, Any]) -> None:
         )
     reserved = {"params", "lr", "weight_decay"} & set(kwargs)
     if reserved:
-        raise ConfigError(
-            f"optimizer_kwargs may not set {sorted(reserved)}: use the Trainer options lr and l2 instead"
-        )
+        raise ConfigError(f"optimizer_kwargs may not set {sorted(reserved)}: use the Trainer options lr and l2 instead")
     _check_kwargs("optimizer_kwargs", resolve_optimizer(spec), kwargs, skip=1)
 
 
@@ -326,7 +335,9 @@ def _check_lr_scheduler(spec: Any, kwargs: Mapping[str, Any]) -> None:
     cls = resolve_lr_scheduler(spec)
     if cls is None:
         if kwargs:
-            raise ConfigError(f"lr_scheduler='constant' is no schedule and takes no lr_scheduler_kwargs, got {dict(kwargs)}")
+            raise ConfigError(
+                f"lr_scheduler='constant' is no schedule and takes no lr_scheduler_kwargs, got {dict(kwargs)}"
+            )
         return
     _check_kwargs("lr_scheduler_kwargs", cls, kwargs, skip=1)
 
@@ -491,18 +502,32 @@ def from_snorkel_options(config: Mapping[str, Any]) -> dict[str, Any]:
                 put(target, options[key], f"{name}[{key!r}]")
     lr = nested.get("lr_scheduler_config", {})
     if lr.get("warmup_percentage") and not lr.get("warmup_steps"):
-        put("warmup_steps", lr["warmup_percentage"] * config.get("n_epochs", 1), "lr_scheduler_config['warmup_percentage']")
+        put(
+            "warmup_steps",
+            lr["warmup_percentage"] * config.get("n_epochs", 1),
+            "lr_scheduler_config['warmup_percentage']",
+        )
         put("warmup_unit", "epochs", "lr_scheduler_config['warmup_percentage']")
     if lr.get("min_lr"):
-        raise ConfigError("lr_scheduler_config['min_lr'] has no mtlkit counterpart; leave it 0, or pass an LRScheduler class")
+        raise ConfigError(
+            "lr_scheduler_config['min_lr'] has no mtlkit counterpart; leave it 0, or pass an LRScheduler class"
+        )
     schedule = config.get("lr_scheduler", "constant")
     for key, name in (("exponential_config", "exponential"), ("step_config", "step")):
         if key in lr and schedule == name:  # the other schedule's options are ignored, as in Snorkel
-            put("lr_scheduler_kwargs", dict(_nested(f"lr_scheduler_config[{key!r}]", lr[key])), f"lr_scheduler_config[{key!r}]")
+            put(
+                "lr_scheduler_kwargs",
+                dict(_nested(f"lr_scheduler_config[{key!r}]", lr[key])),
+                f"lr_scheduler_config[{key!r}]",
+            )
     optimizer = config.get("optimizer", "adam")
     sub = f"{optimizer}_config"
     if sub in nested.get("optimizer_config", {}):
-        put("optimizer_kwargs", dict(_nested(f"optimizer_config[{sub!r}]", nested["optimizer_config"][sub])), f"optimizer_config[{sub!r}]")
+        put(
+            "optimizer_kwargs",
+            dict(_nested(f"optimizer_config[{sub!r}]", nested["optimizer_config"][sub])),
+            f"optimizer_config[{sub!r}]",
+        )
     writer_config = nested.get("log_writer_config", {})
     if writer_config:
         log_dir = writer_config.get("log_dir", "logs")
@@ -528,7 +553,9 @@ def from_snorkel_options(config: Mapping[str, Any]) -> dict[str, Any]:
             "of checkpoint_metric only); use mtlkit.Checkpointer directly for several metrics"
         )
     if "checkpoint_factor" in checkpointer:
-        put("checkpoint_every", checkpointer["checkpoint_factor"] * flat.get("evaluate_every", 1), "checkpointer_config")
+        put(
+            "checkpoint_every", checkpointer["checkpoint_factor"] * flat.get("evaluate_every", 1), "checkpointer_config"
+        )
     device = nested.get("model_config", {}).get("device")
     if device is not None:
         put("device", "cpu" if device == -1 else device, "model_config['device']")

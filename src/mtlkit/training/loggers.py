@@ -25,7 +25,15 @@ from typing import Any, Protocol
 from mtlkit.errors import ConfigError
 from mtlkit.training.checkpoint import Checkpointer
 
-__all__ = ["LogManager", "LogManagerConfig", "LogWriter", "LogWriterConfig", "Logger", "TensorBoardWriter", "build_loggers"]
+__all__ = [
+    "LogManager",
+    "LogManagerConfig",
+    "LogWriter",
+    "LogWriterConfig",
+    "Logger",
+    "TensorBoardWriter",
+    "build_loggers",
+]
 
 COUNTER_UNITS = ("epochs", "batches", "points")
 
@@ -61,7 +69,9 @@ class LogWriter:
     (Snorkel makes a date/time subfolder).
     """
 
-    def __init__(self, log_dir: str | os.PathLike = "logs", run_name: str | None = None, *, append: bool = False) -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike = "logs", run_name: str | None = None, *, append: bool = False
+    ) -> None:
         self.config = LogWriterConfig(os.fspath(log_dir), run_name)
         self.run_name = run_name
         self.log_dir = os.path.join(self.config.log_dir, run_name) if run_name else self.config.log_dir
@@ -205,7 +215,9 @@ class LogManager:
         except TypeError as err:
             raise ConfigError(f"LogManager: {err}; its options are counter_unit and evaluation_freq") from err
         if self.config.counter_unit not in COUNTER_UNITS:
-            raise ValueError(f"Unrecognized counter_unit {self.config.counter_unit!r}; choose one of {list(COUNTER_UNITS)}")
+            raise ValueError(
+                f"Unrecognized counter_unit {self.config.counter_unit!r}; choose one of {list(COUNTER_UNITS)}"
+            )
         if not n_batches_per_epoch > 0:
             raise ValueError(f"LogManager: n_batches_per_epoch must be positive, got {n_batches_per_epoch!r}")
         self.n_batches_per_epoch = n_batches_per_epoch

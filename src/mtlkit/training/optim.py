@@ -23,7 +23,9 @@ def build_optimizer(
     if balancer_params:
         groups.append({"params": balancer_params, "weight_decay": 0.0})
     cls = resolve_optimizer(config.optimizer)
-    make: Callable[..., Optimizer] = cls  # concrete optimizers take (params, lr=..., **options); the base class does not
+    make: Callable[..., Optimizer] = (
+        cls  # concrete optimizers take (params, lr=..., **options); the base class does not
+    )
     decay = {"weight_decay": config.l2} if config.l2 else {}  # optimizers without weight decay stay usable
     try:
         return make(groups, lr=config.lr, **decay, **config.optimizer_kwargs)

@@ -1,22 +1,23 @@
 """The Trainer: one training loop for every model that implements `MultiTaskModel`.
 
 A batch's path, top to bottom (`Trainer._train_step`): the batch scheduler picks a
-dataloader → `model.training_step(X, Y)` gives per-task losses → finiteness check →
-the balancer's `backward` fills `.grad` (on the shared parameters, or through the
-shared representation when the model returns `shared_reps`) → gradient clipping →
-optimizer step → LR-schedule step. After each epoch: `balancer.epoch_end()`, scoring of
-the validation loaders, best-model tracking, early stopping and checkpoints.
+dataloader → the strategy runs `model.training_step(X, Y)` (through its model wrapper)
+and gives the per-task losses of the global batch → finiteness check → the strategy's
+`backward` has the balancer fill `.grad` (on the shared parameters, or through the
+shared representation when the model returns `shared_reps`) with the global batch's
+gradients → gradient clipping → optimizer step → LR-schedule step. After each epoch:
+`balancer.epoch_end()`, the strategy's `epoch_end`, scoring of the validation loaders
+(reduced by the strategy), best-model tracking, early stopping and checkpoints (written
+by the main process).
 
-With `distributed=True` each process is one rank of a torch.distributed run and trains on
-its share of the data; `mtlkit.training.distributed` makes every rank compute what one
-process would on the global batch (global losses before the balancer, the balancer's
-per-task gradients averaged across ranks, then the other gradients), and rank 0 alone
-logs and writes checkpoints.
+Everything that depends on the number of processes lives in the strategy
+(`mtlkit.training.strategies`): this module has no distributed code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,7 +28,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mtlkit import metrics
 from mtlkit.checks import FitChecks
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
@@ -41,12 +41,12 @@ from mtlkit.training.checkpoint import (
     set_rng_state,
 )
 from mtlkit.training.config import TrainerConfig
-from mtlkit.training.distributed import Distributed, module_tensors, shard_training_loader
 from mtlkit.training.loggers import Logger, LogWriter, build_loggers
 from mtlkit.training.monitor import MetricMonitor
 from mtlkit.training.optim import build_lr_scheduler, build_optimizer, warmup_batches
 from mtlkit.training.step_context import StepContexts
-from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer
+from mtlkit.training.strategies import Strategy, build_strategy
+from mtlkit.weighting import Balancer, BalanceResult
 from mtlkit.weighting import get as get_balancer
 
 
@@ -60,9 +60,9 @@ class Trainer:
     `batch_scheduler` are the objects that trained the model (`lr_scheduler` is None for
     the constant schedule), and, as in Snorkel, `log_writer` (the first writer, or None
     without logging), `checkpointer` (the `Checkpointer` whose monitor tracks the best
-    model, or None without checkpointing) and `warmup_steps` (in batches). With
-    `distributed=True`, `dist` is this rank's `Distributed` (rank, world size, time
-    spent in collectives).
+    model, or None without checkpointing) and `warmup_steps` (in batches). `strategy` is
+    the `mtlkit.training.strategies.Strategy` that runs the fits (rank, world size, time
+    spent in collectives); one Trainer may `fit` any number of times.
     """
 
     def __init__(self, name: str | None = None, **config: Any) -> None:
@@ -71,9 +71,6 @@ class Trainer:
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.warmup_steps = 0
-        self.log_writer: LogWriter | None = None
-        self.checkpointer: Checkpointer | None = None
         self.balancer: Balancer | None = None
         self.batch_scheduler: BatchScheduler | None = None
         self.monitor: MetricMonitor | None = None
@@ -82,8 +79,11 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.skipped_steps = 0  # steps skipped for a non-finite loss
         self.history: list[dict[str, float]] = []
+        self.warmup_steps = 0
+        self.log_writer: LogWriter | None = None
+        self.checkpointer: Checkpointer | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint read by `Trainer.load`, resumed by `fit`
-        self.dist: Distributed | None = None
+        self.strategy: Strategy = build_strategy(self.config)
 
     # ------------------------------------------------------------------ public API
 
@@ -98,26 +98,26 @@ class Trainer:
         `dataloaders` are `DictDataLoader`s; each one's `dataset.split` assigns it to
         training, validation and/or test (`train_split`, `valid_split`, `test_split`).
         With `resume_from` (a checkpoint path), training continues exactly where that
-        run stopped (under distributed=True, also on another number of ranks).
+        run stopped (also on another number of processes).
         """
         cfg = self.config
         train, valid, test = _split_loaders(dataloaders, cfg)
         checkpoint = load_checkpoint(resume_from) if resume_from is not None else self._pending
         self._pending = None
-        self.dist = Distributed.start(cfg.device, cfg.dist_backend, cfg.dist_timeout) if cfg.distributed else None
+        device = self.strategy.launch(cfg.device)
         loggers: list[Logger] = []
         try:
             if checkpoint is None and cfg.seed is not None:
                 seed_everything(cfg.seed)
-            self._setup(model, train)
-            self._checks = FitChecks(model, train, valid, test, None if self.monitor is None else self.monitor.key)  # checks
-            self._contexts = StepContexts(  # [step context] what balancers that declare `needs` get
+            self._setup(model, train, device)
+            self._checks = FitChecks(model, train, valid, test, None if self.monitor is None else self.monitor.key)
+            self._contexts = StepContexts(  # what balancers that declare `needs` get (FAMO, MoDo, Auto-λ, ...)
                 self.balancer,
                 self.model,
                 valid,
-                lambda X, Y: self._global_output(self._training_step(X, Y, self._batch[1].dataset)),
+                self._context_forward,
                 self.device,
-                distributed=self.dist is not None,
+                distributed=self.strategy.world_size > 1,
                 valid_split=cfg.valid_split,
             )
             if checkpoint is not None:
@@ -130,8 +130,7 @@ class Trainer:
                 epoch_losses = self._train_epoch(loggers)
                 self.balancer.epoch_end()
                 self.epoch += 1
-                if self.dist is not None:  # rank 0's buffers (BatchNorm statistics) everywhere, as DDP does
-                    self.dist.broadcast_tensors(self.model.buffers())
+                self.strategy.epoch_end(self.model)
                 last = self.epoch == cfg.n_epochs
                 if self.epoch % cfg.evaluate_every == 0 or last:
                     self._evaluate(epoch_losses, valid, loggers)
@@ -140,7 +139,7 @@ class Trainer:
             if self.best_model is not None and cfg.restore_best:
                 self.model.load_state_dict(self.best_model)
             scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
-            final = self._score(scored) if scored else {}
+            final = self.strategy.score(self.model, scored) if scored else {}
             if not final and self.is_main_process:
                 warnings.warn(_nothing_scored(self.model, scored, cfg), stacklevel=2)
             _log(loggers, final, self.step, self.epoch)
@@ -148,20 +147,19 @@ class Trainer:
         finally:
             for logger in loggers:
                 logger.close()
-            if self.dist is not None:
-                self._leave_process_group()
+            self.strategy.teardown()
 
     @property
     def is_main_process(self) -> bool:
         """True in a single-process run and on rank 0: the process that logs and writes checkpoints."""
-        return self.dist is None or self.dist.is_main
+        return self.strategy.is_main
 
     def save(self, path: str | Path) -> None:
         """Write the whole training state (atomically) so that `fit(..., resume_from=path)` continues it.
 
         After `fit` the model holds its restored best weights (when a checkpoint metric
         is tracked); `checkpoint_dir/last.pt` holds the state at the end of training.
-        Under distributed=True only rank 0 writes (every rank holds the same state).
+        In a multi-process run only rank 0 writes (every rank holds the same state).
         """
         if self.model is None:
             raise RuntimeError("Trainer.save: nothing to save yet; call fit(model, dataloaders) first")
@@ -191,64 +189,60 @@ class Trainer:
 
     # ------------------------------------------------------------------ one batch
 
-    def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, BalanceResult, Any] | None:
-        """One optimizer step on the next batch: (losses, balancer result, dataset), or None when skipped."""
+    def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, dict[str, float], BalanceResult, Any] | None:
+        """One optimizer step on the next batch: (losses, their values, balancer result, dataset), or None when skipped."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
-        finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in out.losses.values()])
-        if not bool(finite.all()):  # one device sync per step, not one per task
-            nonfinite = [task for task, ok in zip(out.losses, finite.tolist()) if not ok]
+        # The step's one device sync: the loss values, for the finiteness check, the epoch means and the logs.
+        values = dict(zip(out.losses, torch.stack([loss.detach().sum() for loss in out.losses.values()]).tolist()))
+        nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
+        if nonfinite:
             return self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
-        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])  # [step context]
-        result = self.balancer.backward(
+        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])
+        result = self.strategy.backward(
+            self.balancer,
             out.losses,
             shared_params=self.model.shared_parameters() if out.shared_reps is None else None,
             shared_reps=out.shared_reps,
         )
-        if self.dist is not None:  # the gradients the balancer left local: averaged over ranks
-            self.dist.average_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         if cfg.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             if not bool(torch.isfinite(norm)):
                 return self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
         self.optimizer.step()
-        self._contexts.after_step()  # [step context] FAMO: the batch's losses after the step
+        self._contexts.after_step()  # FAMO: the batch's losses after the step
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.step += 1
-        return out, result, dataset
+        return out, values, result, dataset
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
-        """The next batch's task losses and dataset; under torch.distributed, the global batch's losses."""
-        if self.dist is None:
-            (X, Y), loader = next(batches)
-            self._batch = ((X, Y), loader)  # [step context]
-            return self._training_step(X, Y, loader.dataset), loader.dataset
-        out = dataset = failure = None
-        try:
-            (X, Y), loader = next(batches)
-            self._batch = ((X, Y), loader)  # [step context]
-            dataset = loader.dataset
-            out = self._training_step(X, Y, dataset)
-        except Exception as error:  # passed to every rank by global_step_output, where all of them raise
-            failure = error
-        return self._global_output(out, failure), dataset
+        """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
+        return self.strategy.global_step(lambda: self._local_step(batches), self.model.task_names, self._loss_dtype)
 
-    def _global_output(self, out: StepOutput, failure: BaseException | None = None) -> StepOutput:
-        """The global batch's output under torch.distributed (every rank raises if one failed); `out` otherwise."""
-        if self.dist is None:
-            return out
-        return self.dist.global_step_output(out, self.model.task_names, failure, self._loss_dtype)
+    def _local_step(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
+        """This process's next batch through the model, its losses in the model's task order, and its dataset."""
+        (X, Y), loader = next(batches)
+        self._batch = ((X, Y), loader)
+        return self._model_step(X, Y, loader.dataset), loader.dataset
 
-    def _training_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
-        """The model's output, its losses in the model's task order (the balancer's rows, whatever the batch)."""
-        with self._autocast(), self._checks.first_batch(dataset):  # checks: each task's output vs targets, once per dataset
-            out = self.model.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
-        order = {task: i for i, task in enumerate(self.model.task_names)}
+    def _model_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
+        """`training_step` through the strategy, with each dataset's first batch checked against the model."""
+        with self._autocast(), self._checks.first_batch(dataset):
+            out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+        order = self._task_order
         out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
+        return out
+
+    def _context_forward(self, X: Any, Y: Any) -> StepOutput:
+        """The global losses of another batch (a balancer's extra or post-step forward), as in a training step."""
+        dataset = self._batch[1].dataset
+        out, _ = self.strategy.global_step(
+            lambda: (self._model_step(X, Y, dataset), dataset), self.model.task_names, self._loss_dtype
+        )
         return out
 
     def _nonfinite(self, what: str, dataset: Any) -> None:
@@ -279,26 +273,27 @@ class Trainer:
             leave=False,
         )
         batches = self.batch_scheduler.get_batches(self._train_loaders)
-        self._contexts.start_epoch()  # [step context]
+        self._contexts.start_epoch()
         for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             done = self._train_step(batches)
             bar.update()
             if done is None:
                 continue
-            out, result, dataset = done
-            losses.add(out, dataset)
-            bar.set_postfix(loss=f"{losses.running:.4f}")
-            if self.step % cfg.log_every == 0:
-                _log(loggers, _step_record(out, result, lr), self.step, self.epoch)
+            out, values, result, dataset = done
+            losses.add(values, out.counts, dataset)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{losses.running:.4f}")
+            if loggers and self.step % cfg.log_every == 0:
+                _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
         bar.close()
         return losses.means()
 
     def _evaluate(self, epoch_losses: dict[str, float], valid: list[DataLoader], loggers: list[Logger]) -> None:
         """Score the validation loaders, log, and keep the best model by the checkpoint metric."""
-        scores = {**epoch_losses, **(self._score(valid) if valid else {})}
+        scores = {**epoch_losses, **(self.strategy.score(self.model, valid) if valid else {})}
         self.history.append({"epoch": self.epoch, **scores})
-        self._checks.evaluated(scores, self.epoch)  # checks: diverging losses, non-finite scores
+        self._checks.evaluated(scores, self.epoch)  # diverging losses, non-finite scores
         _log(loggers, scores, self.step, self.epoch)
         if self.monitor is not None and self.monitor.update(scores, self.epoch):
             self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -306,51 +301,27 @@ class Trainer:
                 best = {"model": self.best_model, "epoch": self.epoch, "metric": self.monitor.best}
                 self._write_checkpoint(lambda: best, Path(self.config.checkpoint_dir) / "best.pt")
 
-    def _score(self, loaders: list[DataLoader]) -> dict[str, float]:
-        """`metrics.score` of the loaders; under torch.distributed, over every rank's share of them."""
-        return metrics.score(self.model, loaders) if self.dist is None else self.dist.score(self.model, loaders)
-
     def _write_checkpoint(self, state: Callable[[], dict[str, Any]], path: Path) -> None:
-        """Write `state()` on rank 0; under torch.distributed a failed write stops every rank."""
-        if self.dist is None:
-            save_checkpoint(state(), path)
-            return
-        failure = None
-        if self.dist.is_main:
-            try:
-                save_checkpoint(state(), path)
-            except OSError as error:  # passed to the other ranks by `check`, then raised everywhere
-                failure = error
-        self.dist.check(failure, f"writing the checkpoint {str(path)!r}")
+        """Write `state()` on the main process (the strategy shares a failure with the others)."""
+        self.strategy.run_on_main(lambda: save_checkpoint(state(), path), f"writing the checkpoint {str(path)!r}")
 
     def _should_stop(self) -> bool:
         return self.monitor is not None and self.monitor.should_stop
 
     # ------------------------------------------------------------------ set-up and state
 
-    def _setup(self, model: MultiTaskModel, train: list[DataLoader]) -> None:
-        """Fresh run state: device, balancer, optimizer, batch scheduler, LR schedule, counters."""
+    def _setup(self, model: MultiTaskModel, train: list[DataLoader], device: torch.device | None) -> None:
+        """Fresh run state: device, balancer, the strategy's set-up, optimizer, batch scheduler, LR schedule, counters."""
         cfg = self.config
         _check_model(model)
-        device = cfg.device if self.dist is None else self.dist.device
         if device is not None:
             model.to(device)
         self.model = model
         self.device = _device_of(model)
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        if self.dist is not None:
-            # Every rank starts from rank 0's random state and shuffling seeds, and trains on its share.
-            set_rng_state(self.dist.broadcast_object(rng_state()))
-            seeds = self.dist.broadcast_object([getattr(loader, "seed", None) for loader in train])
-            train = [
-                shard_training_loader(loader, self.dist.world_size, self.dist.rank, seed)
-                for loader, seed in zip(train, seeds)
-            ]
+        self._task_order = {task: i for i, task in enumerate(model.task_names)}
         self.balancer = self._build_balancer(model.task_names).to(self.device)
-        if self.dist is not None:
-            self.dist.broadcast_tensors(module_tensors(model, self.balancer))  # rank 0's initial weights
-            if isinstance(self.balancer, GradientBalancer):
-                self.balancer.reducer = self.dist
+        train = self.strategy.setup(model, self.balancer, train)
         self.optimizer = build_optimizer(cfg, model.parameters(), self.balancer.parameters())
         if isinstance(cfg.batch_scheduler, BatchScheduler):
             self.batch_scheduler = cfg.batch_scheduler
@@ -420,7 +391,7 @@ class Trainer:
 
         Nothing in a checkpoint depends on the number of ranks: a run resumes on any number.
         """
-        _check_resume(checkpoint, self.config.to_dict())  # issue 10 (owndata): balancer, LR-schedule length
+        _check_resume(checkpoint, self.config.to_dict())
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.lr_scheduler is not None:
@@ -436,19 +407,13 @@ class Trainer:
         self.history = list(checkpoint["history"])
         set_rng_state(checkpoint["rng"])
 
-    def _leave_process_group(self) -> None:
-        """Detach the balancer from the collectives and leave the process group if `fit` created it."""
-        if isinstance(self.balancer, GradientBalancer):
-            self.balancer.reducer = None
-        self.dist.close()
-
     @property
     def _loader_seeds(self) -> dict[str, int | None]:
         return {_loader_key(loader): getattr(loader, "seed", None) for loader in self._train_loaders}
 
 
 def _check_resume(checkpoint: dict[str, Any], current: dict[str, Any]) -> None:
-    """Issue 10 (owndata): a resumed run keeps its checkpoint's balancer; a changed length under an LR schedule warns.
+    """A resumed run keeps its checkpoint's balancer; a changed length under an LR schedule warns.
 
     A balancer's state (learned weights, running averages) belongs to its method, so another
     method is a `ConfigError`. An LR schedule is restored with the length it was planned for,
@@ -493,12 +458,11 @@ class _EpochLosses:
         self.steps = 0
         self.sums: dict[str, list[float]] = {}
 
-    def add(self, out: StepOutput, dataset: Any) -> None:
-        values = {task: float(loss.detach()) for task, loss in out.losses.items()}
+    def add(self, values: dict[str, float], counts: dict[str, int], dataset: Any) -> None:
         self.total += sum(values.values())
         self.steps += 1
         for task, value in values.items():
-            n = out.counts.get(task, 1)
+            n = counts.get(task, 1)
             acc = self.sums.setdefault(f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0])
             acc[0] += value * n
             acc[1] += n
@@ -513,9 +477,9 @@ class _EpochLosses:
         return {"model/all/train/loss": self.running, **{k: s / n for k, (s, n) in self.sums.items()}}
 
 
-def _step_record(out: StepOutput, result: BalanceResult, lr: float) -> dict[str, float]:
-    record = {"train/loss": float(sum(loss.detach() for loss in out.losses.values())), "train/lr": lr}
-    record.update({f"train/loss/{task}": float(loss.detach()) for task, loss in out.losses.items()})
+def _step_record(values: dict[str, float], result: BalanceResult, lr: float) -> dict[str, float]:
+    record = {"train/loss": sum(values.values()), "train/lr": lr}
+    record.update({f"train/loss/{task}": value for task, value in values.items()})
     record.update({f"train/weight/{task}": float(w) for task, w in result.weights.items()})
     record.update({f"train/{name}": float(v) for name, v in result.stats.items()})
     return record
@@ -580,7 +544,7 @@ def _check_model(model: Any) -> None:
             if not hasattr(model, name)
         ]
         raise TypeError(
-            f"Trainer.fit needs an nn.Module implementing mtlkit.training.MultiTaskModel; "
+            f"Trainer.fit needs an nn.Module implementing mtlkit.protocol.MultiTaskModel; "
             f"{type(model).__name__} {'lacks ' + ', '.join(missing) if missing else 'is not an nn.Module'}"
         )
 

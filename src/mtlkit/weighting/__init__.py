@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from mtlkit.weighting.base import Balancer, BalanceResult, GradientBalancer, LossBalancer
+from mtlkit.weighting.base import Balancer, BalanceResult, Collectives, GradientBalancer, LossBalancer
 from mtlkit.weighting.registry import available, get, is_registered, register
 from mtlkit.weighting.wrappers import wrap
 
@@ -15,10 +15,12 @@ def __getattr__(name: str) -> Any:
         return IMTL
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "IMTL",
     "BalanceResult",
     "Balancer",
+    "Collectives",
     "GradientBalancer",
     "LossBalancer",
     "available",

@@ -28,6 +28,7 @@ Zero and non-finite values:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Union
@@ -85,6 +86,7 @@ class Balancer(nn.Module):
         if isinstance(tasks, int):
             tasks = [str(i) for i in range(tasks)]
         self.task_names: list[str] | None = list(tasks) if tasks is not None else None
+        self._collectives: Collectives | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -99,15 +101,29 @@ class Balancer(nn.Module):
         losses: Losses,
         shared_params: Params | None = None,
         shared_reps: Reps | None = None,
+        *,
+        collectives: Collectives | None = None,
     ) -> BalanceResult:
-        """Run the backward pass for these task losses and return what was decided."""
+        """Run the backward pass for these task losses and return what was decided.
+
+        With `collectives` (a data-parallel run; the losses are this process's share of
+        the global batch's, as `mtlkit.training` builds them), a gradient method acts on
+        the global batch: on return the `.grad` of every parameter in `shared_params` is
+        the global one on every process; the other gradients are this process's share,
+        which the caller averages (or, when `collectives.reduces_in_backward`, the
+        data-parallel wrapper averages during the engine's backward).
+        """
         if not isinstance(losses, Mapping):
             losses = list(losses)
         names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
         _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
-        result = self._backward(names, index, active, shared_params, shared_reps)
+        self._collectives = collectives  # read by the engine (`_shared_backward`) during this call only
+        try:
+            result = self._backward(names, index, active, shared_params, shared_reps)
+        finally:
+            self._collectives = None
         if not isinstance(losses, Mapping):
             result.positional = [
                 result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
@@ -145,9 +161,7 @@ class Balancer(nn.Module):
             if self.task_names is None:
                 self.task_names = [str(i) for i in range(len(losses))]
             if len(losses) != len(self.task_names):
-                raise ValueError(
-                    f"{type(self).__name__}: got {len(losses)} losses for {len(self.task_names)} tasks"
-                )
+                raise ValueError(f"{type(self).__name__}: got {len(losses)} losses for {len(self.task_names)} tasks")
             keyed = [(self.task_names[i], i, loss) for i, loss in enumerate(losses)]
         active = [(n, i, loss) for n, i, loss in keyed if isinstance(loss, Tensor) and loss.requires_grad]
         for name, _, loss in active:
@@ -167,6 +181,7 @@ class LossBalancer(Balancer):
         raise NotImplementedError
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+        # One backward of the weighted losses: a data-parallel wrapper (DDP) averages its gradients.
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
@@ -178,17 +193,37 @@ class LossBalancer(Balancer):
         )
 
 
-class CrossRankReducer(Protocol):
-    """Collectives that let a gradient balancer act on the global batch of a torch.distributed run.
+class Collectives(Protocol):
+    """The cross-process operations the backward engine needs to act on the global batch of a data-parallel run.
 
-    The Trainer sets `GradientBalancer.reducer` to one (`mtlkit.training.distributed.Distributed`).
+    A training strategy (`mtlkit.training.strategies`) passes one to `Balancer.backward`;
+    outside a multi-process run there is none.
     """
 
-    def reduce_jacobian(self, J: Tensor, params: list[Tensor], reached: list[bool]) -> tuple[Tensor, list[Tensor]]:
-        """The mean J over ranks, restricted to the parameters some rank reached, and those parameters."""
+    @property
+    def world_size(self) -> int:
+        """The number of processes whose local batches make up the global batch."""
 
-    def reduce_gramian(self, G: Tensor) -> Tensor:
-        """The Gramian of the global batch's representation gradients, from this rank's."""
+    @property
+    def shards_jacobian(self) -> bool:
+        """True when a reduce-scatter costs less than an all-reduce of the same data (NCCL): methods
+        defined by weights(G) then take the global Gramian from slices of J (`_combine_sharded`)
+        instead of averaging the whole J."""
+
+    @property
+    def reduces_in_backward(self) -> bool:
+        """True when the model's forward ran through a wrapper (DDP) that averages every gradient
+        reaching the model's parameters in the next backward: the engine then runs one backward
+        for all of them (at a representation), and writes none itself."""
+
+    def all_reduce_sum(self, tensor: Tensor, kind: str) -> None:
+        """Replace `tensor` (in place) by its sum over the processes; `kind` labels the time spent."""
+
+    def reduce_scatter_sum(self, output: Tensor, input: Tensor, kind: str) -> None:
+        """`output` on process r: the r-th of world_size equal slices of `input` (1-D), summed over the processes."""
+
+    def all_gather(self, output: Tensor, input: Tensor, kind: str) -> None:
+        """`output` (1-D): every process's `input` (1-D, equal sizes), concatenated in rank order."""
 
 
 class GradientBalancer(Balancer):
@@ -200,7 +235,6 @@ class GradientBalancer(Balancer):
 
     `chunk_size` bounds the rows of one batched backward on the shared parameters
     (None: all T at once; 1: one plain backward per task, for graphs vmap cannot batch).
-    `reducer` (None outside torch.distributed) is set by the Trainer under distributed=True.
 
     `rep_reduce` (with `shared_reps`; set it on the balancer, or pass it to
     `mtlkit.weighting.get`) says which rows at the representation give the weights:
@@ -211,7 +245,6 @@ class GradientBalancer(Balancer):
     defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
     """
 
-    reducer: CrossRankReducer | None = None
     rep_reduce: str = "sample"
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
@@ -248,11 +281,15 @@ class GradientBalancer(Balancer):
         )
 
     def _shared_backward(self, names, index, losses, shared_params, shared_reps) -> tuple[Tensor, Tensor | None]:
-        """Backward of `losses` with the combined task gradient on the shared part: (g, weights)."""
+        """Backward of `losses` with the combined task gradient on the shared part: (g, weights).
+
+        The engine of every gradient method; it uses the collectives given to `backward`.
+        """
+        collectives = self._collectives
         if shared_reps is not None:
-            return self._backward_through_reps(names, losses, index, shared_reps)
+            return self._backward_through_reps(names, losses, index, shared_reps, collectives)
         if shared_params is not None:
-            return self._backward_on_params(names, losses, index, shared_params)
+            return self._backward_on_params(names, losses, index, shared_params, collectives)
         raise ValueError(f"{type(self).__name__} needs shared_params or shared_reps to take task gradients")
 
     def _combine_checked(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, hint: str = ""):
@@ -265,15 +302,22 @@ class GradientBalancer(Balancer):
             )
         return g, weights
 
-    def _backward_on_params(self, names: list[str], losses: list[Tensor], index: Tensor, shared_params: Params):
+    def _backward_on_params(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        shared_params: Params,
+        collectives: Collectives | None,
+    ):
         vec = torch.stack(losses)
         leaves = reachable_leaves(vec)
         reached = {id(leaf) for leaf in leaves}
         # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
-        # Under torch.distributed every rank takes all of them (zero columns where unreached), so
-        # that the ranks' Jacobians line up; the reducer averages them and drops what no rank reached.
-        params = [p for p in _flatten_params(shared_params) if id(p) in reached or self.reducer is not None]
-        if params and self.reducer is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
+        # With collectives every process takes all of them (zero columns where unreached), so
+        # that the Jacobians line up; the global J then drops what no process reached.
+        params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
+        if params and collectives is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
             # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
             specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
             G, apply = params_gramian(losses, params, specific)
@@ -281,18 +325,25 @@ class GradientBalancer(Balancer):
             _, weights = self._combine_checked(gramian_root(G), names, losses, index)
             return apply(weights), weights
         J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
-        if self.reducer is not None:
-            J, params = self.reducer.reduce_jacobian(J, params, [id(p) in reached for p in params])
+        combined = None
+        if collectives is not None and J is not None:  # J is None only without shared parameters
+            flags = [id(p) in reached for p in params]
+            if collectives.shards_jacobian and _sees_only_gramian(type(self)):
+                combined, params = self._combine_sharded(J, params, flags, names, losses, index, collectives)
+            else:
+                J, params = _global_jacobian(J, params, flags, collectives)
         shared = {id(p) for p in params}
         if not params:
             # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
             torch.autograd.backward(vec.sum(), inputs=leaves)
             return vec.new_zeros(0), None
         hint = (
-            "" if self.chunk_size == 1 else " With batched task backward passes, an inf inside one "
+            ""
+            if self.chunk_size == 1
+            else " With batched task backward passes, an inf inside one "
             "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
         )
-        g, weights = self._combine_checked(J, names, losses, index, hint)
+        g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:
             torch.autograd.backward(vec.sum(), inputs=specific)
@@ -304,7 +355,62 @@ class GradientBalancer(Balancer):
             offset += n
         return g, weights
 
-    def _backward_through_reps(self, names: list[str], losses: list[Tensor], index: Tensor, shared_reps: Reps):
+    def _combine_sharded(
+        self,
+        J: Tensor,
+        params: list[Tensor],
+        reached: list[bool],
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        collectives: Collectives,
+    ) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor]]:
+        """For a method that sees J only through G: ((g, weights), the parameters some process reached).
+
+        Process r receives the global J's r-th slice of columns (one reduce-scatter of T×P),
+        its partial Gramian J_r J_rᵀ is summed over processes (one T×T all-reduce, which also
+        carries the reached flags), every process takes the same weights w from G, and the
+        slices of g = wᵀJ are gathered (one all-gather of P). Against averaging the whole J
+        (all-reduce of T×P), this moves about half the bytes and splits the Gramian's work.
+        """
+        N = collectives.world_size
+        T, P = J.shape
+        width = -(-P // N)
+        padded = J.new_zeros(T, N * width)
+        padded[:, :P] = J
+        shard = J.new_empty(T, width)
+        chunks = padded.view(T, N, width).transpose(0, 1).contiguous()  # process r's columns: chunks[r]
+        collectives.reduce_scatter_sum(shard.view(-1), chunks.view(-1), "jacobian")
+        shard /= N
+        flat = torch.cat([(shard @ shard.T).reshape(-1), torch.tensor(reached, dtype=J.dtype, device=J.device)])
+        collectives.all_reduce_sum(flat, "gramian")
+        G = flat[: T * T].view(T, T)
+        used = (flat[T * T :] > 0).tolist()
+        if not any(used):
+            return None, []
+        _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+        # Any matrix with Gramian G stands in for the global J: the method sees G only.
+        _, weights = self._combine_checked(gramian_root(G), names, losses, index)
+        g = J.new_empty(N * width)
+        collectives.all_gather(g, weights.to(shard.dtype) @ shard, "update")
+        g = g[:P]
+        if not all(used):
+            g = torch.cat([piece for piece, u in zip(g.split([p.numel() for p in params]), used) if u])
+        if not bool(torch.isfinite(g.sum())):
+            raise FloatingPointError(
+                f"{type(self).__name__} produced a non-finite update from finite task gradients "
+                f"(tasks {names}); this is a bug in the method, please report it"
+            )
+        return (g, weights), [p for p, u in zip(params, used) if u]
+
+    def _backward_through_reps(
+        self,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        shared_reps: Reps,
+        collectives: Collectives | None,
+    ):
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -315,17 +421,18 @@ class GradientBalancer(Balancer):
         # Two passes: one over the heads (rep_jacobian: per-task rows at the representation by
         # hooks, and the heads' own gradients), one through the trunk from g. A batched pass
         # would push T rows (T−1 of them zero) through every head.
-        specific = leaves_above(losses, reps)
+        one_backward = collectives is not None and collectives.reduces_in_backward
+        specific = [] if one_backward else leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
         if self.rep_reduce != "sample":
             # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-            _check_rep_reduce(self, self.reducer is not None)
+            _check_rep_reduce(self, collectives is not None)
             _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
             g = weights @ J
-        elif self.reducer is None:
+        elif collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
         else:
-            g, weights = self._combine_global_gramian(J, names, losses, index)
+            g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
         for leaf, grad in zip(specific, specific_grads):
             if grad is not None:
                 leaf.grad = grad if leaf.grad is None else leaf.grad + grad
@@ -333,31 +440,49 @@ class GradientBalancer(Balancer):
         for r in reps:
             grads.append(g[offset : offset + r.numel()].view_as(r).to(r.dtype))
             offset += r.numel()
-        if reps:
+        if one_backward:
+            # Every gradient in one backward of Σ_t L_t whose gradient at the representation is
+            # replaced by g: the heads get their own tasks' gradients, the trunk g, and a
+            # data-parallel wrapper (DDP) averages all of them while the backward runs.
+            handles = [r.register_hook(functools.partial(_replace, grad)) for r, grad in zip(reps, grads)]
+            try:
+                torch.stack(losses).sum().backward()
+            finally:
+                for handle in handles:
+                    handle.remove()
+        elif reps:
             torch.autograd.backward(reps, grads)
         return g, weights
 
-    def _combine_global_gramian(self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor):
-        """Under torch.distributed at a representation: weights from the global batch's Gramian, applied to J.
+    def _combine_global_gramian(
+        self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, collectives: Collectives
+    ):
+        """In a data-parallel run at a representation: weights from the global batch's Gramian, applied to J.
 
-        Rows of J are per-sample here, so ranks cannot average them; their Gramians add up
-        instead. Exact for methods that see J only through G: those defined by `weights(G)`.
+        Rows of J are per-sample here, so processes cannot average them; their Gramians add
+        up instead. Exact for methods that see J only through G: those defined by `weights(G)`.
+        A process's rows are world_size × its share (the losses' surrogate scaling), so the
+        global Gramian is Σ_r G_r / world_size².
         """
         cls = type(self)
-        if cls.weights is GradientBalancer.weights or cls.aggregate is not GradientBalancer.aggregate:
+        if not _sees_only_gramian(cls):
             raise ValueError(
                 f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "
                 "torch.distributed it cannot act at a shared representation: train without rep_grad (the "
                 "per-task gradients of the shared parameters are then averaged across ranks), or use a "
                 "method defined by weights(G) such as mgda, pcgrad, cagrad, imtl or nash_mtl"
             )
-        G = self.reducer.reduce_gramian(gramian(J))
+        G = gramian(J).contiguous()
+        collectives.all_reduce_sum(G, "gramian")
+        G = G / collectives.world_size**2
         _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
         # Any matrix with Gramian G stands in for the global J: the method sees G only.
-        eigenvalues, vectors = torch.linalg.eigh(G.double())
-        root = (vectors * eigenvalues.clamp(min=0).sqrt()).to(J.dtype)
-        _, weights = self._combine_checked(root, names, losses, index)
+        _, weights = self._combine_checked(gramian_root(G).to(J.dtype), names, losses, index)
         return weights @ J, weights
+
+
+def _replace(value: Tensor, grad: Tensor) -> Tensor:
+    return value
 
 
 def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
@@ -376,6 +501,21 @@ def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
 def _sees_only_gramian(cls: type) -> bool:
     """Whether a method's update depends on J only through JJᵀ (it is defined by `weights(G)`)."""
     return cls.weights is not GradientBalancer.weights and cls.aggregate is GradientBalancer.aggregate
+
+
+def _global_jacobian(
+    J: Tensor, params: list[Tensor], reached: list[bool], collectives: Collectives
+) -> tuple[Tensor, list[Tensor]]:
+    """The mean J over processes (one all-reduce, which also carries the reached flags), restricted
+    to the parameters some process reached, and those parameters."""
+    flat = torch.cat([J.reshape(-1), torch.tensor(reached, dtype=J.dtype, device=J.device)])
+    collectives.all_reduce_sum(flat, "jacobian")
+    J = flat[: J.numel()].div_(collectives.world_size).view_as(J)
+    used = (flat[J.numel() :] > 0).tolist()
+    if all(used):
+        return J, params
+    columns = torch.cat([torch.full((p.numel(),), u, device=J.device) for p, u in zip(params, used)])
+    return J[:, columns], [p for p, u in zip(params, used) if u]
 
 
 def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -> None:

@@ -223,8 +223,12 @@ def params_gramian(
     edges = _frontier(losses, params)
     if edges is None:
         vec = _as_vector(losses)
-        G = _folded_gramian(lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
-                            [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)], params, losses)
+        G = _folded_gramian(
+            lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
+            [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)],
+            params,
+            losses,
+        )
         return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
     below = {id(v) for v in reachable_leaves_from(edges)}
     rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=not any(id(x) in below for x in specific))
@@ -243,8 +247,12 @@ def params_gramian(
             return g
 
         return gramian(J), apply_rows
-    G = _folded_gramian(lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
-                        rows, params, losses)
+    G = _folded_gramian(
+        lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
+        rows,
+        params,
+        losses,
+    )
 
     def apply(weights: Tensor) -> Tensor:
         _add_grads(specific, specific_grads)
@@ -261,9 +269,11 @@ _ROWS_KEPT = 4  # the Gramian path may hold J (T×P) instead when T is at most t
 
 def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> str:
     """'folded' (G in the backward, then one more trunk backward) or 'rows' (J held), whichever is faster here."""
+
     def folded() -> None:
-        _folded_gramian(lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True),
-                        rows, params, losses)
+        _folded_gramian(
+            lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True), rows, params, losses
+        )
         torch.autograd.grad(edges, params, [r.sum(0) for r in rows], retain_graph=True, allow_unused=True)
 
     def held() -> None:
@@ -436,7 +446,9 @@ def _edge_rows(
         indices = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
         handles.append(node.register_hook(functools.partial(_record if stop else _keep, rows[t], indices)))
     try:
-        grads = torch.autograd.grad(torch.stack(list(losses)).sum(), [*edges, *also], retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(
+            torch.stack(list(losses)).sum(), [*edges, *also], retain_graph=True, allow_unused=True
+        )
     finally:
         for handle in handles:
             handle.remove()

@@ -49,6 +49,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import (
     Balancer,
     BalanceResult,
+    Collectives,
     GradientBalancer,
     LossBalancer,
     _flatten_params,
@@ -232,12 +233,14 @@ class GradientWrapper(_Wrapper, GradientBalancer):
         self._setup(method, every, ema)
 
     @property
-    def reducer(self):  # the Trainer sets it on the wrapper; the method may run its own backward
-        return self.method.reducer
+    def _collectives(self) -> Collectives | None:  # `backward` sets them on the wrapper; the method may run its own
+        return self.__dict__.get("_wrapper_collectives")
 
-    @reducer.setter
-    def reducer(self, value) -> None:
-        self.method.reducer = value
+    @_collectives.setter
+    def _collectives(self, value: Collectives | None) -> None:
+        self.__dict__["_wrapper_collectives"] = value
+        if "method" in self._modules:
+            self._modules["method"]._collectives = value
 
     def weights(self, G: Tensor) -> Tensor:
         return self.method.weights(G)
@@ -263,6 +266,20 @@ class GradientWrapper(_Wrapper, GradientBalancer):
             raise ValueError(f"{type(self.method).__name__} needs shared_params or shared_reps to take task gradients")
         if not done:
             self._two_pass_backward(vec, losses, w, params, reps)
+        collectives = self._collectives
+        if collectives is not None and reps is None:  # the engine's contract: shared .grad global on return
+            params = params or []
+            reached = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
+            collectives.all_reduce_sum(reached, "jacobian")  # a parameter some rank's batch reached: on every rank
+            for p, hits in zip(params, reached.tolist()):
+                if hits and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                collectives.all_reduce_sum(flat, "jacobian")
+                for g, part in zip(grads, flat.div_(collectives.world_size).split([g.numel() for g in grads])):
+                    g.copy_(part.view_as(g))
         scaled = (w * vec).detach()
         return BalanceResult(loss=scaled.sum(), scaled_losses=dict(zip(names, scaled)), weights=dict(zip(names, w)))
 

@@ -104,7 +104,9 @@ def _call(loader: Callable[..., LoadedDataset], what: str, kwargs: dict[str, Any
         kwargs = {k: v for k, v in kwargs.items() if k != "seed" or "seed" in options}
         unknown = sorted(set(kwargs) - set(options))
         if unknown:
-            raise ConfigError(f"{what} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(options)}")
+            raise ConfigError(
+                f"{what} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(options)}"
+            )
     return loader(**kwargs)
 
 

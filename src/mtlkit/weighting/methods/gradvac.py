@@ -15,9 +15,7 @@ from mtlkit.weighting.methods.pcgrad import random_orders
 from mtlkit.weighting.registry import register
 
 
-def gradvac_weights(
-    G: Tensor, targets: Tensor, orders: Sequence[Sequence[int]], beta: float
-) -> tuple[Tensor, Tensor]:
+def gradvac_weights(G: Tensor, targets: Tensor, orders: Sequence[Sequence[int]], beta: float) -> tuple[Tensor, Tensor]:
     """One GradVac step: (weights w with Σ_t w_t g_t = Σ_i g_i', updated targets φ̂).
 
     For each task i and each j in `orders[i]`: φ = cos(g_i', g_j); if φ < φ̂_ij, add

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlkit.weighting.base import BalanceResult, GradientBalancer, LossBalancer, Losses, Params, Reps
+from mtlkit.weighting.base import BalanceResult, Collectives, GradientBalancer, LossBalancer, Losses, Params, Reps
 from mtlkit.weighting.registry import register
 
 _METHODS = ("gradient", "loss", "hybrid")
@@ -122,7 +122,9 @@ class IMTL(GradientBalancer):
         self.method = method
         if method != "gradient":
             if self.task_names is None:
-                raise ValueError(f"IMTL(method={method!r}) learns one scale per loss: give num_losses=<number of losses>")
+                raise ValueError(
+                    f"IMTL(method={method!r}) learns one scale per loss: give num_losses=<number of losses>"
+                )
             init = torch.zeros(self.num_tasks) if init_loss is None else torch.tensor(init_loss, dtype=torch.float32)
             if init.shape != (self.num_tasks,):
                 raise ValueError(f"IMTL init_loss has {init.numel()} values for {self.num_tasks} losses")
@@ -136,6 +138,7 @@ class IMTL(GradientBalancer):
         *,
         shared_parameters: Params | None = None,
         z: Reps | None = None,
+        collectives: Collectives | None = None,
     ) -> BalanceResult:
         """Balance and backpropagate `losses`; `shared_parameters`/`z` are the seed's names."""
         if losses is None:
@@ -148,6 +151,7 @@ class IMTL(GradientBalancer):
             losses,
             shared_params=shared_params if shared_params is not None else shared_parameters,
             shared_reps=shared_reps if shared_reps is not None else z,
+            collectives=collectives,
         )
 
     def weights(self, G: Tensor) -> Tensor:
