@@ -147,9 +147,6 @@ class Scorer:
         golds, preds, probs = _as_tensor("golds", golds), _as_tensor("preds", preds), _as_tensor("probs", probs)
         if len(golds) == 0:
             raise ValueError("Cannot score empty labels")
-        for name, values in (("preds", preds), ("probs", probs)):
-            if values is not None and len(values) != len(golds):
-                raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
         state = self.state(self.num_classes(golds, preds, probs))
         state.update(golds, preds, probs)
         return state.compute()

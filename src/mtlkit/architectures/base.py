@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from mtlkit import metrics
 from mtlkit.errors import SpecError
-from mtlkit.graph.executor import NodeError
+from mtlkit.graph.executor import NodeError, describe_value
 from mtlkit.labels import marker_of
 from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
 
@@ -301,7 +301,7 @@ class Architecture(nn.Module):
             if module is None:  # raised by the architecture itself: its message names what to change
                 raise
             raise NodeError(
-                f"{type(self).__name__}: module {module!r} failed on the input {_describe(inputs)}: "
+                f"{type(self).__name__}: module {module!r} failed on the input {describe_value(inputs)}: "
                 f"{type(err).__name__}: {err}"
             ) from err
 
@@ -358,17 +358,6 @@ class Architecture(nn.Module):
             if targets is not None:
                 labelled[task] = targets
         return labelled
-
-
-def _describe(value: Any) -> str:
-    """A short description of an input: tensor shapes, dict keys, type names."""
-    if isinstance(value, Tensor):
-        return f"Tensor{tuple(value.shape)}"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_describe(v) for v in value) + "]"
-    return type(value).__name__
 
 
 def _as_stages(encoder: Any, arch: str = "this architecture", min_stages: int = 1) -> nn.ModuleList:

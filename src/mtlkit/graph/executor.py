@@ -166,16 +166,17 @@ class _Unselectable(NamedTuple):
 
 
 def _describe(sources: tuple[str, ...], args: list[Any]) -> str:
-    return ", ".join(f"{src}={_shape(arg)}" for src, arg in zip(sources, args))
+    return ", ".join(f"{src}={describe_value(arg)}" for src, arg in zip(sources, args))
 
 
-def _shape(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A short description of a node's input for error messages: tensor shapes, dict keys, type names."""
     if isinstance(value, _Unselectable):
-        return f"{_shape(value.value)} (no key {value.key!r}: {type(value.error).__name__})"
+        return f"{describe_value(value.value)} (no key {value.key!r}: {type(value.error).__name__})"
     if isinstance(value, Tensor):
         return f"Tensor{tuple(value.shape)}"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k!r}: {_shape(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k!r}: {describe_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_shape(v) for v in value) + "]"
+        return "[" + ", ".join(describe_value(v) for v in value) + "]"
     return type(value).__name__

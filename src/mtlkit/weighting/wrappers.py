@@ -311,15 +311,9 @@ def _scaled_rep_backward(losses: list[Tensor], reps: list[Tensor], w: Tensor) ->
     owner = _reader_owners(losses, targets)
     if owner is None:
         return False
-    scales, handles = w.tolist(), []
-    for node, t in owner.items():
-        edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
-        handles.append(node.register_hook(functools.partial(_scale_edges, edges, scales[t])))
-    try:
-        torch.stack(losses).sum().backward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    scales = w.tolist()
+    readers = [(node, [i for i, edge in enumerate(node.next_functions) if edge in targets]) for node in owner]
+    _backward_scaling_edges(losses, [(node, edges, scales[owner[node]]) for node, edges in readers])
     return True
 
 
@@ -336,18 +330,24 @@ def _scaled_shared_backward(losses: list[Tensor], shared_params: list[Tensor], w
     reached = {id(node.variable) for node in owner if hasattr(node, "variable")}
     if graph_shared != {id(p) for p in shared_params if id(p) in reached}:
         return False
-    scales, handles = w.tolist(), []
+    scales, entries = w.tolist(), []
     for node, t in owner.items():
         if t >= 0:
             edges = [i for i, (child, _) in enumerate(node.next_functions) if child is not None and owner[child] < 0]
             if edges:
-                handles.append(node.register_hook(functools.partial(_scale_edges, edges, scales[t])))
+                entries.append((node, edges, scales[t]))
+    _backward_scaling_edges(losses, entries)
+    return True
+
+
+def _backward_scaling_edges(losses: list[Tensor], entries: list[tuple[Any, list[int], float]]) -> None:
+    """One backward of Σ_t L_t with the gradient along each (node, its input edges) scaled by `scale`."""
+    handles = [node.register_hook(functools.partial(_scale_edges, edges, scale)) for node, edges, scale in entries]
     try:
         torch.stack(losses).sum().backward()
     finally:
         for handle in handles:
             handle.remove()
-    return True
 
 
 def _task_owners(losses: list[Tensor]) -> dict:
