@@ -1,31 +1,36 @@
-"""Steps per second of `Trainer(strategy="ddp")` at 1 and 2 processes, and the share of the step in collectives.
+"""Steps per second of `Trainer(strategy="ddp")` at 1 and more processes, and the share of the step in collectives.
 
 Model: a shared MLP trunk (256 → 1024 → 1024 → 256, ReLU, ≈ 1.58M parameters) and T = 3
 linear regression heads (MSE). Weak scaling: every rank takes `--batch` rows per step,
 so the global batch grows with the number of processes; the weak-scaling efficiency is
-steps/s at N processes over steps/s of the same strategy at 1 (1.0 = perfect).
+steps/s at N processes over steps/s of the same configuration at 1 (1.0 = perfect).
 
-Configurations (`--configs`):
-- `ew`: EW through `DistributedDataParallel` (bucketed all-reduce overlapping the backward).
-- `ew/manual`: EW with the model called without DDP and every gradient averaged by one
-  coalesced all-reduce after the backward (mtlkit's data-parallel path before DDP).
-- `mgda`, `imtl`: gradient methods on the shared parameters (the T × P Jacobian
-  all-reduced; on NCCL its columns reduce-scattered, partial Gramians summed, the update
-  all-gathered).
-- `mgda/rep`, `imtl/rep`: the same at the shared representation (`rep_grad`; the T × T
+Configurations (`--configs`); `/today` is the same run with the improvement switched off:
+- `ew`: EW through `DistributedDataParallel` (bucketed all-reduce overlapping the
+  backward, `.grad` as views of DDP's buckets); `ew/today`: without
+  `gradient_as_bucket_view` (DDP copies each bucket back into `.grad`).
+- `mgda`, `imtl_g`: gradient methods on the shared parameters, the T × P Jacobian
+  all-reduced block by block while its backward runs (`mtlkit.weighting.overlap`);
+  `/today`: J all-reduced in one piece after the backward (`overlap_jacobian=False`).
+  (On NCCL both take the sharded Gramian path instead: J's columns reduce-scattered.)
+- `mgda/rep`, `imtl_g/rep`: the same at the shared representation (`rep_grad`; the T × T
   Gramian all-reduced, then one backward through DDP averages trunk and heads).
 
 For each configuration and process count, the ranks run a Trainer fit of W steps and one
-of W + S steps (after a warm-up fit); steps/s = S / (time(W + S) − time(W)). The
-configurations take turns, one measurement each per round (fresh processes every round),
-so that a change in the machine's load spreads over all of them; each cell is the median
-over `--repeats` rounds. "collectives" is the time per step in the strategy's timed
-collectives (losses / jacobian / gramian / update / gradients), including waiting for the slower
-rank; DDP's own all-reduce overlaps the backward and is not in it. The row "1, single"
-is the single-process strategy, for the cost of the distributed machinery itself.
+of W + S steps; steps/s = S / (time(W + S) − time(W)). The configurations take turns,
+one measurement each per round (fresh processes every round), so that a change in the
+machine's load spreads over all of them; each cell is the median over `--repeats`
+rounds. "collectives" is the time per step in the strategy's timed collectives, including
+waiting for the slower rank: losses (the step's one all-reduce of the task losses),
+jacobian (for the overlapped path only the waits, the part the backward did not hide),
+gramian, update, gradients (the hand-written all-reduce of the heads' gradients); DDP's
+own all-reduce runs inside the backward and is not in it. The row "1, single" is the
+single-process strategy, for the cost of the distributed machinery itself.
 
 CPU (gloo, one torch thread per process by default):
-    python benchmarks/distributed.py [--steps 30] [--batch 64] [--repeats 3] [--threads 1]
+    python benchmarks/distributed.py [--steps 20] [--batch 64] [--repeats 3] [--threads 1] [--procs 1 2 4]
+One GPU (the single-process and 1-process DDP steps on CUDA):
+    python benchmarks/distributed.py --device cuda --procs 1 --batch 256
 GPUs (nccl, one GPU per process, `--procs` up to the GPU count):
     python benchmarks/distributed.py --device cuda --procs 1 2 4 8 --batch 256
 """
@@ -49,12 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtlkit import DictDataLoader, DictDataset, Trainer
-from mtlkit.training import DDPStrategy, StepOutput
+from mtlkit.training import DDPStrategy, SingleProcess, StepOutput
 
-CONFIGS = ("ew", "ew/manual", "mgda", "mgda/rep", "imtl", "imtl/rep")
+CONFIGS = ("ew", "ew/today", "mgda", "mgda/today", "mgda/rep", "imtl_g", "imtl_g/today", "imtl_g/rep")
 TASKS = ("t0", "t1", "t2")
 WIDTH = (256, 1024, 1024, 256)
-WARMUP_STEPS = 5
+WARMUP_STEPS = 3
 STEP_COLLECTIVES = ("losses", "jacobian", "gramian", "update", "gradients")
 
 
@@ -88,16 +93,32 @@ class Net(nn.Module):
         return {}
 
 
-class ManualAveraging(DDPStrategy):
-    """The model called without DDP; every gradient averaged by one coalesced all-reduce after the backward."""
+class _Stamped:
+    """A strategy that notes the time (and its collectives' times so far) at the start of every step."""
 
-    def _wrap(self, model, balancer):
-        return model.training_step
+    device_type = "cpu"
 
-    def backward(self, balancer, losses, shared_params, shared_reps):
-        result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps)
-        self.average_gradients(self._model_params + self._balancer_params)
-        return result
+    def global_step(self, local_step, task_names, loss_dtype):
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+        self.stamps.append((time.perf_counter(), dict(self.timings)))
+        return super().global_step(local_step, task_names, loss_dtype)
+
+
+class StampedDDP(_Stamped, DDPStrategy):
+    pass
+
+
+class StampedSingle(_Stamped, SingleProcess):
+    pass
+
+
+def _strategy(variant: str, world: int | None) -> DDPStrategy | SingleProcess:
+    if world is None:
+        return StampedSingle()
+    if variant == "today":  # before this change: J in one piece, DDP copying buckets into .grad
+        return StampedDDP(overlap_jacobian=False, ddp_options={"gradient_as_bucket_view": False})
+    return StampedDDP()
 
 
 def _loader(steps: int, batch: int, world: int) -> DictDataLoader:
@@ -108,37 +129,21 @@ def _loader(steps: int, batch: int, world: int) -> DictDataLoader:
     return DictDataLoader(DictDataset("synthetic", "train", {"x": x}, y), batch_size=batch, shuffle=True, seed=0)
 
 
-def _fit(config: str, steps: int, args: argparse.Namespace, world: int | None) -> tuple[float, dict]:
-    """One fit of `steps` steps; `world` None: the single-process strategy."""
+def _measure(config: str, args: argparse.Namespace, world: int | None) -> dict:
+    """One fit of WARMUP_STEPS + steps + 1 steps (`world` None: the single-process strategy): steps/s over the
+    last `steps` + 1 step starts, and the seconds per step in each kind of collective over them."""
     method, _, variant = config.partition("/")
     torch.manual_seed(0)
     model = Net(rep_grad=variant == "rep")
-    trainer = Trainer(
-        weighting=method,
-        n_epochs=1,
-        lr=1e-3,
-        seed=0,
-        progress_bar=False,
-        strategy="single" if world is None else "ddp",
-        device=args.device,
-    )
-    if world is not None:
-        trainer.strategy = ManualAveraging() if variant == "manual" else DDPStrategy()
-        trainer.strategy.profile = True
-    start = time.perf_counter()
-    trainer.fit(model, [_loader(steps, args.batch, world or 1)])
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, dict(trainer.strategy.timings)
-
-
-def _measure(config: str, args: argparse.Namespace, world: int | None) -> dict:
-    """One measurement: steps/s and seconds per step in each kind of collective."""
-    _fit(config, WARMUP_STEPS, args, world)  # first-use costs (lazy imports, allocator)
-    short, _ = _fit(config, WARMUP_STEPS, args, world)
-    long, long_comm = _fit(config, WARMUP_STEPS + args.steps, args, world)
-    comm = {k: long_comm[k] / (WARMUP_STEPS + args.steps) for k in STEP_COLLECTIVES if k in long_comm}
-    return {"steps_per_s": args.steps / (long - short), "comm_s": comm}
+    trainer = Trainer(weighting=method, n_epochs=1, lr=1e-3, seed=0, progress_bar=False, device=args.device)
+    strategy = trainer.strategy = _strategy(variant, world)
+    strategy.stamps, strategy.device_type = [], args.device
+    if isinstance(strategy, DDPStrategy):
+        strategy.profile = True  # on CUDA, synchronise around the collectives
+    trainer.fit(model, [_loader(WARMUP_STEPS + args.steps + 1, args.batch, world or 1)])
+    (start, before), (end, after) = strategy.stamps[WARMUP_STEPS], strategy.stamps[-1]
+    comm = {k: (after[k] - before.get(k, 0.0)) / args.steps for k in STEP_COLLECTIVES if k in after}
+    return {"steps_per_s": args.steps / (end - start), "comm_s": comm}
 
 
 def _median(measurements: list[dict]) -> dict:
@@ -171,7 +176,7 @@ def _free_port() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="rows per rank per step")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -181,11 +186,13 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    began = time.perf_counter()
     columns = ["1, single", *map(str, args.procs)]
     measured: dict[tuple[str, str], list[dict]] = {(c, p): [] for c in args.configs for p in columns}
     for _ in range(args.repeats):
         for config in args.configs:
-            measured[config, "1, single"].append(_measure(config, args, None))
+            if not config.endswith("/today"):  # one process ignores the switches
+                measured[config, "1, single"].append(_measure(config, args, None))
         for world in args.procs:
             with tempfile.TemporaryDirectory() as tmp:
                 out = str(Path(tmp) / "results.json")
@@ -193,12 +200,13 @@ def main() -> None:
                 results = json.loads(Path(out).read_text())
             for config in args.configs:
                 measured[config, str(world)].append(results[config])
-    medians = {key: _median(values) for key, values in measured.items()}
+    medians = {key: _median(values) for key, values in measured.items() if values}
     params = sum(p.numel() for p in Net(False).trunk.parameters())
 
     print(
         f"device {args.device}, {args.threads} thread(s)/process, trunk {params} parameters, "
-        f"{args.batch} rows/rank/step, {args.steps} timed steps, median of {args.repeats}\n"
+        f"{args.batch} rows/rank/step, {args.steps} timed steps, median of {args.repeats}, "
+        f"{time.perf_counter() - began:.0f} s in all\n"
     )
     print(
         "| config | processes | global batch | steps/s | weak-scaling efficiency "
@@ -208,6 +216,8 @@ def main() -> None:
     for config in args.configs:
         base = medians[config, str(args.procs[0])]["steps_per_s"] if args.procs[0] == 1 else None
         for procs in columns:
+            if (config, procs) not in medians:
+                continue
             r = medians[config, procs]
             world = 1 if procs == "1, single" else int(procs)
             comm = r["comm_s"]

@@ -44,6 +44,7 @@ REP_METHODS = (
     "mgda@every=2,ema=0.9",
 )  # Gramian-based methods at the shared representation
 SHARDED_METHODS = ("mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")  # Gramian-only: G from slices of J
+UNOVERLAPPED_METHODS = ("mgda", "graddrop")  # J all-reduced in one piece after its backward
 TIMEOUT_S = 60
 
 
@@ -164,16 +165,23 @@ def config(weighting: str, **overrides) -> dict:
 
 
 def run(
-    weighting: str, processes: int, rep_grad: bool = False, resume_from=None, sharded: bool = False, **overrides
+    weighting: str,
+    processes: int,
+    rep_grad: bool = False,
+    resume_from=None,
+    sharded: bool = False,
+    overlap: bool = True,
+    **overrides,
 ) -> dict:
     """Train with `processes` ranks' worth of batch; return what the tests compare.
 
     `sharded`: Gramian-only methods take G from slices of J (the NCCL default) instead of the averaged J.
+    `overlap` False: J on the shared parameters is all-reduced after its backward, not block by block during it.
     """
     model = make_model(rep_grad)
     trainer = Trainer(**config(weighting, **overrides))
-    if sharded:
-        trainer.strategy = DDPStrategy(shard_jacobian=True)
+    if sharded or not overlap:
+        trainer.strategy = DDPStrategy(shard_jacobian=sharded, overlap_jacobian=overlap)
     final = trainer.fit(model, make_loaders(LOCAL_BATCH * (WORLD // processes)), resume_from=resume_from)
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -199,6 +207,8 @@ def _scenarios(rank: int, out: Path) -> dict:
         results[method] = run(method, WORLD, distributed=True)
     for method in SHARDED_METHODS:
         results[f"{method}/sharded"] = run(method, WORLD, distributed=True, sharded=True)
+    for method in UNOVERLAPPED_METHODS:
+        results[f"{method}/unoverlapped"] = run(method, WORLD, distributed=True, overlap=False)
     for method in REP_METHODS:
         results[f"{method}/rep"] = run(method, WORLD, rep_grad=True, distributed=True)
     results["graddrop/rep"] = _error(lambda: run("graddrop", WORLD, rep_grad=True, distributed=True))

@@ -74,7 +74,12 @@ def _assert_same_run(two, one):
 
 @pytest.mark.parametrize(
     "method",
-    [*runs.METHODS, *(f"{m}/rep" for m in runs.REP_METHODS), *(f"{m}/sharded" for m in runs.SHARDED_METHODS)],
+    [
+        *runs.METHODS,
+        *(f"{m}/rep" for m in runs.REP_METHODS),
+        *(f"{m}/sharded" for m in runs.SHARDED_METHODS),
+        *(f"{m}/unoverlapped" for m in runs.UNOVERLAPPED_METHODS),
+    ],
 )
 def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, method):
     name = method.split("/")[0]

@@ -47,6 +47,7 @@ from mtlkit.weighting.jacobian import (
     reachable_leaves,
     rep_jacobian,
 )
+from mtlkit.weighting.overlap import summed_blocks
 
 Losses = Sequence[Tensor] | Mapping[str, Tensor]
 Params = Iterable[Tensor] | Iterable[Iterable[Tensor]]
@@ -218,7 +219,10 @@ class Collectives(Protocol):
     """The cross-process operations the backward engine needs to act on the global batch of a data-parallel run.
 
     A training strategy (`mtlkit.training.strategies`) passes one to `Balancer.backward`;
-    outside a multi-process run there is none.
+    outside a multi-process run there is none. Optionally, collectives whose attribute
+    `overlaps_jacobian` is True, with a method `start_all_reduce_sum(tensor, kind)` that
+    starts an in-place sum and returns the function that waits for it, get J's blocks
+    on shared parameters all-reduced while the backward runs (`mtlkit.weighting.overlap`).
     """
 
     @property
@@ -345,8 +349,12 @@ class GradientBalancer(Balancer):
             _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
             _, weights = self._combine_checked(gramian_root(G), names, losses, index)
             return apply(weights), weights
-        J = jacobian(losses, params, chunk_size=self.chunk_size) if params else None
-        combined = None
+        J, combined = None, None
+        overlapped = _overlapped_blocks(self, losses, params, reached, collectives)
+        if overlapped is not None:  # J's blocks all-reduced during the backward that made them
+            combined, params = self._combine_blocks(*overlapped, names, losses, index, collectives.world_size)  # type: ignore[union-attr]
+        elif params:
+            J = jacobian(losses, params, chunk_size=self.chunk_size)
         if collectives is not None and J is not None:  # J is None only without shared parameters
             flags = [id(p) in reached for p in params]
             if collectives.shards_jacobian and _sees_only_gramian(type(self)):
@@ -354,17 +362,19 @@ class GradientBalancer(Balancer):
             else:
                 J, params = _global_jacobian(J, params, flags, collectives)
         shared = {id(p) for p in params}
-        if J is None or not params:  # (J is None implies no params)
-            # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
-            torch.autograd.backward(vec.sum(), inputs=leaves)
-            return vec.new_zeros(0), None
-        hint = (
-            ""
-            if self.chunk_size == 1
-            else " With batched task backward passes, an inf inside one "
-            "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
-        )
-        g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)
+        if combined is None:
+            if J is None or not params:  # (J is None implies no params)
+                # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
+                torch.autograd.backward(vec.sum(), inputs=leaves)
+                return vec.new_zeros(0), None
+            hint = (
+                ""
+                if self.chunk_size == 1
+                else " With batched task backward passes, an inf inside one "
+                "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
+            )
+            combined = self._combine_checked(J, names, losses, index, hint)
+        g, weights = combined
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:
             torch.autograd.backward(vec.sum(), inputs=specific)
@@ -375,6 +385,41 @@ class GradientBalancer(Balancer):
             p.grad = update if p.grad is None else p.grad + update
             offset += n
         return g, weights
+
+    def _combine_blocks(
+        self,
+        blocks: list[Tensor],
+        used: list[bool],
+        params: list[Tensor],
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        N: int,
+    ) -> tuple[tuple[Tensor, Tensor | None] | None, list[Tensor]]:
+        """From J's per-parameter blocks summed over N processes: ((g, weights), the parameters some process reached).
+
+        A method that sees J only through G gets G = Σ_b b bᵀ / N² and g = wᵀJ block by
+        block; any other gets the mean J itself.
+        """
+        blocks = [b for b, u in zip(blocks, used) if u]
+        params = [p for p, u in zip(params, used) if u]
+        if not params:
+            return None, []
+        if not _sees_only_gramian(type(self)):
+            J = torch.cat(blocks, dim=1).div_(N)
+            return self._combine_checked(J, names, losses, index), params
+        G = torch.stack([b @ b.T for b in blocks]).sum(0) / N**2
+        _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+        # Any matrix with Gramian G stands in for the global J: the method sees G only.
+        _, weights = self._combine_checked(gramian_root(G), names, losses, index)
+        w = weights.to(blocks[0].dtype) / N
+        g = torch.cat([w @ b for b in blocks])
+        if not bool(torch.isfinite(g.sum())):
+            raise FloatingPointError(
+                f"{type(self).__name__} produced a non-finite update from finite task gradients "
+                f"(tasks {names}); this is a bug in the method, please report it"
+            )
+        return (g, weights), params
 
     def _combine_sharded(
         self,
@@ -517,6 +562,27 @@ def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
         )
     if distributed:
         raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
+
+
+def _overlapped_blocks(
+    balancer: GradientBalancer,
+    losses: list[Tensor],
+    params: list[Tensor],
+    reached: set[int],
+    collectives: Collectives | None,
+) -> tuple[list[Tensor], list[bool], list[Tensor]] | None:
+    """J's per-parameter blocks summed over processes as the backward made them (`mtlkit.weighting.overlap`), with
+    the flags of the parameters some process reached and the parameters; None where that path does not apply."""
+    if (
+        not params
+        or collectives is None
+        or not getattr(collectives, "overlaps_jacobian", False)
+        or balancer.chunk_size == 1
+        or (collectives.shards_jacobian and _sees_only_gramian(type(balancer)))
+    ):
+        return None
+    found = summed_blocks(losses, params, [id(p) in reached for p in params], collectives)  # type: ignore[arg-type]
+    return None if found is None else (*found, params)
 
 
 def _sees_only_gramian(cls: type[GradientBalancer]) -> bool:

@@ -71,15 +71,28 @@ class DDPStrategy(Strategy):
     collectives of a process group created here. `shard_jacobian`: whether gradient
     methods defined by weights(G) take the global Gramian from slices of the Jacobian
     (reduce-scatter, T×T all-reduce, all-gather of the update) rather than averaging the
-    whole Jacobian; None: on NCCL only. `timings` accumulates the seconds spent
+    whole Jacobian; None: on NCCL only. `overlap_jacobian`: whether the Jacobian on shared
+    parameters is all-reduced block by block while its backward runs
+    (`mtlkit.weighting.overlap`) rather than in one piece after it. `ddp_options` go to
+    `DistributedDataParallel` (`bucket_cap_mb`, `static_graph`, ...), over mtlkit's
+    `find_unused_parameters=True, gradient_as_bucket_view=True`. `timings` accumulates the seconds spent
     in each kind of collective ('losses', 'jacobian', 'gramian', 'update', 'gradients',
     'setup', 'evaluation'; DDP's own all-reduce overlaps the backward and is not timed). On CUDA,
     set `profile` to synchronise around them so that the times are the collectives' own.
     """
 
-    def __init__(self, backend: str | None = None, timeout: float = 600.0, shard_jacobian: bool | None = None) -> None:
+    def __init__(
+        self,
+        backend: str | None = None,
+        timeout: float = 600.0,
+        shard_jacobian: bool | None = None,
+        overlap_jacobian: bool = True,
+        ddp_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.shard_jacobian = shard_jacobian
+        self.overlaps_jacobian = overlap_jacobian  # `Collectives.overlaps_jacobian`
+        self.ddp_options = dict(ddp_options or {})
         # The rank this process will have (torchrun's RANK, or the existing group's), known before `launch`.
         self.rank = (
             dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
@@ -126,12 +139,16 @@ class DDPStrategy(Strategy):
         """DDP, except for gradient balancers on shared parameters (see the module docstring)."""
         if not isinstance(balancer, LossBalancer) and not getattr(model, "rep_grad", False):
             return model.training_step
-        return DistributedDataParallel(
-            TrainingStepModule(model),
-            device_ids=[self.device] if self.device.type == "cuda" else None,
+        options = {
             # A batch labelled for some tasks only leaves the other heads unused; DDP leaves the
             # gradient of a parameter no rank used untouched, as one process would.
-            find_unused_parameters=True,
+            "find_unused_parameters": True,
+            # .grad is a view of DDP's bucket: no copy between them after the all-reduce.
+            "gradient_as_bucket_view": True,
+            **self.ddp_options,
+        }
+        return DistributedDataParallel(
+            TrainingStepModule(model), device_ids=[self.device] if self.device.type == "cuda" else None, **options
         )
 
     def teardown(self) -> None:
@@ -164,18 +181,20 @@ class DDPStrategy(Strategy):
         if unknown and failure is None:
             failure = KeyError(f"training_step returned losses of unknown task(s) {unknown}; tasks: {task_names}")
         T = len(task_names)
-        buffer = torch.zeros(2 * T + 1, dtype=torch.float64, device=self.device)
-        if failure is None:
-            for i, task in enumerate(task_names):
-                if task in local:
-                    n = out.counts.get(task, 1)
-                    buffer[i] = local[task].detach().to(torch.float64) * n
-                    buffer[T + i] = n
-        buffer[2 * T] = 0.0 if failure is None else 1.0
+        # One buffer [Σ count·loss per task, count per task, failure flag], built with one copy to the device.
+        present = [task for task in task_names if task in local] if failure is None else []
+        host = [0.0] * T + [float(out.counts.get(task, 1)) if task in present else 0.0 for task in task_names]
+        host.append(0.0 if failure is None else 1.0)
+        buffer = torch.tensor(host, dtype=torch.float64).to(self.device)
+        if present:
+            where = torch.tensor([task_names.index(task) for task in present]).to(self.device)
+            values = torch.stack([local[task].detach().reshape(()) for task in present]).to(torch.float64)
+            buffer.index_copy_(0, where, values * buffer[where + T])
         self.all_reduce_sum(buffer, "losses")
-        if float(buffer[2 * T]) > 0:
+        reduced = buffer[T:].tolist()  # the step's one host read: the global counts and the failure flag
+        if reduced[T] > 0:
             self._raise_failure(failure, "a training step (data loading or forward)")
-        sums, counts = buffer[:T], buffer[T : 2 * T].tolist()
+        sums, counts = buffer[:T], reduced[:T]
         dtype = next((loss.dtype for loss in local.values()), loss_dtype)
         losses: dict[str, Tensor] = {}
         global_counts: dict[str, int] = {}
@@ -296,6 +315,16 @@ class DDPStrategy(Strategy):
         """`Collectives.reduce_scatter_sum`: this rank's slice of `input` summed over ranks, into `output`."""
         with self._timed(kind):
             dist.reduce_scatter(output, list(input.chunk(self.world_size)))  # the list forms exist in every torch 2
+
+    def start_all_reduce_sum(self, tensor: Tensor, kind: str) -> Callable[[], None]:
+        """Start summing `tensor` over ranks in place; the returned function waits, the wait counts under `kind`."""
+        work = dist.all_reduce(tensor, async_op=True)
+
+        def wait() -> None:
+            with self._timed(kind):
+                work.wait()
+
+        return wait
 
     def all_gather(self, output: Tensor, input: Tensor, kind: str) -> None:
         """`Collectives.all_gather`: every rank's `input`, concatenated in rank order, into `output`."""
