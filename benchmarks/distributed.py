@@ -113,12 +113,12 @@ class StampedSingle(_Stamped, SingleProcess):
     pass
 
 
-def _strategy(variant: str, world: int | None) -> DDPStrategy | SingleProcess:
+def _strategy(variant: str, world: int | None, bucket_mb: float | None) -> DDPStrategy | SingleProcess:
     if world is None:
         return StampedSingle()
     if variant == "today":  # before this change: J in one piece, DDP copying buckets into .grad
         return StampedDDP(overlap_jacobian=False, ddp_options={"gradient_as_bucket_view": False})
-    return StampedDDP()
+    return StampedDDP(ddp_options=None if bucket_mb is None else {"bucket_cap_mb": bucket_mb})
 
 
 def _loader(steps: int, batch: int, world: int) -> DictDataLoader:
@@ -136,7 +136,7 @@ def _measure(config: str, args: argparse.Namespace, world: int | None) -> dict:
     torch.manual_seed(0)
     model = Net(rep_grad=variant == "rep")
     trainer = Trainer(weighting=method, n_epochs=1, lr=1e-3, seed=0, progress_bar=False, device=args.device)
-    strategy = trainer.strategy = _strategy(variant, world)
+    strategy = trainer.strategy = _strategy(variant, world, args.bucket_mb)
     strategy.stamps, strategy.device_type = [], args.device
     if isinstance(strategy, DDPStrategy):
         strategy.profile = True  # on CUDA, synchronise around the collectives
@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--bucket-mb", type=float, help="DDP's bucket_cap_mb but for /today (default: DDP's, 25)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -205,7 +206,8 @@ def main() -> None:
 
     print(
         f"device {args.device}, {args.threads} thread(s)/process, trunk {params} parameters, "
-        f"{args.batch} rows/rank/step, {args.steps} timed steps, median of {args.repeats}, "
+        f"{args.batch} rows/rank/step, {args.steps} timed steps, DDP buckets {args.bucket_mb or 25} MB, "
+        f"median of {args.repeats}, "
         f"{time.perf_counter() - began:.0f} s in all\n"
     )
     print(

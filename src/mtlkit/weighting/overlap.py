@@ -58,7 +58,7 @@ def summed_blocks(
     for i in order:
         offsets[i] = end
         end += T * params[i].numel()
-    buffer = torch.zeros(end, dtype=params[0].dtype, device=params[0].device)
+    buffer = torch.empty(end, dtype=params[0].dtype, device=params[0].device)
     buffer[: len(params)] = torch.tensor(reached, dtype=buffer.dtype)
     blocks = [buffer[offsets[i] : offsets[i] + T * p.numel()].view(T, -1) for i, p in enumerate(params)]
     filled = [False] * len(params)
@@ -94,7 +94,10 @@ def summed_blocks(
     finally:
         for handle in handles:
             handle.remove()
-    filled = [True] * len(params)  # a parameter not reached here keeps its zeros
+    for i, done in enumerate(filled):
+        if not done:  # not reached here: zeros, so that every process sends the same layout
+            blocks[i].zero_()
+    filled = [True] * len(params)
     send(last=True)
     for wait in waits:
         wait()
