@@ -18,7 +18,8 @@ One step on one rank:
    - gradient balancers get this strategy as the engine's `Collectives`. On the shared
      parameters the model is called without DDP (it would average gradients the method
      has yet to combine): the engine makes the shared parameters' `.grad` global (J's
-     columns reduce-scattered and partial Gramians summed, or J averaged), and one
+     columns reduce-scattered and partial Gramians summed, or J's blocks all-reduced
+     while its backward runs, `mtlkit.weighting.overlap`), and one
      coalesced all-reduce then averages every other gradient (heads, balancer). At a
      representation (models with `rep_grad`) the forward runs through DDP: the engine
      sums the T×T Gramian, then runs one backward of Σ_t L_t with the representation's
