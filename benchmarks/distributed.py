@@ -6,6 +6,9 @@ so the global batch grows with the number of processes; the weak-scaling efficie
 steps/s at N processes over steps/s of the same configuration at 1 (1.0 = perfect).
 
 Configurations (`--configs`); `/today` is the same run with the improvement switched off:
+- `ew/plain`: no mtlkit; the same model, batches and Adam in a hand-written loop (through
+  `DistributedDataParallel` with its defaults at 1 or more processes): the reference for
+  what the machine and torch.distributed allow, against which mtlkit's own costs show.
 - `ew`: EW through `DistributedDataParallel` (bucketed all-reduce overlapping the
   backward, `.grad` as views of DDP's buckets); `ew/today`: without
   `gradient_as_bucket_view` (DDP copies each bucket back into `.grad`).
@@ -52,11 +55,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mtlkit import DictDataLoader, DictDataset, Trainer
 from mtlkit.training import DDPStrategy, SingleProcess, StepOutput
+from mtlkit.training.strategies.ddp import TrainingStepModule
 
-CONFIGS = ("ew", "ew/today", "mgda", "mgda/today", "mgda/rep", "imtl_g", "imtl_g/today", "imtl_g/rep")
+CONFIGS = ("ew/plain", "ew", "ew/today", "mgda", "mgda/today", "mgda/rep", "imtl_g", "imtl_g/today", "imtl_g/rep")
 TASKS = ("t0", "t1", "t2")
 WIDTH = (256, 1024, 1024, 256)
 WARMUP_STEPS = 3
@@ -133,6 +138,8 @@ def _measure(config: str, args: argparse.Namespace, world: int | None) -> dict:
     """One fit of WARMUP_STEPS + steps + 1 steps (`world` None: the single-process strategy): steps/s over the
     last `steps` + 1 step starts, and the seconds per step in each kind of collective over them."""
     method, _, variant = config.partition("/")
+    if variant == "plain":
+        return _plain(args, world)
     torch.manual_seed(0)
     model = Net(rep_grad=variant == "rep")
     trainer = Trainer(weighting=method, n_epochs=1, lr=1e-3, seed=0, progress_bar=False, device=args.device)
@@ -144,6 +151,29 @@ def _measure(config: str, args: argparse.Namespace, world: int | None) -> dict:
     (start, before), (end, after) = strategy.stamps[WARMUP_STEPS], strategy.stamps[-1]
     comm = {k: (after[k] - before.get(k, 0.0)) / args.steps for k in STEP_COLLECTIVES if k in after}
     return {"steps_per_s": args.steps / (end - start), "comm_s": comm}
+
+
+def _plain(args: argparse.Namespace, world: int | None) -> dict:
+    """The same model, batches and optimizer in a hand-written loop (through DDP when `world`), no mtlkit."""
+    device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
+    torch.manual_seed(0)
+    model = Net(rep_grad=False).to(device)
+    step = TrainingStepModule(model)
+    forward = (
+        step if world is None else DistributedDataParallel(step, device_ids=[device] if args.device == "cuda" else None)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    stamps = []
+    for X, Y in _loader(WARMUP_STEPS + args.steps + 1, args.batch, 1):
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        X, Y = {k: v.to(device) for k, v in X.items()}, {k: v.to(device) for k, v in Y.items()}
+        optimizer.zero_grad(set_to_none=True)
+        out = forward(X, Y)
+        sum(out.losses.values()).backward()
+        optimizer.step()
+    return {"steps_per_s": args.steps / (stamps[-1] - stamps[WARMUP_STEPS]), "comm_s": {}}
 
 
 def _median(measurements: list[dict]) -> dict:

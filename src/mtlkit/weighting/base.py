@@ -577,7 +577,7 @@ def _overlapped_blocks(
         not params
         or collectives is None
         or not getattr(collectives, "overlaps_jacobian", False)
-        or balancer.chunk_size == 1
+        or balancer.chunk_size is not None  # all T rows go through one backward here
         or (collectives.shards_jacobian and _sees_only_gramian(type(balancer)))
     ):
         return None
