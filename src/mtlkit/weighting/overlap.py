@@ -97,7 +97,7 @@ def summed_blocks(
     for i, done in enumerate(filled):
         if not done:  # not reached here: zeros, so that every process sends the same layout
             blocks[i].zero_()
-    filled = [True] * len(params)
+            filled[i] = True
     send(last=True)
     for wait in waits:
         wait()
