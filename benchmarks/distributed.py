@@ -32,8 +32,9 @@ single-process strategy, for the cost of the distributed machinery itself.
 
 CPU (gloo, one torch thread per process by default):
     python benchmarks/distributed.py [--steps 20] [--batch 64] [--repeats 3] [--threads 1] [--procs 1 2 4]
-One GPU (the single-process and 1-process DDP steps on CUDA):
-    python benchmarks/distributed.py --device cuda --procs 1 --batch 256
+One GPU (the single-process and 1-process DDP steps on CUDA; on NCCL `/today` differs only by DDP's
+gradient_as_bucket_view, as Gramian methods take the sharded path):
+    python benchmarks/distributed.py --device cuda --procs 1 --batch 256 --configs ew/plain ew mgda mgda/rep imtl_g imtl_g/rep
 GPUs (nccl, one GPU per process, `--procs` up to the GPU count):
     python benchmarks/distributed.py --device cuda --procs 1 2 4 8 --batch 256
 """
