@@ -236,6 +236,11 @@ def _scenarios(rank: int, out: Path) -> dict:
             make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)
         )
     )
+    loaders = make_loaders(LOCAL_BATCH)
+    loaders[2] = DictDataLoader(loaders[2].dataset, sampler=list(range(15)), batch_size=4)  # cannot be sharded
+    results["auto_lambda/custom_sampler"] = _error(
+        lambda: Trainer(**config("auto_lambda", distributed=True)).fit(make_model(), loaders)
+    )
     results["nan"] = _error(
         lambda: Trainer(**config("ew", distributed=True)).fit(make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH))
     )

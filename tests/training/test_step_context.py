@@ -104,14 +104,14 @@ def test_unknown_needs_and_undeclared_draws_are_errors(make_model, make_loaders)
         Trainer(n_epochs=1, weighting=Undeclared(), **QUIET).fit(make_model(), make_loaders())
 
 
-def test_extra_batches_are_refused_under_torch_distributed_before_training(make_model):
+def test_extra_training_batches_are_accepted_under_torch_distributed(make_model):
+    """Each rank draws from its own training shard (tests/training/test_distributed.py checks the result)."""
     from mtlkit.training.step_context import StepContexts
     from mtlkit.weighting import get
 
     model = make_model()
-    with pytest.raises(
-        ConfigError, match="MoDo draws extra batches each step, which distributed=True does not support"
-    ):
-        StepContexts(get("modo", tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",))
-    # FAMO's post-step forward is fine there: it reduces to the global batch's losses like the step's own.
-    StepContexts(get("famo", tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",))
+    for name in ("modo", "sdmgrad", "famo"):
+        contexts = StepContexts(
+            get(name, tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",)
+        )
+        assert contexts.needs

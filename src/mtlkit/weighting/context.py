@@ -101,7 +101,9 @@ def global_mean(tensor: Tensor, collectives: Collectives | None, kind: str) -> T
     return total / collectives.world_size
 
 
-def global_mean_grads(grads: Sequence[Tensor | None], params: Sequence[Tensor], collectives: Collectives | None, kind: str) -> list[Tensor | None]:
+def global_mean_grads(
+    grads: Sequence[Tensor | None], params: Sequence[Tensor], collectives: Collectives | None, kind: str
+) -> list[Tensor | None]:
     """Gradients of `params` averaged over the processes (a missing one counts as zero); `grads` as they are without them."""
     if collectives is None:
         return list(grads)

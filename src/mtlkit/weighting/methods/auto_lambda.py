@@ -81,8 +81,8 @@ class AutoLambda(LossBalancer):
         names = [self.task_names[i] for i in index.tolist()]
         params = list(context.parameters)
         weighted = (self.lambdas[index].to(losses) * losses).sum()
-        grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
-        grads = global_mean_grads(grads, params, self._collectives, "gradients")
+        local = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+        grads = global_mean_grads(local, params, self._collectives, "gradients")  # the global batch's
         original = [p.data for p in params]
         try:
             set_values(params, [o - context.lr * g if g is not None else o for o, g in zip(original, grads)])
@@ -90,8 +90,8 @@ class AutoLambda(LossBalancer):
             primary = [valid[t] for t in self.primary if t in valid]
             if not primary:
                 return None
-            d = torch.autograd.grad(torch.stack(primary).sum(), params, allow_unused=True)
-            d = global_mean_grads(d, params, self._collectives, "gradients")
+            local = torch.autograd.grad(torch.stack(primary).sum(), params, allow_unused=True)
+            d = global_mean_grads(local, params, self._collectives, "gradients")
             norm = torch.sqrt(sum(((g.detach() ** 2).sum() for g in d if g is not None), losses.new_zeros(())))
             if not float(norm) > 0:
                 return torch.zeros_like(losses.detach())
