@@ -39,6 +39,7 @@ METHODS = (
     "modo",
     "sdmgrad",
     "auto_lambda",
+    "auto_lambda@every=2",  # the wrapper forwards the collectives to the method
 )
 REP_METHODS = (
     "mgda",
@@ -48,6 +49,7 @@ REP_METHODS = (
     "modo",
     "sdmgrad",
     "auto_lambda",
+    "modo@every=2,ema=0.9",
 )  # Gramian-based methods, those whose weights come from other batches, and Auto-λ at the shared representation
 # Methods that draw validation batches: each rank draws from its shard of the validation loader, so
 # its batch size scales like the training loaders' (and 16 rows, which 8 divides: no padded last batch).
@@ -184,7 +186,7 @@ def run(
     if sharded:
         trainer.strategy = DDPStrategy(shard_jacobian=True)
     batch = LOCAL_BATCH * (WORLD // processes)
-    valid = {"valid_batch": batch, "valid_rows": 16} if weighting in VALID_METHODS else {}
+    valid = {"valid_batch": batch, "valid_rows": 16} if weighting.split("@")[0] in VALID_METHODS else {}
     final = trainer.fit(model, make_loaders(batch, **valid), resume_from=resume_from)
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
