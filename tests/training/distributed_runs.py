@@ -50,7 +50,8 @@ REP_METHODS = (
     "sdmgrad",
     "auto_lambda",
     "modo@every=2,ema=0.9",
-)  # Gramian-based methods, those whose weights come from other batches, and Auto-λ at the shared representation
+    "famo",  # post-step losses through DDP
+)  # Gramian-based methods, those whose weights come from other batches, and loss methods at the representation
 # Methods that draw validation batches: each rank draws from its shard of the validation loader, so
 # its batch size scales like the training loaders' (and 16 rows, which 8 divides: no padded last batch).
 VALID_METHODS = ("auto_lambda",)
