@@ -51,7 +51,7 @@ class StepContexts:
     torch.distributed, the global batch's losses). With `distributed`, the validation
     batches come from this rank's shard of each validation loader.
     Refuses, before training, what it cannot provide: validation batches without a
-    validation loader.
+    validation loader, or (distributed) from a validation loader that cannot be sharded.
     """
 
     def __init__(
