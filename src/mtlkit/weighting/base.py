@@ -114,7 +114,8 @@ class Balancer(nn.Module):
         the global batch: on return the `.grad` of every parameter in `shared_params` is
         the global one on every process; the other gradients are this process's share,
         which the caller averages (or, when `collectives.reduces_in_backward`, the
-        data-parallel wrapper averages during the engine's backward).
+        data-parallel wrapper averages during the engine's backward). Balancers that draw
+        extra batches (`mtlkit.weighting.context`) average what they compute from them with it.
         """
         if not isinstance(losses, Mapping):
             losses = list(losses)
@@ -267,6 +268,10 @@ class GradientBalancer(Balancer):
     """
 
     rep_reduce: str = "sample"
+    # True when `combine`'s weights do not depend on this step's task gradients (MoDo, SDMGrad take
+    # them from the step context's other batches): under torch.distributed at a representation,
+    # every process then applies the same weights to its own rows.
+    weights_from_context: bool = False
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -486,6 +491,8 @@ class GradientBalancer(Balancer):
         global Gramian is Σ_r G_r / world_size².
         """
         cls = type(self)
+        if self.weights_from_context:  # the same weights on every process: applied to this process's rows
+            return self._combine_checked(J, names, losses, index)
         if not _sees_only_gramian(cls):
             raise ValueError(
                 f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "

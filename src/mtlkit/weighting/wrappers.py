@@ -173,6 +173,18 @@ class _Wrapper(Balancer):
     def context(self, value: Any) -> None:
         self.method.context = value
 
+    # `backward` sets the collectives on the wrapper; the method may run its own backward or
+    # draw extra batches (Auto-λ, MoDo) and reduce with them: forwarded to it.
+    @property
+    def _collectives(self) -> Collectives | None:
+        return self.__dict__.get("_wrapper_collectives")
+
+    @_collectives.setter
+    def _collectives(self, value: Collectives | None) -> None:
+        self.__dict__["_wrapper_collectives"] = value
+        if "method" in self._modules:  # not yet while the balancer's __init__ runs
+            self.method._collectives = value
+
     def update(self, losses: Any) -> None:
         """The method's post-step update, after compute steps only (its state waits on reuse steps)."""
         if self._computed:
@@ -231,16 +243,6 @@ class GradientWrapper(_Wrapper, GradientBalancer):
     def __init__(self, method: GradientBalancer, every: int, ema: float | None) -> None:
         GradientBalancer.__init__(self, method.task_names, chunk_size=method.chunk_size)
         self._setup(method, every, ema)
-
-    @property
-    def _collectives(self) -> Collectives | None:  # `backward` sets them on the wrapper; the method may run its own
-        return self.__dict__.get("_wrapper_collectives")
-
-    @_collectives.setter
-    def _collectives(self, value: Collectives | None) -> None:
-        self.__dict__["_wrapper_collectives"] = value
-        if "method" in self._modules:  # not yet while GradientBalancer.__init__ runs
-            self.method._collectives = value
 
     def weights(self, G: Tensor) -> Tensor:
         return self.method.weights(G)

@@ -23,6 +23,9 @@ One step on one rank:
      representation (models with `rep_grad`) the forward runs through DDP: the engine
      sums the T×T Gramian, then runs one backward of Σ_t L_t with the representation's
      gradient replaced by g, which DDP averages as it runs.
+   Every balancer gets this strategy as its `Collectives`. Forwards during `backward` are
+   a balancer's extra batches (MoDo, SDMGrad, Auto-λ: `mtlkit.weighting.context`): they
+   run the bare model, and the balancer averages what it takes from them itself.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class DDPStrategy(Strategy):
         self.reduces_in_backward = False  # `Collectives.reduces_in_backward`: set by `setup`
         self.shards_jacobian = False  # `Collectives.shards_jacobian`: set by `launch`
         self._balancer_params: list[Tensor] = []
+        self._in_backward = False  # set during `backward`: forwards then are a balancer's extra batches
 
     # ------------------------------------------------------------------ set-up
 
@@ -142,8 +146,12 @@ class DDPStrategy(Strategy):
     # ------------------------------------------------------------------ one step
 
     def training_step(self, X: Any, Y: Any) -> StepOutput:
-        if self._forward is None:
+        if self._forward is None or self._model is None:
             raise RuntimeError("DDPStrategy.training_step before setup")
+        if self._in_backward:
+            # A balancer's extra batch (mtlkit.weighting.context): the balancer reduces its gradients
+            # itself, and DDP expects one forward per backward.
+            return self._model.training_step(X, Y)
         return self._forward(X, Y)
 
     def global_step(
@@ -198,8 +206,21 @@ class DDPStrategy(Strategy):
         shared_params: Sequence[Tensor] | None,
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
+        self._in_backward = True
+        try:
+            return self._backward(balancer, losses, shared_params, shared_reps)
+        finally:
+            self._in_backward = False
+
+    def _backward(
+        self,
+        balancer: Balancer,
+        losses: dict[str, Tensor],
+        shared_params: Sequence[Tensor] | None,
+        shared_reps: list[Tensor] | None,
+    ) -> BalanceResult:
         if isinstance(balancer, LossBalancer):  # DDP averaged the model's gradients in the backward
-            result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps)
+            result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps, collectives=self)
             self.average_gradients(self._balancer_params)
             return result
         if self.reduces_in_backward and shared_reps is None:
