@@ -53,6 +53,8 @@ from mtlkit.weighting.base import (
     GradientBalancer,
     LossBalancer,
     _flatten_params,
+    _sees_only_gramian,
+    shared_reps_refused,
 )
 from mtlkit.weighting.jacobian import _reader_owners, leaves_above, reachable_leaves
 
@@ -87,6 +89,8 @@ def wrap(method: Balancer, every: int = 1, ema: float | None = None) -> Balancer
         return method
     smoothing = None if ema is None else float(ema)
     if isinstance(method, GradientBalancer):
+        if _sees_only_gramian(type(method)):
+            return GramianWrapper(method, every, smoothing)
         return GradientWrapper(method, every, smoothing)
     if isinstance(method, LossBalancer):
         return LossWrapper(method, every, smoothing)
@@ -179,6 +183,8 @@ class _Wrapper(Balancer):
             self.method.update(losses)  # type: ignore[operator]
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+        if shared_reps is not None and not self.method.supports_shared_reps:
+            raise shared_reps_refused(self.method)  # the method's own error, before any step
         active = torch.zeros_like(self.stored_tasks)
         active[index.to(active.device)] = True
         self._computed = not (int(self.since_compute) < self.every and bool(torch.equal(active, self.stored_tasks)))
@@ -224,7 +230,12 @@ class _Wrapper(Balancer):
 
 
 class GradientWrapper(_Wrapper, GradientBalancer):
-    """A gradient method with `every`/`ema` (build it with `wrap`)."""
+    """A gradient method with `every`/`ema` (build it with `wrap`).
+
+    The method sees the task Jacobian (or, at a representation, its rows) exactly as
+    unwrapped: the rows it takes at a representation (`rep_reduce`, `batch_rows_only`)
+    are the method's own; a method defined by `weights(G)` is wrapped by `GramianWrapper`.
+    """
 
     method: GradientBalancer
 
@@ -242,8 +253,17 @@ class GradientWrapper(_Wrapper, GradientBalancer):
         if "method" in self._modules:  # not yet while GradientBalancer.__init__ runs
             self.method._collectives = value
 
-    def weights(self, G: Tensor) -> Tensor:
-        return self.method.weights(G)
+    @property  # type: ignore[override]
+    def rep_reduce(self) -> str:
+        return self.method.rep_reduce
+
+    @rep_reduce.setter
+    def rep_reduce(self, value: str) -> None:
+        self.method.rep_reduce = value
+
+    @property  # type: ignore[override]
+    def batch_rows_only(self) -> bool:
+        return self.method.batch_rows_only
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         g, w = self.method.combine(J, losses, index)
@@ -298,6 +318,13 @@ class GradientWrapper(_Wrapper, GradientBalancer):
             torch.autograd.backward((w * vec).sum(), inputs=shared, retain_graph=bool(specific_leaves))
         if specific_leaves:
             torch.autograd.backward(vec.sum(), inputs=specific_leaves)
+
+
+class GramianWrapper(GradientWrapper):
+    """A method defined by `weights(G)` with `every`/`ema`: it still sees J only through G."""
+
+    def weights(self, G: Tensor) -> Tensor:
+        return self.method.weights(G)
 
 
 def _scaled_rep_backward(losses: list[Tensor], reps: list[Tensor], w: Tensor) -> bool:
