@@ -30,6 +30,8 @@ METHODS = (
     "pcgrad",
     "cagrad",
     "imtl",
+    "moco",
+    "excess_mtl",
     "nash_mtl",
     "graddrop",
     "db_mtl",
@@ -39,10 +41,12 @@ METHODS = (
 )
 REP_METHODS = (
     "mgda",
+    "moco",  # batch rows: summed over ranks
+    "excess_mtl",
     "nash_mtl",
     "fairgrad",
     "mgda@every=2,ema=0.9",
-)  # Gramian-based methods at the shared representation
+)  # Gramian-based methods, and methods on the batch rows, at the shared representation
 SHARDED_METHODS = ("mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")  # Gramian-only: G from slices of J
 TIMEOUT_S = 60
 
