@@ -9,9 +9,9 @@ import torch
 from torch.nn import BCEWithLogitsLoss, Linear, MSELoss, Sequential
 
 from mtlkit import DictDataLoader, DictDataset, MTLModel, Trainer
-from mtlkit.protocol import StepOutput
 from mtlkit.data.synthetic import QuickstartDataset
 from mtlkit.layers import Concat, SimpleSelect
+from mtlkit.protocol import StepOutput
 from mtlkit.weighting import available, get
 
 

@@ -10,12 +10,13 @@ from torch import Tensor, nn
 
 
 def resize_buffers(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, names: Sequence[str]) -> None:
-    """Give buffers sized at the first step the checkpoint's shapes, before `load_state_dict` copies into them."""
+    """Give buffers sized at the first step the checkpoint's shapes and dtypes (they follow the gradients'
+    dtype when sized), before `load_state_dict` copies into them."""
     for name in names:
         key = prefix + name
         if key in state_dict:
             current = getattr(module, name)
-            setattr(module, name, torch.empty_like(state_dict[key], device=current.device, dtype=current.dtype))
+            setattr(module, name, torch.empty_like(state_dict[key], device=current.device))
 
 
 def sized_like(module: nn.Module, name: str, J: Tensor) -> Tensor:
@@ -35,4 +36,3 @@ def sized_like(module: nn.Module, name: str, J: Tensor) -> Tensor:
             "(a batch labelling only some tasks?). This method needs every step to reach the same shared parameters"
         )
     return getattr(module, name)
-

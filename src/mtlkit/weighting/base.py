@@ -277,6 +277,10 @@ class GradientBalancer(Balancer):
 
     rep_reduce: str = "sample"
     batch_rows_only = False
+    # Set by the engine before `combine` on the shared parameters: the entry count of each shared
+    # parameter tensor, in the order of J's column blocks (MetaBalance acts per parameter). None
+    # at a representation.
+    column_blocks: list[int] | None = None
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -374,6 +378,7 @@ class GradientBalancer(Balancer):
             else " With batched task backward passes, an inf inside one "
             "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
         )
+        self.column_blocks = [p.numel() for p in params]
         g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:
@@ -442,6 +447,7 @@ class GradientBalancer(Balancer):
         shared_reps: Reps,
         collectives: Collectives | None,
     ):
+        self.column_blocks = None
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:

@@ -265,7 +265,12 @@ class GradientWrapper(_Wrapper, GradientBalancer):
     def batch_rows_only(self) -> bool:
         return self.method.batch_rows_only
 
+    @batch_rows_only.setter
+    def batch_rows_only(self, value: bool) -> None:
+        self.method.batch_rows_only = value
+
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        self.method.column_blocks = self.column_blocks  # set by the engine, which runs on the wrapper
         g, w = self.method.combine(J, losses, index)
         w = self._checked_weights(w)
         if self.ema is None:
