@@ -41,12 +41,12 @@ class AutoLambda(LossBalancer):
     parameter, with α the optimizer's current learning rate (first parameter group); d is
     taken at θ', the shifted points are θ ± ε d around the original θ, and the
     hypergradient needs no gradient in λ beyond the per-task losses there, as in the
-    authors' finite difference. One departure: the authors' code also replays an SGD
-    optimizer's state in the virtual step, θ' = θ − α (∇_θ L + μ b + δ θ) (momentum μ with
-    its buffer b, weight decay δ); mtlkit's step context carries the learning rate only, so
-    with momentum or weight decay the look-ahead here is the paper's plain-SGD one, which
-    differs from the authors' by α (μ b + δ θ). An adaptive optimizer (Adam) is replayed
-    by neither.
+    authors' finite difference. One departure: the authors' code also puts the optimizer's
+    weight decay δ (of its first parameter group, whatever the optimizer) and, for SGD
+    with momentum μ, the momentum buffer b into the virtual step, θ' = θ − α (∇_θ L + μ b +
+    δ θ); mtlkit's step context carries the learning rate only, so with weight decay or
+    momentum the look-ahead here is the paper's plain-SGD one, which differs from the
+    authors' by α (μ b + δ θ). An adaptive optimizer's scaling (Adam's) is replayed by neither.
     """
 
     task_names: list[str]  # required: set in __init__
