@@ -470,11 +470,6 @@ class GradientBalancer(Balancer):
                 collectives.all_reduce_sum(rows, "jacobian")
                 rows = rows / collectives.world_size
             _, weights = self._combine_checked(rows, names, losses, index)
-            if weights is None:
-                raise ValueError(
-                    f"{type(self).__name__} reported no task weights for the batch rows, so it cannot act at a "
-                    "shared representation with rep_reduce='batch'"
-                )
             g = weights @ J
         elif collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)

@@ -23,8 +23,11 @@ Both options are spelled the same everywhere: `get("mgda", every=4, ema=0.9)`, t
 Which methods: every registered method whose step is Σ_t w_t ∇L_t for task weights it
 reports, through the standard backward of `GradientBalancer`/`LossBalancer`. The others
 raise `ConfigError`: methods that transform the task gradients (GradDrop, TrimmedMean,
-DB-MTL: no weights to reuse or average) and methods that run their own backward (IMTL-H,
-and those whose update follows tracked or per-task-normalised gradients). A wrapped method
+DB-MTL, AdaTask, MetaBalance on several shared parameter tensors: no weights to reuse or
+average) and methods that run their own backward (IMTL-H). MoCo and ExcessMTL wrap: the
+wrapped method sees the rows it sees unwrapped (its Jacobian, or at a representation its
+batch rows), and a method that cannot act at a representation raises its own error
+there, wrapped or not. A wrapped method
 takes `every` once more ("cr_mogm@every=4" = "mgda@ema=0.9,every=4"). A stateful method updates
 its state on compute steps only: on reuse steps its own parameters (UW's log-variances,
 receive no gradient, GradNorm's weights do not move, a post-step
