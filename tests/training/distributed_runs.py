@@ -32,6 +32,7 @@ METHODS = (
     "imtl",
     "moco",
     "excess_mtl",
+    "metabalance",
     "nash_mtl",
     "graddrop",
     "db_mtl",
