@@ -78,20 +78,25 @@ def test_weights_at_the_representation_equal_those_on_a_bias_in_front_of_the_hea
     assert float(_weights(result).std()) > 1e-3  # the weights moved away from uniform: the check has teeth
 
 
+def _shared(model: BiasedRep, mode: str, z: torch.Tensor) -> dict:
+    return {"shared_reps": z} if mode == "reps" else {"shared_params": [*model.trunk.parameters(), model.bias]}
+
+
+@pytest.mark.parametrize("mode", ["reps", "params"])
 @pytest.mark.parametrize("name", ["moco", "excess_mtl"])
-def test_every_2_at_the_representation_reuses_the_weights_without_moving_the_method(name):
+def test_every_2_reuses_the_weights_without_moving_the_method(name, mode):
     model = BiasedRep()
     balancer, alone = get(name, tasks=TASKS, every=2, **OPTIONS[name]), get(name, tasks=TASKS, **OPTIONS[name])
     batches = list(_batches(2))
     losses, z = model.losses(*batches[0])
-    first = balancer.backward(losses, shared_reps=z)
+    first = balancer.backward(losses, **_shared(model, mode, z))
     losses, z = model.losses(*batches[0])
-    torch.testing.assert_close(_weights(first), _weights(alone.backward(losses, shared_reps=z)))
+    torch.testing.assert_close(_weights(first), _weights(alone.backward(losses, **_shared(model, mode, z))))
     state = {k: v.clone() for k, v in balancer.method.state_dict().items()}
     losses, z = model.losses(*batches[1])
     expected = _weighted_trunk_grad(model, losses, _weights(first))
     _zero(model)
-    second = balancer.backward(losses, shared_reps=z)
+    second = balancer.backward(losses, **_shared(model, mode, z))
     assert torch.equal(_weights(second), _weights(first))
     for g, e in zip([p.grad for p in [*model.trunk.parameters(), model.bias]], expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
