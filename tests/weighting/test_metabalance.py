@@ -115,14 +115,14 @@ def test_each_shared_parameter_tensor_gets_its_own_norm_averages_and_relaxation(
 
 def test_combine_with_column_blocks_relaxes_each_block_on_its_own():
     balancer = get("metabalance", tasks=2, relax=1.0, beta=0.0)  # β = 0: the averages are this step's norms
-    balancer.column_blocks = [2, 1]
+    balancer.column_blocks = [(0, 2), (1, 1)]  # (position among the shared tensors, entries)
     J = torch.tensor([[3.0, 4.0, 1.0], [0.6, 0.8, 10.0]], dtype=torch.float64)  # block norms (5, 1) and (1, 10)
     g, w = balancer.combine(J, torch.ones(2), torch.arange(2))
     expected = torch.tensor([3.0 + 3.0, 4.0 + 4.0, 1.0 + 1.0], dtype=torch.float64)  # aux scaled ×5, then ×0.1
     assert w is None and torch.allclose(g, expected)
 
 
-def test_per_block_state_round_trips_through_the_state_dict_and_checks_its_blocks():
+def test_per_block_state_round_trips_through_the_state_dict():
     trunk, heads = _two_layer_model()
     params = list(trunk.parameters())
     balancer = get("metabalance", tasks=3)
@@ -138,5 +138,21 @@ def test_per_block_state_round_trips_through_the_state_dict_and_checks_its_block
         b.backward(_task_losses(trunk, heads, *batches[2]), shared_params=params)
         steps.append(torch.cat([p.grad.reshape(-1) for p in params]))
     assert torch.equal(steps[0], steps[1])
-    with pytest.raises(ValueError, match="norm averages for 4 shared parameter tensors.*reach 2"):
-        balancer.backward(_task_losses(trunk, heads, *batches[0]), shared_params=params[:2])
+
+
+def test_a_step_reaching_some_shared_tensors_moves_only_their_averages():
+    balancer = get("metabalance", tasks=2, relax=1.0, beta=0.5)
+    balancer.column_blocks = [(0, 1), (1, 1), (2, 1)]
+    balancer.combine(
+        torch.tensor([[1.0, 2.0, 4.0], [1.0, 1.0, 1.0]], dtype=torch.float64), torch.ones(2), torch.arange(2)
+    )
+    balancer.column_blocks = [(2, 1), (3, 2)]  # tensor 2 again, a new tensor 3; 0 and 1 not reached
+    J = torch.tensor([[8.0, 3.0, 4.0], [2.0, 0.0, 1.0]], dtype=torch.float64)
+    g, _ = balancer.combine(J, torch.ones(2), torch.arange(2))
+    expected = torch.tensor([[0.5, 1.0, 0.5 * 2 + 0.5 * 8, 0.5 * 5], [0.5, 0.5, 0.5 * 0.5 + 0.5 * 2, 0.5 * 1]])
+    assert torch.allclose(balancer.norm_averages.double(), expected.double())
+    # relax = 1: the auxiliary block scaled to the target's average norm, m_target / m_aux
+    m = expected[:, 2:]
+    assert torch.allclose(
+        g, torch.tensor([8.0 + 2.0 * m[0, 0] / m[1, 0], 3.0, 4.0 + 1.0 * m[0, 1] / m[1, 1]], dtype=torch.float64)
+    )

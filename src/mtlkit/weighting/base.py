@@ -277,10 +277,11 @@ class GradientBalancer(Balancer):
 
     rep_reduce: str = "sample"
     batch_rows_only = False
-    # Set by the engine before `combine` on the shared parameters: the entry count of each shared
-    # parameter tensor, in the order of J's column blocks (MetaBalance acts per parameter). None
-    # at a representation.
-    column_blocks: list[int] | None = None
+    # Set by the engine before `combine` on the shared parameters: for each block of J's columns,
+    # in order, (the position of its tensor in `shared_params`, its entry count); a step whose
+    # losses reach only some shared tensors has only their blocks. None at a representation.
+    # (MetaBalance acts per parameter tensor.)
+    column_blocks: list[tuple[int, int]] | None = None
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -351,7 +352,8 @@ class GradientBalancer(Balancer):
         # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
         # With collectives every process takes all of them (zero columns where unreached), so
         # that the Jacobians line up; the global J then drops what no process reached.
-        params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
+        given = _flatten_params(shared_params)
+        params = [p for p in given if id(p) in reached or collectives is not None]
         if params and collectives is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
             # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
             specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
@@ -378,7 +380,8 @@ class GradientBalancer(Balancer):
             else " With batched task backward passes, an inf inside one "
             "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
         )
-        self.column_blocks = [p.numel() for p in params]
+        position = {id(p): i for i, p in enumerate(given)}
+        self.column_blocks = [(position[id(p)], p.numel()) for p in params]
         g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:

@@ -25,9 +25,8 @@ class MetaBalance(GradientBalancer):
     auxiliary gradient on θ is rescaled to ∇_θ L_aux (r m_target / m_aux + 1 − r): r = 1 moves
     it to the target's norm, r = 0 leaves it. The update on θ is ∇_θ L_target + Σ_aux of the
     rescaled gradients. The engine hands the method the shared parameters' sizes
-    (`column_blocks`), so the averages are a T × (number of shared parameter tensors) buffer,
-    sized at the first step; every step must reach the same shared parameters (else a
-    ValueError).
+    (`column_blocks`), so the averages are a T × (number of shared parameter tensors) buffer;
+    a step whose losses reach only some shared tensors moves only their averages.
 
     With more than one shared parameter tensor each task has one weight per tensor, so the
     step reports no task weights (and `every`/`ema` cannot wrap it there). At a shared
@@ -68,26 +67,25 @@ class MetaBalance(GradientBalancer):
         self.register_buffer("norm_averages", torch.zeros(T, 0))  # T × blocks, sized at the first step
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
-        blocks = self.column_blocks or [J.shape[1]]
-        if sum(blocks) != J.shape[1]:
+        blocks = self.column_blocks or [(0, J.shape[1])]  # a representation: one block
+        sizes = [n for _, n in blocks]
+        if sum(sizes) != J.shape[1]:
             raise ValueError(f"MetaBalance: column blocks {blocks} do not add up to the {J.shape[1]} columns of J")
-        pieces = J.split(blocks, dim=1)
-        norms = torch.stack([piece.norm(dim=1) for piece in pieces], dim=1)  # T × blocks
-        if self.norm_averages.shape[1] == 0:
-            self.norm_averages = norms.new_zeros(self.num_tasks, len(blocks))
-        elif self.norm_averages.shape[1] != len(blocks):
-            raise ValueError(
-                f"MetaBalance keeps norm averages for {self.norm_averages.shape[1]} shared parameter tensors, but this "
-                f"step's task gradients reach {len(blocks)}: the losses reached another set of shared parameters (a "
-                "batch labelling only some tasks?). MetaBalance needs every step to reach the same shared parameters"
-            )
-        averages = self.norm_averages
-        m = self.beta * averages[index].to(J) + (1 - self.beta) * norms
-        self.norm_averages[index] = m.to(self.norm_averages)
+        pieces = J.split(sizes, dim=1)
+        norms = torch.stack([piece.norm(dim=1) for piece in pieces], dim=1)  # tasks × blocks
+        columns = torch.tensor([i for i, _ in blocks], device=self.norm_averages.device)
+        needed = int(columns.max()) + 1
+        if self.norm_averages.shape[1] < needed:  # a tensor seen for the first time: its averages start at 0
+            grown = norms.new_zeros(self.num_tasks, needed).to(self.norm_averages.device)
+            grown[:, : self.norm_averages.shape[1]] = self.norm_averages
+            self.norm_averages = grown
+        rows = index.to(columns.device).unsqueeze(1)
+        m = self.beta * self.norm_averages[rows, columns].to(J) + (1 - self.beta) * norms
+        self.norm_averages[rows, columns] = m.to(self.norm_averages)
         W = torch.ones_like(m)
-        rows = index.tolist()
-        if self.target in rows:
-            m_target = m[rows.index(self.target)]
+        present = index.tolist()
+        if self.target in present:
+            m_target = m[present.index(self.target)]
             scale = self.relax * m_target / m.clamp(min=torch.finfo(m.dtype).tiny) + 1 - self.relax
             relaxed = m > 0
             if self.strategy == "decrease":
@@ -95,7 +93,7 @@ class MetaBalance(GradientBalancer):
             elif self.strategy == "increase":
                 relaxed &= m < m_target
             W = torch.where(relaxed, scale, W)
-            W[rows.index(self.target)] = 1.0
+            W[present.index(self.target)] = 1.0
         g = torch.cat([w @ piece for w, piece in zip(W.T, pieces)])
         return g, W[:, 0] if len(blocks) == 1 else None
 
