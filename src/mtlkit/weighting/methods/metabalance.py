@@ -32,7 +32,7 @@ class MetaBalance(GradientBalancer):
     step reports no task weights (and `every`/`ema` cannot wrap it there). At a shared
     representation (`shared_reps`) the representation is the one "parameter" (several
     representations count as one): one norm per task over the whole representation
-    gradient (its per-sample rows), as before this per-tensor rule, so the weights are
+    gradient (its per-sample rows), so the weights are
     (1, r m_target/m_aux + 1 − r, ...) and are reported.
 
     `strategy` picks which auxiliary gradients are relaxed: "both" (default), only those
