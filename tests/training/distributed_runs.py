@@ -30,6 +30,9 @@ METHODS = (
     "pcgrad",
     "cagrad",
     "imtl",
+    "moco",
+    "excess_mtl",
+    "metabalance",
     "nash_mtl",
     "graddrop",
     "db_mtl",
@@ -43,6 +46,8 @@ METHODS = (
 )
 REP_METHODS = (
     "mgda",
+    "moco",  # batch rows: summed over ranks
+    "excess_mtl",
     "nash_mtl",
     "fairgrad",
     "mgda@every=2,ema=0.9",
@@ -51,7 +56,8 @@ REP_METHODS = (
     "auto_lambda",
     "modo@every=2,ema=0.9",
     "famo",  # post-step losses through DDP
-)  # Gramian-based methods, those whose weights come from other batches, and loss methods at the representation
+)  # Gramian-based methods, methods on the batch rows, those whose weights come from other batches,
+# and loss methods at the representation
 # Methods that draw validation batches: each rank draws from its shard of the validation loader, so
 # its batch size scales like the training loaders' (and 16 rows, which 8 divides: no padded last batch).
 VALID_METHODS = ("auto_lambda",)
