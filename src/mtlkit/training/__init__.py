@@ -3,11 +3,12 @@
 from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.distributed import RankFailure, close_process_group, is_main_process
-from mtlkit.training.strategies import DDPStrategy, SingleProcess, Strategy
+from mtlkit.training.strategies import DDPStrategy, FSDPStrategy, SingleProcess, Strategy
 from mtlkit.training.trainer import Trainer
 
 __all__ = [
     "DDPStrategy",
+    "FSDPStrategy",
     "MultiTaskModel",
     "RankFailure",
     "SingleProcess",

@@ -1,7 +1,8 @@
 """Training strategies: how many processes train, and how (see `Strategy`).
 
 `Trainer(strategy=...)`: 'single' (this process), 'ddp' (one rank of a `torchrun` launch,
-`DistributedDataParallel`), or 'auto' ('ddp' when launched by torchrun or when a
+`DistributedDataParallel`), 'fsdp' (one rank of a `torchrun` launch, the model sharded by
+FSDP2's `fully_shard`), or 'auto' ('ddp' when launched by torchrun or when a
 torch.distributed process group exists, else 'single'). `distributed=True` means 'ddp'.
 """
 
@@ -14,12 +15,13 @@ import torch.distributed as dist
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.strategies.base import SingleProcess, Strategy
 from mtlkit.training.strategies.ddp import DDPStrategy
+from mtlkit.training.strategies.fsdp import FSDPStrategy
 
-__all__ = ["DDPStrategy", "SingleProcess", "Strategy", "build_strategy", "resolve_strategy_name"]
+__all__ = ["DDPStrategy", "FSDPStrategy", "SingleProcess", "Strategy", "build_strategy", "resolve_strategy_name"]
 
 
 def resolve_strategy_name(config: TrainerConfig) -> str:
-    """The strategy that `config.strategy` and `config.distributed` ask for: 'single' or 'ddp'."""
+    """The strategy that `config.strategy` and `config.distributed` ask for: 'single', 'ddp' or 'fsdp'."""
     name = config.strategy
     if name is None:
         return "ddp" if config.distributed else "single"
@@ -31,6 +33,9 @@ def resolve_strategy_name(config: TrainerConfig) -> str:
 
 def build_strategy(config: TrainerConfig) -> Strategy:
     """A fresh strategy for `config` (see `resolve_strategy_name`)."""
-    if resolve_strategy_name(config) == "single":
+    name = resolve_strategy_name(config)
+    if name == "single":
         return SingleProcess()
+    if name == "fsdp":
+        return FSDPStrategy(config.dist_backend, config.dist_timeout)
     return DDPStrategy(config.dist_backend, config.dist_timeout)

@@ -1,0 +1,415 @@
+"""Fully sharded data-parallel training (FSDP2, `torch.distributed.fsdp.fully_shard`).
+
+Every rank computes what one process computes on the global batch, as under
+`DDPStrategy` (whose step, loss all-reduce, failure sharing and evaluation this strategy
+reuses), but each rank holds only its shard (1/world_size, along dim 0) of every
+parameter, gradient and optimizer state between steps.
+
+- **Units.** FSDP2 all-gathers a sharded module's parameters before its `forward` and
+  frees them after (and again around its backward). The Trainer calls
+  `model.training_step` and `model.task_outputs`, not `forward`, so both are registered
+  as forward methods of the root (`register_fsdp_forward_method`), whose unit holds the
+  parameters of no other unit. By default each child of the model that holds
+  parameters is a unit of its own (the children of a `ModuleDict`/`ModuleList`, such
+  as the task heads, one each); `FSDPStrategy(units=[...])` names other submodules
+  (e.g. each block of a deep trunk). A unit's parameters are whole only inside its
+  `forward`: a model that reads a unit's parameters directly, outside that forward,
+  must leave it out of `units`. Every rank must call the same units in the same order
+  for the same dataset (true of mtlkit's models: which heads run depends on the
+  dataset's labels, which every rank shares in a step).
+- **Balancers.** Loss-weighting balancers: one backward, whose gradients FSDP
+  reduce-scatters (averages) as it runs. Gradient methods at a shared representation
+  (`rep_grad` models): the engine takes this rank's rows at the representation, sums
+  the T×T Gramian over ranks, then runs one backward (as under DDP with
+  `reduces_in_backward`), which FSDP reduce-scatters. Gradient methods on the shared
+  parameters are refused (`ConfigError`): their per-task Jacobian would need the
+  gathered parameters outside a forward.
+- **Evaluation.** Each rank scores its shard as under DDP; a rank with fewer batches
+  than another runs forwards on a spare batch (results dropped) until all ranks have
+  run as many, so every all-gather has a partner.
+- **State.** `model.state_dict()` and `optimizer.state_dict()` return full (unsharded)
+  CPU tensors keyed as in one process, and their `load_state_dict` accepts them, so
+  checkpoints are those of a single process (written by rank 0, atomically) and resume
+  under any strategy. At the end of `fit` the model is put back as it was before
+  `fit` (its own classes and parameter objects, holding the trained values), and so
+  are the optimizer's parameters and state.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed._composable_state import _module_state_mapping
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.utils.data import DataLoader
+from torch.utils.hooks import RemovableHandle
+
+from mtlkit import metrics
+from mtlkit.data import move_to_device
+from mtlkit.errors import ConfigError
+from mtlkit.protocol import MultiTaskModel, StepOutput
+from mtlkit.training.distributed import shard_evaluation_loader
+from mtlkit.training.strategies.base import trained_parameters
+from mtlkit.training.strategies.ddp import DDPStrategy, _as_module
+from mtlkit.weighting import Balancer, LossBalancer
+
+# What `fully_shard` and `register_fsdp_forward_method` add to a module's attributes.
+_ADDED_ATTRIBUTES = frozenset({"_is_fsdp_managed_module", "_fsdp_use_orig_params", "task_outputs"})
+_STATE_KEY_PREFIX = "__composable_api_state_key"
+
+
+class FSDPStrategy(DDPStrategy):
+    """One rank of a torch.distributed run, training a model sharded by FSDP2 (see the module docstring).
+
+    `units`: the names (as in `model.named_modules()`) of the submodules to shard as
+    units of their own; None: each child that holds parameters, and each child of a
+    `ModuleDict`/`ModuleList` child. The model itself is always the root unit.
+    `backend` and `timeout` are `DDPStrategy`'s.
+    """
+
+    def __init__(self, backend: str | None = None, timeout: float = 600.0, units: Sequence[str] | None = None) -> None:
+        super().__init__(backend, timeout)
+        self.units = None if units is None else list(units)
+        self._sharded: _ShardedModel | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_hooks: list[RemovableHandle] = []
+        self._frozen: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self, model: MultiTaskModel, balancer: Balancer, train: Sequence[DataLoader]) -> list[DataLoader]:
+        shards = super().setup(model, balancer, train)  # rank 0's weights everywhere, then `_wrap` shards
+        self.reduces_in_backward = True  # FSDP reduce-scatters every gradient of the next backward
+        return shards
+
+    def _wrap(self, model: MultiTaskModel, balancer: Balancer) -> Callable[[Any, Any], StepOutput]:
+        if not isinstance(balancer, LossBalancer) and not getattr(model, "rep_grad", False):
+            name = type(balancer).__name__
+            raise ConfigError(
+                f"strategy='fsdp' cannot run the gradient method {name} on the shared parameters: their per-task "
+                f"gradients would need the whole parameters outside a forward. Train {type(model).__name__} with "
+                "rep_grad=True (the method then acts at the shared representation, exactly, under FSDP), use a "
+                "loss-weighting method (ew, uw, dwa, famo, ...), or use strategy='ddp'"
+            )
+        module = _as_module(model)
+        units = self._unit_names(module)
+        self._sharded = _ShardedModel(module, units, init_device_mesh(self.device.type, (self.world_size,)))
+        # (torch marks a hook function it registers: a bound method cannot take the mark, a partial can)
+        self._sharded.module.register_state_dict_post_hook(functools.partial(FSDPStrategy._full_model_state, self))
+        self._sharded.module.register_load_state_dict_pre_hook(
+            functools.partial(FSDPStrategy._sharded_model_state, self)
+        )
+        self._step_of = type(model).training_step.__get__(model)  # the model's own method, not FSDP's wrapper
+        for unit in self._sharded.units:
+            unit.register_forward_hook(self._record_output)
+        self._outputs: list[Tensor] = []
+        self._touch: Tensor | None = None
+        return self._training_step
+
+    def _training_step(self, X: Any, Y: Any) -> StepOutput:
+        """The root's forward hooks around `training_step`, whose losses and `_touch` carry its backward hooks."""
+        assert self._sharded is not None  # set with `_training_step` by `_wrap`
+        root = self._sharded.module
+        state = cast(FSDPModule, root)._get_fsdp_state()
+        self._outputs = []
+        (X, Y), _ = state._pre_forward(root, (X, Y), {})
+        out = self._step_of(X, Y)
+        self._touch = _zero_touch(_unreached(self._outputs + _own_parameters(root), list(out.losses.values())))
+        state._post_forward(root, (X, Y), (*out.losses.values(), self._touch))
+        self._outputs = []
+        return out
+
+    def _record_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._outputs.extend(t for t in _tensors(output) if t.requires_grad)
+
+    def global_step(
+        self, local_step: Callable[[], tuple[StepOutput, Any]], task_names: list[str], loss_dtype: torch.dtype
+    ) -> tuple[StepOutput, Any]:
+        """`DDPStrategy.global_step`, with a zero term on the first loss that reaches every unit this rank ran.
+
+        FSDP reduce-scatters a unit's gradients when the backward reaches it; a unit whose
+        output no local loss uses (a head with no labelled row on this rank) would be
+        reduced at the end instead, out of step with the other ranks. The zero term
+        (value and gradient exactly 0) makes every rank's backward reach the same units.
+        """
+        self._touch = None
+        out, dataset = super().global_step(local_step, task_names, loss_dtype)
+        if self._touch is not None and out.losses:
+            first = next(iter(out.losses))
+            out.losses[first] = out.losses[first] + self._touch.to(out.losses[first].dtype)
+        self._touch = None
+        return out, dataset
+
+    def _unit_names(self, module: nn.Module) -> list[str]:
+        if self.units is None:
+            return _default_units(module)
+        names = dict(module.named_modules())
+        unknown = [name for name in self.units if name not in names or name == ""]
+        if unknown:
+            raise ConfigError(
+                f"FSDPStrategy(units=...): {type(module).__name__} has no submodule {unknown}; its submodules are "
+                f"{[name for name in names if name][:20]}"
+            )
+        return self.units
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make the optimizer's `state_dict`/`load_state_dict` speak full tensors, as in one process."""
+        self._optimizer = optimizer
+        self._optimizer_hooks = [
+            optimizer.register_state_dict_post_hook(functools.partial(FSDPStrategy._full_optimizer_state, self)),
+            optimizer.register_load_state_dict_pre_hook(functools.partial(FSDPStrategy._sharded_optimizer_state, self)),
+        ]
+
+    def teardown(self) -> None:
+        """Put the model (and the optimizer's parameters and state) back as they were before `fit`, trained."""
+        sharded, optimizer = self._sharded, self._optimizer
+        self._sharded, self._optimizer, self._frozen = None, None, None
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks = []
+        if sharded is not None:
+            originals = sharded.restore()
+            if optimizer is not None:
+                _restore_optimizer(optimizer, originals)
+        super().teardown()
+
+    # ------------------------------------------------------------------ evaluation and writing
+
+    def _predict_shard(self, model: MultiTaskModel, loader: DataLoader, scorers: dict[str, Any]) -> dict[str, Any]:
+        """`DDPStrategy`'s prediction of this rank's shard, then forwards on a spare batch until every rank ran as many.
+
+        Every rank knows every rank's number of batches (the shards are fixed strides), so
+        no collective is needed to agree on it.
+        """
+        shard = shard_evaluation_loader(loader, self.world_size, self.rank)
+        results = metrics.predict(model, shard, return_preds=True, scorers=scorers)
+        missing = max(len(shard_evaluation_loader(loader, self.world_size, r)) for r in range(self.world_size))
+        missing -= len(shard)
+        dataset: Any = loader.dataset  # a DictDataset (its labels name the tasks `metrics.predict` asks for)
+        tasks = list(dict.fromkeys(metrics.labels_to_tasks(dataset.Y_dict.keys(), model.task_names).values()))
+        if missing > 0 and tasks:
+            X, _ = next(iter(loader))  # a spare batch; its outputs are dropped
+            X = move_to_device(X, self.device)
+            module = _as_module(model)
+            was_training = module.training
+            module.eval()
+            try:
+                with torch.no_grad():
+                    for _ in range(missing):
+                        model.task_outputs(X, tasks)
+            finally:
+                module.train(was_training)
+        return results
+
+    def run_on_main(self, write: Callable[[], None], what: str) -> None:
+        """Gather the full model and optimizer state on every rank (collectives), then rank 0 writes."""
+        if self._sharded is None:
+            super().run_on_main(write, what)
+            return
+        model_state = self._sharded.module.state_dict()
+        optimizer_state = None if self._optimizer is None else self._optimizer.state_dict()
+        self._frozen = (model_state, optimizer_state)
+        try:
+            super().run_on_main(write, what)
+        finally:
+            self._frozen = None
+
+    # ------------------------------------------------------------------ state-dict hooks
+
+    def _full_model_state(self, module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+        if self._frozen is not None:  # inside `run_on_main`: rank 0 writes what every rank gathered
+            state.clear()
+            state.update(self._frozen[0])
+            return
+        for key, value in state.items():
+            state[key] = _full(value)
+
+    def _sharded_model_state(self, module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+        current = _registered_tensors(module)
+        for key, value in list(state.items()):
+            target = current.get(key[len(prefix) :]) if key.startswith(prefix) else None
+            if isinstance(target, DTensor) and not isinstance(value, DTensor):
+                state[key] = _shard_like(value, target)
+
+    def _full_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+        if self._frozen is not None and self._frozen[1] is not None:
+            return self._frozen[1]
+        return {**state, "state": {i: {k: _full(v) for k, v in s.items()} for i, s in state["state"].items()}}
+
+    def _sharded_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        sharded: dict[Any, Any] = {}
+        for i, entries in state["state"].items():
+            p = params[int(i)]
+            sharded[i] = {
+                k: _shard_like(v, p)
+                if isinstance(p, DTensor)
+                and isinstance(v, Tensor)
+                and not isinstance(v, DTensor)
+                and v.shape == p.shape
+                else v
+                for k, v in entries.items()
+            }
+        return {**state, "state": sharded}
+
+
+class _ShardedModel:
+    """A model sharded in place by `fully_shard`, and what `restore` needs to undo it.
+
+    FSDP2 has no inverse of `fully_shard`; `restore` puts back what it changed: each
+    module's class, the hooks and attributes it added, the FSDP state it registered,
+    and the model's own parameter objects (filled with the trained values).
+    """
+
+    def __init__(self, module: nn.Module, units: list[str], mesh: Any) -> None:
+        self.module = module
+        modules = dict(module.named_modules())
+        self._classes = {name: type(m) for name, m in modules.items()}
+        self._attributes = {name: set(vars(m)) for name, m in modules.items()}
+        self._hooks = {name: {key: set(hooks) for key, hooks in _hook_dicts(m)} for name, m in modules.items()}
+        self._parameters = {
+            name: dict(m._parameters)
+            for name, m in modules.items()
+            if any(p is not None for p in m._parameters.values())
+        }
+        self.units = [modules[name] for name in units]
+        for unit in self.units:
+            fully_shard(unit, mesh=mesh)
+        fully_shard(module, mesh=mesh)
+        if hasattr(module, "task_outputs"):  # (`training_step` goes through `FSDPStrategy._training_step`)
+            register_fsdp_forward_method(module, "task_outputs")
+
+    def restore(self) -> dict[int, nn.Parameter]:
+        """Undo `fully_shard` on every module (a collective: every rank calls it); {id(sharded param): original}."""
+        for m in (self.module, *self.units):
+            if isinstance(m, FSDPModule):
+                m.reshard()
+        modules = dict(self.module.named_modules())
+        originals: dict[int, nn.Parameter] = {}
+        with torch.no_grad():
+            for name, params in self._parameters.items():
+                m = modules[name]
+                for key, original in params.items():
+                    current = m._parameters.get(key)
+                    if original is None or current is None or current is original:
+                        continue
+                    original.data = _full(current).to(original.device).detach()
+                    originals[id(current)] = original
+                    m._parameters[key] = original
+        for name, m in modules.items():
+            for key, hooks in _hook_dicts(m):
+                for hook_id in [i for i in hooks if i not in self._hooks[name].get(key, set())]:
+                    del hooks[hook_id]
+            for attribute in set(vars(m)) - self._attributes[name]:
+                if attribute in _ADDED_ATTRIBUTES or attribute.startswith(_STATE_KEY_PREFIX):
+                    del m.__dict__[attribute]
+            _module_state_mapping.pop(m, None)
+            m.__class__ = self._classes[name]
+        return originals
+
+
+class _ZeroTouch(torch.autograd.Function):
+    """A scalar 0 whose gradient with respect to each input is 0: it makes a backward reach the inputs."""
+
+    @staticmethod
+    def forward(ctx: Any, *tensors: Tensor) -> Tensor:
+        ctx.shapes = [(t.shape, t.dtype, t.device) for t in tensors]
+        return tensors[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:
+        return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.shapes)
+
+
+def _zero_touch(tensors: list[Tensor]) -> Tensor | None:
+    return _ZeroTouch.apply(*tensors) if tensors else None
+
+
+def _unreached(tensors: list[Tensor], losses: list[Tensor]) -> list[Tensor]:
+    """The `tensors` (outputs, leaves) that the backward of `losses` does not reach."""
+    seen: set[Any] = set()
+    leaves: set[int] = set()
+    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return [t for t in tensors if (t.grad_fn not in seen if t.grad_fn is not None else id(t) not in leaves)]
+
+
+def _own_parameters(module: nn.Module) -> list[Tensor]:
+    """The root's own parameters that require grad, as the forward used them (whole, not DTensors)."""
+    return [p for p in module._parameters.values() if p is not None and p.requires_grad and not isinstance(p, DTensor)]
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
+
+
+def _default_units(module: nn.Module) -> list[str]:
+    """Each child holding parameters; the children of a ModuleDict/ModuleList child instead of the container."""
+    units: list[str] = []
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+            units.extend(f"{name}.{sub}" for sub, grandchild in child.named_children() if _has_params(grandchild))
+        elif _has_params(child):
+            units.append(name)
+    return units
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _hook_dicts(module: nn.Module) -> list[tuple[str, dict[Any, Any]]]:
+    """The module's hook registries (`_forward_pre_hooks`, `_state_dict_hooks`, ...)."""
+    return [(key, value) for key, value in vars(module).items() if "hooks" in key and isinstance(value, dict)]
+
+
+def _registered_tensors(module: nn.Module) -> dict[str, Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def _full(value: Any) -> Any:
+    """A DTensor's whole value on the CPU (an all-gather: every rank calls it); anything else as it is."""
+    return value.full_tensor().cpu() if isinstance(value, DTensor) else value
+
+
+def _shard_like(value: Tensor, target: DTensor) -> DTensor:
+    """This rank's shard of the whole tensor `value`, placed as `target` (no communication)."""
+    local = value.detach().to(device=target.device, dtype=target.dtype)
+    return distribute_tensor(local, target.device_mesh, target.placements, src_data_rank=None)
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, originals: dict[int, nn.Parameter]) -> None:
+    """Point the optimizer at the restored parameters, with its state gathered whole (a collective)."""
+    state = optimizer.state
+    restored: dict[Any, Any] = {}
+    for group in optimizer.param_groups:
+        for j, p in enumerate(group["params"]):
+            original = originals.get(id(p), p)
+            if p in state:
+                restored[original] = {
+                    k: _full(v).to(original.device) if isinstance(v, DTensor) else v for k, v in state[p].items()
+                }
+            group["params"][j] = original
+    state.clear()
+    state.update(restored)
