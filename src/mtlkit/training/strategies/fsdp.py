@@ -42,7 +42,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed._composable_state import _module_state_mapping
 from torch.distributed.device_mesh import init_device_mesh
@@ -56,9 +55,8 @@ from mtlkit.data import move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.distributed import shard_evaluation_loader
-from mtlkit.training.strategies.base import trained_parameters
 from mtlkit.training.strategies.ddp import DDPStrategy, _as_module
-from mtlkit.weighting import Balancer, LossBalancer
+from mtlkit.weighting import Balancer, BalanceResult, LossBalancer
 
 # What `fully_shard` and `register_fsdp_forward_method` add to a module's attributes.
 _ADDED_ATTRIBUTES = frozenset({"_is_fsdp_managed_module", "_fsdp_use_orig_params", "task_outputs"})
@@ -81,6 +79,13 @@ class FSDPStrategy(DDPStrategy):
         self._optimizer: torch.optim.Optimizer | None = None
         self._optimizer_hooks: list[RemovableHandle] = []
         self._frozen: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+        # Per step (see `global_step`): unit outputs, the zero term, which units the losses reached.
+        self._outputs: list[tuple[int, Tensor]] = []
+        self._touch: Tensor | None = None
+        self._used: Tensor | None = None
+        self._unused: list[int] = []
+        self._own: list[str] = []
+        self._groups: list[list[str]] = []
 
     # ------------------------------------------------------------------ set-up
 
@@ -107,27 +112,42 @@ class FSDPStrategy(DDPStrategy):
             functools.partial(FSDPStrategy._sharded_model_state, self)
         )
         self._step_of = type(model).training_step.__get__(model)  # the model's own method, not FSDP's wrapper
-        for unit in self._sharded.units:
-            unit.register_forward_hook(self._record_output)
-        self._outputs: list[Tensor] = []
-        self._touch: Tensor | None = None
+        for i, unit in enumerate(self._sharded.units):
+            unit.register_forward_hook(functools.partial(self._record_output, i))
+        self._own = [name for name, p in module._parameters.items() if p is not None and p.requires_grad]
+        self._groups = _owned_parameters(module, units, self._own)
         return self._training_step
 
     def _training_step(self, X: Any, Y: Any) -> StepOutput:
-        """The root's forward hooks around `training_step`, whose losses and `_touch` carry its backward hooks."""
-        assert self._sharded is not None  # set with `_training_step` by `_wrap`
+        """`training_step` inside the root's FSDP hooks; notes which units the losses reach (see `global_step`)."""
+        if self._sharded is None:
+            raise RuntimeError("FSDPStrategy.training_step before setup")
         root = self._sharded.module
         state = cast(FSDPModule, root)._get_fsdp_state()
         self._outputs = []
         (X, Y), _ = state._pre_forward(root, (X, Y), {})
         out = self._step_of(X, Y)
-        self._touch = _zero_touch(_unreached(self._outputs + _own_parameters(root), list(out.losses.values())))
+        units = len(self._sharded.units)
+        candidates = self._outputs + [
+            (units + j, p)
+            for j, p in enumerate(root._parameters[name] for name in self._own)
+            if not isinstance(p, DTensor)
+        ]
+        reached = _Reached(list(out.losses.values()))
+        used = torch.zeros(len(self._groups), dtype=torch.float64, device=self.device)
+        unreached = []
+        for group, tensor in candidates:
+            if reached(tensor):
+                used[group] = 1.0
+            else:
+                unreached.append(tensor)
+        self._used, self._touch = used, (_ZeroTouch.apply(*unreached) if unreached else None)
         state._post_forward(root, (X, Y), (*out.losses.values(), self._touch))
         self._outputs = []
         return out
 
-    def _record_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        self._outputs.extend(t for t in _tensors(output) if t.requires_grad)
+    def _record_output(self, unit: int, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._outputs.extend((unit, t) for t in _tensors(output) if t.requires_grad)
 
     def global_step(
         self, local_step: Callable[[], tuple[StepOutput, Any]], task_names: list[str], loss_dtype: torch.dtype
@@ -138,14 +158,35 @@ class FSDPStrategy(DDPStrategy):
         output no local loss uses (a head with no labelled row on this rank) would be
         reduced at the end instead, out of step with the other ranks. The zero term
         (value and gradient exactly 0) makes every rank's backward reach the same units.
+        One all-reduce of a flag per unit then tells which units no rank's loss reached:
+        `backward` leaves their gradients None, as one process would.
         """
-        self._touch = None
+        self._touch = self._used = None
         out, dataset = super().global_step(local_step, task_names, loss_dtype)
+        if self._used is not None:
+            self.all_reduce_sum(self._used, "losses")
+            self._unused = [i for i, used in enumerate(self._used.tolist()) if used == 0]
         if self._touch is not None and out.losses:
             first = next(iter(out.losses))
             out.losses[first] = out.losses[first] + self._touch.to(out.losses[first].dtype)
-        self._touch = None
+        self._touch = self._used = None
         return out, dataset
+
+    def backward(
+        self,
+        balancer: Balancer,
+        losses: dict[str, Tensor],
+        shared_params: Sequence[Tensor] | None,
+        shared_reps: list[Tensor] | None,
+    ) -> BalanceResult:
+        """`DDPStrategy.backward`; the parameters of units no rank's loss reached keep no gradient."""
+        result = super().backward(balancer, losses, shared_params, shared_reps)
+        if self._unused and self._sharded is not None:
+            params = dict(self._sharded.module.named_parameters())
+            for group in self._unused:
+                for name in self._groups[group]:
+                    params[name].grad = None
+        return result
 
     def _unit_names(self, module: nn.Module) -> list[str]:
         if self.units is None:
@@ -328,30 +369,36 @@ class _ZeroTouch(torch.autograd.Function):
         return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.shapes)
 
 
-def _zero_touch(tensors: list[Tensor]) -> Tensor | None:
-    return _ZeroTouch.apply(*tensors) if tensors else None
+class _Reached:
+    """`reached(t)`: whether the backward of `losses` reaches tensor `t` (an output, or a leaf)."""
+
+    def __init__(self, losses: list[Tensor]) -> None:
+        self.nodes: set[Any] = set()
+        self.leaves: set[int] = set()
+        stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+        while stack:
+            node = stack.pop()
+            if node in self.nodes:
+                continue
+            self.nodes.add(node)
+            variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
+            if variable is not None:
+                self.leaves.add(id(variable))
+            stack.extend(child for child, _ in node.next_functions if child is not None)
+
+    def __call__(self, tensor: Tensor) -> bool:
+        return tensor.grad_fn in self.nodes if tensor.grad_fn is not None else id(tensor) in self.leaves
 
 
-def _unreached(tensors: list[Tensor], losses: list[Tensor]) -> list[Tensor]:
-    """The `tensors` (outputs, leaves) that the backward of `losses` does not reach."""
-    seen: set[Any] = set()
-    leaves: set[int] = set()
-    stack = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            leaves.add(id(variable))
-        stack.extend(child for child, _ in node.next_functions if child is not None)
-    return [t for t in tensors if (t.grad_fn not in seen if t.grad_fn is not None else id(t) not in leaves)]
-
-
-def _own_parameters(module: nn.Module) -> list[Tensor]:
-    """The root's own parameters that require grad, as the forward used them (whole, not DTensors)."""
-    return [p for p in module._parameters.values() if p is not None and p.requires_grad and not isinstance(p, DTensor)]
+def _owned_parameters(module: nn.Module, units: list[str], own: list[str]) -> list[list[str]]:
+    """The names of the trainable parameters each unit holds (a parameter belongs to the deepest unit
+    above it), then one group per name in `own` (the root's own parameters)."""
+    groups: list[list[str]] = [[] for _ in units]
+    for name, p in module.named_parameters():
+        owners = [i for i, unit in enumerate(units) if name.startswith(unit + ".")]
+        if owners and p.requires_grad:
+            groups[max(owners, key=lambda i: len(units[i]))].append(name)
+    return groups + [[name] for name in own]
 
 
 def _tensors(value: Any) -> list[Tensor]:

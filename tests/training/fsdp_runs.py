@@ -1,0 +1,99 @@
+"""What each rank runs in tests/training/test_fsdp.py (spawned processes import this module by name).
+
+The model, data and runs are those of `distributed_runs` (a float64 three-task model whose
+training batches leave some ranks without labels of a task), trained with strategy='fsdp'.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+sys.path.insert(0, str(Path(__file__).parent))
+import distributed_runs as runs  # noqa: E402  (the spawned ranks find it next to this file)
+
+from mtlkit import Trainer  # noqa: E402
+from mtlkit.training import FSDPStrategy, close_process_group  # noqa: E402
+
+WORLD = runs.WORLD
+TIMEOUT_S = 60
+METHODS = ("ew", "uw", "famo")  # loss-weighting balancers
+REP_METHODS = ("mgda", "upgrad")  # gradient methods at the shared representation
+
+
+def fsdp(weighting: str, **overrides) -> dict:
+    """`distributed_runs.run` on WORLD ranks under strategy='fsdp'."""
+    return runs.run(weighting, WORLD, strategy="fsdp", dist_timeout=TIMEOUT_S, **overrides)
+
+
+def probe_after_fit(out: Path, rank: int) -> dict:
+    """Train under FSDP; then use the model, the optimizer and `Trainer.save` in this process as after one process."""
+    model = runs.make_model()
+    weight = model.trunk[0].weight  # the user's parameter object, kept by fit
+    trainer = Trainer(**runs.config("uw", strategy="fsdp", optimizer="adam", lr=0.01, dist_timeout=TIMEOUT_S))
+    loaders = runs.make_loaders(runs.LOCAL_BATCH) + [runs.one_row_loader()]  # rank 1's share of dsOne is empty
+    final = trainer.fit(model, loaders)
+    valid = loaders[2].dataset
+    with torch.no_grad():
+        outputs = model.task_outputs(valid.X_dict, ["a", "b", "c"])  # outside any FSDP hook
+    if rank == 0:  # on one rank only: a collective here would hang
+        trainer.save(out / "saved_after_fit.pt")
+    return {
+        "final": final,
+        "outputs": outputs,
+        "same_parameter": model.trunk[0].weight is weight,
+        "class": type(model).__name__,
+        "sharded": [name for name, p in model.named_parameters() if isinstance(p, DTensor)],
+        "optimizer_params": all(
+            p is q for p, q in zip(trainer.optimizer.param_groups[0]["params"], model.parameters(), strict=True)
+        ),
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+    }
+
+
+def blocks_as_units() -> dict:
+    """EW with each Linear of the trunk and each head a unit of its own (the root holds no parameter)."""
+    model = runs.make_model()
+    trainer = Trainer(**runs.config("ew", strategy="fsdp", dist_timeout=TIMEOUT_S))
+    trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, units=["trunk.0", "trunk.2", "heads.a", "heads.b", "heads.c"])
+    final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH))
+    return {"final": final, "params": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def _scenarios(rank: int, out: Path) -> dict:
+    results: dict = {}
+    for method in METHODS:  # consecutive fits in one process group, each with another balancer
+        results[method] = fsdp(method)
+    for method in REP_METHODS:
+        results[f"{method}/rep"] = fsdp(method, rep_grad=True)
+    results["checkpointed"] = fsdp(
+        "uw", optimizer="adam", lr=0.01, checkpointing=True, checkpoint_dir=str(out / "fsdp_checkpoints")
+    )
+    results["resumed"] = fsdp("uw", optimizer="adam", lr=0.01, resume_from=out / "one_process_adam.pt")
+    results["after_fit"] = probe_after_fit(out, rank)
+    results["mgda/params"] = runs._error(lambda: fsdp("mgda"))  # gradient method on the shared parameters
+    results["blocks"] = blocks_as_units()
+    return results
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    """One rank of a torchrun-like launch: every scenario in the group the first fit creates."""
+    torch.set_num_threads(1)
+    path = Path(out)
+    try:
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+        )
+        results = _scenarios(rank, path)
+        results["kept_group"] = dist.is_initialized()
+        close_process_group()
+    except Exception:
+        (path / f"failure{rank}.txt").write_text(traceback.format_exc())
+        raise
+    torch.save(results, path / f"rank{rank}.pt")
