@@ -16,10 +16,10 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_runs as runs  # noqa: E402  (the spawned ranks find it next to this file)
+import distributed_runs as runs
 
-from mtlkit import Trainer  # noqa: E402
-from mtlkit.training import FSDPStrategy, close_process_group  # noqa: E402
+from mtlkit import Trainer
+from mtlkit.training import FSDPStrategy, close_process_group
 
 WORLD = runs.WORLD
 TIMEOUT_S = 60
@@ -37,7 +37,7 @@ def probe_after_fit(out: Path, rank: int) -> dict:
     model = runs.make_model()
     weight = model.trunk[0].weight  # the user's parameter object, kept by fit
     trainer = Trainer(**runs.config("uw", strategy="fsdp", optimizer="adam", lr=0.01, dist_timeout=TIMEOUT_S))
-    loaders = runs.make_loaders(runs.LOCAL_BATCH) + [runs.one_row_loader()]  # rank 1's share of dsOne is empty
+    loaders = [*runs.make_loaders(runs.LOCAL_BATCH), runs.one_row_loader()]  # rank 1's share of dsOne is empty
     final = trainer.fit(model, loaders)
     valid = loaders[2].dataset
     with torch.no_grad():

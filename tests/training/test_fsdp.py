@@ -19,9 +19,9 @@ from mtlkit.training import FSDPStrategy
 from mtlkit.training.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-import distributed_runs as runs  # noqa: E402
-import fsdp_runs  # noqa: E402
-from test_distributed import _assert_same_run, _free_ports  # noqa: E402
+import distributed_runs as runs
+import fsdp_runs
+from test_distributed import _assert_same_run, _free_ports
 
 ADAM = {"optimizer": "adam", "lr": 0.01}
 
@@ -103,7 +103,7 @@ def test_after_fit_the_model_and_optimizer_are_the_users_again_and_scoring_uneve
     (rank0, rank1), out = spawned
     model = runs.make_model()
     trainer = Trainer(**runs.config("uw", **ADAM))
-    loaders = runs.make_loaders(runs.WORLD * runs.LOCAL_BATCH) + [runs.one_row_loader()]
+    loaders = [*runs.make_loaders(runs.WORLD * runs.LOCAL_BATCH), runs.one_row_loader()]
     final = trainer.fit(model, loaders)
     assert "b/dsOne/test/mse" in final  # dsOne: 1 row, none on rank 1; dsV test: 9 rows, 2 batches vs 1
     with torch.no_grad():

@@ -131,7 +131,7 @@ class FSDPStrategy(DDPStrategy):
         candidates = self._outputs + [
             (units + j, p)
             for j, p in enumerate(root._parameters[name] for name in self._own)
-            if not isinstance(p, DTensor)
+            if p is not None and not isinstance(p, DTensor)
         ]
         reached = _Reached(list(out.losses.values()))
         used = torch.zeros(len(self._groups), dtype=torch.float64, device=self.device)
