@@ -9,13 +9,16 @@ torch.distributed process group exists, else 'single'). `distributed=True` means
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
 from mtlkit.training.config import TrainerConfig
 from mtlkit.training.strategies.base import SingleProcess, Strategy
 from mtlkit.training.strategies.ddp import DDPStrategy
-from mtlkit.training.strategies.fsdp import FSDPStrategy
+
+if TYPE_CHECKING:
+    from mtlkit.training.strategies.fsdp import FSDPStrategy
 
 __all__ = ["DDPStrategy", "FSDPStrategy", "SingleProcess", "Strategy", "build_strategy", "resolve_strategy_name"]
 
@@ -37,5 +40,15 @@ def build_strategy(config: TrainerConfig) -> Strategy:
     if name == "single":
         return SingleProcess()
     if name == "fsdp":
+        from mtlkit.training.strategies.fsdp import FSDPStrategy  # torch's FSDP modules load on first use
+
         return FSDPStrategy(config.dist_backend, config.dist_timeout)
     return DDPStrategy(config.dist_backend, config.dist_timeout)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FSDPStrategy":  # torch's FSDP modules load on first use
+        from mtlkit.training.strategies.fsdp import FSDPStrategy
+
+        return FSDPStrategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
