@@ -7,9 +7,10 @@ parameter, gradient and optimizer state between steps.
 
 - **Units.** FSDP2 all-gathers a sharded module's parameters before its `forward` and
   frees them after (and again around its backward). The Trainer calls
-  `model.training_step` and `model.task_outputs`, not `forward`, so both are registered
-  as forward methods of the root (`register_fsdp_forward_method`), whose unit holds the
-  parameters of no other unit. By default each child of the model that holds
+  `model.training_step` and `model.task_outputs`, not `forward`: the strategy runs
+  `training_step` inside the root's FSDP hooks, and `task_outputs` is registered as a
+  forward method of the root (`register_fsdp_forward_method`), whose unit holds the
+  parameters of no other unit (the model's own, if any). By default each child of the model that holds
   parameters is a unit of its own (the children of a `ModuleDict`/`ModuleList`, such
   as the task heads, one each); `FSDPStrategy(units=[...])` names other submodules
   (e.g. each block of a deep trunk). A unit's parameters are whole only inside its
@@ -83,7 +84,6 @@ class FSDPStrategy(DDPStrategy):
         self._outputs: list[tuple[int, Tensor]] = []
         self._touch: Tensor | None = None
         self._used: Tensor | None = None
-        self._unused: list[int] = []
         self._own: list[str] = []
         self._groups: list[list[str]] = []
 
@@ -111,7 +111,7 @@ class FSDPStrategy(DDPStrategy):
         self._sharded.module.register_load_state_dict_pre_hook(
             functools.partial(FSDPStrategy._sharded_model_state, self)
         )
-        self._step_of = type(model).training_step.__get__(model)  # the model's own method, not FSDP's wrapper
+        self._step_of = model.training_step
         for i, unit in enumerate(self._sharded.units):
             unit.register_forward_hook(functools.partial(self._record_output, i))
         self._own = [name for name, p in module._parameters.items() if p is not None and p.requires_grad]
@@ -163,13 +163,15 @@ class FSDPStrategy(DDPStrategy):
         """
         self._touch = self._used = None
         out, dataset = super().global_step(local_step, task_names, loss_dtype)
+        losses = _GlobalLosses(out.losses)
         if self._used is not None:
             self.all_reduce_sum(self._used, "losses")
-            self._unused = [i for i, used in enumerate(self._used.tolist()) if used == 0]
-        if self._touch is not None and out.losses:
-            first = next(iter(out.losses))
-            out.losses[first] = out.losses[first] + self._touch.to(out.losses[first].dtype)
+            losses.unused = [i for i, used in enumerate(self._used.tolist()) if used == 0]
+        if self._touch is not None and losses:
+            first = next(iter(losses))
+            losses[first] = losses[first] + self._touch.to(losses[first].dtype)
         self._touch = self._used = None
+        out.losses = losses
         return out, dataset
 
     def backward(
@@ -181,9 +183,10 @@ class FSDPStrategy(DDPStrategy):
     ) -> BalanceResult:
         """`DDPStrategy.backward`; the parameters of units no rank's loss reached keep no gradient."""
         result = super().backward(balancer, losses, shared_params, shared_reps)
-        if self._unused and self._sharded is not None:
+        unused = losses.unused if isinstance(losses, _GlobalLosses) else []
+        if unused and self._sharded is not None:
             params = dict(self._sharded.module.named_parameters())
-            for group in self._unused:
+            for group in unused:
                 for name in self._groups[group]:
                     params[name].grad = None
         return result
@@ -299,6 +302,14 @@ class FSDPStrategy(DDPStrategy):
                 for k, v in entries.items()
             }
         return {**state, "state": sharded}
+
+
+class _GlobalLosses(dict[str, Tensor]):
+    """The global batch's losses (`global_step`), with the parameter groups no rank's loss reached (`unused`)."""
+
+    def __init__(self, losses: dict[str, Tensor]) -> None:
+        super().__init__(losses)
+        self.unused: list[int] = []
 
 
 class _ShardedModel:
