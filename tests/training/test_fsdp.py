@@ -124,4 +124,5 @@ def test_fsdp_strategy_is_chosen_by_name_and_checks_its_units():
     model = runs.make_model()
     with pytest.raises(ConfigError, match=r"no submodule \['trunk.9'\]"):
         FSDPStrategy(units=["trunk.9"])._unit_names(model)
-    assert FSDPStrategy()._unit_names(model) == ["trunk", "heads.a", "heads.b", "heads.c"]
+    assert FSDPStrategy()._unit_names(model) == []  # the model is one unit
+    assert FSDPStrategy(units=["trunk", "heads.a"])._unit_names(model) == ["trunk", "heads.a"]

@@ -9,15 +9,13 @@ parameter, gradient and optimizer state between steps.
   frees them after (and again around its backward). The Trainer calls
   `model.training_step` and `model.task_outputs`, not `forward`: the strategy runs
   `training_step` inside the root's FSDP hooks, and `task_outputs` is registered as a
-  forward method of the root (`register_fsdp_forward_method`), whose unit holds the
-  parameters of no other unit (the model's own, if any). By default each child of the model that holds
-  parameters is a unit of its own (the children of a `ModuleDict`/`ModuleList`, such
-  as the task heads, one each); `FSDPStrategy(units=[...])` names other submodules
-  (e.g. each block of a deep trunk). A unit's parameters are whole only inside its
-  `forward`: a model that reads a unit's parameters directly, outside that forward,
-  must leave it out of `units`. Every rank must call the same units in the same order
-  for the same dataset (true of mtlkit's models: which heads run depends on the
-  dataset's labels, which every rank shares in a step).
+  forward method of the root (`register_fsdp_forward_method`). By default the model is
+  the only unit: whole during each step, sharded between steps. That holds for any
+  model, whichever submodules each rank runs (mtlkit's architectures skip the heads of
+  tasks without a labelled row in the rank's batch). `FSDPStrategy(units=[...])` makes
+  submodules units of their own (e.g. each block of a deep trunk), whole only inside
+  their own `forward`; every rank must then run them in the same order in every step,
+  and the model must not read their parameters outside their `forward`.
 - **Balancers.** Loss-weighting balancers: one backward, whose gradients FSDP
   reduce-scatters (averages) as it runs. Gradient methods at a shared representation
   (`rep_grad` models): the engine takes this rank's rows at the representation, sums
@@ -67,9 +65,10 @@ _STATE_KEY_PREFIX = "__composable_api_state_key"
 class FSDPStrategy(DDPStrategy):
     """One rank of a torch.distributed run, training a model sharded by FSDP2 (see the module docstring).
 
-    `units`: the names (as in `model.named_modules()`) of the submodules to shard as
-    units of their own; None: each child that holds parameters, and each child of a
-    `ModuleDict`/`ModuleList` child. The model itself is always the root unit.
+    `units`: the names (as in `model.named_modules()`) of submodules to shard as units of
+    their own, each gathered only around its own forward and backward; every rank must
+    run them in the same order in every step. None: the model is one unit (gathered for
+    the whole step), which holds every parameter outside the named units.
     `backend` and `timeout` are `DDPStrategy`'s.
     """
 
@@ -114,8 +113,7 @@ class FSDPStrategy(DDPStrategy):
         self._step_of = model.training_step
         for i, unit in enumerate(self._sharded.units):
             unit.register_forward_hook(functools.partial(self._record_output, i))
-        self._own = [name for name, p in module._parameters.items() if p is not None and p.requires_grad]
-        self._groups = _owned_parameters(module, units, self._own)
+        self._groups, self._own = _owned_parameters(module, units)
         return self._training_step
 
     def _training_step(self, X: Any, Y: Any) -> StepOutput:
@@ -130,7 +128,7 @@ class FSDPStrategy(DDPStrategy):
         units = len(self._sharded.units)
         candidates = self._outputs + [
             (units + j, p)
-            for j, p in enumerate(root._parameters[name] for name in self._own)
+            for j, p in enumerate(root.get_parameter(name) for name in self._own)
             if p is not None and not isinstance(p, DTensor)
         ]
         reached = _Reached(list(out.losses.values()))
@@ -193,7 +191,7 @@ class FSDPStrategy(DDPStrategy):
 
     def _unit_names(self, module: nn.Module) -> list[str]:
         if self.units is None:
-            return _default_units(module)
+            return []
         names = dict(module.named_modules())
         unknown = [name for name in self.units if name not in names or name == ""]
         if unknown:
@@ -401,18 +399,24 @@ class _Reached:
         return tensor.grad_fn in self.nodes if tensor.grad_fn is not None else id(tensor) in self.leaves
 
 
-def _owned_parameters(module: nn.Module, units: list[str], own: list[str]) -> list[list[str]]:
+def _owned_parameters(module: nn.Module, units: list[str]) -> tuple[list[list[str]], list[str]]:
     """The names of the trainable parameters each unit holds (a parameter belongs to the deepest unit
-    above it), then one group per name in `own` (the root's own parameters)."""
+    above it), then one group per parameter of the root's unit; and the names of the latter."""
     groups: list[list[str]] = [[] for _ in units]
+    own: list[str] = []
     for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
         owners = [i for i, unit in enumerate(units) if name.startswith(unit + ".")]
-        if owners and p.requires_grad:
+        if owners:
             groups[max(owners, key=lambda i: len(units[i]))].append(name)
-    return groups + [[name] for name in own]
+        else:
+            own.append(name)
+    return groups + [[name] for name in own], own
 
 
 def _tensors(value: Any) -> list[Tensor]:
+    """The tensors in a module's output (a tensor, or lists, tuples and dicts of them)."""
     if isinstance(value, Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
@@ -420,21 +424,6 @@ def _tensors(value: Any) -> list[Tensor]:
     if isinstance(value, dict):
         return [t for item in value.values() for t in _tensors(item)]
     return []
-
-
-def _default_units(module: nn.Module) -> list[str]:
-    """Each child holding parameters; the children of a ModuleDict/ModuleList child instead of the container."""
-    units: list[str] = []
-    for name, child in module.named_children():
-        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
-            units.extend(f"{name}.{sub}" for sub, grandchild in child.named_children() if _has_params(grandchild))
-        elif _has_params(child):
-            units.append(name)
-    return units
-
-
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
 
 
 def _hook_dicts(module: nn.Module) -> list[tuple[str, dict[Any, Any]]]:
