@@ -13,18 +13,22 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 import distributed_runs as runs
 
-from mtlkit import Trainer
+from mtlkit import Scorer, Trainer
+from mtlkit.architectures import HPS
 from mtlkit.training import FSDPStrategy, close_process_group
 
 WORLD = runs.WORLD
 TIMEOUT_S = 60
 METHODS = ("ew", "uw", "famo")  # loss-weighting balancers
 REP_METHODS = ("mgda", "upgrad")  # gradient methods at the shared representation
+HPS_RUNS = (("uw", False), ("mgda", True))
 
 
 def fsdp(weighting: str, **overrides) -> dict:
@@ -57,6 +61,34 @@ def probe_after_fit(out: Path, rank: int) -> dict:
     }
 
 
+def hps_model(rep_grad: bool = False) -> HPS:
+    """mtlkit's HPS on the data of `distributed_runs`: it runs only the heads of tasks labelled in the rank's batch."""
+    torch.manual_seed(0)
+    return HPS(
+        ["a", "b", "c"],
+        lambda: nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh()),
+        {"a": nn.Linear(6, 3), "b": nn.Sequential(nn.Linear(6, 1), nn.Flatten(0)), "c": nn.Linear(6, 2)},
+        rep_grad=rep_grad,
+        input_key="x",
+        losses={"a": F.cross_entropy, "b": F.mse_loss, "c": F.cross_entropy},
+        metrics={"a": Scorer(["accuracy"]), "b": Scorer(["mse"]), "c": Scorer(["accuracy"])},
+    ).double()
+
+
+def hps_run(weighting: str, processes: int, rep_grad: bool = False, **overrides) -> dict:
+    """`distributed_runs.run` for `hps_model`."""
+    model = hps_model(rep_grad)
+    trainer = Trainer(**runs.config(weighting, **overrides))
+    final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH * (WORLD // processes)))
+    return {
+        "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
+        "final": final,
+        "history": trainer.history,
+        "step": trainer.step,
+    }
+
+
 def blocks_as_units() -> dict:
     """EW with each Linear of the trunk and each head a unit of its own (the root holds no parameter)."""
     model = runs.make_model()
@@ -79,6 +111,8 @@ def _scenarios(rank: int, out: Path) -> dict:
     results["after_fit"] = probe_after_fit(out, rank)
     results["mgda/params"] = runs._error(lambda: fsdp("mgda"))  # gradient method on the shared parameters
     results["blocks"] = blocks_as_units()
+    for method, rep_grad in HPS_RUNS:
+        results[f"hps/{method}"] = hps_run(method, WORLD, rep_grad, strategy="fsdp", dist_timeout=TIMEOUT_S)
     return results
 
 

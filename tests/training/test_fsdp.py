@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mtlkit import ConfigError, Trainer
+from mtlkit.experiments.config import ExperimentConfig
 from mtlkit.training import FSDPStrategy
 from mtlkit.training.checkpoint import load_checkpoint
 
@@ -55,6 +56,15 @@ def test_fsdp_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, 
     _assert_same_run(rank0[method], one)
     _assert_same_run(rank1[method], one)
     assert rank0["kept_group"] and rank1["kept_group"]
+
+
+@pytest.mark.parametrize(("method", "rep_grad"), fsdp_runs.HPS_RUNS)
+def test_an_architecture_that_skips_unlabelled_heads_trains_under_fsdp_as_one_process(spawned, method, rep_grad):
+    """HPS runs a head only when the rank's batch labels its task: ranks differ in the heads they run."""
+    (rank0, rank1), _ = spawned
+    one = fsdp_runs.hps_run(method, 1, rep_grad)
+    _assert_same_run(rank0[f"hps/{method}"], one)
+    _assert_same_run(rank1[f"hps/{method}"], one)
 
 
 def test_each_trunk_block_may_be_a_unit_of_its_own(spawned):
@@ -121,6 +131,8 @@ def test_after_fit_the_model_and_optimizer_are_the_users_again_and_scoring_uneve
 
 def test_fsdp_strategy_is_chosen_by_name_and_checks_its_units():
     assert type(Trainer(strategy="fsdp").strategy) is FSDPStrategy
+    config = ExperimentConfig.from_dict({"trainer": {"strategy": "fsdp"}})
+    assert type(Trainer(**config.trainer).strategy) is FSDPStrategy
     model = runs.make_model()
     with pytest.raises(ConfigError, match=r"no submodule \['trunk.9'\]"):
         FSDPStrategy(units=["trunk.9"])._unit_names(model)
