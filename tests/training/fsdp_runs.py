@@ -111,6 +111,17 @@ def _scenarios(rank: int, out: Path) -> dict:
     results["after_fit"] = probe_after_fit(out, rank)
     results["mgda/params"] = runs._error(lambda: fsdp("mgda"))  # gradient method on the shared parameters
     results["blocks"] = blocks_as_units()
+    results["raise"] = runs._error(
+        lambda: Trainer(**runs.config("ew", strategy="fsdp", dist_timeout=TIMEOUT_S)).fit(
+            runs.make_model(fail=("raise", 1, 2)), runs.make_loaders(runs.LOCAL_BATCH)
+        )
+    )
+    results["nan"] = runs._error(
+        lambda: Trainer(**runs.config("uw", strategy="fsdp", dist_timeout=TIMEOUT_S)).fit(
+            runs.make_model(fail=("nan", 1, 3)), runs.make_loaders(runs.LOCAL_BATCH)
+        )
+    )
+    results["after_failures"] = fsdp("ew")  # the process group and FSDP work on after both
     for method, rep_grad in HPS_RUNS:
         results[f"hps/{method}"] = hps_run(method, WORLD, rep_grad, strategy="fsdp", dist_timeout=TIMEOUT_S)
     return results

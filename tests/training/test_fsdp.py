@@ -138,3 +138,14 @@ def test_fsdp_strategy_is_chosen_by_name_and_checks_its_units():
         FSDPStrategy(units=["trunk.9"])._unit_names(model)
     assert FSDPStrategy()._unit_names(model) == []  # the model is one unit
     assert FSDPStrategy(units=["trunk", "heads.a"])._unit_names(model) == ["trunk", "heads.a"]
+
+
+def test_a_failure_on_one_rank_stops_every_rank_and_the_next_fit_runs(spawned):
+    (rank0, rank1), _ = spawned
+    assert rank1["raise"] == {"type": "ValueError", "message": "bad batch on rank 1"}
+    assert rank0["raise"]["type"] == "RankFailure" and "bad batch on rank 1" in rank0["raise"]["message"]
+    for result in (rank0["nan"], rank1["nan"]):
+        assert result["type"] == "FloatingPointError" and "task(s) ['a']" in result["message"]
+    one = runs.run("ew", 1)
+    _assert_same_run(rank0["after_failures"], one)
+    _assert_same_run(rank1["after_failures"], one)

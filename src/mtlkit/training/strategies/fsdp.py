@@ -152,12 +152,14 @@ class FSDPStrategy(DDPStrategy):
     ) -> tuple[StepOutput, Any]:
         """`DDPStrategy.global_step`, with a zero term on the first loss that reaches every unit this rank ran.
 
-        FSDP reduce-scatters a unit's gradients when the backward reaches it; a unit whose
-        output no local loss uses (a head with no labelled row on this rank) would be
-        reduced at the end instead, out of step with the other ranks. The zero term
-        (value and gradient exactly 0) makes every rank's backward reach the same units.
-        One all-reduce of a flag per unit then tells which units no rank's loss reached:
-        `backward` leaves their gradients None, as one process would.
+        FSDP reduce-scatters a unit's gradients when the backward reaches it, and only
+        then; a unit (or a parameter of the model's own unit) that no local loss reaches
+        (a head without a labelled row on this rank; every unit, on a rank without one)
+        would be reduced out of step with the other ranks, or never. The zero term (value
+        and gradient exactly 0) makes every rank's backward reach all of them. One
+        all-reduce of a flag per unit and per parameter of the model's own unit then tells
+        which no rank's loss reached: `backward` leaves their gradients None, as one
+        process would.
         """
         self._touch = self._used = None
         out, dataset = super().global_step(local_step, task_names, loss_dtype)
