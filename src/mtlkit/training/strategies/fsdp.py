@@ -342,6 +342,9 @@ class _ShardedModel:
         """Undo `fully_shard` on every module (a collective: every rank calls it); {id(sharded param): original}."""
         for m in (self.module, *self.units):
             if isinstance(m, FSDPModule):
+                # Sharded parameters on every rank, also after a failed step (the root keeps its
+                # parameters whole after a forward, and `reshard` skips a unit left mid-forward).
+                m.set_reshard_after_forward(True, recurse=False)
                 m.reshard()
         modules = dict(self.module.named_modules())
         originals: dict[int, nn.Parameter] = {}
