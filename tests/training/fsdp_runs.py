@@ -28,7 +28,8 @@ WORLD = runs.WORLD
 TIMEOUT_S = 60
 METHODS = ("ew", "uw", "famo")  # loss-weighting balancers
 REP_METHODS = ("mgda", "upgrad")  # gradient methods at the shared representation
-HPS_RUNS = (("uw", False), ("mgda", True))
+PARAM_METHODS = ("mgda", "pcgrad", "graddrop")
+HPS_RUNS = (("uw", False), ("mgda", True), ("pcgrad", False))
 
 
 def fsdp(weighting: str, **overrides) -> dict:
@@ -89,10 +90,23 @@ def hps_run(weighting: str, processes: int, rep_grad: bool = False, **overrides)
     }
 
 
-def blocks_as_units() -> dict:
-    """EW with each Linear of the trunk and each head a unit of its own (the root holds no parameter)."""
+def sharded_mgda() -> dict:
+    """MGDA on the shared parameters with G from each rank's slice of J's columns (one T×T all-reduce)."""
     model = runs.make_model()
-    trainer = Trainer(**runs.config("ew", strategy="fsdp", dist_timeout=TIMEOUT_S))
+    trainer = Trainer(**runs.config("mgda", dist_timeout=TIMEOUT_S))
+    trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, shard_jacobian=True)
+    final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH))
+    return {
+        "final": final,
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "timings": dict(trainer.strategy.timings),
+    }
+
+
+def blocks_as_units(weighting: str = "ew") -> dict:
+    """Each Linear of the trunk and each head a unit of its own (the root holds no parameter)."""
+    model = runs.make_model()
+    trainer = Trainer(**runs.config(weighting, strategy="fsdp", dist_timeout=TIMEOUT_S))
     trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, units=["trunk.0", "trunk.2", "heads.a", "heads.b", "heads.c"])
     final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH))
     return {"final": final, "params": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -109,7 +123,10 @@ def _scenarios(rank: int, out: Path) -> dict:
     )
     results["resumed"] = fsdp("uw", optimizer="adam", lr=0.01, resume_from=out / "one_process_adam.pt")
     results["after_fit"] = probe_after_fit(out, rank)
-    results["mgda/params"] = runs._error(lambda: fsdp("mgda"))  # gradient method on the shared parameters
+    for method in PARAM_METHODS:  # gradient methods on the shared parameters
+        results[f"{method}/params"] = fsdp(method)
+    results["mgda/params/sharded"] = sharded_mgda()
+    results["mgda/params/units"] = runs._error(lambda: blocks_as_units("mgda"))
     results["blocks"] = blocks_as_units()
     results["raise"] = runs._error(
         lambda: Trainer(**runs.config("ew", strategy="fsdp", dist_timeout=TIMEOUT_S)).fit(

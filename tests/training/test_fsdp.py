@@ -76,12 +76,30 @@ def test_each_trunk_block_may_be_a_unit_of_its_own(spawned):
         assert result["final"] == pytest.approx(one["final"], rel=1e-9)
 
 
-def test_gradient_method_on_shared_parameters_is_refused_with_what_to_use_instead(spawned):
+@pytest.mark.parametrize("method", fsdp_runs.PARAM_METHODS)
+def test_gradient_methods_on_the_shared_parameters_train_under_fsdp_as_one_process(spawned, method):
     (rank0, rank1), _ = spawned
-    for result in (rank0["mgda/params"], rank1["mgda/params"]):
+    one = runs.run(method, 1)
+    _assert_same_run(rank0[f"{method}/params"], one)
+    _assert_same_run(rank1[f"{method}/params"], one)
+
+
+def test_the_gramian_from_each_ranks_slice_of_the_jacobian_gives_one_process_mgda(spawned):
+    (rank0, rank1), _ = spawned
+    one = runs.run("mgda", 1)
+    for result in (rank0["mgda/params/sharded"], rank1["mgda/params/sharded"]):
+        for name, value in one["params"].items():
+            torch.testing.assert_close(result["params"][name], value, rtol=1e-10, atol=1e-12)
+        assert result["final"] == pytest.approx(one["final"], rel=1e-9)
+        assert {"jacobian", "gramian", "update"} <= set(result["timings"])  # reduce-scatter, T×T, all-gather
+
+
+def test_gradient_method_on_shared_parameters_with_named_units_is_refused_with_what_to_do(spawned):
+    (rank0, rank1), _ = spawned
+    for result in (rank0["mgda/params/units"], rank1["mgda/params/units"]):
         assert result["type"] == "ConfigError"
-        assert "MGDA" in result["message"] and "rep_grad=True" in result["message"]
-        assert "strategy='ddp'" in result["message"]
+        assert "MGDA" in result["message"] and "units=" in result["message"]
+        assert "rep_grad=True" in result["message"] and "strategy='ddp'" in result["message"]
 
 
 def test_fsdp_checkpoint_holds_full_tensors_that_one_process_loads_and_resumes(spawned, tmp_path):

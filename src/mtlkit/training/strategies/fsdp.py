@@ -69,11 +69,18 @@ class FSDPStrategy(DDPStrategy):
     their own, each gathered only around its own forward and backward; every rank must
     run them in the same order in every step. None: the model is one unit (gathered for
     the whole step), which holds every parameter outside the named units.
-    `backend` and `timeout` are `DDPStrategy`'s.
+    `backend`, `timeout` and `shard_jacobian` (gradient methods on the shared parameters)
+    are `DDPStrategy`'s.
     """
 
-    def __init__(self, backend: str | None = None, timeout: float = 600.0, units: Sequence[str] | None = None) -> None:
-        super().__init__(backend, timeout)
+    def __init__(
+        self,
+        backend: str | None = None,
+        timeout: float = 600.0,
+        units: Sequence[str] | None = None,
+        shard_jacobian: bool | None = None,
+    ) -> None:
+        super().__init__(backend, timeout, shard_jacobian)
         self.units = None if units is None else list(units)
         self._sharded: _ShardedModel | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -85,22 +92,26 @@ class FSDPStrategy(DDPStrategy):
         self._used: Tensor | None = None
         self._own: list[str] = []
         self._groups: list[list[str]] = []
+        self._on_parameters = False  # a gradient method on the shared parameters (set by `_wrap`)
 
     # ------------------------------------------------------------------ set-up
 
     def setup(self, model: MultiTaskModel, balancer: Balancer, train: Sequence[DataLoader]) -> list[DataLoader]:
         shards = super().setup(model, balancer, train)  # rank 0's weights everywhere, then `_wrap` shards
-        self.reduces_in_backward = True  # FSDP reduce-scatters every gradient of the next backward
+        # FSDP reduce-scatters every gradient of the next backward, except for a gradient method
+        # on the shared parameters (see `_backward_on_parameters`).
+        self.reduces_in_backward = not self._on_parameters
         return shards
 
     def _wrap(self, model: MultiTaskModel, balancer: Balancer) -> Callable[[Any, Any], StepOutput]:
-        if not isinstance(balancer, LossBalancer) and not getattr(model, "rep_grad", False):
+        self._on_parameters = not isinstance(balancer, LossBalancer) and not getattr(model, "rep_grad", False)
+        if self._on_parameters and self.units:
             name = type(balancer).__name__
             raise ConfigError(
-                f"strategy='fsdp' cannot run the gradient method {name} on the shared parameters: their per-task "
-                f"gradients would need the whole parameters outside a forward. Train {type(model).__name__} with "
-                "rep_grad=True (the method then acts at the shared representation, exactly, under FSDP), use a "
-                "loss-weighting method (ew, uw, dwa, famo, ...), or use strategy='ddp'"
+                f"strategy='fsdp' with units={self.units} cannot run the gradient method {name} on the shared "
+                "parameters: their per-task gradients need the whole parameters after the forward, which named "
+                f"units free. Leave units unset (the model is then one unit), train {type(model).__name__} with "
+                "rep_grad=True, or use strategy='ddp'"
             )
         module = _as_module(model)
         units = self._unit_names(module)
@@ -182,13 +193,49 @@ class FSDPStrategy(DDPStrategy):
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
         """`DDPStrategy.backward`; the parameters of units no rank's loss reached keep no gradient."""
-        result = super().backward(balancer, losses, shared_params, shared_reps)
+        if self._on_parameters and shared_params is not None:
+            result = self._backward_on_parameters(balancer, losses, shared_params)
+        else:
+            result = super().backward(balancer, losses, shared_params, shared_reps)
         unused = losses.unused if isinstance(losses, _GlobalLosses) else []
         if unused and self._sharded is not None:
             params = dict(self._sharded.module.named_parameters())
             for group in unused:
                 for name in self._groups[group]:
                     params[name].grad = None
+        return result
+
+    def _backward_on_parameters(
+        self, balancer: Balancer, losses: dict[str, Tensor], shared_params: Sequence[Tensor]
+    ) -> BalanceResult:
+        """A gradient method on the shared parameters, on the whole parameters of the model's one unit.
+
+        The root keeps its parameters whole after the forward, so `shared_params` are the
+        whole ones. FSDP's reduce-scatter is off for this backward: the engine makes the
+        shared parameters' gradients global through the collectives (the averaged J, or on
+        NCCL each rank's partial Gramian of its slice of J's columns, summed in one T×T
+        all-reduce), as under DDP; one all-reduce averages the other gradients; each rank
+        then keeps its shard of every gradient, and the parameters are sharded again.
+        """
+        assert self._sharded is not None  # set with `_on_parameters` by `_wrap`
+        root = cast(FSDPModule, self._sharded.module)
+        root.set_requires_gradient_sync(False)
+        root.set_reshard_after_backward(False)
+        try:
+            result = balancer.backward(losses, shared_params=shared_params, collectives=self)
+        finally:
+            root.set_requires_gradient_sync(True)
+            root.set_reshard_after_backward(True)
+        whole = dict(self._sharded.module.named_parameters())
+        shared = {id(p) for p in shared_params}
+        self.average_gradients([p for p in whole.values() if id(p) not in shared] + self._balancer_params)
+        grads = {name: p.grad for name, p in whole.items()}
+        for p in whole.values():
+            p.grad = None
+        root.reshard()
+        for name, p in self._sharded.module.named_parameters():
+            grad = grads.get(name)
+            p.grad = None if grad is None else _shard_like(grad, p) if isinstance(p, DTensor) else grad
         return result
 
     def _unit_names(self, module: nn.Module) -> list[str]:
