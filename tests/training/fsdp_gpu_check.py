@@ -4,7 +4,7 @@
     PYTHONPATH=src torchrun --standalone --nproc_per_node=1 tests/training/fsdp_gpu_check.py --device cpu  # smoke
 
 Trains mtlkit's HPS (float64) under FSDP on the device and in one process on the same
-batches (UW; MGDA at the representation), compares parameters and scores, writes a
+batches (UW; MGDA at the representation; PCGrad on the shared parameters), compares parameters and scores, writes a
 checkpoint under FSDP and loads it without a process group, and uses the model after fit.
 Prints one line per check and exits 1 if any fails.
 """
@@ -45,7 +45,7 @@ def main() -> int:
         return model, final, trainer
 
     with tempfile.TemporaryDirectory() as folder:
-        for weighting, rep_grad in (("uw", False), ("mgda", True)):
+        for weighting, rep_grad in (("uw", False), ("mgda", True), ("pcgrad", False)):
             sharded, final, trainer = train("fsdp", weighting, rep_grad, checkpointing=True, checkpoint_dir=folder)
             backend = dist.get_backend()
             one, one_final, _ = train("single", weighting, rep_grad)

@@ -80,8 +80,7 @@ class TrainerConfig:
             `batch_size` is per rank, the balancer sees the global batch's losses and
             gradients, and rank 0 alone logs and writes checkpoints), 'fsdp' (as 'ddp',
             with the model's parameters, gradients and optimizer state sharded across
-            ranks by FSDP2; loss-weighting methods, and gradient methods with rep_grad
-            models), or 'auto' ('ddp'
+            ranks by FSDP2 between steps; the balancers 'ddp' runs), or 'auto' ('ddp'
             under torchrun or an initialised process group, else 'single'). None: 'ddp'
             with distributed=True, else 'single'.
         distributed: True means strategy 'ddp' (when strategy is None or 'auto').

@@ -21,8 +21,10 @@ parameter, gradient and optimizer state between steps.
   (`rep_grad` models): the engine takes this rank's rows at the representation, sums
   the T×T Gramian over ranks, then runs one backward (as under DDP with
   `reduces_in_backward`), which FSDP reduce-scatters. Gradient methods on the shared
-  parameters are refused (`ConfigError`): their per-task Jacobian would need the
-  gathered parameters outside a forward.
+  parameters (the model one unit, so its parameters are whole after the forward):
+  FSDP's reduce-scatter is off for the step and the engine makes the shared gradients
+  global through the collectives, as under DDP (see `_backward_on_parameters`); with
+  named units they are refused (`ConfigError`).
 - **Evaluation.** Each rank scores its shard as under DDP; a rank with fewer batches
   than another runs forwards on a spare batch (results dropped) until all ranks have
   run as many, so every all-gather has a partner.
