@@ -219,7 +219,8 @@ class FSDPStrategy(DDPStrategy):
         all-reduce), as under DDP; one all-reduce averages the other gradients; each rank
         then keeps its shard of every gradient, and the parameters are sharded again.
         """
-        assert self._sharded is not None  # set with `_on_parameters` by `_wrap`
+        if self._sharded is None:
+            raise RuntimeError("FSDPStrategy.backward before setup")
         root = cast(FSDPModule, self._sharded.module)
         root.set_requires_gradient_sync(False)
         root.set_reshard_after_backward(False)
