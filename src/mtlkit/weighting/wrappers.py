@@ -278,6 +278,10 @@ class GradientWrapper(_Wrapper, GradientBalancer):
     def weights_from_context(self) -> bool:
         return self.method.weights_from_context
 
+    @weights_from_context.setter
+    def weights_from_context(self, value: bool) -> None:
+        self.method.weights_from_context = value
+
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         self.method.column_blocks = self.column_blocks  # set by the engine, which runs on the wrapper
         g, w = self.method.combine(J, losses, index)
