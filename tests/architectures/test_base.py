@@ -345,3 +345,26 @@ def test_constructor_errors_name_what_to_change():
 class TinyResNetWithoutLayers(nn.Module):
     def forward(self, x):
         return x
+
+
+def test_input_key_mapping_reads_each_tasks_field_and_needs_multi_input():
+    def build(**options):
+        return A.HPS(
+            ["a", "b"],
+            encoder_class=lambda: nn.Linear(3, 4),
+            decoders={"a": nn.Linear(4, 1), "b": nn.Linear(4, 1)},
+            input_key={"a": "xa", "b": "xb"},
+            **options,
+        )
+
+    with pytest.raises(ValueError, match="multi_input=True"):
+        build()
+    model = build(multi_input=True)
+    xa, xb = torch.randn(5, 3), torch.randn(7, 3)
+    outputs = model.task_outputs({"xa": xa, "xb": xb}, ["a", "b"])
+    assert outputs["a"].shape == (5, 1) and outputs["b"].shape == (7, 1)
+    torch.testing.assert_close(outputs["a"], model.decoders["a"](model.encoder(xa)))
+    only_a = model.task_outputs({"xa": xa}, ["a"])  # a batch of one task's dataset holds only its field
+    torch.testing.assert_close(only_a["a"], outputs["a"])
+    with pytest.raises(KeyError, match=r"none of the per-task input fields \['xa', 'xb'\]"):
+        model.task_outputs({"other": xa}, ["a"])

@@ -75,3 +75,32 @@ def test_every_architecture_builds_from_a_config_and_predicts_every_task(archite
     assert outputs["species"].shape == (len(X["x"]), 3)
     assert outputs["body_mass"].shape == (len(X["x"]),)
     assert all(torch.isfinite(v).all() for v in outputs.values())
+
+
+def _circles_squares(architecture: str) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(
+        {
+            "data": {"name": "circles_squares", "batch_size": 32},
+            "model": {"architecture": architecture, "encoder": {"hidden": [8, 4]}},
+            "trainer": {"n_epochs": 2, "lr": 0.02},
+        }
+    )
+
+
+def test_an_architecture_reads_each_tasks_own_input_when_tasks_read_different_fields(tmp_path):
+    # circles_squares: one dataset per task, each with its own input field (LibMTL's multi_input)
+    result = run(_circles_squares("hps"), tmp_path / "run", progress_bar=False)
+    assert result.model.multi_input and result.model.input_key == {
+        "circle_task": "circle_data",
+        "square_task": "square_data",
+    }
+    assert result.scores["circle_task/CircleDataset/test/accuracy"] > 0.6  # chance is 0.5
+    assert result.scores["square_task/SquareDataset/test/accuracy"] > 0.6
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()  # its checkpoint metric names CircleDataset
+
+
+def test_an_architecture_that_refuses_multi_input_says_so_for_per_task_inputs():
+    config = _circles_squares("cross_stitch")
+    loaded = load_data(config)
+    with pytest.raises(ConfigError, match="multi_input"):
+        build_model(config, loaded.info, select_tasks(loaded.info, config.data))

@@ -30,19 +30,37 @@ METHODS = (
     "pcgrad",
     "cagrad",
     "imtl",
+    "moco",
+    "excess_mtl",
+    "metabalance",
     "nash_mtl",
     "graddrop",
     "db_mtl",
     "famo",
     "fairgrad",
     "mgda@every=2,ema=0.9",
+    "modo",
+    "sdmgrad",
+    "auto_lambda",
+    "auto_lambda@every=2",  # the wrapper forwards the collectives to the method
 )
 REP_METHODS = (
     "mgda",
+    "moco",  # batch rows: summed over ranks
+    "excess_mtl",
     "nash_mtl",
     "fairgrad",
     "mgda@every=2,ema=0.9",
-)  # Gramian-based methods at the shared representation
+    "modo",
+    "sdmgrad",
+    "auto_lambda",
+    "modo@every=2,ema=0.9",
+    "famo",  # post-step losses through DDP
+)  # Gramian-based methods, methods on the batch rows, those whose weights come from other batches,
+# and loss methods at the representation
+# Methods that draw validation batches: each rank draws from its shard of the validation loader, so
+# its batch size scales like the training loaders' (and 16 rows, which 8 divides: no padded last batch).
+VALID_METHODS = ("auto_lambda",)
 SHARDED_METHODS = ("mgda", "pcgrad", "cagrad", "imtl", "nash_mtl")  # Gramian-only: G from slices of J
 UNOVERLAPPED_METHODS = ("mgda", "graddrop")  # J all-reduced in one piece after its backward
 TIMEOUT_S = 60
@@ -124,7 +142,7 @@ def make_model(rep_grad: bool = False, fail=None) -> Net:
     return Net(rep_grad, fail).double()
 
 
-def make_loaders(batch_size: int) -> list[DictDataLoader]:
+def make_loaders(batch_size: int, valid_batch: int = 4, valid_rows: int = 15) -> list[DictDataLoader]:
     """Training dsA (32 rows: a, c on a quarter) and dsB (16 rows: b, c on half); valid (15 rows) and test (9)."""
     g = torch.Generator().manual_seed(1)
 
@@ -140,14 +158,14 @@ def make_loaders(batch_size: int) -> list[DictDataLoader]:
     ds_a = DictDataset("dsA", "train", {"x": x}, {"a": a, "c": c})
     x, _, b, c = rows(16, 2)
     ds_b = DictDataset("dsB", "train", {"x": x}, {"b": b, "c": c})
-    x, a, b, c = rows(15, 1)
+    x, a, b, c = rows(valid_rows, 1)
     valid = DictDataset("dsV", "valid", {"x": x}, {"a": a, "b": b, "c": c})
     x, a, b, c = rows(9, 1)
     test = DictDataset("dsV", "test", {"x": x}, {"a": a, "b": b, "c": c})
     return [
         DictDataLoader(ds_a, batch_size=batch_size, shuffle=True, seed=10),
         DictDataLoader(ds_b, batch_size=batch_size, shuffle=True, seed=11),
-        DictDataLoader(valid, batch_size=4),
+        DictDataLoader(valid, batch_size=valid_batch),
         DictDataLoader(test, batch_size=4),
     ]
 
@@ -182,7 +200,9 @@ def run(
     trainer = Trainer(**config(weighting, **overrides))
     if sharded or not overlap:
         trainer.strategy = DDPStrategy(shard_jacobian=sharded, overlap_jacobian=overlap)
-    final = trainer.fit(model, make_loaders(LOCAL_BATCH * (WORLD // processes)), resume_from=resume_from)
+    batch = LOCAL_BATCH * (WORLD // processes)
+    valid = {"valid_batch": batch, "valid_rows": 16} if weighting.split("@")[0] in VALID_METHODS else {}
+    final = trainer.fit(model, make_loaders(batch, **valid), resume_from=resume_from)
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
@@ -234,6 +254,11 @@ def _scenarios(rank: int, out: Path) -> dict:
         lambda: Trainer(**config("mgda", distributed=True)).fit(
             make_model(fail=("raise", 1, 2)), make_loaders(LOCAL_BATCH)
         )
+    )
+    loaders = make_loaders(LOCAL_BATCH)
+    loaders[2] = DictDataLoader(loaders[2].dataset, sampler=list(range(15)), batch_size=4)  # cannot be sharded
+    results["auto_lambda/custom_sampler"] = _error(
+        lambda: Trainer(**config("auto_lambda", distributed=True)).fit(make_model(), loaders)
     )
     results["nan"] = _error(
         lambda: Trainer(**config("ew", distributed=True)).fit(make_model(fail=("nan", 1, 3)), make_loaders(LOCAL_BATCH))

@@ -115,6 +115,14 @@ def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
         assert "GradDrop" in result["message"] and "rep_grad" in result["message"]
 
 
+def test_a_validation_loader_that_cannot_be_sharded_is_refused_on_every_rank_before_training(spawned):
+    (rank0, rank1), _ = spawned
+    for result in (rank0["auto_lambda/custom_sampler"], rank1["auto_lambda/custom_sampler"]):
+        assert result["type"] == "ConfigError"
+        assert "AutoLambda draws validation batches from each rank's shard" in result["message"]
+        assert "'dsV' (split 'valid')" in result["message"] and "without a custom sampler" in result["message"]
+
+
 def test_ddp_averages_the_model_gradients_except_where_a_gradient_method_needs_them_first(spawned):
     (rank0, _), _ = spawned
     assert set(rank0["ew"]["timings"]) <= {"setup", "losses", "evaluation"}  # no hand-written gradient averaging

@@ -104,14 +104,42 @@ def test_unknown_needs_and_undeclared_draws_are_errors(make_model, make_loaders)
         Trainer(n_epochs=1, weighting=Undeclared(), **QUIET).fit(make_model(), make_loaders())
 
 
-def test_extra_batches_are_refused_under_torch_distributed_before_training(make_model):
+def test_extra_training_batches_are_accepted_under_torch_distributed(make_model):
+    """Each rank draws from its own training shard (tests/training/test_distributed.py checks the result)."""
     from mtlkit.training.step_context import StepContexts
     from mtlkit.weighting import get
 
     model = make_model()
-    with pytest.raises(
-        ConfigError, match="MoDo draws extra batches each step, which distributed=True does not support"
-    ):
-        StepContexts(get("modo", tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",))
-    # FAMO's post-step forward is fine there: it reduces to the global batch's losses like the step's own.
-    StepContexts(get("famo", tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",))
+    for name in ("modo", "sdmgrad", "famo"):
+        contexts = StepContexts(
+            get(name, tasks=model.task_names), model, [], None, torch.device("cpu"), True, ("valid",)
+        )
+        assert contexts.needs
+
+
+class TwoRanks:
+    """Collectives of a pretend two-process run whose other process holds `other` (a flat tensor)."""
+
+    world_size = 2
+    shards_jacobian = reduces_in_backward = False
+
+    def __init__(self, other):
+        self.other, self.kinds = other, []
+
+    def all_reduce_sum(self, tensor, kind):
+        tensor += self.other
+        self.kinds.append(kind)
+
+
+def test_global_mean_of_gradients_counts_a_missing_gradient_as_zero_and_keeps_shapes():
+    from mtlkit.weighting.context import global_mean_grads
+
+    params = [torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]
+    mine = [torch.arange(4.0, dtype=torch.float64).view(2, 2), None]
+    other = torch.arange(10.0, 17.0, dtype=torch.float64)  # the other process's gradients, flattened
+    collectives = TwoRanks(other)
+    first, second = global_mean_grads(mine, params, collectives, "gradients")
+    torch.testing.assert_close(first, (mine[0] + other[:4].view(2, 2)) / 2)
+    torch.testing.assert_close(second, other[4:] / 2)
+    assert collectives.kinds == ["gradients"]  # one all-reduce for all parameters
+    assert global_mean_grads(mine, params, None, "gradients") == mine  # one process: as they are

@@ -79,7 +79,9 @@ class Architecture(nn.Module):
             the input, for `training_step`, `task_outputs`, `score` and `predict`. "auto"
             (default): the field "input_data" if the batch has it, else the batch's only
             field (e.g. "image" of the built-in multi_mnist), or with `multi_input` a batch
-            keyed by task names as per-task inputs; None passes `X` unchanged.
+            keyed by task names as per-task inputs; with `multi_input`, a mapping
+            `{task: field}` reads each task's input from its own field (a batch may hold
+            only some of them, e.g. one dataset per task); None passes `X` unchanged.
 
     For a custom loop with a gradient balancer at the representation, use
     `predictions, reps = model.forward_with_reps(x)` and
@@ -102,7 +104,7 @@ class Architecture(nn.Module):
         metrics: Mapping[str, Any] | None = None,
         output_funcs: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
         img_size: Sequence[int] | None = None,
-        input_key: str | None = "auto",
+        input_key: str | Mapping[str, str] | None = "auto",
     ) -> None:
         super().__init__()
         self.task_name = _task_names(task_name, type(self).__name__)
@@ -119,6 +121,13 @@ class Architecture(nn.Module):
         self.losses: dict[str, LossFn] = _per_task(losses or {}, self.task_name, "losses", type(self).__name__)
         self._metrics = _per_task(metrics or {}, self.task_name, "metrics", type(self).__name__)
         self.output_funcs = _per_task(output_funcs or {}, self.task_name, "output_funcs", type(self).__name__)
+        if isinstance(input_key, Mapping):
+            if not self.multi_input:
+                raise ValueError(
+                    f"{type(self).__name__}: input_key={dict(input_key)!r} gives each task its own field, "
+                    "which needs multi_input=True"
+                )
+            input_key = _per_task(input_key, self.task_name, "input_key", type(self).__name__, every=True)
         self.input_key = input_key
         self._img_size = tuple(img_size) if img_size is not None else None
         self._device = device
@@ -325,6 +334,14 @@ class Architecture(nn.Module):
         if self.input_key is None or not isinstance(X, Mapping):
             return X
         key = self.input_key
+        if isinstance(key, Mapping):  # {task: field}: the per-task inputs present in this batch
+            inputs = {task: X[field] for task, field in key.items() if field in X}
+            if not inputs:
+                raise KeyError(
+                    f"{type(self).__name__}: the batch has none of the per-task input fields "
+                    f"{sorted(set(key.values()))} (fields: {sorted(X)}); check input_key"
+                )
+            return inputs
         if key == "auto" and self.multi_input and X and set(X) <= set(self.task_name):
             return X  # per-task inputs, {task: input}
         if key == "auto":

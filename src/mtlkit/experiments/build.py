@@ -113,17 +113,21 @@ def _architecture(spec: ModelConfig, info: DatasetInfo, tasks: Sequence[str], n_
     architecture = spec.architecture
     if architecture is None:
         raise ConfigError("model: give an 'architecture' or a 'graph'")
-    input_keys = {info.tasks[t].input_key for t in tasks}
-    if len(input_keys) != 1:
+    fields = {t: info.tasks[t].input_key for t in tasks}
+    shapes = {info.input_shapes[field] for field in fields.values()}
+    if len(shapes) != 1:
         raise ConfigError(
-            f"model.architecture: tasks {list(tasks)} of dataset {info.name!r} read different inputs "
-            f"{sorted(input_keys)}; architectures take one input, use a graph model"
+            f"model.architecture: tasks {list(tasks)} of dataset {info.name!r} read inputs of different shapes "
+            f"{ {f: info.input_shapes[f] for f in sorted(set(fields.values()))} }; an architecture's shared encoder "
+            "takes one input shape: use a graph model"
         )
-    input_key = input_keys.pop()
-    input_shape = info.input_shapes[input_key]
+    input_shape = shapes.pop()
+    per_task = len(set(fields.values())) > 1  # LibMTL's multi_input: each task reads its own field
+    input_key: str | dict[str, str] = dict(fields) if per_task else fields[tasks[0]]
     make_encoder = encoder_factory(spec.encoder, input_shape)
     rep_shape = output_shape(make_encoder, input_shape)
-    options = {**_default_options(architecture, len(tasks), n_epochs), **spec.options}
+    defaults = {**_default_options(architecture, len(tasks), n_epochs), **({"multi_input": True} if per_task else {})}
+    options = {**defaults, **spec.options}
     cls = ARCHITECTURE_CLASSES[architecture]
     try:
         return cls(

@@ -83,7 +83,12 @@ def run(
             writers = ["json", "tensorboard"] if importlib.util.find_spec("tensorboard") else ["json"]
             first = tasks[0]
             info = loaded.info.tasks[first]
-            best = f"{first}/{loaded.info.name}/valid/{info.metric}:{'max' if info.higher_is_better else 'min'}"
+            # the valid loader that labels the first task names the key (one dataset per task in circles_squares)
+            source = next(
+                (d.name for d in (lo.dataset for lo in loaders) if d.split == "valid" and first in d.Y_dict),
+                loaded.info.name,
+            )
+            best = f"{first}/{source}/valid/{info.metric}:{'max' if info.higher_is_better else 'min'}"
             trainer_options = {
                 "logging": True,
                 "log_writers": writers,

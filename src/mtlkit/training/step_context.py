@@ -7,6 +7,13 @@ recomputes the batch's losses with one no-grad forward and calls `balancer.updat
 Extra training batches come from the step's own loader, validation batches from the
 validation loaders in turn; both streams restart each epoch (`start_epoch`), so a run
 resumed at an epoch boundary draws the same batches.
+
+Under torch.distributed every rank draws from its own shard: the step's training loader
+is already the rank's shard, and each validation loader is split the same way
+(`shard_training_loader`), so the ranks' draws together are the global batch one process
+with N times the batch size would draw. `forward` gives the global batch's losses, and
+the balancer reduces what it computes from them with the collectives the strategy passes
+to its `backward` (`mtlkit.weighting.context.global_mean`).
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mtlkit.data import move_to_device
 from mtlkit.errors import ConfigError
 from mtlkit.protocol import StepOutput
+from mtlkit.training.distributed import shard_training_loader
 from mtlkit.weighting import Balancer
 from mtlkit.weighting.context import (
     EXTRA_TRAIN_BATCH,
@@ -39,9 +48,10 @@ class StepContexts:
     """Builds each step's `StepContext` and owns the extra batch streams.
 
     `forward(X, Y)` is the Trainer's training forward (device, autocast; under
-    torch.distributed, the global batch's losses).
+    torch.distributed, the global batch's losses). With `distributed`, the validation
+    batches come from this rank's shard of each validation loader.
     Refuses, before training, what it cannot provide: validation batches without a
-    validation loader, extra batches under torch.distributed.
+    validation loader, or (distributed) from a validation loader that cannot be sharded.
     """
 
     def __init__(
@@ -64,10 +74,8 @@ class StepContexts:
                 f"{name} needs a validation batch each step: pass a dataloader whose dataset.split is one of "
                 f"valid_split={list(valid_split)}"
             )
-        if distributed and self.needs & {EXTRA_TRAIN_BATCH, VALID_BATCH}:
-            raise ConfigError(
-                f"{name} draws extra batches each step, which distributed=True does not support; train it in one process"
-            )
+        if distributed and VALID_BATCH in self.needs:
+            self.valid_loaders = _shards(valid_loaders, name)
         self._streams: dict[tuple[str, int], Iterator[Any]] = {}
         self._batch: Any = None
 
@@ -115,6 +123,17 @@ class StepContexts:
         if key not in self._streams:
             self._streams[key] = _endless([loader] if loader is not None else self.valid_loaders)
         return move_to_device(next(self._streams[key]), self.device)
+
+
+def _shards(loaders: list[DataLoader], name: str) -> list[DataLoader]:
+    """This rank's shard of each validation loader, split as the training loaders are (rank 0's loader seeds)."""
+    seeds = [getattr(loader, "seed", None) for loader in loaders]
+    dist.broadcast_object_list(seeds, src=0)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    try:
+        return [shard_training_loader(loader, world_size, rank, seed) for loader, seed in zip(loaders, seeds)]
+    except ConfigError as error:
+        raise ConfigError(f"{name} draws validation batches from each rank's shard: {error}") from None
 
 
 def _endless(loaders: list[DataLoader]) -> Iterator[Any]:

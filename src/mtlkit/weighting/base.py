@@ -85,6 +85,10 @@ class Balancer(nn.Module):
 
     _losses_checked = False  # True within `losses_checked()`
 
+    # False for a method that cannot act at a shared representation: `backward` then refuses
+    # `shared_reps` (`shared_reps_refused` says why and what to use instead).
+    supports_shared_reps = True
+
     def __init__(self, tasks: int | Sequence[str] | None = None) -> None:
         super().__init__()
         if isinstance(tasks, int):
@@ -115,13 +119,16 @@ class Balancer(nn.Module):
         the global batch: on return the `.grad` of every parameter in `shared_params` is
         the global one on every process; the other gradients are this process's share,
         which the caller averages (or, when `collectives.reduces_in_backward`, the
-        data-parallel wrapper averages during the engine's backward).
+        data-parallel wrapper averages during the engine's backward). Balancers that draw
+        extra batches (`mtlkit.weighting.context`) average what they compute from them with it.
         """
         if not isinstance(losses, Mapping):
             losses = list(losses)
         every, names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
+        if shared_reps is not None and not self.supports_shared_reps:
+            raise shared_reps_refused(self)
         if not self._losses_checked:
             _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
         if collectives is None:  # `_collectives` is None outside a call: nothing to set (nn.Module's setattr is slow)
@@ -268,9 +275,22 @@ class GradientBalancer(Balancer):
     as LibMTL's `rep_grad=True` does. Either way the weights then combine the per-sample
     rows that go through the trunk. "batch" is cheaper (a T×D Gramian) and needs a method
     defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
+    A method whose state follows the coordinates of its task gradients across steps (MoCo,
+    ExcessMTL) sets `batch_rows_only`: per-sample rows change meaning with every batch, so at
+    a representation it takes "batch" rows only (its default) and reports weights for them.
     """
 
     rep_reduce: str = "sample"
+    # True when `combine`'s weights do not depend on this step's task gradients (MoDo, SDMGrad take
+    # them from the step context's other batches): under torch.distributed at a representation,
+    # every process then applies the same weights to its own rows.
+    weights_from_context: bool = False
+    batch_rows_only = False
+    # Set by the engine before `combine` on the shared parameters: for each block of J's columns,
+    # in order, (the position of its tensor in `shared_params`, its entry count); a step whose
+    # losses reach only some shared tensors has only their blocks. None at a representation.
+    # (MetaBalance acts per parameter tensor.)
+    column_blocks: list[tuple[int, int]] | None = None
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -341,7 +361,8 @@ class GradientBalancer(Balancer):
         # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
         # With collectives every process takes all of them (zero columns where unreached), so
         # that the Jacobians line up; the global J then drops what no process reached.
-        params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
+        given = _flatten_params(shared_params)
+        params = [p for p in given if id(p) in reached or collectives is not None]
         if params and collectives is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
             # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
             specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
@@ -350,9 +371,11 @@ class GradientBalancer(Balancer):
             _, weights = self._combine_checked(gramian_root(G), names, losses, index)
             return apply(weights), weights
         J, combined = None, None
+        position = {id(p): i for i, p in enumerate(given)}
         overlapped = _overlapped_blocks(self, losses, params, reached, collectives)
         if overlapped is not None:  # J's blocks all-reduced during the backward that made them
-            combined, params = self._combine_blocks(*overlapped, names, losses, index, collectives.world_size)  # type: ignore[union-attr]
+            N = collectives.world_size  # type: ignore[union-attr]
+            combined, params = self._combine_blocks(*overlapped, names, losses, index, N, position)
         elif params:
             J = jacobian(losses, params, chunk_size=self.chunk_size)
         if collectives is not None and J is not None:  # J is None only without shared parameters
@@ -362,6 +385,7 @@ class GradientBalancer(Balancer):
             else:
                 J, params = _global_jacobian(J, params, flags, collectives)
         shared = {id(p) for p in params}
+        self.column_blocks = [(position[id(p)], p.numel()) for p in params]
         if combined is None:
             if J is None or not params:  # (J is None implies no params)
                 # These tasks do not use the shared part: nothing to balance, each gets its own gradient.
@@ -395,16 +419,19 @@ class GradientBalancer(Balancer):
         losses: list[Tensor],
         index: Tensor,
         N: int,
+        position: dict[int, int],
     ) -> tuple[tuple[Tensor, Tensor | None] | None, list[Tensor]]:
         """From J's per-parameter blocks summed over N processes: ((g, weights), the parameters some process reached).
 
         A method that sees J only through G gets G = Σ_b b bᵀ / N² and g = wᵀJ block by
-        block; any other gets the mean J itself.
+        block; any other gets the mean J itself. `position`: each parameter's place in
+        `shared_params`, for `column_blocks`.
         """
         blocks = [b for b, u in zip(blocks, used) if u]
         params = [p for p, u in zip(params, used) if u]
         if not params:
             return None, []
+        self.column_blocks = [(position[id(p)], p.numel()) for p in params]
         if not _sees_only_gramian(type(self)):
             J = torch.cat(blocks, dim=1).div_(N)
             return self._combine_checked(J, names, losses, index), params
@@ -477,6 +504,7 @@ class GradientBalancer(Balancer):
         shared_reps: Reps,
         collectives: Collectives | None,
     ):
+        self.column_blocks = None
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -490,10 +518,15 @@ class GradientBalancer(Balancer):
         one_backward = collectives is not None and collectives.reduces_in_backward
         specific = [] if one_backward else leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if self.rep_reduce != "sample":
+        if self.rep_reduce != "sample" or self.batch_rows_only:
             # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-            _check_rep_reduce(self, collectives is not None)
-            _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
+            _check_rep_reduce(self)
+            rows = batch_rows(J, reps)
+            if collectives is not None:  # the global batch's rows: sums add up (see _combine_global_gramian)
+                rows = rows.contiguous()
+                collectives.all_reduce_sum(rows, "jacobian")
+                rows = rows / collectives.world_size
+            _, weights = self._combine_checked(rows, names, losses, index)
             g = weights @ J
         elif collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
@@ -531,6 +564,8 @@ class GradientBalancer(Balancer):
         global Gramian is Σ_r G_r / world_size².
         """
         cls = type(self)
+        if self.weights_from_context:  # the same weights on every process: applied to this process's rows
+            return self._combine_checked(J, names, losses, index)
         if not _sees_only_gramian(cls):
             raise ValueError(
                 f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "
@@ -551,17 +586,32 @@ def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
 
 
-def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
+def _check_rep_reduce(balancer: GradientBalancer) -> None:
     name = type(balancer).__name__
     if balancer.rep_reduce != "batch":
+        if balancer.batch_rows_only:
+            raise ValueError(
+                f"{name} keeps state in the coordinates of its task gradients across steps, and per-sample rows "
+                f"at a representation change meaning with every batch: use rep_reduce='batch' (its default), "
+                f"not {balancer.rep_reduce!r}"
+            )
         raise ValueError(f"{name}: rep_reduce must be 'sample' or 'batch', got {balancer.rep_reduce!r}")
-    if not _sees_only_gramian(type(balancer)):
+    if not (_sees_only_gramian(type(balancer)) or balancer.batch_rows_only):
         raise ValueError(
             f"{name} needs the task gradients themselves, so it cannot take weights from batch-summed rows: "
             "use rep_reduce='sample' or a method defined by weights(G) (mgda, upgrad, imtl_g, cagrad, ...)"
         )
-    if distributed:
-        raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
+
+
+def shared_reps_refused(balancer: Balancer) -> ValueError:
+    """The error for a method that cannot act at a shared representation (`supports_shared_reps = False`)."""
+    return ValueError(
+        f"{type(balancer).__name__} cannot act at a shared representation: its update is not a weighted sum of "
+        "the task gradients but is built entry by entry from per-task state it keeps for each shared parameter "
+        "(see its docstring), and a representation has no such entries. Take the task gradients on the shared "
+        "parameters: backward(losses, shared_params=...) (architectures: rep_grad=False); or, to act at the "
+        "representation, use a method that reports task weights (e.g. excess_mtl or moco)"
+    )
 
 
 def _overlapped_blocks(

@@ -17,17 +17,28 @@ batch, the model's forward as `losses(batch)`, the draws above) and clears it af
 step; `mtlkit.training.step_context` is its side. In a hand-written loop, set
 `balancer.context` yourself. Extra forwards leave the model's buffers (BatchNorm
 statistics) as they were.
+
+In a data-parallel run each process draws its own share of the extra batches, and
+`losses(batch)` returns the global batch's losses whose gradients are this process's
+share (`mtlkit.training.strategies.ddp`). Whatever a balancer computes from those
+gradients (task Jacobians, a look-ahead step) it averages over the processes with
+`global_mean` and the collectives its `backward` received, so that every process holds
+the global batch's value, as one process would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 from mtlkit.weighting.jacobian import jacobian
+
+if TYPE_CHECKING:
+    from mtlkit.weighting.base import Collectives
 
 EXTRA_TRAIN_BATCH = "extra_train_batch"
 VALID_BATCH = "valid_batch"
@@ -69,6 +80,36 @@ class StepContext:
             rows = jacobian([losses[n].reshape(()) for n in present], params, chunk_size=chunk_size, retain_graph=False)
             J[[names.index(n) for n in present]] = rows.to(J.dtype)
         return J
+
+    def train_jacobians(
+        self, count: int, names: Sequence[str], chunk_size: int | None = None, collectives: Collectives | None = None
+    ) -> Tensor:
+        """count×T×P: `jacobian` on `count` further training batches, each the global batch's (`global_mean`)."""
+        rows = torch.stack([self.jacobian(self.next_train_batch(), names, chunk_size) for _ in range(count)])
+        return global_mean(rows, collectives, "jacobian")
+
+
+def global_mean(tensor: Tensor, collectives: Collectives | None, kind: str) -> Tensor:
+    """`tensor` averaged over the processes of a data-parallel run (one all-reduce); `tensor` itself without one.
+
+    `kind` labels the collective's time (`Collectives.all_reduce_sum`).
+    """
+    if collectives is None:
+        return tensor
+    total = tensor.detach().clone().contiguous()
+    collectives.all_reduce_sum(total, kind)
+    return total / collectives.world_size
+
+
+def global_mean_grads(
+    grads: Sequence[Tensor | None], params: Sequence[Tensor], collectives: Collectives | None, kind: str
+) -> list[Tensor | None]:
+    """Gradients of `params` averaged over the processes (a missing one counts as zero); `grads` as they are without them."""
+    if collectives is None:
+        return list(grads)
+    flat = torch.cat([(g if g is not None else p.new_zeros(p.shape)).reshape(-1) for g, p in zip(grads, params)])
+    mean = global_mean(flat, collectives, kind)
+    return [m.view_as(p).to(p.dtype) for m, p in zip(mean.split([p.numel() for p in params]), params)]
 
 
 def needs_of(balancer: Any) -> frozenset[str]:

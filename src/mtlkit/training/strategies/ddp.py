@@ -24,6 +24,9 @@ One step on one rank:
      representation (models with `rep_grad`) the forward runs through DDP: the engine
      sums the T×T Gramian, then runs one backward of Σ_t L_t with the representation's
      gradient replaced by g, which DDP averages as it runs.
+   Every balancer gets this strategy as its `Collectives`. Forwards during `backward` are
+   a balancer's extra batches (MoDo, SDMGrad, Auto-λ: `mtlkit.weighting.context`): they
+   run the bare model, and the balancer averages what it takes from them itself.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class DDPStrategy(Strategy):
         self.reduces_in_backward = False  # `Collectives.reduces_in_backward`: set by `setup`
         self.shards_jacobian = False  # `Collectives.shards_jacobian`: set by `launch`
         self._balancer_params: list[Tensor] = []
+        self._in_backward = False  # set during `backward`: forwards then are a balancer's extra batches
 
     # ------------------------------------------------------------------ set-up
 
@@ -160,8 +164,12 @@ class DDPStrategy(Strategy):
     # ------------------------------------------------------------------ one step
 
     def training_step(self, X: Any, Y: Any) -> StepOutput:
-        if self._forward is None:
+        if self._forward is None or self._model is None:
             raise RuntimeError("DDPStrategy.training_step before setup")
+        if self._in_backward:
+            # A balancer's extra batch (mtlkit.weighting.context): the balancer reduces its gradients
+            # itself, and DDP expects one forward per backward.
+            return self._model.training_step(X, Y)
         return self._forward(X, Y)
 
     def global_step(
@@ -218,8 +226,21 @@ class DDPStrategy(Strategy):
         shared_params: Sequence[Tensor] | None,
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
+        self._in_backward = True
+        try:
+            return self._backward(balancer, losses, shared_params, shared_reps)
+        finally:
+            self._in_backward = False
+
+    def _backward(
+        self,
+        balancer: Balancer,
+        losses: dict[str, Tensor],
+        shared_params: Sequence[Tensor] | None,
+        shared_reps: list[Tensor] | None,
+    ) -> BalanceResult:
         if isinstance(balancer, LossBalancer):  # DDP averaged the model's gradients in the backward
-            result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps)
+            result = balancer.backward(losses, shared_params=shared_params, shared_reps=shared_reps, collectives=self)
             self.average_gradients(self._balancer_params)
             return result
         if self.reduces_in_backward and shared_reps is None:
@@ -262,8 +283,7 @@ class DDPStrategy(Strategy):
             classes = torch.zeros(len(labels), dtype=torch.float64, device=self.device)
             failure = None
             try:
-                shard = shard_evaluation_loader(loader, self.world_size, self.rank)
-                results = metrics.predict(model, shard, return_preds=True, scorers=scorers)
+                results = self._predict_shard(model, loader, scorers)
                 rows = {label: [results[key].get(label) for key in ("golds", "preds", "probs")] for label in labels}
                 for i, label in enumerate(labels):
                     golds = rows[label][0]
@@ -294,6 +314,11 @@ class DDPStrategy(Strategy):
                     where = f"{label}/{dataset.name}/{dataset.split}"
                     scores.update({f"{where}/{name}": value for name, value in state.compute().items()})
         return scores
+
+    def _predict_shard(self, model: MultiTaskModel, loader: DataLoader, scorers: dict[str, Any]) -> dict[str, Any]:
+        """`metrics.predict` of this rank's share of `loader` (every example once over the ranks)."""
+        shard = shard_evaluation_loader(loader, self.world_size, self.rank)
+        return metrics.predict(model, shard, return_preds=True, scorers=scorers)
 
     def run_on_main(self, write: Callable[[], None], what: str) -> None:
         """Call `write` on rank 0; a failure there (OSError) stops every rank."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.weighting.base import LossBalancer
-from mtlkit.weighting.context import VALID_BATCH, StepContext, context_of, set_values
+from mtlkit.weighting.context import VALID_BATCH, StepContext, context_of, global_mean_grads, set_values
 from mtlkit.weighting.registry import register
 
 
@@ -30,12 +30,25 @@ class AutoLambda(LossBalancer):
     batch that labels no primary task leaves λ unchanged for that step. The look-ahead
     moves every trainable parameter and restores it exactly; its extra forwards leave
     BatchNorm statistics unchanged. Cost per step: one extra backward, a validation
-    forward and backward, and two training forwards.
+    forward and backward, and two training forwards. Under torch.distributed each rank
+    draws its shard of the validation batch; the look-ahead gradient and d are averaged
+    over the ranks (two all-reduces of the parameters' size), so λ is the global batch's.
 
     Defaults (authors' code): λ starts at 0.1 (`init`), meta lr 1e-4 (Adam β = (0.9,
-    0.999)), all tasks primary (`primary=None`, the paper's "total" setting). Departure:
-    the virtual step is plain SGD (the authors' replays the optimizer's momentum and
-    weight decay). λ and the Adam moments are buffers.
+    0.999)), all tasks primary (`primary=None`, the paper's "total" setting). λ and the
+    Adam moments are buffers.
+
+    Against the paper and the authors' code (checked term by term): the look-ahead is the
+    paper's θ' = θ − α ∇_θ Σ_t λ_t L_t(θ) on this step's batch, over every trainable
+    parameter, with α the optimizer's current learning rate (first parameter group); d is
+    taken at θ', the shifted points are θ ± ε d around the original θ, and the
+    hypergradient needs no gradient in λ beyond the per-task losses there, as in the
+    authors' finite difference. One departure: the authors' code also puts the optimizer's
+    weight decay δ (of its first parameter group, whatever the optimizer) and, for SGD
+    with momentum μ, the momentum buffer b into the virtual step, θ' = θ − α (∇_θ L + μ b +
+    δ θ); mtlkit's step context carries the learning rate only, so with weight decay or
+    momentum the look-ahead here is the paper's plain-SGD one, which differs from the
+    authors' by α (μ b + δ θ). An adaptive optimizer's scaling (Adam's) is replayed by neither.
     """
 
     task_names: list[str]  # required: set in __init__
@@ -79,7 +92,8 @@ class AutoLambda(LossBalancer):
         names = [self.task_names[i] for i in index.tolist()]
         params = list(context.parameters)
         weighted = (self.lambdas[index].to(losses) * losses).sum()
-        grads = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+        local = torch.autograd.grad(weighted, params, retain_graph=True, allow_unused=True)
+        grads = global_mean_grads(local, params, self._collectives, "gradients")  # the global batch's
         original = [p.data for p in params]
         try:
             set_values(params, [o - context.lr * g if g is not None else o for o, g in zip(original, grads)])
@@ -87,7 +101,8 @@ class AutoLambda(LossBalancer):
             primary = [valid[t] for t in self.primary if t in valid]
             if not primary:
                 return None
-            d = torch.autograd.grad(torch.stack(primary).sum(), params, allow_unused=True)
+            local = torch.autograd.grad(torch.stack(primary).sum(), params, allow_unused=True)
+            d = global_mean_grads(local, params, self._collectives, "gradients")
             norm = torch.sqrt(sum(((g.detach() ** 2).sum() for g in d if g is not None), losses.new_zeros(())))
             if not float(norm) > 0:
                 return torch.zeros_like(losses.detach())

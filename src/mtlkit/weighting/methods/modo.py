@@ -29,7 +29,10 @@ class MoDo(GradientBalancer):
     The extra batches feed the weights only (task heads get this batch's gradient;
     LibMTL averages the three batches' head gradients). J₁, J₂ are taken on the shared
     parameters also when this batch's gradients are taken at a representation (rows at
-    a representation are per-sample: two batches' rows cannot be paired).
+    a representation are per-sample: two batches' rows cannot be paired). Under
+    torch.distributed each rank draws its share of the extra batches and J₁, J₂ are
+    averaged over the ranks (the global batches' Jacobians), so λ is the same on every
+    rank; at a representation each rank applies it to its own rows.
 
     Defaults (the paper's and LibMTL's): γ = 1e-3, ρ = 0.1; λ starts uniform (a buffer).
     """
@@ -40,6 +43,7 @@ class MoDo(GradientBalancer):
     properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
 
     needs = frozenset({EXTRA_TRAIN_BATCH})
+    weights_from_context = True  # the weights come from the extra batches, not from this step's rows
 
     def __init__(
         self,
@@ -56,8 +60,7 @@ class MoDo(GradientBalancer):
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         context = context_of(self)
         names = [self.task_names[i] for i in index.tolist()]
-        J1 = context.jacobian(context.next_train_batch(), names, self.chunk_size)
-        J2 = context.jacobian(context.next_train_batch(), names, self.chunk_size)
+        J1, J2 = context.train_jacobians(2, names, self.chunk_size, self._collectives)
         lam, share = restrict(self.lambdas, index)
         lam = lam.to(J1)
         lam = project_to_simplex(lam - self.gamma * (J1 @ (J2.T @ lam) + self.rho * lam)).to(J)

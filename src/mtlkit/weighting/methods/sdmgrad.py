@@ -43,7 +43,8 @@ class SDMGrad(GradientBalancer):
 
     Needs "extra_train_batch" (`mtlkit.weighting.context`), as MoDo: the Trainer hands
     it two more batches of the step's loader; J_{ξ} are taken on the shared parameters
-    (also when J_ζ is taken at a representation). Defaults (paper and LibMTL):
+    (also when J_ζ is taken at a representation); under torch.distributed they are
+    averaged over the ranks' shares of the extra batches, as MoDo's. Defaults (paper and LibMTL):
     λ = 0.3 (`lamda`), 20 inner steps. w is a buffer (starts uniform).
     """
 
@@ -53,6 +54,7 @@ class SDMGrad(GradientBalancer):
     properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
 
     needs = frozenset({EXTRA_TRAIN_BATCH})
+    weights_from_context = True  # the weights come from the extra batches, not from this step's rows
 
     def __init__(
         self,
@@ -71,8 +73,7 @@ class SDMGrad(GradientBalancer):
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         context = context_of(self)
         names = [self.task_names[i] for i in index.tolist()]
-        J1 = context.jacobian(context.next_train_batch(), names, self.chunk_size)
-        J2 = context.jacobian(context.next_train_batch(), names, self.chunk_size)
+        J1, J2 = context.train_jacobians(2, names, self.chunk_size, self._collectives)
         GG = J1 @ J2.T
         scale = GG.diagonal().clamp(min=0).sqrt().mean()
         if float(scale) > 0:  # a cross-batch diagonal can be ≤ 0 throughout: then there is no scale to remove
