@@ -45,6 +45,7 @@ from mtlkit.weighting.jacobian import (
     leaves_above,
     params_gramian,
     reachable_leaves,
+    rep_gramian,
     rep_jacobian,
 )
 
@@ -285,9 +286,17 @@ class GradientBalancer(Balancer):
         `aggregate` report None (their update is not a fixed combination of the rows).
         """
         if type(self).aggregate is GradientBalancer.aggregate:
-            w = self.weights(gramian(J))
+            w = self._gramian_weights(gramian(J), losses, index)
             return w @ J, w
         return self.aggregate(J), None
+
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
+        """The weights `combine` applies to J, from its Gramian, for a method defined by `weights(G)`.
+
+        Methods whose weights also depend on the losses or on which tasks are active (MGDA's
+        loss normalisation, UPGrad's preference) override this rather than `combine`.
+        """
+        return self.weights(G)
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
@@ -439,21 +448,32 @@ class GradientBalancer(Balancer):
                     f"shared_reps[{i}] does not require grad: pass the representation the shared "
                     "trunk computed in this forward (not a detached copy)"
                 )
-        # Two passes: one over the heads (rep_jacobian: per-task rows at the representation by
-        # hooks, and the heads' own gradients), one through the trunk from g. A batched pass
-        # would push T rows (T−1 of them zero) through every head.
+        # Two passes: one over the heads (per-task rows at the representation by hooks, or,
+        # for heads that start with a matrix product, the factors of their Gramian; and the
+        # heads' own gradients), one through the trunk from g. A batched pass would push T
+        # rows (T−1 of them zero) through every head.
         one_backward = collectives is not None and collectives.reduces_in_backward
         specific = [] if one_backward else leaves_above(losses, reps)
-        J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if self.rep_reduce != "sample":
-            # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-            _check_rep_reduce(self, collectives is not None)
-            _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
-            g = weights @ J
-        elif collectives is None:
-            g, weights = self._combine_checked(J, names, losses, index)
+        plain = self._combines_gramian() and collectives is None and self.rep_reduce == "sample"
+        found = rep_gramian(losses, reps, also=specific) if plain else None
+        if found is not None:
+            G, times, specific_grads = found
+            weights = self._rows_gramian_weights(G, names, losses, index)
+            g = _checked_update(self, times(weights), names)
         else:
-            g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
+            J, specific_grads = rep_jacobian(losses, reps, also=specific, retain_graph=one_backward)
+            if self.rep_reduce != "sample":
+                # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
+                _check_rep_reduce(self, collectives is not None)
+                _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
+                g = weights @ J
+            elif collectives is not None:
+                g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
+            elif plain:
+                weights = self._rows_gramian_weights(gramian(J), names, losses, index)
+                g = _checked_update(self, weights.to(J.dtype) @ J, names)
+            else:
+                g, weights = self._combine_checked(J, names, losses, index)
         for leaf, grad in zip(specific, specific_grads):
             if grad is not None:
                 leaf.grad = grad if leaf.grad is None else leaf.grad + grad
@@ -474,6 +494,19 @@ class GradientBalancer(Balancer):
         elif reps:
             torch.autograd.backward(reps, grads)
         return g, weights
+
+    def _combines_gramian(self) -> bool:
+        """Whether `combine` is w(G) @ J with w from `_gramian_weights` (the class overrides neither)."""
+        cls = type(self)
+        return cls.combine is GradientBalancer.combine and cls.aggregate is GradientBalancer.aggregate
+
+    def _rows_gramian_weights(self, G: Tensor, names: list[str], losses: list[Tensor], index: Tensor) -> Tensor:
+        """The weights from the Gramian of the task rows, its finiteness checked on the diagonal.
+
+        A row holding inf or NaN has a non-finite squared norm: one check of T values instead of T×N.
+        """
+        _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+        return self._gramian_weights(G, torch.stack(losses).detach(), index)
 
     def _combine_global_gramian(
         self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, collectives: Collectives
@@ -504,6 +537,16 @@ class GradientBalancer(Balancer):
 
 def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
+
+
+def _checked_update(balancer: GradientBalancer, g: Tensor, names: list[str]) -> Tensor:
+    """`g`, after checking that the combined update of finite task gradients is finite."""
+    if not bool(torch.isfinite(g.sum())):
+        raise FloatingPointError(
+            f"{type(balancer).__name__} produced a non-finite update from finite task gradients "
+            f"(tasks {names}); this is a bug in the method, please report it"
+        )
+    return g
 
 
 def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:

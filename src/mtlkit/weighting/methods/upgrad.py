@@ -9,7 +9,6 @@ from torch import Tensor
 
 from mtlkit.weighting._qp import dual_cone_weights, host
 from mtlkit.weighting.base import GradientBalancer
-from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.registry import register
 
 # Ridge on the correlation matrix (unit diagonal): makes it positive definite so the
@@ -112,7 +111,6 @@ class UPGrad(GradientBalancer):
             )
         return upgrad_weights(G, self.preference, self.norm_eps, self.reg_eps)
 
-    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
         preference = None if self.preference is None else self.preference[index.cpu()]
-        w = upgrad_weights(gramian(J), preference, self.norm_eps, self.reg_eps)
-        return w @ J, w
+        return upgrad_weights(G, preference, self.norm_eps, self.reg_eps)
