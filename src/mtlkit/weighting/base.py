@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -305,8 +306,8 @@ class GradientBalancer(Balancer):
         scaled = w * vec
         return BalanceResult(
             loss=scaled.sum(),
-            scaled_losses=dict(zip(names, scaled)),
-            weights=dict(zip(names, w)) if weights is not None else {},
+            scaled_losses=dict(zip(names, scaled.unbind())),
+            weights=dict(zip(names, w.unbind())) if weights is not None else {},
             stats={"grad_norm": g.detach().norm()},
         )
 
@@ -505,7 +506,10 @@ class GradientBalancer(Balancer):
 
         A row holding inf or NaN has a non-finite squared norm: one check of T values instead of T×N.
         """
-        _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+        norms = G.diagonal().tolist()  # T numbers on the host, where the solvers want G anyway
+        bad = [name for name, x in zip(names, norms) if not math.isfinite(x)]
+        if bad:
+            raise _non_finite(bad, "gradient")
         return self._gramian_weights(G, torch.stack(losses).detach(), index)
 
     def _combine_global_gramian(
@@ -588,11 +592,14 @@ def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -
     # one reduction instead of a full-size boolean mask.
     finite = torch.isfinite(M.sum(dim=1))
     if not bool(finite.all()):
-        bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
-        raise FloatingPointError(
-            f"the {what} of task(s) {bad} is not finite (inf or NaN); check these tasks' "
-            f"loss functions, inputs and learning rate (no gradient was applied).{hint}"
-        )
+        raise _non_finite([name for name, ok in zip(names, finite.tolist()) if not ok], what, hint)
+
+
+def _non_finite(bad: list[str], what: str, hint: str = "") -> FloatingPointError:
+    return FloatingPointError(
+        f"the {what} of task(s) {bad} is not finite (inf or NaN); check these tasks' "
+        f"loss functions, inputs and learning rate (no gradient was applied).{hint}"
+    )
 
 
 def _flatten_params(shared_params: Params) -> list[Tensor]:

@@ -30,7 +30,8 @@ def mgda_weights(G: Tensor, scales: Tensor | None = None) -> Tensor:
     top = float(G64.diagonal().max())
     if top <= 0:  # every gradient is zero: any point of the simplex is the min-norm one
         return torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=G.dtype, device=G.device)
-    return simplex_min(G64 / top).to(dtype=G.dtype, device=G.device)
+    w = simplex_min(G64 / top)
+    return w if w.dtype == G.dtype and w.device == G.device else w.to(dtype=G.dtype, device=G.device)
 
 
 @register("mgda", "mgda_ub")
@@ -96,8 +97,10 @@ class MGDA(GradientBalancer):
                 f"MGDA normalization={self.normalization!r} divides by the loss, but task(s) {bad} have "
                 "a negative loss: use normalization='l2' or 'none'"
             )
+        if self.normalization == "none":
+            return self._weights(G, None)
         norms = G.diagonal().clamp(min=0).sqrt()
-        scales = {"none": None, "l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
+        scales = {"l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
         return self._weights(G, scales)
 
     def _weights(self, G: Tensor, scales: Tensor | None) -> Tensor:
