@@ -218,8 +218,8 @@ def rep_gramian(
     Applies when every task reads the representations through matrix products of its own
     (heads starting with `nn.Linear`): task t's row at z (B×D) is then Σ_r δ_r m_rᵀ over its
     readers r (δ_r: B×k_r, the gradient at the product's output; m_r: D×k_r, the weight it
-    saved), so with Δ = [δ_r] and M = [m_r] side by side, G = S((ΔᵀΔ) ⊙ (MᵀM))Sᵀ (S sums a
-    task's columns) and wᵀJ = (Δ diag(Sᵀw)) Mᵀ. The one backward pass stops at the products'
+    saved), so with Δ = [δ_r] and M = [m_r] side by side, G is (ΔᵀΔ) ⊙ (MᵀM) with the rows
+    and columns of each task's readers added up, and wᵀJ = (Δ diag(w_task(column))) Mᵀ. The one backward pass stops at the products'
     outputs (and the heads' parameters): the T gradients at z are never computed. Costs
     K²(B + D) against T²·B·D for JJᵀ (K = Σ k_r), so it is taken only when not costlier. None
     (nothing run) where it does not apply: another reader, a representation that is not
@@ -266,7 +266,7 @@ def rep_gramian(
             handle.remove()
     dtype = functools.reduce(torch.promote_types, [r.dtype for r in reps])
     G = None
-    factors = []  # per representation: (Δ, M, S), S None when it is the identity
+    factors = []  # per representation: (Δ, M, the task of each column of Δ; None when it is column t for task t)
     for j, r in enumerate(reps):
         mine = [(t, m, d) for (t, k, _, m), d in zip(readers, deltas) if k == j]
         if not mine:
@@ -276,13 +276,12 @@ def rep_gramian(
         M = torch.cat([m for _, m, _ in mine], dim=1).to(dtype)
         C = (delta.T @ delta) * (M.T @ M)
         tasks = [t for t, m, _ in mine for _ in range(m.shape[1])]
-        S = None
-        if tasks != list(range(T)):  # S sums the columns of each task's readers
-            S = C.new_zeros(T, len(tasks))
-            S[tasks, range(len(tasks))] = 1
-            C = S @ C @ S.T
+        column_task = None
+        if tasks != list(range(T)):  # add up the rows and columns of each task's readers (no 0·inf)
+            column_task = torch.tensor(tasks, device=C.device)
+            C = C.new_zeros(T, T).index_add_(0, column_task, C.new_zeros(len(tasks), T).index_add_(1, column_task, C))
         G = C if G is None else G + C
-        factors.append((delta, M, S))
+        factors.append((delta, M, column_task))
     if G is None:
         G = torch.zeros(T, T, dtype=dtype, device=reps[0].device)
 
@@ -292,9 +291,9 @@ def rep_gramian(
             if found is None:
                 blocks.append(torch.zeros(r.numel(), dtype=dtype, device=r.device))
                 continue
-            delta, M, S = found
+            delta, M, column_task = found
             w = w.to(dtype)
-            blocks.append(((delta * (w if S is None else w @ S)) @ M.T).reshape(-1))
+            blocks.append(((delta * (w if column_task is None else w[column_task])) @ M.T).reshape(-1))
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     return G, times, grads
