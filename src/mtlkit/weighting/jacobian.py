@@ -265,8 +265,10 @@ def rep_gramian(
         for handle in handles:
             handle.remove()
     dtype = functools.reduce(torch.promote_types, [r.dtype for r in reps])
-    G = None
-    factors = []  # per representation: (Δ, M, the task of each column of Δ; None when it is column t for task t)
+    G: Tensor | None = None
+    # Per representation (None where no task reads it): Δ, M, and the task of each column of Δ
+    # (None when column t belongs to task t).
+    factors: list[tuple[Tensor, Tensor, Tensor | None] | None] = []
     for j, r in enumerate(reps):
         mine = [(t, m, d) for (t, k, _, m), d in zip(readers, deltas) if k == j]
         if not mine:
