@@ -234,10 +234,10 @@ def _warm_start(G: Tensor, rhs: Tensor, tol: float) -> tuple[Tensor, Tensor]:
 def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:
     """Row b: G[P,P] s_P = rhs_b[P] on its passive set P, zero elsewhere (one batched solve)."""
     both = passive.unsqueeze(2) & passive.unsqueeze(1)
-    A = torch.where(both, G.unsqueeze(0), torch.zeros((), dtype=G.dtype))
+    A = torch.where(both, G.unsqueeze(0), 0.0)
     A = A + torch.diag_embed((~passive).to(G.dtype))
-    b = torch.where(passive, rhs, torch.zeros_like(rhs)).unsqueeze(2)
+    b = torch.where(passive, rhs, 0.0).unsqueeze(2)
     L, info = torch.linalg.cholesky_ex(A)  # A: G's principal block, identity elsewhere
-    if bool((info != 0).any()):  # rounding left a block indefinite; LU still solves it
+    if bool(info.any()):  # rounding left a block indefinite; LU still solves it
         return torch.linalg.solve(A, b).squeeze(2)
     return torch.cholesky_solve(b, L).squeeze(2)
