@@ -24,6 +24,9 @@
   Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
   the one pass over the heads, which also yields the heads' own gradients.
+- `rep_gramian(losses, reps, also=head_params)`: for heads whose first operation on the
+  representation is a matrix product (`nn.Linear`), G of those rows and w ↦ wᵀJ from the
+  heads' output gradients and weights, without the rows (where that is cheaper).
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
