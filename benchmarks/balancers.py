@@ -1,7 +1,8 @@
 """Step time and peak memory of gradient balancers relative to EW, in both modes, against TorchJD.
 
 A step is zero_grad → forward → backward → SGD step on a shared trunk with T linear heads
-(MSE). Entries of one cell:
+(MSE; `--heads mlp`: a 64-wide hidden layer per head, where rep_grad takes the per-sample
+rows instead of the heads' factors). Entries of one cell:
 
 - `ew`: one backward of Σ L_t (the floor);
 - `<method> params`: mtlkit with the task gradients on the shared parameters (methods
@@ -36,7 +37,10 @@ A mode a method refuses (`supports_shared_reps = False`) or a T where it is unde
 raises ValueError: Krum, TrimmedMean at small T) is "n/a", the reason printed on stderr.
 
 Run: python benchmarks/balancers.py [--quick] [--methods mgda upgrad imtl_g | --all-methods]
-     [--threads default 1] [--device cpu]
+     [--threads default 1] [--device cpu] [--clock cpu|wall] [--modes params reps/sample reps/batch]
+
+The rep_grad rows alone (EW and `reps/*`, every shape, both thread settings, wall clock):
+python benchmarks/balancers.py --modes reps/sample reps/batch --no-torchjd --clock wall
 """
 
 from __future__ import annotations
@@ -89,10 +93,15 @@ def trunk(kind: str) -> tuple[nn.Module, tuple[int, ...], int]:
 
 
 class Net(nn.Module):
-    def __init__(self, kind: str, num_tasks: int) -> None:
+    def __init__(self, kind: str, num_tasks: int, heads: str = "linear") -> None:
         super().__init__()
         self.trunk, self.input_shape, rep = trunk(kind)
-        self.heads = nn.ModuleList(nn.Linear(rep, 1) for _ in range(num_tasks))
+        if heads == "linear":
+            self.heads = nn.ModuleList(nn.Linear(rep, 1) for _ in range(num_tasks))
+        else:  # "mlp": a hidden layer of 64 per task
+            self.heads = nn.ModuleList(
+                nn.Sequential(nn.Linear(rep, 64), nn.ReLU(), nn.Linear(64, 1)) for _ in range(num_tasks)
+            )
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         z = self.trunk(x)
@@ -210,7 +219,7 @@ def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str
     """Entry -> (median step seconds, peak MB of one step)."""
     device = torch.device(args.device)
     torch.manual_seed(0)
-    base = Net(kind, T).to(device)
+    base = Net(kind, T, args.heads).to(device)
     x = torch.randn(batch, *base.input_shape, device=device)
     y = torch.randn(batch, T, device=device)
     steps = {}
@@ -341,10 +350,22 @@ def main() -> None:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--no-torchjd", dest="torchjd", action="store_false")
+    parser.add_argument(
+        "--heads",
+        choices=["linear", "mlp"],
+        default="linear",
+        help="per task: nn.Linear(rep, 1) (the issue's workload), or Linear(rep, 64) → ReLU → Linear(64, 1)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["params", "reps/sample", "reps/batch"],
+        default=["params", "reps/sample", "reps/batch"],
+        help="mtlkit entries per method (reps/*: rep_grad at the representation); EW is always measured",
+    )
     args = parser.parse_args()
     args.rounds = args.rounds or (7 if args.quick else 15)
     args.warmup = 2
-    args.modes = ["params", "reps/sample", "reps/batch"]
     if args.all_methods:
         args.methods, args.modes, args.torchjd = available(aliases=False), ["params", "reps/sample"], False
     if args.torchjd:
@@ -369,7 +390,8 @@ def main() -> None:
     clock = "wall time" if args.clock == "wall" or args.device != "cpu" else "process CPU time"
     print(
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, {platform.machine()} {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, device {args.device}, {clock}, median of {args.rounds} steps; 'Nd' = torch's default "
+        f"{torch.__version__}, device {args.device}, {clock}, {args.heads} heads, median of {args.rounds} steps; "
+        "'Nd' = torch's default "
         f"N threads. EW row: ms per step and peak MB of one step; other rows: ratio to EW (time, peak memory).\n"
     )
     labels = [f"{default_threads}d" if t == "default" else str(int(t)) for t in args.threads]
@@ -380,15 +402,18 @@ def main() -> None:
             print(method_table(results, [c for c in columns if c[3] == lab], args.methods))
             print()
         return
+    against_torchjd = args.torchjd and "params" in args.modes
     print(table("Issue workload (MLP 64→256→256, batch 256):", results, columns))
-    print()
-    print(speedups(results, columns, args.methods))
+    if against_torchjd:
+        print()
+        print(speedups(results, columns, args.methods))
     if shape_cells:
         columns = [(k, T, b, lab) for lab in labels for k, T, b in shape_cells]
         print()
         print(table("Other shapes, T=10:", results, columns))
-        print()
-        print(speedups(results, columns, args.methods))
+        if against_torchjd:
+            print()
+            print(speedups(results, columns, args.methods))
 
 
 if __name__ == "__main__":

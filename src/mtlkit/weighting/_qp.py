@@ -33,14 +33,17 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     if c <= 0:
         raise ValueError(f"simplex_min needs c > 0, got {c}")
     T = G.shape[0]
-    a = torch.zeros(T, dtype=G.dtype) if a is None else a
     K = torch.ones(T + 1, T + 1, dtype=G.dtype)  # the KKT matrix [[G, 1], [1ᵀ, 0]]
     K[:T, :T] = G
     K[T, T] = 0.0
     R = torch.zeros(T + 1, 2, dtype=G.dtype)  # right-hand sides for w0 and z
     R[T, 0] = 1.0
-    R[:T, 1] = -a
-    a_list = a.tolist()
+    if a is None:
+        a_list = [0.0] * T
+    else:
+        R[:T, 1] = -a
+        a_list = a.tolist()
+    top = float(G.diagonal().max())
     # Start from the centre with every vertex in the support: in multi-task problems the
     # optimum usually keeps most tasks, so few vertices have to be dropped (or added).
     support = list(range(T))
@@ -57,7 +60,7 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
             if value >= best_value - 1e-12 * (1.0 + abs(best_value)):
                 break  # no progress: nearly affinely dependent gradients make rounding cycle
             best, best_value = w, value
-            entering = _entering_vertex(G, a_list, c, w, Gw, q, support)
+            entering = _entering_vertex(top, a_list, c, w, Gw, q, support)
             if entering is None:
                 break
             support.append(entering)
@@ -98,8 +101,11 @@ def _affine_minimiser(
     otherwise (w, True).
     """
     n, T = len(support), K.shape[0] - 1
-    rows = torch.tensor([*support, T])
-    K_s, R_s = K[rows][:, rows], R[rows]
+    if support == list(range(T)):  # every vertex, in order: the whole system
+        K_s, R_s = K, R
+    else:
+        rows = torch.tensor([*support, T])
+        K_s, R_s = K[rows][:, rows], R[rows]
     sol, info = torch.linalg.solve_ex(K_s, R_s)
     if info.item() != 0:
         # Singular: rounding let affinely dependent gradients into the support; SVD copes.
@@ -120,13 +126,12 @@ def _affine_minimiser(
 
 
 def _entering_vertex(
-    G: Tensor, a: list[float], c: float, w: list[float], Gw: list[float], q: float, support: list[int]
+    top: float, a: list[float], c: float, w: list[float], Gw: list[float], q: float, support: list[int]
 ) -> int | None:
     """The vertex off the support whose KKT gap is most negative, or None at the optimum.
 
-    `Gw` is G·w and `q` = wᵀGw + eps, the smoothed squared norm.
+    `top` is G's largest diagonal entry, `Gw` is G·w and `q` = wᵀGw + eps, the smoothed squared norm.
     """
-    top = float(G.diagonal().max())
     if q <= 1e-24 * top:  # zero is in the hull (to rounding): the min-norm point is reached
         return None
     scale = c / q**0.5
@@ -229,10 +234,10 @@ def _warm_start(G: Tensor, rhs: Tensor, tol: float) -> tuple[Tensor, Tensor]:
 def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:
     """Row b: G[P,P] s_P = rhs_b[P] on its passive set P, zero elsewhere (one batched solve)."""
     both = passive.unsqueeze(2) & passive.unsqueeze(1)
-    A = torch.where(both, G.unsqueeze(0), torch.zeros((), dtype=G.dtype))
+    A = torch.where(both, G.unsqueeze(0), 0.0)
     A = A + torch.diag_embed((~passive).to(G.dtype))
-    b = torch.where(passive, rhs, torch.zeros_like(rhs)).unsqueeze(2)
+    b = torch.where(passive, rhs, 0.0).unsqueeze(2)
     L, info = torch.linalg.cholesky_ex(A)  # A: G's principal block, identity elsewhere
-    if bool((info != 0).any()):  # rounding left a block indefinite; LU still solves it
+    if bool(info.any()):  # rounding left a block indefinite; LU still solves it
         return torch.linalg.solve(A, b).squeeze(2)
     return torch.cholesky_solve(b, L).squeeze(2)

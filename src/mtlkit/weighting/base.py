@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,6 +46,7 @@ from mtlkit.weighting.jacobian import (
     leaves_above,
     params_gramian,
     reachable_leaves,
+    rep_gramian,
     rep_jacobian,
 )
 from mtlkit.weighting.overlap import summed_blocks
@@ -309,9 +311,17 @@ class GradientBalancer(Balancer):
         `aggregate` report None (their update is not a fixed combination of the rows).
         """
         if type(self).aggregate is GradientBalancer.aggregate:
-            w = self.weights(gramian(J))
+            w = self._gramian_weights(gramian(J), losses, index)
             return w @ J, w
         return self.aggregate(J), None
+
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
+        """The weights `combine` applies to J, from its Gramian, for a method defined by `weights(G)`.
+
+        Methods whose weights also depend on the losses or on which tasks are active (MGDA's
+        loss normalisation, UPGrad's preference) override this rather than `combine`.
+        """
+        return self.weights(G)
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
@@ -320,8 +330,8 @@ class GradientBalancer(Balancer):
         scaled = w * vec
         return BalanceResult(
             loss=scaled.sum(),
-            scaled_losses=dict(zip(names, scaled)),
-            weights=dict(zip(names, w)) if weights is not None else {},
+            scaled_losses=dict(zip(names, scaled.unbind())),
+            weights=dict(zip(names, w.unbind())) if weights is not None else {},
             stats={"grad_norm": g.detach().norm()},
         )
 
@@ -512,26 +522,42 @@ class GradientBalancer(Balancer):
                     f"shared_reps[{i}] does not require grad: pass the representation the shared "
                     "trunk computed in this forward (not a detached copy)"
                 )
-        # Two passes: one over the heads (rep_jacobian: per-task rows at the representation by
-        # hooks, and the heads' own gradients), one through the trunk from g. A batched pass
-        # would push T rows (T−1 of them zero) through every head.
+        # Two passes: one over the heads (per-task rows at the representation by hooks, or,
+        # for heads that start with a matrix product, the factors of their Gramian; and the
+        # heads' own gradients), one through the trunk from g. A batched pass would push T
+        # rows (T−1 of them zero) through every head.
         one_backward = collectives is not None and collectives.reduces_in_backward
         specific = [] if one_backward else leaves_above(losses, reps)
-        J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if self.rep_reduce != "sample" or self.batch_rows_only:
-            # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-            _check_rep_reduce(self)
-            rows = batch_rows(J, reps)
-            if collectives is not None:  # the global batch's rows: sums add up (see _combine_global_gramian)
-                rows = rows.contiguous()
-                collectives.all_reduce_sum(rows, "jacobian")
-                rows = rows / collectives.world_size
-            _, weights = self._combine_checked(rows, names, losses, index)
-            g = weights @ J
-        elif collectives is None:
-            g, weights = self._combine_checked(J, names, losses, index)
+        plain = (
+            self._combines_gramian()
+            and collectives is None
+            and self.rep_reduce == "sample"
+            and not self.batch_rows_only
+        )
+        found = rep_gramian(losses, reps, also=specific) if plain else None
+        if found is not None:
+            G, times, specific_grads = found
+            weights = self._rows_gramian_weights(G, names, losses, index)
+            g = _checked_update(self, times(weights), names)
         else:
-            g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
+            J, specific_grads = rep_jacobian(losses, reps, also=specific, retain_graph=one_backward)
+            if self.rep_reduce != "sample" or self.batch_rows_only:
+                # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
+                _check_rep_reduce(self)
+                rows = batch_rows(J, reps)
+                if collectives is not None:  # the global batch's rows: sums add up (see _combine_global_gramian)
+                    rows = rows.contiguous()
+                    collectives.all_reduce_sum(rows, "jacobian")
+                    rows = rows / collectives.world_size
+                _, weights = self._combine_checked(rows, names, losses, index)
+                g = weights @ J
+            elif collectives is not None:
+                g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
+            elif plain:
+                weights = self._rows_gramian_weights(gramian(J), names, losses, index)
+                g = _checked_update(self, weights.to(J.dtype) @ J, names)
+            else:
+                g, weights = self._combine_checked(J, names, losses, index)
         for leaf, grad in zip(specific, specific_grads):
             if grad is not None:
                 leaf.grad = grad if leaf.grad is None else leaf.grad + grad
@@ -552,6 +578,22 @@ class GradientBalancer(Balancer):
         elif reps:
             torch.autograd.backward(reps, grads)
         return g, weights
+
+    def _combines_gramian(self) -> bool:
+        """Whether `combine` is w(G) @ J with w from `_gramian_weights` (the class overrides neither)."""
+        cls = type(self)
+        return cls.combine is GradientBalancer.combine and cls.aggregate is GradientBalancer.aggregate
+
+    def _rows_gramian_weights(self, G: Tensor, names: list[str], losses: list[Tensor], index: Tensor) -> Tensor:
+        """The weights from the Gramian of the task rows, its finiteness checked on the diagonal.
+
+        A row holding inf or NaN has a non-finite squared norm: one check of T values instead of T×N.
+        """
+        norms = G.diagonal().tolist()  # T numbers on the host, where the solvers want G anyway
+        bad = [name for name, x in zip(names, norms) if not math.isfinite(x)]
+        if bad:
+            raise _non_finite(bad, "gradient")
+        return self._gramian_weights(G, torch.stack(losses).detach(), index)
 
     def _combine_global_gramian(
         self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, collectives: Collectives
@@ -584,6 +626,16 @@ class GradientBalancer(Balancer):
 
 def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
+
+
+def _checked_update(balancer: GradientBalancer, g: Tensor, names: list[str]) -> Tensor:
+    """`g`, after checking that the combined update of finite task gradients is finite."""
+    if not bool(torch.isfinite(g.sum())):
+        raise FloatingPointError(
+            f"{type(balancer).__name__} produced a non-finite update from finite task gradients "
+            f"(tasks {names}); this is a bug in the method, please report it"
+        )
+    return g
 
 
 def _check_rep_reduce(balancer: GradientBalancer) -> None:
@@ -661,11 +713,14 @@ def _check_finite_rows(M: Tensor, names: list[str], what: str, hint: str = "") -
     # one reduction instead of a full-size boolean mask.
     finite = torch.isfinite(M.sum(dim=1))
     if not bool(finite.all()):
-        bad = [name for name, ok in zip(names, finite.tolist()) if not ok]
-        raise FloatingPointError(
-            f"the {what} of task(s) {bad} is not finite (inf or NaN); check these tasks' "
-            f"loss functions, inputs and learning rate (no gradient was applied).{hint}"
-        )
+        raise _non_finite([name for name, ok in zip(names, finite.tolist()) if not ok], what, hint)
+
+
+def _non_finite(bad: list[str], what: str, hint: str = "") -> FloatingPointError:
+    return FloatingPointError(
+        f"the {what} of task(s) {bad} is not finite (inf or NaN); check these tasks' "
+        f"loss functions, inputs and learning rate (no gradient was applied).{hint}"
+    )
 
 
 def _flatten_params(shared_params: Params) -> list[Tensor]:

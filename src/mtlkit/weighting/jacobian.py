@@ -24,6 +24,9 @@
   Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
   the one pass over the heads, which also yields the heads' own gradients.
+- `rep_gramian(losses, reps, also=head_params)`: for heads whose first operation on the
+  representation is a matrix product (`nn.Linear`), G of those rows and w ↦ wᵀJ from the
+  heads' output gradients and weights, without the rows (where that is cheaper).
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
@@ -132,16 +135,20 @@ def task_jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, retain_
 
 
 def rep_jacobian(
-    losses: Sequence[Tensor], reps: Sequence[Tensor], *, also: Sequence[Tensor] = ()
+    losses: Sequence[Tensor], reps: Sequence[Tensor], *, also: Sequence[Tensor] = (), retain_graph: bool = True
 ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
     """T×N Jacobian at shared representations from one backward pass, and ∂Σ_t L_t/∂`also`.
 
     Each task reads a representation through autograd nodes of its own (its head's
-    first operations). Hooks on those nodes record each task's share of one backward
-    of Σ_t L_t, which is exactly ∂L_t/∂rep; the same pass gives the gradients of `also`
-    (the heads' parameters; None where unreached). When a node reading a representation
-    is reached from several tasks (a layer shared after the representation), the shares
-    cannot be told apart and the rows come from `task_jacobian` instead.
+    first operations). Hooks on those nodes copy each task's share of one backward of
+    Σ_t L_t, which is exactly ∂L_t/∂rep, into its row of J as the pass produces it (so
+    at most one head's gradient at the representation is alive besides J); the same pass
+    gives the gradients of `also` (the heads' parameters; None where unreached). The pass
+    stops at the representations unless some of `also` lies below them. When a node
+    reading a representation is reached from several tasks (a layer shared after the
+    representation), the shares cannot be told apart and the rows come from
+    `task_jacobian` instead. `retain_graph=False` frees the part of the graph the pass
+    traverses (the heads) as it goes; the graph below the representations is kept.
     """
     reps, also = list(reps), list(also)
     total = torch.stack(list(losses)).sum()
@@ -150,26 +157,177 @@ def rep_jacobian(
     if owner is None:
         J = task_jacobian(losses, reps)
         return J, torch.autograd.grad(total, also, retain_graph=True, allow_unused=True) if also else ()
-    rows: list[list[Tensor | None]] = [[None] * len(reps) for _ in losses]
+    if not reps:  # no representation given: a Jacobian without columns
+        grads = torch.autograd.grad(total, also, retain_graph=retain_graph, allow_unused=True) if also else ()
+        return total.new_zeros(len(losses), 0), grads
+    dtype = functools.reduce(torch.promote_types, [r.dtype for r in reps])
+    J = torch.empty(len(losses), sum(r.numel() for r in reps), dtype=dtype, device=reps[0].device)
+    blocks = [list(row.split([r.numel() for r in reps])) for row in J]  # blocks[t][k]: task t's row at reps[k]
+    written = [[False] * len(reps) for _ in losses]
     below = {id(v) for v in reachable_leaves_from(fn for fn, _ in targets)} if also else set()
-    record = _keep if any(id(x) in below for x in also) else _record
+    stop = not any(id(x) in below for x in also)
     handles = []
     for node, t in owner.items():
         edges = [(i, targets.index(edge)) for i, edge in enumerate(node.next_functions) if edge in targets]
-        handles.append(node.register_hook(functools.partial(record, rows[t], edges)))
+        hook = functools.partial(_write_row, blocks[t], written[t], edges, stop)
+        handles.append(node.register_hook(hook))
     try:
-        grads = torch.autograd.grad(total, [*reps, *also], retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(total, [*reps, *also], retain_graph=retain_graph or not stop, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
-    columns = [[row[k] for row in rows] for k in range(len(reps))]
-    blocks = [
-        torch.stack([v if v is not None else torch.zeros_like(r) for v in column]).reshape(len(rows), -1)
-        for column, r in zip(columns, reps)
+    for row, done in zip(blocks, written):
+        for block, ok in zip(row, done):
+            if not ok:  # this task does not reach this representation
+                block.zero_()
+    return J, grads[len(reps) :]
+
+
+def _write_row(
+    row: list[Tensor], written: list[bool], edges: list[tuple[int, int]], stop: bool, grad_inputs: tuple, _: tuple
+) -> tuple | None:
+    """Add this task's gradients along `edges` into its row of J (blocks `row`); with `stop`, end them there.
+
+    `stop` only where nothing below the edges is differentiated in the same pass, so the
+    engine need not add up the T tasks' gradients at the edges.
+    """
+    for i, k in edges:
+        grad = grad_inputs[i]
+        if grad is not None:
+            block = row[k].view(grad.shape)
+            if written[k]:
+                block.add_(grad)
+            else:
+                block.copy_(grad)
+                written[k] = True
+    if not stop:
+        return None
+    passed = list(grad_inputs)
+    for i, _k in edges:
+        passed[i] = None
+    return tuple(passed)
+
+
+# Autograd nodes of a matrix product x @ m (F.linear on a 2-D input): {node type: index of
+# the input edge of x}. Their gradient at x is alpha·δ·mᵀ, δ the gradient at their output.
+_PRODUCT_READERS = {"AddmmBackward0": 1, "MmBackward0": 0}
+
+
+def rep_gramian(
+    losses: Sequence[Tensor], reps: Sequence[Tensor], *, also: Sequence[Tensor] = ()
+) -> tuple[Tensor, Callable[[Tensor], Tensor], tuple[Tensor | None, ...]] | None:
+    """G = JJᵀ of the per-sample rows at 2-D representations without forming J, `times(w)` = wᵀJ, ∂Σ_t L_t/∂`also`.
+
+    Applies when every task reads the representations through matrix products of its own
+    (heads starting with `nn.Linear`): task t's row at z (B×D) is then Σ_r δ_r m_rᵀ over its
+    readers r (δ_r: B×k_r, the gradient at the product's output; m_r: D×k_r, the weight it
+    saved), so with Δ = [δ_r] and M = [m_r] side by side, G is (ΔᵀΔ) ⊙ (MᵀM) with the rows
+    and columns of each task's readers added up, and wᵀJ = (Δ diag(w_task(column))) Mᵀ. The one backward pass stops at the products'
+    outputs (and the heads' parameters): the T gradients at z are never computed. Costs
+    K²(B + D) against T²·B·D for JJᵀ (K = Σ k_r), so it is taken only when not costlier. None
+    (nothing run) where it does not apply: another reader, a representation that is not
+    2-D, a parameter in `also` below the representations, or no parameter in `also`.
+    The pass frees the part of the graph it traverses (the heads).
+    """
+    reps, also = list(reps), list(also)
+    if not reps or not also or any(r.dim() != 2 or r.is_complex() for r in reps):
+        return None
+    targets = [(r.grad_fn, r.output_nr) for r in reps]
+    owner = _reader_owners(losses, targets)
+    if owner is None:
+        return None
+    readers: list[tuple[int, int, Node, Tensor]] = []  # (task, rep, node, alpha·m)
+    for node, t in owner.items():
+        index = _PRODUCT_READERS.get(type(node).__name__)
+        edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
+        if index is None or edges != [index]:
+            return None
+        m = node._saved_mat2
+        alpha = getattr(node, "_saved_alpha", 1)
+        readers.append((t, targets.index(node.next_functions[index]), node, m if alpha == 1 else alpha * m))
+    widths = [sum(m.shape[1] for _, k, _, m in readers if k == j) for j in range(len(reps))]
+    T = len(losses)
+    if not _factors_are_cheaper(widths, reps, T):
+        return None
+    below = {id(v) for v in reachable_leaves_from(fn for fn, _ in targets)}
+    if any(id(x) in below for x in also):
+        return None
+    # The pass runs a reader (and its pre-hook, which sees δ after any tensor hooks) only
+    # when a parameter in `also` lies behind it (a head's own weight or bias).
+    wanted, stops = {id(x) for x in also}, {fn for fn, _ in targets}
+    if not all(_reaches(node, wanted, stops) for _, _, node, _ in readers):
+        return None
+    deltas: list[Tensor | None] = [None] * len(readers)
+    handles = [
+        node.register_prehook(functools.partial(_keep_output_grad, deltas, i))
+        for i, (_, _, node, _) in enumerate(readers)
     ]
-    if not blocks:  # no representation given: a Jacobian without columns
-        return total.new_zeros(len(rows), 0), grads
-    return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)), grads[len(reps) :]
+    try:
+        grads = torch.autograd.grad(torch.stack(list(losses)).sum(), also, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    dtype = functools.reduce(torch.promote_types, [r.dtype for r in reps])
+    G: Tensor | None = None
+    # Per representation (None where no task reads it): Δ, M, and the task of each column of Δ
+    # (None when column t belongs to task t).
+    factors: list[tuple[Tensor, Tensor, Tensor | None] | None] = []
+    for j, r in enumerate(reps):
+        mine = [(t, m, d) for (t, k, _, m), d in zip(readers, deltas) if k == j]
+        if not mine:
+            factors.append(None)
+            continue
+        delta = torch.cat([r.new_zeros(r.shape[0], m.shape[1]) if d is None else d for _, m, d in mine], 1).to(dtype)
+        M = torch.cat([m for _, m, _ in mine], dim=1).to(dtype)
+        C = (delta.T @ delta) * (M.T @ M)
+        tasks = [t for t, m, _ in mine for _ in range(m.shape[1])]
+        column_task = None
+        if tasks != list(range(T)):  # add up the rows and columns of each task's readers (no 0·inf)
+            column_task = torch.tensor(tasks, device=C.device)
+            C = C.new_zeros(T, T).index_add_(0, column_task, C.new_zeros(len(tasks), T).index_add_(1, column_task, C))
+        G = C if G is None else G + C
+        factors.append((delta, M, column_task))
+    if G is None:
+        G = torch.zeros(T, T, dtype=dtype, device=reps[0].device)
+
+    def times(w: Tensor) -> Tensor:
+        blocks = []
+        for r, found in zip(reps, factors):
+            if found is None:
+                blocks.append(torch.zeros(r.numel(), dtype=dtype, device=r.device))
+                continue
+            delta, M, column_task = found
+            w = w.to(dtype)
+            blocks.append(((delta * (w if column_task is None else w[column_task])) @ M.T).reshape(-1))
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    return G, times, grads
+
+
+def _keep_output_grad(deltas: list, i: int, grad_outputs: tuple) -> None:
+    deltas[i] = grad_outputs[0]
+
+
+def _reaches(node: Node, wanted: set[int], stops: set) -> bool:
+    """Whether a leaf whose id is in `wanted` lies below `node`, not passing through `stops`."""
+    seen, stack = set(), [fn for fn, _ in node.next_functions]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen or fn in stops:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            if id(variable) in wanted:
+                return True
+            continue
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return False
+
+
+def _factors_are_cheaper(widths: list[int], reps: list[Tensor], T: int) -> bool:
+    """Whether G from the factors, Σ K²(B + D) multiply-adds (K: the readers' total width), costs at most JJᵀ's T²·B·D."""
+    return sum(K * K * (r.shape[0] + r.shape[1]) for K, r in zip(widths, reps)) <= T * T * sum(r.numel() for r in reps)
 
 
 def batch_rows(J: Tensor, reps: Sequence[Tensor]) -> Tensor:

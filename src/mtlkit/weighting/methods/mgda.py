@@ -9,7 +9,6 @@ from torch import Tensor
 
 from mtlkit.weighting._qp import host, simplex_min
 from mtlkit.weighting.base import GradientBalancer
-from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.registry import register
 
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -31,7 +30,8 @@ def mgda_weights(G: Tensor, scales: Tensor | None = None) -> Tensor:
     top = float(G64.diagonal().max())
     if top <= 0:  # every gradient is zero: any point of the simplex is the min-norm one
         return torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=G.dtype, device=G.device)
-    return simplex_min(G64 / top).to(dtype=G.dtype, device=G.device)
+    w = simplex_min(G64 / top)
+    return w if w.dtype == G.dtype and w.device == G.device else w.to(dtype=G.dtype, device=G.device)
 
 
 @register("mgda", "mgda_ub")
@@ -90,18 +90,18 @@ class MGDA(GradientBalancer):
             )
         return self._weights(G, G.diagonal().clamp(min=0).sqrt() if self.normalization == "l2" else None)
 
-    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
         if self.normalization in ("loss", "loss+") and bool((losses < 0).any()):
             bad = [self.task_names[i] if self.task_names else i for i in index[losses < 0].tolist()]
             raise ValueError(
                 f"MGDA normalization={self.normalization!r} divides by the loss, but task(s) {bad} have "
                 "a negative loss: use normalization='l2' or 'none'"
             )
-        G = gramian(J)
+        if self.normalization == "none":
+            return self._weights(G, None)
         norms = G.diagonal().clamp(min=0).sqrt()
-        scales = {"none": None, "l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
-        w = self._weights(G, scales)
-        return w @ J, w
+        scales = {"l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
+        return self._weights(G, scales)
 
     def _weights(self, G: Tensor, scales: Tensor | None) -> Tensor:
         w = mgda_weights(G, scales)

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from mtlkit.weighting._qp import dual_cone_weights, host
 from mtlkit.weighting.base import GradientBalancer
-from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.registry import register
 
 # Ridge on the correlation matrix (unit diagonal): makes it positive definite so the
@@ -44,13 +43,20 @@ def upgrad_weights(
         weights = dual_cone_weights(regularised, torch.diag(p)).sum(dim=0)
         return weights.to(dtype=G.dtype, device=G.device)
     norms = G64.diagonal().clamp(min=0).sqrt()
-    live = norms > 1e-12 * float(norms.max())
-    weights = p.clone()
-    if float(norms.max()) > 0:
-        n = norms[live]
-        ridge = max(_RIDGE, n.numel() * torch.finfo(G.dtype).eps)
-        C = G64[live][:, live] / (n.unsqueeze(0) * n.unsqueeze(1)) + ridge * torch.eye(n.numel(), dtype=torch.float64)
-        Y = dual_cone_weights(C, torch.diag(p[live] * n))
+    top = float(norms.max())
+    if top <= 0:
+        return p.to(dtype=G.dtype, device=G.device)
+    live = norms > 1e-12 * top
+    every = bool(live.all())  # the usual case: no boolean indexing
+    n = norms if every else norms[live]
+    ridge = max(_RIDGE, n.numel() * torch.finfo(G.dtype).eps)
+    C = (G64 if every else G64[live][:, live]) / (n.unsqueeze(0) * n.unsqueeze(1))
+    C = C + ridge * torch.eye(n.numel(), dtype=torch.float64)
+    Y = dual_cone_weights(C, torch.diag((p if every else p[live]) * n))
+    if every:
+        weights = Y.sum(dim=0) / n
+    else:
+        weights = p.clone()
         weights[live] = Y.sum(dim=0) / n
     return weights.to(dtype=G.dtype, device=G.device)
 
@@ -112,7 +118,6 @@ class UPGrad(GradientBalancer):
             )
         return upgrad_weights(G, self.preference, self.norm_eps, self.reg_eps)
 
-    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
         preference = None if self.preference is None else self.preference[index.cpu()]
-        w = upgrad_weights(gramian(J), preference, self.norm_eps, self.reg_eps)
-        return w @ J, w
+        return upgrad_weights(G, preference, self.norm_eps, self.reg_eps)
