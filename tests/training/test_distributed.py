@@ -74,14 +74,19 @@ def _assert_same_run(two, one):
 
 @pytest.mark.parametrize(
     "method",
-    [*runs.METHODS, *(f"{m}/rep" for m in runs.REP_METHODS), *(f"{m}/sharded" for m in runs.SHARDED_METHODS)],
+    [
+        *runs.METHODS,
+        *(f"{m}/rep" for m in runs.REP_METHODS),
+        *(f"{m}/sharded" for m in runs.SHARDED_METHODS),
+        *(f"{m}/uneven" for m in runs.UNEVEN_METHODS),
+    ],
 )
 def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, method):
-    name = method.split("/")[0]
-    if not is_registered(name):
+    name, mode = method.split("/") if "/" in method else (method, "")
+    if not is_registered(name.split("@")[0]):
         pytest.skip(f"balancer {name!r} is not registered yet")
     (rank0, rank1), _ = spawned
-    one = runs.run(name, 1, rep_grad=method.endswith("/rep"))
+    one = runs.run(name, 1, rep_grad=mode in ("rep", "uneven"), uneven=mode == "uneven")
     _assert_same_run(rank0[method], one)
     _assert_same_run(rank1[method], one)  # every rank holds the same model and balancer state
 
@@ -103,11 +108,20 @@ def test_a_process_group_the_script_created_is_used_and_never_destroyed(spawned)
     _assert_same_run(rank0["auto"], runs.run("pcgrad", 1))
 
 
-def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
+def test_methods_that_need_the_rows_at_the_representation_gather_them_and_the_others_sum_gramians(spawned):
+    (rank0, _), _ = spawned
+    for method in ("db_mtl/rep", "graddrop/rep", "metabalance@every=2/rep", "trimmed_mean/uneven"):
+        assert "rows" in rank0[method]["timings"] and "gramian" not in rank0[method]["timings"], method
+    for method in ("pcgrad/rep", "gradvac/rep", "mgda/uneven"):
+        assert "gramian" in rank0[method]["timings"] and "rows" not in rank0[method]["timings"], method
+
+
+def test_a_wrapper_of_a_method_without_weights_raises_on_every_rank_as_in_one_process(spawned):
     (rank0, rank1), _ = spawned
-    for result in (rank0["graddrop/rep"], rank1["graddrop/rep"]):
-        assert result["type"] == "ValueError"
-        assert "GradDrop" in result["message"] and "rep_grad" in result["message"]
+    with pytest.raises(ConfigError) as one:
+        runs.run("db_mtl@every=2", 1, rep_grad=True)
+    for result in (rank0["db_mtl@every=2/rep"], rank1["db_mtl@every=2/rep"]):
+        assert result == {"type": "ConfigError", "message": str(one.value)}
 
 
 def test_a_validation_loader_that_cannot_be_sharded_is_refused_on_every_rank_before_training(spawned):

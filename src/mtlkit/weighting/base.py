@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -225,6 +226,10 @@ class Collectives(Protocol):
     @property
     def world_size(self) -> int:
         """The number of processes whose local batches make up the global batch."""
+
+    @property
+    def rank(self) -> int:
+        """This process's place among them (0 … world_size − 1), the order of `all_gather`'s output."""
 
     @property
     def shards_jacobian(self) -> bool:
@@ -458,7 +463,7 @@ class GradientBalancer(Balancer):
         elif collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
         else:
-            g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
+            g, weights = self._combine_global_gramian(J, names, losses, index, collectives, reps)
         for leaf, grad in zip(specific, specific_grads):
             if grad is not None:
                 leaf.grad = grad if leaf.grad is None else leaf.grad + grad
@@ -481,25 +486,27 @@ class GradientBalancer(Balancer):
         return g, weights
 
     def _combine_global_gramian(
-        self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, collectives: Collectives
+        self,
+        J: Tensor,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        collectives: Collectives,
+        reps: list[Tensor],
     ):
         """In a data-parallel run at a representation: weights from the global batch's Gramian, applied to J.
 
         Rows of J are per-sample here, so processes cannot average them; their Gramians add
         up instead. Exact for methods that see J only through G: those defined by `weights(G)`.
         A process's rows are world_size × its share (the losses' surrogate scaling), so the
-        global Gramian is Σ_r G_r / world_size².
+        global Gramian is Σ_r G_r / world_size². Methods that need the rows themselves get
+        the global rows gathered instead (`_combine_gathered`).
         """
-        cls = type(self)
-        if self.weights_from_context:  # the same weights on every process: applied to this process's rows
+        method = _innermost(self)
+        if method.weights_from_context:  # the same weights on every process: applied to this process's rows
             return self._combine_checked(J, names, losses, index)
-        if not _sees_only_gramian(cls):
-            raise ValueError(
-                f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "
-                "torch.distributed it cannot act at a shared representation: train without rep_grad (the "
-                "per-task gradients of the shared parameters are then averaged across ranks), or use a "
-                "method defined by weights(G) such as mgda, pcgrad, cagrad, imtl or nash_mtl"
-            )
+        if not _sees_only_gramian(type(method)):
+            return self._combine_gathered(J, names, losses, index, collectives, reps)
         G = gramian(J).contiguous()
         collectives.all_reduce_sum(G, "gramian")
         G = G / collectives.world_size**2
@@ -507,6 +514,62 @@ class GradientBalancer(Balancer):
         # Any matrix with Gramian G stands in for the global J: the method sees G only.
         _, weights = self._combine_checked(gramian_root(G).to(J.dtype), names, losses, index)
         return weights @ J, weights
+
+    def _combine_gathered(
+        self,
+        J: Tensor,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        collectives: Collectives,
+        reps: list[Tensor],
+    ) -> tuple[Tensor, Tensor | None]:
+        """The method on the global batch's rows at the representation; this process's slice of its update.
+
+        For methods that need the task gradients themselves (GradDrop, TrimmedMean, DB-MTL,
+        MetaBalance). Every process gathers every process's rows (one all-gather of the
+        per-sample counts, one of T × its columns, padded to the largest process's), so all
+        of them apply the method to the same global J, with the same state and random draws,
+        and keep the columns of their own samples. Samples are ordered as one process holds
+        the global batch when the loaders are split like `DistributedSampler` (sample j of
+        process r comes j·world_size + r, a representation's leading dimension indexing its
+        samples): per-column random draws and state then match one process's. The rows and
+        the update are world_size × the global ones on this process's samples (the losses'
+        surrogate scaling), as in the Gramian path.
+        """
+        N, rank = collectives.world_size, collectives.rank
+        T = J.shape[0]
+        counts = J.new_tensor([r.shape[0] if r.dim() else 1 for r in reps], dtype=torch.long)
+        every_count = counts.new_empty(N * len(reps))
+        collectives.all_gather(every_count, counts, "rows")
+        per_rank = every_count.view(N, len(reps)).tolist()  # samples of each representation, by process
+        widths = [math.prod(r.shape[1:]) if r.dim() else 1 for r in reps]
+        columns = [sum(n * w for n, w in zip(samples, widths)) for samples in per_rank]
+        width = max(columns)
+        padded = J.new_zeros(T, width)
+        padded[:, : J.shape[1]] = J
+        gathered = J.new_empty(N * T * width)
+        collectives.all_gather(gathered, padded.view(-1), "rows")
+        blocks = [  # per process: its rows at each representation, T × samples × width
+            block[:, :used].split([n * w for n, w in zip(samples, widths)], dim=1)
+            for block, used, samples in zip(gathered.view(N, T, width), columns, per_rank)
+        ]
+        global_blocks, mine = [], []
+        for k, w in enumerate(widths):
+            order = sorted((j, r) for r in range(N) for j in range(per_rank[r][k]))  # one process's sample order
+            rank_major = torch.cat([blocks[r][k].reshape(T, -1, w) for r in range(N)], dim=1)
+            starts = [sum(per_rank[q][k] for q in range(r)) for r in range(N)]
+            position = J.new_tensor([starts[r] + j for j, r in order], dtype=torch.long)
+            global_blocks.append(rank_major[:, position].reshape(T, -1))
+            mine.append(J.new_tensor([i for i, (_, r) in enumerate(order) if r == rank], dtype=torch.long))
+        J_global = torch.cat(global_blocks, dim=1).div_(N)
+        g_global, weights = self._combine_checked(J_global, names, losses, index)
+        g, offset = [], 0
+        for k, w in enumerate(widths):
+            size = sum(per_rank[r][k] for r in range(N)) * w
+            g.append(g_global[offset : offset + size].view(-1, w)[mine[k]].reshape(-1))
+            offset += size
+        return torch.cat(g).mul_(N), weights
 
 
 def _replace(value: Tensor, grad: Tensor) -> Tensor:
@@ -524,6 +587,14 @@ def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
         )
     if distributed:
         raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
+
+
+def _innermost(balancer: GradientBalancer) -> GradientBalancer:
+    """The method inside `every`/`ema` wrappers (`mtlkit.weighting.wrappers`), or the balancer itself."""
+    inner = getattr(balancer, "method", None)
+    while isinstance(inner, GradientBalancer):
+        balancer, inner = inner, getattr(inner, "method", None)
+    return balancer
 
 
 def _sees_only_gramian(cls: type[GradientBalancer]) -> bool:
