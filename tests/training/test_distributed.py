@@ -293,3 +293,70 @@ def test_yaml_trainer_section_accepts_a_strategy():
     assert TrainerConfig.from_dict(dict(config.trainer)).strategy == "auto"
     with pytest.raises(ConfigError, match=r"trainer: .*strategy"):
         ExperimentConfig.from_dict({"trainer": {"strategy": "fdsp"}})
+
+
+class _ThreadRank:
+    """Collectives of one of `world_size` threads that stand for processes (exchanging through `shared`)."""
+
+    shards_jacobian = reduces_in_backward = False
+
+    def __init__(self, rank: int, world_size: int, shared: dict) -> None:
+        self.rank, self.world_size, self.shared = rank, world_size, shared
+
+    def _exchange(self, tensor):
+        board = self.shared.setdefault(self.shared["round"][self.rank], [None] * self.world_size)
+        self.shared["round"][self.rank] += 1
+        board[self.rank] = tensor.clone()
+        self.shared["barrier"].wait()
+        return list(board)
+
+    def all_reduce_sum(self, tensor, kind):
+        tensor.copy_(sum(self._exchange(tensor)))
+
+    def all_gather(self, output, input, kind):
+        output.copy_(torch.cat(self._exchange(input)))
+
+
+@pytest.mark.parametrize("method", ["graddrop", "trimmed_mean", "db_mtl"])
+def test_rows_gathered_from_ranks_of_unequal_batches_give_the_one_process_gradient(method):
+    """Rank 0 holds samples 0, 2, 4 of the global batch and rank 1 samples 1, 3 (a strided split of 5):
+    the mean over ranks of the trunk's gradients equals one process's, at two representations."""
+    import threading
+
+    from mtlkit.weighting import get
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    heads = [torch.randn(3 + 2, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def step(rows, collectives=None):
+        W = torch.linspace(-1, 1, 4 * 5, dtype=torch.float64).view(4, 5).requires_grad_()
+        z = x[rows] @ W
+        reps = [torch.tanh(z[:, :3]), torch.sin(z[:, 3:])]  # widths 3 and 2
+        losses = []
+        for head in heads:
+            mine = ((torch.cat(reps, dim=1) @ head) ** 2).sum() / 5  # this rank's share of the mean over 5
+            if collectives is None:
+                losses.append(mine)
+            else:  # the strategy's surrogate: value the global loss, gradient world_size × the share
+                total = mine.detach().clone()
+                collectives.all_reduce_sum(total, "losses")
+                losses.append(2 * mine - (2 * mine).detach() + total)
+        balancer = get(method, tasks=3, **({"seed": 3} if method == "graddrop" else {}))
+        balancer.backward(losses, shared_reps=reps, collectives=collectives)
+        return W.grad
+
+    one = step(torch.arange(5))
+    shared = {"round": [0, 0], "barrier": threading.Barrier(2, timeout=30)}
+    grads = [None, None]
+
+    def rank(r):
+        grads[r] = step(torch.arange(r, 5, 2), _ThreadRank(r, 2, shared))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(grad is not None for grad in grads), "a rank failed (see the thread's traceback above)"
+    torch.testing.assert_close((grads[0] + grads[1]) / 2, one, **TIGHT)
