@@ -360,3 +360,28 @@ def test_rows_gathered_from_ranks_of_unequal_batches_give_the_one_process_gradie
         thread.join(timeout=60)
     assert all(grad is not None for grad in grads), "a rank failed (see the thread's traceback above)"
     torch.testing.assert_close((grads[0] + grads[1]) / 2, one, **TIGHT)
+
+
+def test_representations_of_different_widths_on_the_ranks_raise_on_every_rank():
+    import threading
+
+    from mtlkit.weighting import get
+
+    shared = {"round": [0, 0], "barrier": threading.Barrier(2, timeout=30)}
+    errors = [None, None]
+
+    def rank(r):
+        h = torch.randn(3, 4 + r, dtype=torch.float64, requires_grad=True).tanh()
+        losses = [(h * (t + 1)).sum() for t in range(3)]
+        try:
+            get("graddrop", tasks=3).backward(losses, shared_reps=h, collectives=_ThreadRank(r, 2, shared))
+        except ValueError as error:
+            errors[r] = str(error)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for message in errors:
+        assert message is not None and "shared_reps[0] holds [4, 5] values per sample" in message

@@ -537,38 +537,45 @@ class GradientBalancer(Balancer):
         the update are world_size × the global ones on this process's samples (the losses'
         surrogate scaling), as in the Gramian path.
         """
-        N, rank = collectives.world_size, collectives.rank
-        T = J.shape[0]
-        counts = J.new_tensor([r.shape[0] if r.dim() else 1 for r in reps], dtype=torch.long)
-        every_count = counts.new_empty(N * len(reps))
-        collectives.all_gather(every_count, counts, "rows")
-        per_rank = every_count.view(N, len(reps)).tolist()  # samples of each representation, by process
-        widths = [math.prod(r.shape[1:]) if r.dim() else 1 for r in reps]
-        columns = [sum(n * w for n, w in zip(samples, widths)) for samples in per_rank]
-        width = max(columns)
-        padded = J.new_zeros(T, width)
-        padded[:, : J.shape[1]] = J
-        gathered = J.new_empty(N * T * width)
-        collectives.all_gather(gathered, padded.view(-1), "rows")
-        blocks = [  # per process: its rows at each representation, T × samples × width
-            block[:, :used].split([n * w for n, w in zip(samples, widths)], dim=1)
-            for block, used, samples in zip(gathered.view(N, T, width), columns, per_rank)
+        N, rank, T = collectives.world_size, collectives.rank, J.shape[0]
+        if not reps:  # no columns: the global J is this one
+            return self._combine_checked(J, names, losses, index)
+        # Each representation's (samples, values per sample) on every process: one small all-gather.
+        shapes = [(r.shape[0], math.prod(r.shape[1:])) if r.dim() else (1, 1) for r in reps]
+        every_shape = J.new_empty(N * len(reps) * 2, dtype=torch.long)
+        collectives.all_gather(every_shape, J.new_tensor(shapes, dtype=torch.long).view(-1), "rows")
+        layouts = every_shape.view(N, len(reps), 2).tolist()  # [process][representation] = [samples, width]
+        for k, (_, width) in enumerate(shapes):
+            found = [layout[k][1] for layout in layouts]
+            if found != [width] * N:
+                raise ValueError(
+                    f"{type(self).__name__}: shared_reps[{k}] holds {found} values per sample on processes "
+                    f"0…{N - 1}: every process's representation must have the same shape past its leading "
+                    "(sample) dimension"
+                )
+        # T × every process's columns, padded to the largest process's.
+        columns = [sum(n * w for n, w in layout) for layout in layouts]
+        most = max(columns)
+        local = J if J.shape[1] == most else torch.cat([J, J.new_zeros(T, most - J.shape[1])], dim=1)
+        gathered = J.new_empty(N * T * most)
+        collectives.all_gather(gathered, local.reshape(-1), "rows")
+        pieces = [  # [process][representation]: T × samples × width, the padding dropped
+            [part.view(T, n, w) for part, (n, w) in zip(block[:, :used].split([n * w for n, w in layout], 1), layout)]
+            for block, used, layout in zip(gathered.view(N, T, most), columns, layouts)
         ]
         global_blocks, mine = [], []
-        for k, w in enumerate(widths):
-            order = sorted((j, r) for r in range(N) for j in range(per_rank[r][k]))  # one process's sample order
-            rank_major = torch.cat([blocks[r][k].reshape(T, -1, w) for r in range(N)], dim=1)
-            starts = [sum(per_rank[q][k] for q in range(r)) for r in range(N)]
-            position = J.new_tensor([starts[r] + j for j, r in order], dtype=torch.long)
-            global_blocks.append(rank_major[:, position].reshape(T, -1))
-            mine.append(J.new_tensor([i for i, (_, r) in enumerate(order) if r == rank], dtype=torch.long))
-        J_global = torch.cat(global_blocks, dim=1).div_(N)
-        g_global, weights = self._combine_checked(J_global, names, losses, index)
-        g, offset = [], 0
-        for k, w in enumerate(widths):
-            size = sum(per_rank[r][k] for r in range(N)) * w
-            g.append(g_global[offset : offset + size].view(-1, w)[mine[k]].reshape(-1))
-            offset += size
+        for k, (_, width) in enumerate(shapes):
+            sizes = [layout[k][0] for layout in layouts]
+            # One process holds sample j of process r at j·N + r (the strided split of the shards):
+            # `order` takes the processes' samples, concatenated by process, into that order.
+            order = torch.cat([torch.arange(n) * N + r for r, n in enumerate(sizes)]).argsort().to(J.device)
+            rows = torch.cat([piece[k] for piece in pieces], dim=1)[:, order]
+            global_blocks.append(rows.reshape(T, -1))
+            start = sum(sizes[:rank])
+            mine.append((order.argsort()[start : start + sizes[rank]], rows.shape[1], width))  # our samples' places
+        g_global, weights = self._combine_checked(torch.cat(global_blocks, dim=1).div_(N), names, losses, index)
+        parts = g_global.split([block.shape[1] for block in global_blocks])
+        g = [part.view(total, width)[where].reshape(-1) for part, (where, total, width) in zip(parts, mine)]
         return torch.cat(g).mul_(N), weights
 
 
