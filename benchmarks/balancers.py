@@ -31,6 +31,7 @@ balancers included: their `reps` entry is the same single backward), modes `para
 declare `needs` get a `StepContext` over the benchmark's net, as the Trainer would hand
 them: extra training / validation batches are random batches of the step's shape, and
 FAMO's post-step update (one no-grad forward after the optimizer step) is part of its step.
+MoCo and ExcessMTL take the batch rows in every `reps` column (their only rows there).
 A mode a method refuses (`supports_shared_reps = False`) or a T where it is undefined (it
 raises ValueError: Krum, TrimmedMean at small T) is "n/a", the reason printed on stderr.
 
@@ -107,7 +108,7 @@ def _ew(net: Net, T: int) -> Callable:
 
 def _mtlkit(net: Net, T: int, name: str, mode: str, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable:
     balancer = get(name, tasks=T)
-    if mode != "params":
+    if mode != "params" and not getattr(balancer, "batch_rows_only", False):  # MoCo, ExcessMTL: batch rows only
         balancer.rep_reduce = mode.split("/")[1]
     needs = needs_of(balancer)
     context = _context(net, balancer.task_names, batch) if needs else None

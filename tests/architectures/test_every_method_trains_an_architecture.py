@@ -1,7 +1,7 @@
 """Every registered balancer trains HPS through the Trainer, on the shared parameters and at the representation.
 
-Methods whose state lives in the shared parameters' coordinates (`supports_shared_reps = False`)
-refuse `rep_grad=True` with an error that says to use rep_grad=False.
+Methods that cannot act at a representation (`supports_shared_reps = False`) refuse
+`rep_grad=True` with an error that says to use rep_grad=False.
 """
 
 import pytest

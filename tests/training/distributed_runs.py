@@ -30,6 +30,9 @@ METHODS = (
     "pcgrad",
     "cagrad",
     "imtl",
+    "moco",
+    "excess_mtl",
+    "metabalance",
     "nash_mtl",
     "graddrop",
     "db_mtl",
@@ -43,6 +46,8 @@ METHODS = (
 )
 REP_METHODS = (
     "mgda",
+    "moco",  # batch rows: summed over ranks
+    "excess_mtl",
     "nash_mtl",
     "fairgrad",
     "mgda@every=2,ema=0.9",
@@ -55,12 +60,12 @@ REP_METHODS = (
     "gradvac",
     "dualproj",
     "config",
-    "db_mtl",  # the methods below need the rows themselves: every rank gathers the global rows
+    "db_mtl",  # the methods below need the per-sample rows themselves: every rank gathers the global rows
     "graddrop",  # one uniform draw per column: the gathered columns in one process's order
     "metabalance",
     "metabalance@every=2",  # the wrapper of a method that needs the rows
-)  # Gramian-based methods, those whose weights come from other batches, the methods that need the rows,
-# and loss methods at the representation
+)  # Gramian-based methods, methods on the batch rows, those whose weights come from other batches, the
+# methods that need the rows, and loss methods at the representation
 # At the representation on one dataset of 20 rows with every task labelled: the last global batch has 4 rows
 # (2 per rank). DB-MTL is not among them: its state needs a representation of fixed size, in one process too.
 UNEVEN_METHODS = ("graddrop", "trimmed_mean", "metabalance", "mgda")

@@ -1,8 +1,8 @@
 """Every registered balancer, by name: trains, survives a zero-gradient task, checkpoints.
 
 Balancers that declare `needs` get a StepContext over the test model; those whose state
-lives in the shared parameters' coordinates (`supports_shared_reps = False`) must refuse
-a representation with an error that says what to do instead.
+cannot act at a representation (`supports_shared_reps = False`) must refuse one with an
+error that says what to do instead.
 """
 
 import pytest
@@ -47,7 +47,7 @@ def _train(model_cls, name, mode, steps=4, zero_task=False):
 @pytest.mark.parametrize("name", METHODS)
 def test_method_trains_a_few_steps_without_nan(small_mtl, name, mode):
     if not _supports(name, mode):
-        with pytest.raises(ValueError, match="needs the task gradients on the shared parameters.*rep_grad=False"):
+        with pytest.raises(ValueError, match="cannot act at a shared representation.*rep_grad=False"):
             _train(small_mtl, name, mode)
         return
     model, balancer, result = _train(small_mtl, name, mode)

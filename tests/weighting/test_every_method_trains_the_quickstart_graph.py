@@ -1,4 +1,8 @@
-"""Every registered balancer trains the torchMTL quickstart graph through the Trainer."""
+"""Every registered balancer trains the torchMTL quickstart graph through the Trainer.
+
+On the shared parameters (the graph's own `training_step`) and at a representation: the
+outputs of Embed1 and Embed2, the two layers the tasks share, returned as `shared_reps`.
+"""
 
 import pytest
 import torch
@@ -7,11 +11,31 @@ from torch.nn import BCEWithLogitsLoss, Linear, MSELoss, Sequential
 from mtlkit import DictDataLoader, DictDataset, MTLModel, Trainer
 from mtlkit.data.synthetic import QuickstartDataset
 from mtlkit.layers import Concat, SimpleSelect
-from mtlkit.weighting import available
+from mtlkit.protocol import StepOutput
+from mtlkit.weighting import available, get
 
 
-def _quickstart_model() -> MTLModel:
-    return MTLModel(
+class _AtTheEmbeddings(MTLModel):
+    """The quickstart graph with its shared layers' outputs as `shared_reps` (rep_grad)."""
+
+    rep_grad = True
+
+    def training_step(self, X, Y) -> StepOutput:
+        reps: list = []
+        hooks = [self.get_submodule(n).register_forward_hook(lambda m, i, out: reps.append(out)) for n in SHARED]
+        try:
+            out = super().training_step(X, Y)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return StepOutput(out.losses, out.counts, reps)
+
+
+SHARED = ("Embed1", "Embed2")
+
+
+def _quickstart_model(at_reps: bool = False) -> MTLModel:
+    return (_AtTheEmbeddings if at_reps else MTLModel)(
         [
             {"name": "X", "layers": SimpleSelect("x")},  # DictDataLoader batches are dicts
             {"name": "Embed1", "layers": Sequential(Linear(16, 32), Linear(32, 8)), "anchor_layer": "X"},
@@ -58,13 +82,18 @@ OPTIONS = {"krum": {"n_selected": 2}}
 
 
 @pytest.mark.filterwarnings("ignore:fit has no metric to report")  # training only: no validation split
+@pytest.mark.parametrize("mode", ["params", "reps"])
 @pytest.mark.parametrize("method", available(aliases=False))
-def test_method_trains_the_quickstart_graph_for_a_few_steps(method):
+def test_method_trains_the_quickstart_graph_for_a_few_steps(method, mode):
     torch.manual_seed(0)
-    model = _quickstart_model()
+    model = _quickstart_model(at_reps=mode == "reps")
     before = [p.detach().clone() for p in model.parameters()]
     weighting = (method, OPTIONS[method]) if method in OPTIONS else method
     trainer = Trainer(n_epochs=2, lr=0.01, weighting=weighting, progress_bar=False, seed=0)
+    if mode == "reps" and not get(method, tasks=3).supports_shared_reps:
+        with pytest.raises(ValueError, match="cannot act at a shared representation.*rep_grad=False"):
+            trainer.fit(model, _loaders())
+        return
     trainer.fit(model, _loaders())
     losses = [record["model/all/train/loss"] for record in trainer.history]
     assert trainer.step == 12 and all(torch.isfinite(torch.tensor(losses)))

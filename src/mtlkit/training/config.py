@@ -38,7 +38,7 @@ NONFINITE_POLICIES = ("raise", "skip")
 PRECISIONS = ("fp32", "bf16")
 METRIC_MODES = ("min", "max")
 DIST_BACKENDS = ("gloo", "nccl")
-STRATEGIES = ("auto", "single", "ddp")
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
 WeightingSpec = str | tuple | Mapping | Balancer
 
@@ -78,7 +78,9 @@ class TrainerConfig:
         strategy: 'single' (this process), 'ddp' (one rank of a torch.distributed run
             launched by `torchrun`: the training loaders are sharded across ranks,
             `batch_size` is per rank, the balancer sees the global batch's losses and
-            gradients, and rank 0 alone logs and writes checkpoints), or 'auto' ('ddp'
+            gradients, and rank 0 alone logs and writes checkpoints), 'fsdp' (as 'ddp',
+            with the model's parameters, gradients and optimizer state sharded across
+            ranks by FSDP2 between steps; the balancers 'ddp' runs), or 'auto' ('ddp'
             under torchrun or an initialised process group, else 'single'). None: 'ddp'
             with distributed=True, else 'single'.
         distributed: True means strategy 'ddp' (when strategy is None or 'auto').

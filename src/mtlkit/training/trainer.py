@@ -359,12 +359,13 @@ class Trainer:
             model.to(device)
         self._model = model
         self.device = _device_of(model)
-        self._parameters = list(model.parameters())  # clipped each step
-        self._loss_dtype = next((p.dtype for p in self._parameters if p.is_floating_point()), torch.float32)
+        self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self._task_order = {task: i for i, task in enumerate(model.task_names)}
         balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
         train = self.strategy.setup(model, balancer, train)
         optimizer = self._optimizer = build_optimizer(cfg, model.parameters(), balancer.parameters())
+        self.strategy.setup_optimizer(optimizer)
+        self._parameters = list(model.parameters())  # clipped each step (as the strategy's setup left them)
         if isinstance(cfg.batch_scheduler, BatchScheduler):
             batch_scheduler = cfg.batch_scheduler
         else:

@@ -10,12 +10,13 @@ from torch import Tensor, nn
 
 
 def resize_buffers(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, names: Sequence[str]) -> None:
-    """Give buffers sized at the first step the checkpoint's shapes, before `load_state_dict` copies into them."""
+    """Give buffers sized at the first step the checkpoint's shapes and dtypes (they follow the gradients'
+    dtype when sized), before `load_state_dict` copies into them."""
     for name in names:
         key = prefix + name
         if key in state_dict:
             current = getattr(module, name)
-            setattr(module, name, torch.empty_like(state_dict[key], device=current.device, dtype=current.dtype))
+            setattr(module, name, torch.empty_like(state_dict[key], device=current.device))
 
 
 def sized_like(module: nn.Module, name: str, J: Tensor) -> Tensor:
@@ -29,18 +30,9 @@ def sized_like(module: nn.Module, name: str, J: Tensor) -> Tensor:
         setattr(module, name, J.new_zeros(buffer.shape[0], J.shape[1]))
     elif buffer.shape[1] != J.shape[1]:
         raise ValueError(
-            f"{type(module).__name__} keeps per-coordinate state for {buffer.shape[1]} shared parameter entries, but "
+            f"{type(module).__name__} keeps per-coordinate state for {buffer.shape[1]} gradient coordinates (shared "
+            "parameter entries, or a representation's features), but "
             f"this step's task gradients have {J.shape[1]}: the losses reached another set of shared parameters "
             "(a batch labelling only some tasks?). This method needs every step to reach the same shared parameters"
         )
     return getattr(module, name)
-
-
-def refuse_shared_reps(module: nn.Module, state: str) -> ValueError:
-    """The error for a method whose `state` follows the shared parameters' coordinates across steps."""
-    name = type(module).__name__
-    return ValueError(
-        f"{name} keeps {state} across steps, which needs the task gradients on the shared parameters: at a "
-        f"shared representation the coordinates are per-sample and change with every batch. Call "
-        f"backward(losses, shared_params=...) (architectures: rep_grad=False)"
-    )

@@ -85,6 +85,10 @@ class Balancer(nn.Module):
 
     _losses_checked = False  # True within `losses_checked()`
 
+    # False for a method that cannot act at a shared representation: `backward` then refuses
+    # `shared_reps` (`shared_reps_refused` says why and what to use instead).
+    supports_shared_reps = True
+
     def __init__(self, tasks: int | Sequence[str] | None = None) -> None:
         super().__init__()
         if isinstance(tasks, int):
@@ -123,6 +127,8 @@ class Balancer(nn.Module):
         every, names, index, active = self._active_losses(losses)
         if not active:
             raise ValueError("no task loss requires grad: nothing to backpropagate")
+        if shared_reps is not None and not self.supports_shared_reps:
+            raise shared_reps_refused(self)
         if not self._losses_checked:
             _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
         if collectives is None:  # `_collectives` is None outside a call: nothing to set (nn.Module's setattr is slow)
@@ -270,6 +276,9 @@ class GradientBalancer(Balancer):
     as LibMTL's `rep_grad=True` does. Either way the weights then combine the per-sample
     rows that go through the trunk. "batch" is cheaper (a T×D Gramian) and needs a method
     defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
+    A method whose state follows the coordinates of its task gradients across steps (MoCo,
+    ExcessMTL) sets `batch_rows_only`: per-sample rows change meaning with every batch, so at
+    a representation it takes "batch" rows only (its default) and reports weights for them.
     """
 
     rep_reduce: str = "sample"
@@ -277,6 +286,12 @@ class GradientBalancer(Balancer):
     # them from the step context's other batches): under torch.distributed at a representation,
     # every process then applies the same weights to its own rows.
     weights_from_context: bool = False
+    batch_rows_only = False
+    # Set by the engine before `combine` on the shared parameters: for each block of J's columns,
+    # in order, (the position of its tensor in `shared_params`, its entry count); a step whose
+    # losses reach only some shared tensors has only their blocks. None at a representation.
+    # (MetaBalance acts per parameter tensor.)
+    column_blocks: list[tuple[int, int]] | None = None
 
     def __init__(self, tasks: int | Sequence[str] | None = None, chunk_size: int | None = None) -> None:
         super().__init__(tasks)
@@ -347,7 +362,8 @@ class GradientBalancer(Balancer):
         # Shared parameters no active loss reaches keep `.grad` untouched (as after loss.backward()).
         # With collectives every process takes all of them (zero columns where unreached), so
         # that the Jacobians line up; the global J then drops what no process reached.
-        params = [p for p in _flatten_params(shared_params) if id(p) in reached or collectives is not None]
+        given = _flatten_params(shared_params)
+        params = [p for p in given if id(p) in reached or collectives is not None]
         if params and collectives is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
             # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
             specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
@@ -374,6 +390,8 @@ class GradientBalancer(Balancer):
             else " With batched task backward passes, an inf inside one "
             "task's graph can reach the other tasks' rows: build the balancer with chunk_size=1 to isolate it."
         )
+        position = {id(p): i for i, p in enumerate(given)}
+        self.column_blocks = [(position[id(p)], p.numel()) for p in params]
         g, weights = combined if combined is not None else self._combine_checked(J, names, losses, index, hint)
         specific = [leaf for leaf in leaves if id(leaf) not in shared]
         if specific:
@@ -442,6 +460,7 @@ class GradientBalancer(Balancer):
         shared_reps: Reps,
         collectives: Collectives | None,
     ):
+        self.column_blocks = None
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -455,10 +474,15 @@ class GradientBalancer(Balancer):
         one_backward = collectives is not None and collectives.reduces_in_backward
         specific = [] if one_backward else leaves_above(losses, reps)
         J, specific_grads = rep_jacobian(losses, reps, also=specific)
-        if self.rep_reduce != "sample":
+        if self.rep_reduce != "sample" or self.batch_rows_only:
             # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-            _check_rep_reduce(self, collectives is not None)
-            _, weights = self._combine_checked(batch_rows(J, reps), names, losses, index)
+            _check_rep_reduce(self)
+            rows = batch_rows(J, reps)
+            if collectives is not None:  # the global batch's rows: sums add up (see _combine_global_gramian)
+                rows = rows.contiguous()
+                collectives.all_reduce_sum(rows, "jacobian")
+                rows = rows / collectives.world_size
+            _, weights = self._combine_checked(rows, names, losses, index)
             g = weights @ J
         elif collectives is None:
             g, weights = self._combine_checked(J, names, losses, index)
@@ -502,10 +526,9 @@ class GradientBalancer(Balancer):
         global Gramian is Σ_r G_r / world_size². Methods that need the rows themselves get
         the global rows gathered instead (`_combine_gathered`).
         """
-        method = _innermost(self)
-        if method.weights_from_context:  # the same weights on every process: applied to this process's rows
+        if self.weights_from_context:  # the same weights on every process: applied to this process's rows
             return self._combine_checked(J, names, losses, index)
-        if not _sees_only_gramian(type(method)):
+        if not _sees_only_gramian(type(_innermost(self))):  # a wrapper looks Gramian-only: ask its method
             return self._combine_gathered(J, names, losses, index, collectives, reps)
         G = gramian(J).contiguous()
         collectives.all_reduce_sum(G, "gramian")
@@ -583,17 +606,32 @@ def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
 
 
-def _check_rep_reduce(balancer: GradientBalancer, distributed: bool) -> None:
+def _check_rep_reduce(balancer: GradientBalancer) -> None:
     name = type(balancer).__name__
     if balancer.rep_reduce != "batch":
+        if balancer.batch_rows_only:
+            raise ValueError(
+                f"{name} keeps state in the coordinates of its task gradients across steps, and per-sample rows "
+                f"at a representation change meaning with every batch: use rep_reduce='batch' (its default), "
+                f"not {balancer.rep_reduce!r}"
+            )
         raise ValueError(f"{name}: rep_reduce must be 'sample' or 'batch', got {balancer.rep_reduce!r}")
-    if not _sees_only_gramian(type(balancer)):
+    if not (_sees_only_gramian(type(balancer)) or balancer.batch_rows_only):
         raise ValueError(
             f"{name} needs the task gradients themselves, so it cannot take weights from batch-summed rows: "
             "use rep_reduce='sample' or a method defined by weights(G) (mgda, upgrad, imtl_g, cagrad, ...)"
         )
-    if distributed:
-        raise ValueError(f"{name}: rep_reduce='batch' is not supported under torch.distributed; use 'sample'")
+
+
+def shared_reps_refused(balancer: Balancer) -> ValueError:
+    """The error for a method that cannot act at a shared representation (`supports_shared_reps = False`)."""
+    return ValueError(
+        f"{type(balancer).__name__} cannot act at a shared representation: its update is not a weighted sum of "
+        "the task gradients but is built entry by entry from per-task state it keeps for each shared parameter "
+        "(see its docstring), and a representation has no such entries. Take the task gradients on the shared "
+        "parameters: backward(losses, shared_params=...) (architectures: rep_grad=False); or, to act at the "
+        "representation, use a method that reports task weights (e.g. excess_mtl or moco)"
+    )
 
 
 def _innermost(balancer: GradientBalancer) -> GradientBalancer:

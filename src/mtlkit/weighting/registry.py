@@ -81,6 +81,11 @@ def get(name: str, **kwargs: Any) -> Balancer:
         raise ConfigError(
             f"balancer {name!r}: rep_reduce={rep_reduce!r} needs a gradient method and 'sample' or 'batch'"
         )
+    if rep_reduce == "sample" and getattr(cls, "batch_rows_only", False):
+        raise ConfigError(
+            f"balancer {name!r} keeps state in the coordinates of its task gradients, so at a representation it "
+            "takes the batch rows: rep_reduce='batch' (its default), not 'sample'"
+        )
     signature = inspect.signature(cls)
     try:
         signature.bind(**kwargs)

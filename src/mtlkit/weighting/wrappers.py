@@ -23,8 +23,11 @@ Both options are spelled the same everywhere: `get("mgda", every=4, ema=0.9)`, t
 Which methods: every registered method whose step is Σ_t w_t ∇L_t for task weights it
 reports, through the standard backward of `GradientBalancer`/`LossBalancer`. The others
 raise `ConfigError`: methods that transform the task gradients (GradDrop, TrimmedMean,
-DB-MTL: no weights to reuse or average) and methods that run their own backward (IMTL-H,
-and those whose update follows tracked or per-task-normalised gradients). A wrapped method
+DB-MTL, AdaTask, MetaBalance on several shared parameter tensors: no weights to reuse or
+average) and methods that run their own backward (IMTL-H). MoCo and ExcessMTL wrap: the
+wrapped method sees the rows it sees unwrapped (its Jacobian, or at a representation its
+batch rows), and a method that cannot act at a representation raises its own error
+there, wrapped or not. A wrapped method
 takes `every` once more ("cr_mogm@every=4" = "mgda@ema=0.9,every=4"). A stateful method updates
 its state on compute steps only: on reuse steps its own parameters (UW's log-variances,
 receive no gradient, GradNorm's weights do not move, a post-step
@@ -53,6 +56,8 @@ from mtlkit.weighting.base import (
     GradientBalancer,
     LossBalancer,
     _flatten_params,
+    _sees_only_gramian,
+    shared_reps_refused,
 )
 from mtlkit.weighting.jacobian import _reader_owners, leaves_above, reachable_leaves
 
@@ -87,6 +92,8 @@ def wrap(method: Balancer, every: int = 1, ema: float | None = None) -> Balancer
         return method
     smoothing = None if ema is None else float(ema)
     if isinstance(method, GradientBalancer):
+        if _sees_only_gramian(type(method)):
+            return GramianWrapper(method, every, smoothing)
         return GradientWrapper(method, every, smoothing)
     if isinstance(method, LossBalancer):
         return LossWrapper(method, every, smoothing)
@@ -191,6 +198,8 @@ class _Wrapper(Balancer):
             self.method.update(losses)  # type: ignore[operator]
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
+        if shared_reps is not None and not self.method.supports_shared_reps:
+            raise shared_reps_refused(self.method)  # the method's own error, before any step
         active = torch.zeros_like(self.stored_tasks)
         active[index.to(active.device)] = True
         self._computed = not (int(self.since_compute) < self.every and bool(torch.equal(active, self.stored_tasks)))
@@ -236,7 +245,12 @@ class _Wrapper(Balancer):
 
 
 class GradientWrapper(_Wrapper, GradientBalancer):
-    """A gradient method with `every`/`ema` (build it with `wrap`)."""
+    """A gradient method with `every`/`ema` (build it with `wrap`).
+
+    The method sees the task Jacobian (or, at a representation, its rows) exactly as
+    unwrapped: the rows it takes at a representation (`rep_reduce`, `batch_rows_only`)
+    are the method's own; a method defined by `weights(G)` is wrapped by `GramianWrapper`.
+    """
 
     method: GradientBalancer
 
@@ -244,10 +258,32 @@ class GradientWrapper(_Wrapper, GradientBalancer):
         GradientBalancer.__init__(self, method.task_names, chunk_size=method.chunk_size)
         self._setup(method, every, ema)
 
-    def weights(self, G: Tensor) -> Tensor:
-        return self.method.weights(G)
+    @property  # type: ignore[override]
+    def rep_reduce(self) -> str:
+        return self.method.rep_reduce
+
+    @rep_reduce.setter
+    def rep_reduce(self, value: str) -> None:
+        self.method.rep_reduce = value
+
+    @property  # type: ignore[override]
+    def batch_rows_only(self) -> bool:
+        return self.method.batch_rows_only
+
+    @batch_rows_only.setter
+    def batch_rows_only(self, value: bool) -> None:
+        self.method.batch_rows_only = value
+
+    @property  # type: ignore[override]
+    def weights_from_context(self) -> bool:
+        return self.method.weights_from_context
+
+    @weights_from_context.setter
+    def weights_from_context(self, value: bool) -> None:
+        self.method.weights_from_context = value
 
     def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        self.method.column_blocks = self.column_blocks  # set by the engine, which runs on the wrapper
         g, w = self.method.combine(J, losses, index)
         w = self._checked_weights(w)
         if self.ema is None:
@@ -300,6 +336,13 @@ class GradientWrapper(_Wrapper, GradientBalancer):
             torch.autograd.backward((w * vec).sum(), inputs=shared, retain_graph=bool(specific_leaves))
         if specific_leaves:
             torch.autograd.backward(vec.sum(), inputs=specific_leaves)
+
+
+class GramianWrapper(GradientWrapper):
+    """A method defined by `weights(G)` with `every`/`ema`: it still sees J only through G."""
+
+    def weights(self, G: Tensor) -> Tensor:
+        return self.method.weights(G)
 
 
 def _scaled_rep_backward(losses: list[Tensor], reps: list[Tensor], w: Tensor) -> bool:

@@ -5,7 +5,7 @@ process group, the model wrapper, the training data's shards, the collectives a 
 needs, the reduction of evaluation results, and which process writes. The Trainer calls
 these methods in this order and never asks which strategy it holds:
 
-    launch → setup → per step: training_step (inside global_step) → backward
+    launch → setup → setup_optimizer → per step: training_step (inside global_step) → backward
            → per epoch: epoch_end, score, run_on_main → teardown
 """
 
@@ -47,6 +47,9 @@ class Strategy:
     def setup(self, model: MultiTaskModel, balancer: Balancer, train: Sequence[DataLoader]) -> list[DataLoader]:
         """Prepare a fit of `model` (already on its device): wrap it, align the processes; the training loaders to use."""
         raise NotImplementedError
+
+    def setup_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """After `setup`: the optimizer of this fit, built on the model's parameters as `setup` left them."""
 
     def global_step(
         self, local_step: Callable[[], tuple[StepOutput, Any]], task_names: list[str], loss_dtype: torch.dtype

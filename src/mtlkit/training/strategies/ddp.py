@@ -263,8 +263,7 @@ class DDPStrategy(Strategy):
             classes = torch.zeros(len(labels), dtype=torch.float64, device=self.device)
             failure = None
             try:
-                shard = shard_evaluation_loader(loader, self.world_size, self.rank)
-                results = metrics.predict(model, shard, return_preds=True, scorers=scorers)
+                results = self._predict_shard(model, loader, scorers)
                 rows = {label: [results[key].get(label) for key in ("golds", "preds", "probs")] for label in labels}
                 for i, label in enumerate(labels):
                     golds = rows[label][0]
@@ -295,6 +294,11 @@ class DDPStrategy(Strategy):
                     where = f"{label}/{dataset.name}/{dataset.split}"
                     scores.update({f"{where}/{name}": value for name, value in state.compute().items()})
         return scores
+
+    def _predict_shard(self, model: MultiTaskModel, loader: DataLoader, scorers: dict[str, Any]) -> dict[str, Any]:
+        """`metrics.predict` of this rank's share of `loader` (every example once over the ranks)."""
+        shard = shard_evaluation_loader(loader, self.world_size, self.rank)
+        return metrics.predict(model, shard, return_preds=True, scorers=scorers)
 
     def run_on_main(self, write: Callable[[], None], what: str) -> None:
         """Call `write` on rank 0; a failure there (OSError) stops every rank."""

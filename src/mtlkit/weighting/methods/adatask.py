@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtlkit.weighting._state import refuse_shared_reps, resize_buffers, sized_like
+from mtlkit.weighting._state import resize_buffers, sized_like
 from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
@@ -27,9 +27,15 @@ class AdaTask(GradientBalancer):
     with plain SGD (no momentum) so that the optimizer applies it as is — an Adam
     optimizer would normalise it a second time. Task heads get their own raw gradient
     (the paper runs Adam on them; with SGD they get SGD). Defaults: Adam's β = (0.9,
-    0.999), ε = 1e-8. The moments (2 × T × P) and step counts are buffers. Acts on the
-    shared parameters only (per-coordinate moments need fixed coordinates).
-    Every step must reach the same shared parameters (else a ValueError).
+    0.999), ε = 1e-8. The moments (2 × T × P) and step counts are buffers. Every step
+    must reach the same shared parameters (else a ValueError).
+
+    Acts on the shared parameters only: `shared_reps` raises a ValueError. AdaTask is an
+    optimizer rule, one adaptive learning rate per task and per shared parameter entry;
+    its update is not a weighted sum of task gradients, so there is nothing that a
+    representation's gradient could carry back to the trunk's parameters (moments at
+    the representation would adapt a rate for each feature, not for each parameter).
+    For the same reason it reports no task weights and cannot be wrapped by every/ema.
     """
 
     exp_avg: Tensor
@@ -38,7 +44,7 @@ class AdaTask(GradientBalancer):
 
     properties = frozenset({"expected_structure"})
 
-    supports_shared_reps = False  # state in the shared parameters' coordinates
+    supports_shared_reps = False  # per-parameter-entry moments: no representation form (see above)
 
     def __init__(
         self,
@@ -65,11 +71,6 @@ class AdaTask(GradientBalancer):
         k = self.task_steps[index].to(J).unsqueeze(1)
         m_hat, v_hat = m / (1 - beta1**k), v / (1 - beta2**k)
         return (m_hat / (v_hat.sqrt() + self.eps)).sum(dim=0), None
-
-    def _backward(self, names, index, losses, shared_params, shared_reps):
-        if shared_reps is not None:
-            raise refuse_shared_reps(self, "per-task Adam moments")
-        return super()._backward(names, index, losses, shared_params, shared_reps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_buffers(self, state_dict, prefix, ["exp_avg", "exp_avg_sq"])

@@ -35,9 +35,20 @@ class AutoLambda(LossBalancer):
     over the ranks (two all-reduces of the parameters' size), so λ is the global batch's.
 
     Defaults (authors' code): λ starts at 0.1 (`init`), meta lr 1e-4 (Adam β = (0.9,
-    0.999)), all tasks primary (`primary=None`, the paper's "total" setting). Departure:
-    the virtual step is plain SGD (the authors' replays the optimizer's momentum and
-    weight decay). λ and the Adam moments are buffers.
+    0.999)), all tasks primary (`primary=None`, the paper's "total" setting). λ and the
+    Adam moments are buffers.
+
+    Against the paper and the authors' code (checked term by term): the look-ahead is the
+    paper's θ' = θ − α ∇_θ Σ_t λ_t L_t(θ) on this step's batch, over every trainable
+    parameter, with α the optimizer's current learning rate (first parameter group); d is
+    taken at θ', the shifted points are θ ± ε d around the original θ, and the
+    hypergradient needs no gradient in λ beyond the per-task losses there, as in the
+    authors' finite difference. One departure: the authors' code also puts the optimizer's
+    weight decay δ (of its first parameter group, whatever the optimizer) and, for SGD
+    with momentum μ, the momentum buffer b into the virtual step, θ' = θ − α (∇_θ L + μ b +
+    δ θ); mtlkit's step context carries the learning rate only, so with weight decay or
+    momentum the look-ahead here is the paper's plain-SGD one, which differs from the
+    authors' by α (μ b + δ θ). An adaptive optimizer's scaling (Adam's) is replayed by neither.
     """
 
     task_names: list[str]  # required: set in __init__

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 from mtlkit.weighting.methods.mgda import MGDA
 from mtlkit.weighting.registry import register
-from mtlkit.weighting.wrappers import GradientWrapper
+from mtlkit.weighting.wrappers import GramianWrapper
 
 
 @register("cr_mogm", "crmogm")
-class CRMOGM(GradientWrapper):
+class CRMOGM(GramianWrapper):
     """CR-MOGM: MGDA whose weights are a moving average over steps, damping their noise.
 
     `On the Convergence of Stochastic Multi-Objective Gradient Manipulation and Beyond

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mtlkit.weighting._state import refuse_shared_reps, resize_buffers, sized_like
+from mtlkit.weighting._state import resize_buffers, sized_like
 from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
@@ -27,9 +27,17 @@ class ExcessMTL(GradientBalancer):
     The weights act on the shared part only (task heads get their own unweighted
     gradient, the library's convention; the paper weights the whole loss). When only
     some tasks are in the batch, only their weights move, keeping their sum. The
-    accumulator (T × P), e(0) and the weights are buffers. Acts on the shared
-    parameters only (the accumulator needs fixed coordinates).
-    Every step must reach the same shared parameters (else a ValueError).
+    accumulator (T × P), e(0) and the weights are buffers. Every step must reach the
+    same shared parameters (else a ValueError).
+
+    At a shared representation (`shared_reps`; LibMTL refuses ExcessMTL there) the
+    coordinates of g_t, and so of the accumulator, are the batch rows: task t's gradient
+    with respect to the representation summed over the batch (`rep_reduce="batch"`, the
+    only mode: per-sample rows change meaning with every batch), T × D. The weights follow
+    the same recursion and combine the per-sample rows, so the trunk receives
+    Σ_t w_t ∂L_t/∂z. Departure: the excess risk is then estimated from the curvature seen at
+    the representation instead of at the shared parameters (the paper's diagonal model
+    is per parameter); the weighting rule is unchanged.
     """
 
     squares: Tensor
@@ -38,7 +46,8 @@ class ExcessMTL(GradientBalancer):
 
     properties = frozenset({"expected_structure"})
 
-    supports_shared_reps = False  # state in the shared parameters' coordinates
+    rep_reduce = "batch"  # at a representation, the accumulator's coordinates are the batch rows
+    batch_rows_only = True
 
     def __init__(
         self,
@@ -70,11 +79,6 @@ class ExcessMTL(GradientBalancer):
             w = moved * (w.sum() / moved.sum())
             self.task_weights[index] = w.to(self.task_weights)
         return w @ J, w
-
-    def _backward(self, names, index, losses, shared_params, shared_reps):
-        if shared_reps is not None:
-            raise refuse_shared_reps(self, "accumulated squared gradients")
-        return super()._backward(names, index, losses, shared_params, shared_reps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_buffers(self, state_dict, prefix, ["squares"])

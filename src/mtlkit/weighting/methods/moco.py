@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.weighting._simplex import project_to_simplex, restrict
-from mtlkit.weighting._state import refuse_shared_reps, resize_buffers, sized_like
+from mtlkit.weighting._state import resize_buffers, sized_like
 from mtlkit.weighting.base import GradientBalancer
 from mtlkit.weighting.registry import register
 
@@ -30,8 +30,16 @@ class MoCo(GradientBalancer):
     does; the default follows the paper's algorithm (raw gradients, and the projection
     Π_Δ where that code takes a softmax). The tracked gradients y (T × P) and λ are
     buffers (`state_dict()` carries them). When only some tasks are in the batch, only
-    their y and λ move (their λ share is kept). Acts on the shared parameters only.
-    Every step must reach the same shared parameters (else a ValueError).
+    their y and λ move (their λ share is kept). Every step must reach the same shared
+    parameters (else a ValueError).
+
+    At a shared representation (`shared_reps`; LibMTL refuses MoCo there) the gradient
+    coordinates that y tracks are the batch rows: g_t is task t's gradient with respect to
+    the representation summed over the batch (`rep_reduce="batch"`, the only mode: per-sample
+    rows change meaning with every batch), so y is T × D. λ follows the same recursion, and
+    the trunk receives Σ_t λ_t ∂L_t/∂z of this batch's per-sample rows. Departure: the
+    paper's update Σ_t λ_t y_t cannot be pushed through the trunk sample by sample, so there
+    the tracked gradients shape λ only and the step uses the current task gradients.
     """
 
     tracked: Tensor
@@ -40,7 +48,8 @@ class MoCo(GradientBalancer):
 
     properties: frozenset[str] = frozenset()  # see tests/weighting/test_properties.py
 
-    supports_shared_reps = False  # state in the shared parameters' coordinates
+    rep_reduce = "batch"  # at a representation, y tracks the batch rows (fixed coordinates)
+    batch_rows_only = True
 
     def __init__(
         self,
@@ -77,11 +86,6 @@ class MoCo(GradientBalancer):
         lam = project_to_simplex(lam - self.gamma / k**self.gamma_sigma * step)
         self.lambdas[index] = (lam * share).to(self.lambdas)  # the other tasks keep their share
         return lam @ y, lam
-
-    def _backward(self, names, index, losses, shared_params, shared_reps):
-        if shared_reps is not None:
-            raise refuse_shared_reps(self, "tracked task gradients")
-        return super()._backward(names, index, losses, shared_params, shared_reps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         resize_buffers(self, state_dict, prefix, ["tracked"])
