@@ -56,8 +56,19 @@ REP_METHODS = (
     "auto_lambda",
     "modo@every=2,ema=0.9",
     "famo",  # post-step losses through DDP
-)  # Gramian-based methods, methods on the batch rows, those whose weights come from other batches,
-# and loss methods at the representation
+    "pcgrad",  # random projection order: the same draws on every rank
+    "gradvac",
+    "dualproj",
+    "config",
+    "db_mtl",  # the methods below need the per-sample rows themselves: every rank gathers the global rows
+    "graddrop",  # one uniform draw per column: the gathered columns in one process's order
+    "metabalance",
+    "metabalance@every=2",  # the wrapper of a method that needs the rows
+)  # Gramian-based methods, methods on the batch rows, those whose weights come from other batches, the
+# methods that need the rows, and loss methods at the representation
+# At the representation on one dataset of 20 rows with every task labelled: the last global batch has 4 rows
+# (2 per rank). DB-MTL is not among them: its state needs a representation of fixed size, in one process too.
+UNEVEN_METHODS = ("graddrop", "trimmed_mean", "metabalance", "mgda")
 # Methods that draw validation batches: each rank draws from its shard of the validation loader, so
 # its batch size scales like the training loaders' (and 16 rows, which 8 divides: no padded last batch).
 VALID_METHODS = ("auto_lambda",)
@@ -142,8 +153,13 @@ def make_model(rep_grad: bool = False, fail=None) -> Net:
     return Net(rep_grad, fail).double()
 
 
-def make_loaders(batch_size: int, valid_batch: int = 4, valid_rows: int = 15) -> list[DictDataLoader]:
-    """Training dsA (32 rows: a, c on a quarter) and dsB (16 rows: b, c on half); valid (15 rows) and test (9)."""
+def make_loaders(
+    batch_size: int, valid_batch: int = 4, valid_rows: int = 15, uneven: bool = False
+) -> list[DictDataLoader]:
+    """Training dsA (32 rows: a, c on a quarter) and dsB (16 rows: b, c on half); valid (15 rows) and test (9).
+
+    `uneven`: instead of dsA and dsB, dsU (20 rows: a, b, c on half), whose last batch is smaller.
+    """
     g = torch.Generator().manual_seed(1)
 
     def rows(n, c_every):
@@ -162,9 +178,16 @@ def make_loaders(batch_size: int, valid_batch: int = 4, valid_rows: int = 15) ->
     valid = DictDataset("dsV", "valid", {"x": x}, {"a": a, "b": b, "c": c})
     x, a, b, c = rows(9, 1)
     test = DictDataset("dsV", "test", {"x": x}, {"a": a, "b": b, "c": c})
-    return [
+    train = [
         DictDataLoader(ds_a, batch_size=batch_size, shuffle=True, seed=10),
         DictDataLoader(ds_b, batch_size=batch_size, shuffle=True, seed=11),
+    ]
+    if uneven:
+        x, a, b, c = rows(20, 2)
+        ds_u = DictDataset("dsU", "train", {"x": x}, {"a": a, "b": b, "c": c})
+        train = [DictDataLoader(ds_u, batch_size=batch_size, shuffle=True, seed=12)]
+    return [
+        *train,
         DictDataLoader(valid, batch_size=valid_batch),
         DictDataLoader(test, batch_size=4),
     ]
@@ -189,12 +212,14 @@ def run(
     resume_from=None,
     sharded: bool = False,
     overlap: bool = True,
+    uneven: bool = False,
     **overrides,
 ) -> dict:
     """Train with `processes` ranks' worth of batch; return what the tests compare.
 
     `sharded`: Gramian-only methods take G from slices of J (the NCCL default) instead of the averaged J.
     `overlap` False: J on the shared parameters is all-reduced after its backward, not block by block during it.
+    `uneven`: on `make_loaders`' dataset whose last batch is smaller.
     """
     model = make_model(rep_grad)
     trainer = Trainer(**config(weighting, **overrides))
@@ -202,7 +227,7 @@ def run(
         trainer.strategy = DDPStrategy(shard_jacobian=sharded, overlap_jacobian=overlap)
     batch = LOCAL_BATCH * (WORLD // processes)
     valid = {"valid_batch": batch, "valid_rows": 16} if weighting.split("@")[0] in VALID_METHODS else {}
-    final = trainer.fit(model, make_loaders(batch, **valid), resume_from=resume_from)
+    final = trainer.fit(model, make_loaders(batch, uneven=uneven, **valid), resume_from=resume_from)
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
@@ -231,7 +256,9 @@ def _scenarios(rank: int, out: Path) -> dict:
         results[f"{method}/unoverlapped"] = run(method, WORLD, distributed=True, overlap=False)
     for method in REP_METHODS:
         results[f"{method}/rep"] = run(method, WORLD, rep_grad=True, distributed=True)
-    results["graddrop/rep"] = _error(lambda: run("graddrop", WORLD, rep_grad=True, distributed=True))
+    for method in UNEVEN_METHODS:
+        results[f"{method}/uneven"] = run(method, WORLD, rep_grad=True, uneven=True, distributed=True)
+    results["db_mtl@every=2/rep"] = _error(lambda: run("db_mtl@every=2", WORLD, rep_grad=True, distributed=True))
     # Rank-specific folders show who writes; rank 0's checkpoint is resumed on one process by the test.
     results["written"] = run(
         "uw",

@@ -27,7 +27,7 @@ from mtlkit.training import FSDPStrategy, close_process_group
 WORLD = runs.WORLD
 TIMEOUT_S = 60
 METHODS = ("ew", "uw", "famo")  # loss-weighting balancers
-REP_METHODS = ("mgda", "upgrad")  # gradient methods at the shared representation
+REP_METHODS = ("mgda", "upgrad", "graddrop")  # gradient methods at the shared representation (GradDrop: gathered rows)
 PARAM_METHODS = ("mgda", "pcgrad", "graddrop")
 HPS_RUNS = (("uw", False), ("mgda", True), ("pcgrad", False))
 

@@ -79,14 +79,15 @@ def _assert_same_run(two, one):
         *(f"{m}/rep" for m in runs.REP_METHODS),
         *(f"{m}/sharded" for m in runs.SHARDED_METHODS),
         *(f"{m}/unoverlapped" for m in runs.UNOVERLAPPED_METHODS),
+        *(f"{m}/uneven" for m in runs.UNEVEN_METHODS),
     ],
 )
 def test_two_ranks_train_exactly_as_one_process_on_the_global_batches(spawned, method):
-    name = method.split("/")[0]
-    if not is_registered(name):
+    name, mode = method.split("/") if "/" in method else (method, "")
+    if not is_registered(name.split("@")[0]):
         pytest.skip(f"balancer {name!r} is not registered yet")
     (rank0, rank1), _ = spawned
-    one = runs.run(name, 1, rep_grad=method.endswith("/rep"))
+    one = runs.run(name, 1, rep_grad=mode in ("rep", "uneven"), uneven=mode == "uneven")
     _assert_same_run(rank0[method], one)
     _assert_same_run(rank1[method], one)  # every rank holds the same model and balancer state
 
@@ -108,11 +109,20 @@ def test_a_process_group_the_script_created_is_used_and_never_destroyed(spawned)
     _assert_same_run(rank0["auto"], runs.run("pcgrad", 1))
 
 
-def test_non_gramian_method_at_the_representation_raises_on_every_rank(spawned):
+def test_methods_that_need_the_rows_at_the_representation_gather_them_and_the_others_sum_gramians(spawned):
+    (rank0, _), _ = spawned
+    for method in ("db_mtl/rep", "graddrop/rep", "metabalance@every=2/rep", "trimmed_mean/uneven"):
+        assert "rows" in rank0[method]["timings"] and "gramian" not in rank0[method]["timings"], method
+    for method in ("pcgrad/rep", "gradvac/rep", "mgda/uneven"):
+        assert "gramian" in rank0[method]["timings"] and "rows" not in rank0[method]["timings"], method
+
+
+def test_a_wrapper_of_a_method_without_weights_raises_on_every_rank_as_in_one_process(spawned):
     (rank0, rank1), _ = spawned
-    for result in (rank0["graddrop/rep"], rank1["graddrop/rep"]):
-        assert result["type"] == "ValueError"
-        assert "GradDrop" in result["message"] and "rep_grad" in result["message"]
+    with pytest.raises(ConfigError) as one:
+        runs.run("db_mtl@every=2", 1, rep_grad=True)
+    for result in (rank0["db_mtl@every=2/rep"], rank1["db_mtl@every=2/rep"]):
+        assert result == {"type": "ConfigError", "message": str(one.value)}
 
 
 def test_a_validation_loader_that_cannot_be_sharded_is_refused_on_every_rank_before_training(spawned):
@@ -284,3 +294,95 @@ def test_yaml_trainer_section_accepts_a_strategy():
     assert TrainerConfig.from_dict(dict(config.trainer)).strategy == "auto"
     with pytest.raises(ConfigError, match=r"trainer: .*strategy"):
         ExperimentConfig.from_dict({"trainer": {"strategy": "fdsp"}})
+
+
+class _ThreadRank:
+    """Collectives of one of `world_size` threads that stand for processes (exchanging through `shared`)."""
+
+    shards_jacobian = reduces_in_backward = False
+
+    def __init__(self, rank: int, world_size: int, shared: dict) -> None:
+        self.rank, self.world_size, self.shared = rank, world_size, shared
+
+    def _exchange(self, tensor):
+        board = self.shared.setdefault(self.shared["round"][self.rank], [None] * self.world_size)
+        self.shared["round"][self.rank] += 1
+        board[self.rank] = tensor.clone()
+        self.shared["barrier"].wait()
+        return list(board)
+
+    def all_reduce_sum(self, tensor, kind):
+        tensor.copy_(sum(self._exchange(tensor)))
+
+    def all_gather(self, output, input, kind):
+        output.copy_(torch.cat(self._exchange(input)))
+
+
+@pytest.mark.parametrize("method", ["graddrop", "trimmed_mean", "db_mtl"])
+def test_rows_gathered_from_ranks_of_unequal_batches_give_the_one_process_gradient(method):
+    """Rank 0 holds samples 0, 2, 4 of the global batch and rank 1 samples 1, 3 (a strided split of 5):
+    the mean over ranks of the trunk's gradients equals one process's, at two representations."""
+    import threading
+
+    from mtlkit.weighting import get
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    heads = [torch.randn(3 + 2, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def step(rows, collectives=None):
+        W = torch.linspace(-1, 1, 4 * 5, dtype=torch.float64).view(4, 5).requires_grad_()
+        z = x[rows] @ W
+        reps = [torch.tanh(z[:, :3]), torch.sin(z[:, 3:])]  # widths 3 and 2
+        losses = []
+        for head in heads:
+            mine = ((torch.cat(reps, dim=1) @ head) ** 2).sum() / 5  # this rank's share of the mean over 5
+            if collectives is None:
+                losses.append(mine)
+            else:  # the strategy's surrogate: value the global loss, gradient world_size × the share
+                total = mine.detach().clone()
+                collectives.all_reduce_sum(total, "losses")
+                losses.append(2 * mine - (2 * mine).detach() + total)
+        balancer = get(method, tasks=3, **({"seed": 3} if method == "graddrop" else {}))
+        balancer.backward(losses, shared_reps=reps, collectives=collectives)
+        return W.grad
+
+    one = step(torch.arange(5))
+    shared = {"round": [0, 0], "barrier": threading.Barrier(2, timeout=30)}
+    grads = [None, None]
+
+    def rank(r):
+        grads[r] = step(torch.arange(r, 5, 2), _ThreadRank(r, 2, shared))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(grad is not None for grad in grads), "a rank failed (see the thread's traceback above)"
+    torch.testing.assert_close((grads[0] + grads[1]) / 2, one, **TIGHT)
+
+
+def test_representations_of_different_widths_on_the_ranks_raise_on_every_rank():
+    import threading
+
+    from mtlkit.weighting import get
+
+    shared = {"round": [0, 0], "barrier": threading.Barrier(2, timeout=30)}
+    errors = [None, None]
+
+    def rank(r):
+        h = torch.randn(3, 4 + r, dtype=torch.float64, requires_grad=True).tanh()
+        losses = [(h * (t + 1)).sum() for t in range(3)]
+        try:
+            get("graddrop", tasks=3).backward(losses, shared_reps=h, collectives=_ThreadRank(r, 2, shared))
+        except ValueError as error:
+            errors[r] = str(error)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for message in errors:
+        assert message is not None and "shared_reps[0] holds [4, 5] values per sample" in message

@@ -239,6 +239,10 @@ class Collectives(Protocol):
         """The number of processes whose local batches make up the global batch."""
 
     @property
+    def rank(self) -> int:
+        """This process's place among them (0 … world_size − 1), the order of `all_gather`'s output."""
+
+    @property
     def shards_jacobian(self) -> bool:
         """True when a reduce-scatter costs less than an all-reduce of the same data (NCCL): methods
         defined by weights(G) then take the global Gramian from slices of J (`_combine_sharded`)
@@ -552,7 +556,7 @@ class GradientBalancer(Balancer):
                 _, weights = self._combine_checked(rows, names, losses, index)
                 g = weights @ J
             elif collectives is not None:
-                g, weights = self._combine_global_gramian(J, names, losses, index, collectives)
+                g, weights = self._combine_global_gramian(J, names, losses, index, collectives, reps)
             elif plain:
                 weights = self._rows_gramian_weights(gramian(J), names, losses, index)
                 g = _checked_update(self, weights.to(J.dtype) @ J, names)
@@ -596,25 +600,26 @@ class GradientBalancer(Balancer):
         return self._gramian_weights(G, torch.stack(losses).detach(), index)
 
     def _combine_global_gramian(
-        self, J: Tensor, names: list[str], losses: list[Tensor], index: Tensor, collectives: Collectives
+        self,
+        J: Tensor,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        collectives: Collectives,
+        reps: list[Tensor],
     ):
         """In a data-parallel run at a representation: weights from the global batch's Gramian, applied to J.
 
         Rows of J are per-sample here, so processes cannot average them; their Gramians add
         up instead. Exact for methods that see J only through G: those defined by `weights(G)`.
         A process's rows are world_size × its share (the losses' surrogate scaling), so the
-        global Gramian is Σ_r G_r / world_size².
+        global Gramian is Σ_r G_r / world_size². Methods that need the rows themselves get
+        the global rows gathered instead (`_combine_gathered`).
         """
-        cls = type(self)
         if self.weights_from_context:  # the same weights on every process: applied to this process's rows
             return self._combine_checked(J, names, losses, index)
-        if not _sees_only_gramian(cls):
-            raise ValueError(
-                f"{cls.__name__} needs the task gradients themselves, not only their Gramian, so under "
-                "torch.distributed it cannot act at a shared representation: train without rep_grad (the "
-                "per-task gradients of the shared parameters are then averaged across ranks), or use a "
-                "method defined by weights(G) such as mgda, pcgrad, cagrad, imtl or nash_mtl"
-            )
+        if not _sees_only_gramian(type(_innermost(self))):  # a wrapper looks Gramian-only: ask its method
+            return self._combine_gathered(J, names, losses, index, collectives, reps)
         G = gramian(J).contiguous()
         collectives.all_reduce_sum(G, "gramian")
         G = G / collectives.world_size**2
@@ -622,6 +627,69 @@ class GradientBalancer(Balancer):
         # Any matrix with Gramian G stands in for the global J: the method sees G only.
         _, weights = self._combine_checked(gramian_root(G).to(J.dtype), names, losses, index)
         return weights @ J, weights
+
+    def _combine_gathered(
+        self,
+        J: Tensor,
+        names: list[str],
+        losses: list[Tensor],
+        index: Tensor,
+        collectives: Collectives,
+        reps: list[Tensor],
+    ) -> tuple[Tensor, Tensor | None]:
+        """The method on the global batch's rows at the representation; this process's slice of its update.
+
+        For methods that need the task gradients themselves (GradDrop, TrimmedMean, DB-MTL,
+        MetaBalance). Every process gathers every process's rows (one all-gather of the
+        per-sample counts, one of T × its columns, padded to the largest process's), so all
+        of them apply the method to the same global J, with the same state and random draws,
+        and keep the columns of their own samples. Samples are ordered as one process holds
+        the global batch when the loaders are split like `DistributedSampler` (sample j of
+        process r comes j·world_size + r, a representation's leading dimension indexing its
+        samples): per-column random draws and state then match one process's. The rows and
+        the update are world_size × the global ones on this process's samples (the losses'
+        surrogate scaling), as in the Gramian path.
+        """
+        N, rank, T = collectives.world_size, collectives.rank, J.shape[0]
+        if not reps:  # no columns: the global J is this one
+            return self._combine_checked(J, names, losses, index)
+        # Each representation's (samples, values per sample) on every process: one small all-gather.
+        shapes = [(r.shape[0], math.prod(r.shape[1:])) if r.dim() else (1, 1) for r in reps]
+        every_shape = J.new_empty(N * len(reps) * 2, dtype=torch.long)
+        collectives.all_gather(every_shape, J.new_tensor(shapes, dtype=torch.long).view(-1), "rows")
+        layouts = every_shape.view(N, len(reps), 2).tolist()  # [process][representation] = [samples, width]
+        for k, (_, width) in enumerate(shapes):
+            found = [layout[k][1] for layout in layouts]
+            if found != [width] * N:
+                raise ValueError(
+                    f"{type(self).__name__}: shared_reps[{k}] holds {found} values per sample on processes "
+                    f"0…{N - 1}: every process's representation must have the same shape past its leading "
+                    "(sample) dimension"
+                )
+        # T × every process's columns, padded to the largest process's.
+        columns = [sum(n * w for n, w in layout) for layout in layouts]
+        most = max(columns)
+        local = J if J.shape[1] == most else torch.cat([J, J.new_zeros(T, most - J.shape[1])], dim=1)
+        gathered = J.new_empty(N * T * most)
+        collectives.all_gather(gathered, local.reshape(-1), "rows")
+        pieces = [  # [process][representation]: T × samples × width, the padding dropped
+            [part.view(T, n, w) for part, (n, w) in zip(block[:, :used].split([n * w for n, w in layout], 1), layout)]
+            for block, used, layout in zip(gathered.view(N, T, most), columns, layouts)
+        ]
+        global_blocks, mine = [], []
+        for k, (_, width) in enumerate(shapes):
+            sizes = [layout[k][0] for layout in layouts]
+            # One process holds sample j of process r at j·N + r (the strided split of the shards):
+            # `order` takes the processes' samples, concatenated by process, into that order.
+            order = torch.cat([torch.arange(n) * N + r for r, n in enumerate(sizes)]).argsort().to(J.device)
+            rows = torch.cat([piece[k] for piece in pieces], dim=1)[:, order]
+            global_blocks.append(rows.reshape(T, -1))
+            start = sum(sizes[:rank])
+            mine.append((order.argsort()[start : start + sizes[rank]], rows.shape[1], width))  # our samples' places
+        g_global, weights = self._combine_checked(torch.cat(global_blocks, dim=1).div_(N), names, losses, index)
+        parts = g_global.split([block.shape[1] for block in global_blocks])
+        g = [part.view(total, width)[where].reshape(-1) for part, (where, total, width) in zip(parts, mine)]
+        return torch.cat(g).mul_(N), weights
 
 
 def _replace(value: Tensor, grad: Tensor) -> Tensor:
@@ -685,6 +753,14 @@ def _overlapped_blocks(
         return None
     found = summed_blocks(losses, params, [id(p) in reached for p in params], collectives)  # type: ignore[arg-type]
     return None if found is None else (*found, params)
+
+
+def _innermost(balancer: GradientBalancer) -> GradientBalancer:
+    """The method inside `every`/`ema` wrappers (`mtlkit.weighting.wrappers`), or the balancer itself."""
+    inner = getattr(balancer, "method", None)
+    while isinstance(inner, GradientBalancer):
+        balancer, inner = inner, getattr(inner, "method", None)
+    return balancer
 
 
 def _sees_only_gramian(cls: type[GradientBalancer]) -> bool:

@@ -22,8 +22,9 @@ One step on one rank:
      while its backward runs, `mtlkit.weighting.overlap`), and one
      coalesced all-reduce then averages every other gradient (heads, balancer). At a
      representation (models with `rep_grad`) the forward runs through DDP: the engine
-     sums the T×T Gramian, then runs one backward of Σ_t L_t with the representation's
-     gradient replaced by g, which DDP averages as it runs.
+     sums the T×T Gramian (or all-gathers the rows, for a method that needs them), then
+     runs one backward of Σ_t L_t with the representation's gradient replaced by g, which
+     DDP averages as it runs.
    Every balancer gets this strategy as its `Collectives`. Forwards during `backward` are
    a balancer's extra batches (MoDo, SDMGrad, Auto-λ: `mtlkit.weighting.context`): they
    run the bare model, and the balancer averages what it takes from them itself.
