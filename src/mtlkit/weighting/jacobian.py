@@ -39,6 +39,8 @@ from torch import Tensor
 from torch._C import _functorch
 from torch.autograd.graph import GradientEdge, Node
 
+from mtlkit.weighting.gramian import LinearLayer, linear_layers
+
 
 def jacobian(
     losses: Tensor | Sequence[Tensor],
@@ -215,91 +217,82 @@ def gramian(J: Tensor) -> Tensor:
 def params_gramian(
     losses: Sequence[Tensor], params: Sequence[Tensor], specific: Sequence[Tensor] = ()
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated block by block, and `apply`.
+    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated layer by layer, and `apply`.
 
     `apply(w)` adds ∂Σ_t w_t L_t/∂params to the params' `.grad` and ∂Σ_t L_t/∂`specific`
-    to theirs (nothing is written before), frees the graph and returns the flat update
-    written to `params`. Where the losses' graphs meet at a frontier (`_frontier`), the
-    rows start there (one pass over the heads) and `apply` is one backward of the trunk.
+    to theirs (nothing is written before), and returns the flat update written to
+    `params`. Where the losses' graphs meet at a frontier (`_frontier`), the rows start
+    there (one pass over the heads). One backward batched over the T rows then gives G:
+    linear layers contribute their blocks from their inputs and output gradients, with no
+    weight gradient computed (`mtlkit.weighting.gramian`), and `apply` writes their update
+    from the same output gradients; every other parameter folds its T×|p| block into G as
+    the backward produces it, and `apply` runs one backward for those parameters only.
     When the backward cannot be vmapped, a `RuntimeWarning` says so and G comes from the
     rows of one plain backward per task (J is then held, as with `chunk_size=1`).
     """
     params = list(params)
     edges = _frontier(losses, params)
+    outputs: list[Tensor] | list[GradientEdge]
     if edges is None:
         vec = _as_vector(losses)
-        G = _folded_gramian(
-            lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
-            [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)],
-            params,
-            losses,
+        outputs, rows = [vec], [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)]
+        specific_grads = None  # taken in `apply`, by a backward of Σ_t L_t
+    else:
+        below = {id(v) for v in reachable_leaves_from(edge.node for edge in edges)}
+        stop = not any(id(x) in below for x in specific)
+        rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=stop)
+        outputs = edges
+    starts = [edge.node for edge in edges] if edges is not None else [outputs[0].grad_fn]  # type: ignore[union-attr]
+    layers = linear_layers((loss.grad_fn for loss in losses), starts, params)
+    try:
+        G, deltas = _layered_gramian(outputs, rows, layers, params)
+    except RuntimeError as error:
+        if not _is_vmap_failure(error):
+            raise
+        warnings.warn(
+            f"the task backward passes could not be batched ({error}); computing the {len(losses)} task "
+            "gradients one at a time for their Gramian. Pass chunk_size=1 to do so directly.",
+            RuntimeWarning,
+            stacklevel=3,
         )
-        return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
-    below = {id(v) for v in reachable_leaves_from(edge.node for edge in edges)}
-    rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=not any(id(x) in below for x in specific))
-    T = len(rows[0])
-    key = (tuple(map(id, params)), T, rows[0].device.type, "gramian")
-    if _FASTER.get(key) is None:
-        # Small T: holding J (at most _ROWS_KEPT rows) can beat the second trunk backward.
-        _FASTER[key] = "folded" if T > _ROWS_KEPT else _time_gramian_ways(edges, rows, params, losses)
-    if _FASTER[key] == "rows":
-        J = _one_by_one(edges, rows, params)
-
-        def apply_rows(weights: Tensor) -> Tensor:
-            _add_grads(specific, specific_grads)
-            g = weights.detach().to(J) @ J
-            _add_grads(params, list(g.split([p.numel() for p in params])), reshape=True)
-            return g
-
-        return gramian(J), apply_rows
-    G = _folded_gramian(
-        lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
-        rows,
-        params,
-        losses,
-    )
+        G, layers, deltas = gramian(task_jacobian(_as_list(losses), params)), [], []
+    covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
+    rest = [p for p in params if id(p) not in covered]
 
     def apply(weights: Tensor) -> Tensor:
-        _add_grads(specific, specific_grads)
         w = weights.detach()
-        seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
-        grads = torch.autograd.grad(edges, params, seeds, allow_unused=True)
-        return _add_grads(params, grads)
+        if specific_grads is None:
+            if specific:
+                torch.autograd.backward(_as_vector(losses).sum(), inputs=list(specific), retain_graph=True)
+        else:
+            _add_grads(specific, specific_grads)
+        grads: dict[int, Tensor | None] = {}
+        for layer, delta in zip(layers, deltas):
+            weight_grad, bias_grad = layer.grads(torch.tensordot(w.to(delta), delta, dims=1))
+            grads[id(layer.weight)] = weight_grad
+            if layer.bias is not None:
+                grads[id(layer.bias)] = bias_grad
+        if rest:
+            seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
+            grads.update(zip(map(id, rest), torch.autograd.grad(outputs, rest, seeds, allow_unused=True)))
+        return _add_grads(params, [grads[id(p)] for p in params])
 
     return G, apply
 
 
-_ROWS_KEPT = 4  # the Gramian path may hold J (T×P) instead when T is at most this
+def _layered_gramian(
+    outputs: list, seeds: list[Tensor], layers: list[LinearLayer], params: list[Tensor]
+) -> tuple[Tensor, list[Tensor]]:
+    """G from one backward of the T `seeds` rows vmapped, and the layers' T×B×Dout output gradients.
 
-
-def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> str:
-    """'folded' (G in the backward, then one more trunk backward) or 'rows' (J held), whichever is faster here."""
-
-    def folded() -> None:
-        _folded_gramian(
-            lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True), rows, params, losses
-        )
-        torch.autograd.grad(edges, params, [r.sum(0) for r in rows], retain_graph=True, allow_unused=True)
-
-    def held() -> None:
-        J = _one_by_one(edges, rows, params)
-        gramian(J).sum(0) @ J
-
-    times: dict[str, float] = {}
-    for _ in range(2):
-        for way, run in (("folded", folded), ("rows", held)):
-            start = time.perf_counter()
-            run()
-            if rows[0].device.type == "cuda":
-                torch.cuda.synchronize(rows[0].device)
-            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
-    return min(times, key=times.__getitem__)
-
-
-def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> Tensor:
-    """Σ over params of block·blockᵀ, each block the T rows of `vmap(vjp)(seeds)` at one parameter."""
+    Parameters outside `layers` fold block·blockᵀ into G as the backward produces their
+    batched gradient, and hand the engine a zero-stride stand-in, so at most one such block
+    is alive at a time.
+    """
     T = seeds[0].shape[0]
     G = seeds[0].new_zeros(T, T)
+    covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
+    rest = [p for p in params if id(p) not in covered]
 
     def fold(grad: Tensor) -> Tensor:
         # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
@@ -310,25 +303,21 @@ def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], lo
             G.add_(grad.detach().pow(2).sum())
         return grad.new_zeros(()).expand(grad.shape)  # nothing of size |p| is kept
 
-    handles = [p.register_hook(fold) for p in params]
+    def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
+        inputs = [layer.output for layer in layers] + rest
+        grads = torch.autograd.grad(outputs, inputs, rows, retain_graph=True, allow_unused=True)
+        # Every layer lies below `outputs` (no None); the first, unbatched output keeps the result non-empty.
+        return (rows[0].new_zeros(()), *grads[: len(layers)])
+
+    handles = [p.register_hook(fold) for p in rest]
     try:
-        torch.func.vmap(vjp)(*seeds)
-    except RuntimeError as error:
-        if not _is_vmap_failure(error):
-            raise
-        warnings.warn(
-            f"the task backward passes could not be batched ({error}); computing the {T} task "
-            "gradients one at a time for their Gramian. Pass chunk_size=1 to do so directly.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        for handle in handles:
-            handle.remove()
-        return gramian(task_jacobian(_as_list(losses), params))
+        deltas = list(torch.func.vmap(vjp)(*seeds)[1:])
     finally:
         for handle in handles:
             handle.remove()
-    return G
+    for layer, delta in zip(layers, deltas):
+        G += layer.block(delta)
+    return (G + G.T) / 2, deltas
 
 
 def gramian_root(G: Tensor) -> Tensor:
