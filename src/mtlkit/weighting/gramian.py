@@ -120,7 +120,7 @@ def _as_layer(node: Node, wanted: dict[int, Tensor], parents: dict[Node, int]) -
         return None
     weight_node = node.next_functions[weight_at][0]
     transposed = type(weight_node).__name__ == "TBackward0"
-    if transposed:
+    if weight_node is not None and transposed:
         if parents.get(weight_node) != 1:
             return None
         weight_node = weight_node.next_functions[0][0]

@@ -16,12 +16,13 @@
   operation the engine says so in a `RuntimeWarning` and computes the rows one by one.
 - `params_gramian(losses, params)`: G = JJᵀ on shared parameters without holding J, and
   an `apply(w)` that writes the weighted update. One vmapped backward runs the T rows
-  together; a hook on each parameter folds that parameter's T×|p| block into G as soon as
-  the backward produces it and hands the engine a zero-stride stand-in, so at most one
-  block (plus the backward's own batched activation gradients) is alive at a time;
-  `apply` is one more backward through the shared part. For T ≤ 4 the engine may instead
-  hold J (timed once). Methods that see J only through G (MGDA, UPGrad, IMTL-G, CAGrad,
-  Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters this way.
+  together. Linear layers (`mtlkit.weighting.gramian`) give their blocks from their
+  inputs and the T output gradients, with no weight gradient computed, and `apply` takes
+  their update from the same output gradients; every other parameter folds its T×|p|
+  block into G as the backward produces it (a hook hands the engine a zero-stride
+  stand-in), and `apply` runs one backward for those parameters only. Methods that see J
+  only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
+  shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
   the one pass over the heads, which also yields the heads' own gradients.
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
@@ -305,7 +306,8 @@ def _layered_gramian(
 
     def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
         inputs = [layer.output for layer in layers] + rest
-        grads = torch.autograd.grad(outputs, inputs, rows, retain_graph=True, allow_unused=True)
+        # torch takes edges and tensors together here; its annotation allows one kind at a time
+        grads = torch.autograd.grad(outputs, inputs, rows, retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
         # Every layer lies below `outputs` (no None); the first, unbatched output keeps the result non-empty.
         return (rows[0].new_zeros(()), *grads[: len(layers)])
 
