@@ -12,8 +12,9 @@ multiplications) or through the T weight gradients (T·B·Din·Dout + T²·Din·
 whichever costs fewer (TorchJD's autogram engine makes the same choice). A backward
 batched over the T tasks that asks for the gradients at the layers' outputs (not at their
 weights) yields every Δ_t and computes no weight gradient of these layers: autograd only
-computes what the requested inputs need. The weighted update of such a layer is then
-(Σ_t w_t Δ_t)ᵀX, without another backward through it.
+computes what the requested inputs need. The weighted update of such a layer then needs no
+other backward through it: Σ_t w_t (Δ_tᵀX) from the T weight gradients where the block
+was taken through them, else (Σ_t w_t Δ_t)ᵀX.
 
 A layer qualifies when its weight (and bias, if any) is among the parameters and feeds
 this one product only (no weight tying, no second use), and the product is plain
@@ -23,7 +24,7 @@ twice) keeps the generic path: its block comes from its batched gradient.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,27 +52,40 @@ class LinearLayer:
         name = "_saved_mat1" if type(self.node).__name__ == "AddmmBackward0" else "_saved_self"
         return getattr(self.node, name).detach()
 
-    def block(self, delta: Tensor) -> Tensor:
-        """This layer's T×T block of G from the T×B×Dout output gradients."""
+    def fold(self, delta: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
+        """This layer's T×T block of G from the T×B×Dout output gradients, and its `update`.
+
+        `update(w)` gives the (weight, bias) gradients of Σ_t w_t L_t. It keeps the T weight
+        gradients where the block was taken through them (they are then about as small as
+        the output gradients, or smaller), else the output gradients.
+        """
         x = self.input()
         T, B, d_out = delta.shape
         d_in = x.shape[1]
+        sums = delta.sum(dim=1) if self.bias is not None else None
+
+        def bias_grad(w: Tensor) -> Tensor | None:
+            return None if sums is None else w @ sums
+
         if B * B * (d_in + T * d_out) + T * T * B * d_out < T * B * d_in * d_out + T * T * d_in * d_out:
             flat = delta.reshape(T, -1)
             G = flat @ torch.matmul(x @ x.T, delta).reshape(T, -1).T
-        else:
-            weight_grads = torch.matmul(delta.transpose(1, 2), x).reshape(T, -1)
-            G = weight_grads @ weight_grads.T
-        if self.bias is not None:
-            sums = delta.sum(dim=1)
-            G.addmm_(sums, sums.T)
-        return G
 
-    def grads(self, delta: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(weight gradient, bias gradient) of Σ_t w_t L_t, from the B×Dout gradient Σ_t w_t Δ_t."""
-        x = self.input()
-        weight = delta.T @ x if self.transposed else x.T @ delta
-        return weight, (delta.sum(dim=0) if self.bias is not None else None)
+            def update(w: Tensor) -> tuple[Tensor, Tensor | None]:
+                combined = torch.tensordot(w, delta, dims=1)
+                return (combined.T @ x if self.transposed else x.T @ combined), bias_grad(w)
+
+        else:
+            rows = torch.matmul(delta.transpose(1, 2), x) if self.transposed else torch.matmul(x.T, delta)
+            flat = rows.reshape(T, -1)
+            G = flat @ flat.T
+
+            def update(w: Tensor) -> tuple[Tensor, Tensor | None]:
+                return torch.tensordot(w, rows, dims=1), bias_grad(w)
+
+        if sums is not None:
+            G.addmm_(sums, sums.T)
+        return G, update
 
 
 def linear_layers(

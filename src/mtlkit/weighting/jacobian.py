@@ -246,7 +246,7 @@ def params_gramian(
     starts = [edge.node for edge in edges] if edges is not None else [outputs[0].grad_fn]  # type: ignore[union-attr]
     layers = linear_layers((loss.grad_fn for loss in losses), starts, params)
     try:
-        G, deltas = _layered_gramian(outputs, rows, layers, params)
+        G, updates = _layered_gramian(outputs, rows, layers, params)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -256,7 +256,7 @@ def params_gramian(
             RuntimeWarning,
             stacklevel=3,
         )
-        G, layers, deltas = gramian(task_jacobian(_as_list(losses), params)), [], []
+        G, layers, updates = gramian(task_jacobian(_as_list(losses), params)), [], []
     covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
     rest = [p for p in params if id(p) not in covered]
 
@@ -268,8 +268,8 @@ def params_gramian(
         else:
             _add_grads(specific, specific_grads)
         grads: dict[int, Tensor | None] = {}
-        for layer, delta in zip(layers, deltas):
-            weight_grad, bias_grad = layer.grads(torch.tensordot(w.to(delta), delta, dims=1))
+        for layer, update in zip(layers, updates):
+            weight_grad, bias_grad = update(w.to(layer.weight))
             grads[id(layer.weight)] = weight_grad
             if layer.bias is not None:
                 grads[id(layer.bias)] = bias_grad
@@ -283,8 +283,8 @@ def params_gramian(
 
 def _layered_gramian(
     outputs: list, seeds: list[Tensor], layers: list[LinearLayer], params: list[Tensor]
-) -> tuple[Tensor, list[Tensor]]:
-    """G from one backward of the T `seeds` rows vmapped, and the layers' T×B×Dout output gradients.
+) -> tuple[Tensor, list[Callable]]:
+    """G from one backward of the T `seeds` rows vmapped, and each layer's `update` (`LinearLayer.fold`).
 
     Parameters outside `layers` fold block·blockᵀ into G as the backward produces their
     batched gradient, and hand the engine a zero-stride stand-in, so at most one such block
@@ -317,9 +317,12 @@ def _layered_gramian(
     finally:
         for handle in handles:
             handle.remove()
-    for layer, delta in zip(layers, deltas):
-        G += layer.block(delta)
-    return (G + G.T) / 2, deltas
+    updates = []
+    for layer in layers:
+        block, update = layer.fold(deltas.pop(0))
+        G += block
+        updates.append(update)
+    return (G + G.T) / 2, updates
 
 
 def gramian_root(G: Tensor) -> Tensor:
