@@ -11,7 +11,7 @@ from torch import nn
 from mtlkit.weighting import available, get
 from mtlkit.weighting.base import _sees_only_gramian
 from mtlkit.weighting.context import needs_of
-from mtlkit.weighting.gramian import linear_layers
+from mtlkit.weighting.gramian import layers_with_rules
 from mtlkit.weighting.jacobian import gramian, params_gramian, task_jacobian
 
 D64 = torch.float64
@@ -49,6 +49,14 @@ TRUNKS = {
     "conv mixed in": lambda: nn.Sequential(
         nn.Unflatten(1, (1, 5)), nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Tanh(), nn.Linear(6, 6)
     ),
+    "conv2d": lambda: nn.Sequential(
+        nn.Unflatten(1, (1, 1, 5)),
+        nn.Conv2d(1, 3, (1, 2), padding=(0, 1)),
+        nn.ReLU(),
+        nn.Conv2d(3, 2, (1, 3), stride=(1, 2), dilation=(1, 2), bias=False),
+        nn.Flatten(),
+        nn.Linear(2, 6),
+    ),
     "tied weights": lambda: Tied(5),
     "x @ W": lambda: nn.Sequential(RightProduct(5, 8), nn.Tanh(), nn.Linear(8, 6)),
 }
@@ -80,9 +88,15 @@ def _check(losses, params, T):
         assert torch.allclose(p.grad, g, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize("T", [1, 2, 10])
 @pytest.mark.parametrize("trunk", list(TRUNKS))
-def test_layered_gramian_and_update_equal_the_explicit_jacobians(trunk, T):
+def test_layered_gramian_and_update_equal_the_explicit_jacobians(trunk, T, held, monkeypatch):
+    # held=False: the blocks of parameters outside linear layers are not kept; their update
+    # comes from one more backward.
+    import mtlkit.weighting.jacobian as engine
+
+    monkeypatch.setattr(engine, "_HELD_ELEMENTS", engine._HELD_ELEMENTS if held else 0)
     body, heads, x, y = _model(trunk, T)
     _check(_losses(body, heads, x, y), list(body.parameters()), T)
 
@@ -92,7 +106,7 @@ def test_linear_on_a_sequence_batch_is_exact():
     body, heads, x, y = _model("linear-relu stack", 3, sequence=True)
     params = list(body.parameters())
     losses = _losses(body, heads, x, y)
-    assert len(linear_layers([loss.grad_fn for loss in losses], [loss.grad_fn for loss in losses], params)) == 3
+    assert len(layers_with_rules([loss.grad_fn for loss in losses], [loss.grad_fn for loss in losses], params)) == 3
     _check(losses, params, 3)
 
 
@@ -100,18 +114,23 @@ def test_only_qualifying_products_take_the_rule():
     body, heads, x, y = _model("layer norm mixed in", 2)
     losses = _losses(body, heads, x, y)
     roots = [loss.grad_fn for loss in losses]
-    layers = linear_layers(roots, roots, list(body.parameters()))
+    layers = layers_with_rules(roots, roots, list(body.parameters()))
     assert {id(layer.weight) for layer in layers} == {id(body[0].weight), id(body[3].weight)}
     assert [layer.bias is body[0].bias for layer in layers if layer.weight is body[0].weight] == [True]
+    body, heads, x, y = _model("conv2d", 2)
+    losses = _losses(body, heads, x, y)
+    roots = [loss.grad_fn for loss in losses]
+    layers = layers_with_rules(roots, roots, list(body.parameters()))
+    assert {id(layer.weight) for layer in layers} == {id(body[1].weight), id(body[3].weight), id(body[5].weight)}
     tied, heads, x, y = _model("tied weights", 2)
     losses = _losses(tied, heads, x, y)
     roots = [loss.grad_fn for loss in losses]
-    assert linear_layers(roots, roots, list(tied.parameters())) == []
+    assert layers_with_rules(roots, roots, list(tied.parameters())) == []
     # A layer whose bias is not among the parameters keeps the generic path for its weight.
     body, heads, x, y = _model("linear", 2)
     losses = _losses(body, heads, x, y)
     roots = [loss.grad_fn for loss in losses]
-    assert linear_layers(roots, roots, [body.weight]) == []
+    assert layers_with_rules(roots, roots, [body.weight]) == []
 
 
 def test_a_parameter_reached_by_tasks_through_different_paths():

@@ -88,9 +88,56 @@ class LinearLayer:
         return G, update
 
 
-def linear_layers(
+@dataclass
+class Conv2dLayer:
+    """A 2-D convolution (groups 1, not transposed) whose T weight gradients come from its input and Δ_t.
+
+    Task t's weight gradient is Σ over samples and positions of Δ_t ⊗ (the input patch),
+    one matrix product of Δ (T·Cout × B·L) with the unfolded input (B·L × Cin·k²), where
+    L is the number of output positions; the engine's batched convolution backward would
+    compute the same gradients more slowly, and a second backward would compute them again
+    for the update.
+    """
+
+    node: Node
+    weight: Tensor
+    bias: Tensor | None
+
+    @property
+    def output(self) -> GradientEdge:
+        return GradientEdge(self.node, 0)
+
+    def fold(self, delta: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
+        """This layer's T×T block of G from the T×B×Cout×H×W output gradients, and its `update`."""
+        node = self.node
+        x = node._saved_input.detach()  # type: ignore[attr-defined]
+        patches = torch.nn.functional.unfold(
+            x,
+            self.weight.shape[2:],
+            dilation=node._saved_dilation,  # type: ignore[attr-defined]
+            padding=node._saved_padding,  # type: ignore[attr-defined]
+            stride=node._saved_stride,  # type: ignore[attr-defined]
+        )  # B×(Cin·k²)×L
+        T, B, c_out = delta.shape[:3]
+        grads = delta.reshape(T, B, c_out, -1).transpose(1, 2).reshape(T * c_out, -1)  # (T·Cout)×(B·L)
+        rows = (grads @ patches.transpose(1, 2).reshape(-1, patches.shape[1])).reshape(T, -1)
+        G = rows @ rows.T
+        sums = delta.sum(dim=(1, 3, 4)) if self.bias is not None else None
+        if sums is not None:
+            G.addmm_(sums, sums.T)
+
+        def update(w: Tensor) -> tuple[Tensor, Tensor | None]:
+            return (w @ rows).view_as(self.weight), (None if sums is None else w @ sums)
+
+        return G, update
+
+
+Layer = LinearLayer | Conv2dLayer
+
+
+def layers_with_rules(
     roots: Iterable[Node | None], starts: Iterable[Node | None], params: Sequence[Tensor]
-) -> list[LinearLayer]:
+) -> list[Layer]:
     """The qualifying matrix products (see the module docstring) at or below the nodes `starts`.
 
     `roots` are the losses' nodes: a parameter read anywhere else in their graph does not qualify.
@@ -104,8 +151,11 @@ def linear_layers(
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node).__name__ in _PRODUCTS and (layer := _as_layer(node, wanted, parents)) is not None:
+        name = type(node).__name__
+        if name in _PRODUCTS and (layer := _as_layer(node, wanted, parents)) is not None:
             layers.append(layer)
+        elif name == "ConvolutionBackward0" and (conv := _as_conv2d(node, wanted, parents)) is not None:
+            layers.append(conv)
         stack.extend(child for child, _ in node.next_functions)
     return layers
 
@@ -150,6 +200,18 @@ def _as_layer(node: Node, wanted: dict[int, Tensor], parents: dict[Node, int]) -
             if bias is None or bias.shape != (out_features,):  # outside `params`, computed, broadcast: generic path
                 return None
     return LinearLayer(node, weight, bias, transposed)
+
+
+def _as_conv2d(node: Node, wanted: dict[int, Tensor], parents: dict[Node, int]) -> Conv2dLayer | None:
+    weight = _leaf(node.next_functions[1][0], wanted, parents)
+    if weight is None or weight.dim() != 4 or node._saved_groups != 1 or node._saved_transposed:  # type: ignore[attr-defined]
+        return None
+    bias = None
+    if node.next_functions[2][0] is not None:
+        bias = _leaf(node.next_functions[2][0], wanted, parents)
+        if bias is None:
+            return None
+    return Conv2dLayer(node, weight, bias)
 
 
 def _leaf(node: Node | None, wanted: dict[int, Tensor], parents: dict[Node, int]) -> Tensor | None:

@@ -20,7 +20,8 @@
   inputs and the T output gradients, with no weight gradient computed, and `apply` takes
   their update from the same output gradients; every other parameter folds its T×|p|
   block into G as the backward produces it (a hook hands the engine a zero-stride
-  stand-in), and `apply` runs one backward for those parameters only. Methods that see J
+  stand-in), and `apply` takes their update from those blocks when they are small
+  (`_HELD_ELEMENTS`), else from one backward for those parameters only. Methods that see J
   only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
   shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
@@ -40,7 +41,7 @@ from torch import Tensor
 from torch._C import _functorch
 from torch.autograd.graph import GradientEdge, Node
 
-from mtlkit.weighting.gramian import LinearLayer, linear_layers
+from mtlkit.weighting.gramian import Layer, layers_with_rules
 
 
 def jacobian(
@@ -227,7 +228,9 @@ def params_gramian(
     linear layers contribute their blocks from their inputs and output gradients, with no
     weight gradient computed (`mtlkit.weighting.gramian`), and `apply` writes their update
     from the same output gradients; every other parameter folds its T×|p| block into G as
-    the backward produces it, and `apply` runs one backward for those parameters only.
+    the backward produces it, and `apply` takes their update from those blocks, kept while
+    they hold at most `_HELD_ELEMENTS` numbers in all, else from one more backward for
+    those parameters only.
     When the backward cannot be vmapped, a `RuntimeWarning` says so and G comes from the
     rows of one plain backward per task (J is then held, as with `chunk_size=1`).
     """
@@ -244,9 +247,12 @@ def params_gramian(
         rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=stop)
         outputs = edges
     starts = [edge.node for edge in edges] if edges is not None else [outputs[0].grad_fn]  # type: ignore[union-attr]
-    layers = linear_layers((loss.grad_fn for loss in losses), starts, params)
+    layers = layers_with_rules((loss.grad_fn for loss in losses), starts, params)
+    covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
+    rest = [p for p in params if id(p) not in covered]
+    hold = len(rows[0]) * sum(p.numel() for p in rest) <= _HELD_ELEMENTS
     try:
-        G, updates = _layered_gramian(outputs, rows, layers, params)
+        G, updates, held = _layered_gramian(outputs, rows, layers, rest, hold)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -256,9 +262,8 @@ def params_gramian(
             RuntimeWarning,
             stacklevel=3,
         )
-        G, layers, updates = gramian(task_jacobian(_as_list(losses), params)), [], []
-    covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
-    rest = [p for p in params if id(p) not in covered]
+        G, layers, updates, held = gramian(task_jacobian(_as_list(losses), params)), [], [], {}
+        rest = params
 
     def apply(weights: Tensor) -> Tensor:
         w = weights.detach()
@@ -273,36 +278,43 @@ def params_gramian(
             grads[id(layer.weight)] = weight_grad
             if layer.bias is not None:
                 grads[id(layer.bias)] = bias_grad
-        if rest:
+        grads.update((id(p), (w.to(held[id(p)]) @ held[id(p)]).view_as(p)) for p in rest if id(p) in held)
+        unheld = [p for p in rest if id(p) not in held]
+        if unheld:
             seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
-            grads.update(zip(map(id, rest), torch.autograd.grad(outputs, rest, seeds, allow_unused=True)))
+            grads.update(zip(map(id, unheld), torch.autograd.grad(outputs, unheld, seeds, allow_unused=True)))
         return _add_grads(params, [grads[id(p)] for p in params])
 
     return G, apply
 
 
-def _layered_gramian(
-    outputs: list, seeds: list[Tensor], layers: list[LinearLayer], params: list[Tensor]
-) -> tuple[Tensor, list[Callable]]:
-    """G from one backward of the T `seeds` rows vmapped, and each layer's `update` (`LinearLayer.fold`).
+_HELD_ELEMENTS = 2**22  # the T×|p| blocks of the parameters outside linear layers are kept up to this size
 
-    Parameters outside `layers` fold block·blockᵀ into G as the backward produces their
-    batched gradient, and hand the engine a zero-stride stand-in, so at most one such block
-    is alive at a time.
+
+def _layered_gramian(
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], hold: bool
+) -> tuple[Tensor, list[Callable], dict[int, Tensor]]:
+    """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`), held blocks.
+
+    The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
+    produces their batched gradient, and hand the engine a zero-stride stand-in. With
+    `hold`, their T×|p| blocks are kept ({id(p): block}) for the update; without, at most
+    one is alive at a time.
     """
     T = seeds[0].shape[0]
     G = seeds[0].new_zeros(T, T)
-    covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
-    rest = [p for p in params if id(p) not in covered]
+    held: dict[int, Tensor] = {}
 
-    def fold(grad: Tensor) -> Tensor:
+    def fold(p: Tensor, grad: Tensor) -> Tensor:
         # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
         if _functorch.is_batchedtensor(grad):
             block = _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0).reshape(T, -1)
-            G.addmm_(block, block.T)
         else:  # the same gradient for every row
-            G.add_(grad.detach().pow(2).sum())
-        return grad.new_zeros(()).expand(grad.shape)  # nothing of size |p| is kept
+            block = grad.detach().reshape(1, -1).expand(T, -1)
+        G.addmm_(block, block.T)
+        if hold:
+            held[id(p)] = block
+        return grad.new_zeros(()).expand(grad.shape)  # the engine keeps nothing of size |p|
 
     def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
         inputs = [layer.output for layer in layers] + rest
@@ -311,7 +323,7 @@ def _layered_gramian(
         # Every layer lies below `outputs` (no None); the first, unbatched output keeps the result non-empty.
         return (rows[0].new_zeros(()), *grads[: len(layers)])
 
-    handles = [p.register_hook(fold) for p in rest]
+    handles = [p.register_hook(functools.partial(fold, p)) for p in rest]
     try:
         deltas = list(torch.func.vmap(vjp)(*seeds)[1:])
     finally:
@@ -322,27 +334,13 @@ def _layered_gramian(
         block, update = layer.fold(deltas.pop(0))
         G += block
         updates.append(update)
-    return (G + G.T) / 2, updates
+    return (G + G.T) / 2, updates, held
 
 
 def gramian_root(G: Tensor) -> Tensor:
     """A T×T matrix R with R Rᵀ = G (G symmetric PSD): stands in for J in a method that sees only JJᵀ."""
     eigenvalues, vectors = torch.linalg.eigh(G.double())
     return (vectors * eigenvalues.clamp(min=0).sqrt()).to(G.dtype)
-
-
-def weighted_backward(
-    losses: Sequence[Tensor], weights: Tensor, *, params: Sequence[Tensor], specific: Sequence[Tensor] = ()
-) -> Tensor:
-    """Add ∂Σ_t w_t L_t/∂params to the params' `.grad` (and ∂Σ_t L_t/∂`specific` to theirs).
-
-    Returns the flat update written to `params` (length P). Frees the graph.
-    """
-    vec = _as_vector(losses)
-    if specific:
-        torch.autograd.backward(vec.sum(), inputs=list(specific), retain_graph=True)
-    grads = torch.autograd.grad((weights.detach().to(vec) * vec).sum(), list(params), allow_unused=True)
-    return _add_grads(params, grads)
 
 
 def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape: bool = False) -> Tensor:
