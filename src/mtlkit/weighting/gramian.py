@@ -1,4 +1,4 @@
-"""Gramian blocks of linear layers from their inputs and output gradients, without weight gradients.
+"""Gramian blocks of linear and conv layers from their inputs and output gradients.
 
 A matrix product Y = X·Wᵀ + b (`nn.Linear`: autograd's `AddmmBackward0` or `MmBackward0`
 with the weight, or its transpose, as second factor) with input X (B×Din) and task t's
@@ -16,10 +16,12 @@ computes what the requested inputs need. The weighted update of such a layer the
 other backward through it: Σ_t w_t (Δ_tᵀX) from the T weight gradients where the block
 was taken through them, else (Σ_t w_t Δ_t)ᵀX.
 
-A layer qualifies when its weight (and bias, if any) is among the parameters and feeds
-this one product only (no weight tying, no second use), and the product is plain
-(alpha = beta = 1). Everything else (convolutions, normalisation layers, a weight used
-twice) keeps the generic path: its block comes from its batched gradient.
+A 2-D convolution (`Conv2dLayer`) takes its T weight gradients from Δ_t and its
+unfolded input in one matrix product. A layer qualifies when its weight (and bias, if
+any) is among the parameters and feeds this one node only (no weight tying, no second
+use), and the product is plain (alpha = beta = 1; a convolution with groups 1, not
+transposed). Everything else (normalisation layers, grouped or 1-D/3-D convolutions, a
+weight used twice) keeps the generic path: its block comes from its batched gradient.
 """
 
 from __future__ import annotations
@@ -138,13 +140,14 @@ Layer = LinearLayer | Conv2dLayer
 def layers_with_rules(
     roots: Iterable[Node | None], starts: Iterable[Node | None], params: Sequence[Tensor]
 ) -> list[Layer]:
-    """The qualifying matrix products (see the module docstring) at or below the nodes `starts`.
+    """The qualifying linear and conv layers (see the module docstring) at or below the nodes `starts`.
 
     `roots` are the losses' nodes: a parameter read anywhere else in their graph does not qualify.
     """
     parents = _parent_counts(roots)
     wanted = {id(p): p for p in params}
-    layers, seen = [], set()
+    layers: list[Layer] = []
+    seen: set[Node] = set()
     stack = list(starts)
     while stack:
         node = stack.pop()
@@ -152,10 +155,15 @@ def layers_with_rules(
             continue
         seen.add(node)
         name = type(node).__name__
-        if name in _PRODUCTS and (layer := _as_layer(node, wanted, parents)) is not None:
+        layer = (
+            _as_layer(node, wanted, parents)
+            if name in _PRODUCTS
+            else _as_conv2d(node, wanted, parents)
+            if name == "ConvolutionBackward0"
+            else None
+        )
+        if layer is not None:
             layers.append(layer)
-        elif name == "ConvolutionBackward0" and (conv := _as_conv2d(node, wanted, parents)) is not None:
-            layers.append(conv)
         stack.extend(child for child, _ in node.next_functions)
     return layers
 
