@@ -188,3 +188,26 @@ def test_every_gramian_only_method_writes_the_explicit_paths_grads(small_mtl, na
         assert (fast is None) == (explicit is None)
         if fast is not None:
             assert torch.allclose(fast, explicit, rtol=1e-10, atol=1e-10)
+
+
+class _FirstOnly(torch.autograd.Function):
+    """a + 0·b whose backward gives b no gradient (None): a layer below b is never reached."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + 0 * b
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def test_a_layer_no_gradient_reaches_gets_a_zero_update():
+    torch.manual_seed(0)
+    reached, cut = nn.Linear(3, 4).to(D64), nn.Linear(3, 4).to(D64)
+    x = torch.randn(5, 3, dtype=D64)
+    z = _FirstOnly.apply(reached(x), cut(x))
+    losses = [z.sum(), (z**2).sum()]
+    params = [*reached.parameters(), *cut.parameters()]
+    _check(losses, params, 2)
+    assert all(torch.count_nonzero(p.grad) == 0 for p in cut.parameters())

@@ -274,7 +274,7 @@ def params_gramian(
             _add_grads(specific, specific_grads)
         grads: dict[int, Tensor | None] = {}
         for layer, update in zip(layers, updates):
-            weight_grad, bias_grad = update(w.to(layer.weight))
+            weight_grad, bias_grad = update(w.to(layer.weight)) if update is not None else (None, None)
             grads[id(layer.weight)] = weight_grad
             if layer.bias is not None:
                 grads[id(layer.bias)] = bias_grad
@@ -293,8 +293,9 @@ _HELD_ELEMENTS = 2**22  # the T×|p| blocks of the parameters outside linear lay
 
 def _layered_gramian(
     outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], hold: bool
-) -> tuple[Tensor, list[Callable], dict[int, Tensor]]:
-    """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`), held blocks.
+) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
+    """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`; None
+    where no gradient reaches the layer), held blocks.
 
     The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
     produces their batched gradient, and hand the engine a zero-stride stand-in. With
@@ -320,8 +321,10 @@ def _layered_gramian(
         inputs = [layer.output for layer in layers] + rest
         # torch takes edges and tensors together here; its annotation allows one kind at a time
         grads = torch.autograd.grad(outputs, inputs, rows, retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
-        # Every layer lies below `outputs` (no None); the first, unbatched output keeps the result non-empty.
-        return (rows[0].new_zeros(()), *grads[: len(layers)])
+        # vmap returns tensors only: an unbatched 0-d zero stands for a layer no gradient reaches
+        # (a backward that returns None for it); the first one keeps the result non-empty.
+        unreached = rows[0].new_zeros(())
+        return (unreached, *(unreached if g is None else g for g in grads[: len(layers)]))
 
     handles = [p.register_hook(functools.partial(fold, p)) for p in rest]
     try:
@@ -329,9 +332,13 @@ def _layered_gramian(
     finally:
         for handle in handles:
             handle.remove()
-    updates = []
+    updates: list[Callable | None] = []
     for layer in layers:
-        block, update = layer.fold(deltas.pop(0))
+        delta = deltas.pop(0)
+        if delta.dim() == 1:  # unreached: no block, a zero update
+            updates.append(None)
+            continue
+        block, update = layer.fold(delta)
         G += block
         updates.append(update)
     return (G + G.T) / 2, updates, held
