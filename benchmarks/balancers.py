@@ -6,8 +6,9 @@ rows instead of the heads' factors). Entries of one cell:
 
 - `ew`: one backward of Σ L_t (the floor);
 - `<method> params`: mtlkit with the task gradients on the shared parameters (methods
-  defined by weights(G) take the Gramian path: G accumulated without holding J, then one
-  weighted backward);
+  defined by weights(G) take the Gramian path: G layer by layer from one backward batched
+  over the tasks, linear and conv layers from their inputs and output gradients, then
+  the weighted update from the same per-layer tensors);
 - `<method> reps/sample`, `reps/batch`: mtlkit at the representation (rep_grad), with
   `rep_reduce="sample"` (per-sample rows, T×(B·D)) and `"batch"` (LibMTL's batch sums, T×D);
 - `<method> torchjd-autojac`: TorchJD's `mtl_backward` + `jac_to_grad(shared, aggregator)`;

@@ -181,18 +181,8 @@ def test_leaves_above_stop_at_the_representation(small_mtl):
 # --- the Gramian path on shared parameters -------------------------------------------------
 
 
-@pytest.fixture(params=["folded", "rows"])
-def gramian_way(request, monkeypatch):
-    """Force one of the Gramian path's two ways (the engine otherwise picks the faster)."""
-    import mtlkit.weighting.jacobian as engine
-
-    monkeypatch.setattr(engine, "_FASTER", {})
-    monkeypatch.setattr(engine, "_time_gramian_ways", lambda *args: request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("case", ["frontier", "skip connection", "no frontier"])
-def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl, case, gramian_way):
+def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mtl, case):
     model = small_mtl(num_tasks=4, dtype=torch.float64)
     losses, _rep = model()
     params = list(model.trunk.parameters())
@@ -210,11 +200,7 @@ def test_params_gramian_equals_the_batched_jacobians_gramian_in_float64(small_mt
         assert torch.allclose(p.grad, g, atol=1e-12)
 
 
-def test_params_gramian_holds_no_block_of_the_jacobian_afterwards(small_mtl, monkeypatch):
-    import mtlkit.weighting.jacobian as engine
-
-    monkeypatch.setattr(engine, "_FASTER", {})
-    monkeypatch.setattr(engine, "_time_gramian_ways", lambda *args: "folded")
+def test_params_gramian_holds_no_block_of_the_jacobian_afterwards(small_mtl):
     model = small_mtl(dtype=torch.float64)
     losses, _ = model()
     params = list(model.trunk.parameters())
@@ -240,7 +226,7 @@ def test_gramian_root_reproduces_a_singular_gramian():
 
 
 @pytest.mark.parametrize("name", ["mgda", "upgrad", "imtl_g", "cagrad", "aligned_mtl", "nash_mtl", "pcgrad", "gradvac"])
-def test_gramian_path_gives_the_jacobian_paths_weights_and_grads(small_mtl, name, gramian_way):
+def test_gramian_path_gives_the_jacobian_paths_weights_and_grads(small_mtl, name):
     # chunk_size=1 takes the rows themselves (the Jacobian path); the default takes the Gramian path.
     results = {}
     for chunk_size in (None, 1):

@@ -16,12 +16,14 @@
   operation the engine says so in a `RuntimeWarning` and computes the rows one by one.
 - `params_gramian(losses, params)`: G = JJᵀ on shared parameters without holding J, and
   an `apply(w)` that writes the weighted update. One vmapped backward runs the T rows
-  together; a hook on each parameter folds that parameter's T×|p| block into G as soon as
-  the backward produces it and hands the engine a zero-stride stand-in, so at most one
-  block (plus the backward's own batched activation gradients) is alive at a time;
-  `apply` is one more backward through the shared part. For T ≤ 4 the engine may instead
-  hold J (timed once). Methods that see J only through G (MGDA, UPGrad, IMTL-G, CAGrad,
-  Aligned-MTL, Nash-MTL, PCGrad, ...) run on shared parameters this way.
+  together. Linear layers (`mtlkit.weighting.gramian`) give their blocks from their
+  inputs and the T output gradients, with no weight gradient computed, and `apply` takes
+  their update from the same output gradients; every other parameter folds its T×|p|
+  block into G as the backward produces it (a hook hands the engine a zero-stride
+  stand-in), and `apply` takes their update from those blocks when they are small
+  (`_HELD_ELEMENTS`), else from one backward for those parameters only. Methods that see J
+  only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
+  shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
   the one pass over the heads, which also yields the heads' own gradients.
 - `rep_gramian(losses, reps, also=head_params)`: for heads whose first operation on the
@@ -41,6 +43,8 @@ import torch
 from torch import Tensor
 from torch._C import _functorch
 from torch.autograd.graph import GradientEdge, Node
+
+from mtlkit.weighting.gramian import Layer, layers_with_rules
 
 
 def jacobian(
@@ -373,140 +377,135 @@ def gramian(J: Tensor) -> Tensor:
 def params_gramian(
     losses: Sequence[Tensor], params: Sequence[Tensor], specific: Sequence[Tensor] = ()
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated block by block, and `apply`.
+    """G = JJᵀ for the T×P Jacobian of `losses` on `params`, accumulated layer by layer, and `apply`.
 
     `apply(w)` adds ∂Σ_t w_t L_t/∂params to the params' `.grad` and ∂Σ_t L_t/∂`specific`
-    to theirs (nothing is written before), frees the graph and returns the flat update
-    written to `params`. Where the losses' graphs meet at a frontier (`_frontier`), the
-    rows start there (one pass over the heads) and `apply` is one backward of the trunk.
+    to theirs (nothing is written before), and returns the flat update written to
+    `params`. Where the losses' graphs meet at a frontier (`_frontier`), the rows start
+    there (one pass over the heads). One backward batched over the T rows then gives G:
+    linear layers contribute their blocks from their inputs and output gradients, with no
+    weight gradient computed (`mtlkit.weighting.gramian`), and `apply` writes their update
+    from the same output gradients; every other parameter folds its T×|p| block into G as
+    the backward produces it, and `apply` takes their update from those blocks, kept while
+    they hold at most `_HELD_ELEMENTS` numbers in all, else from one more backward for
+    those parameters only.
     When the backward cannot be vmapped, a `RuntimeWarning` says so and G comes from the
     rows of one plain backward per task (J is then held, as with `chunk_size=1`).
     """
     params = list(params)
     edges = _frontier(losses, params)
+    outputs: list[Tensor] | list[GradientEdge]
     if edges is None:
         vec = _as_vector(losses)
-        G = _folded_gramian(
-            lambda seed: torch.autograd.grad(vec, params, seed, retain_graph=True, allow_unused=True),
-            [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)],
-            params,
-            losses,
-        )
-        return G, functools.partial(weighted_backward, losses, params=params, specific=specific)
-    below = {id(v) for v in reachable_leaves_from(edge.node for edge in edges)}
-    rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=not any(id(x) in below for x in specific))
-    T = len(rows[0])
-    key = (tuple(map(id, params)), T, rows[0].device.type, "gramian")
-    if _FASTER.get(key) is None:
-        # Small T: holding J (at most _ROWS_KEPT rows) can beat the second trunk backward.
-        _FASTER[key] = "folded" if T > _ROWS_KEPT else _time_gramian_ways(edges, rows, params, losses)
-    if _FASTER[key] == "rows":
-        J = _one_by_one(edges, rows, params)
-
-        def apply_rows(weights: Tensor) -> Tensor:
-            _add_grads(specific, specific_grads)
-            g = weights.detach().to(J) @ J
-            _add_grads(params, list(g.split([p.numel() for p in params])), reshape=True)
-            return g
-
-        return gramian(J), apply_rows
-    G = _folded_gramian(
-        lambda *seeds: torch.autograd.grad(edges, params, seeds, retain_graph=True, allow_unused=True),
-        rows,
-        params,
-        losses,
-    )
-
-    def apply(weights: Tensor) -> Tensor:
-        _add_grads(specific, specific_grads)
-        w = weights.detach()
-        seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
-        grads = torch.autograd.grad(edges, params, seeds, allow_unused=True)
-        return _add_grads(params, grads)
-
-    return G, apply
-
-
-_ROWS_KEPT = 4  # the Gramian path may hold J (T×P) instead when T is at most this
-
-
-def _time_gramian_ways(edges: list, rows: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> str:
-    """'folded' (G in the backward, then one more trunk backward) or 'rows' (J held), whichever is faster here."""
-
-    def folded() -> None:
-        _folded_gramian(
-            lambda *s: torch.autograd.grad(edges, params, s, retain_graph=True, allow_unused=True), rows, params, losses
-        )
-        torch.autograd.grad(edges, params, [r.sum(0) for r in rows], retain_graph=True, allow_unused=True)
-
-    def held() -> None:
-        J = _one_by_one(edges, rows, params)
-        gramian(J).sum(0) @ J
-
-    times: dict[str, float] = {}
-    for _ in range(2):
-        for way, run in (("folded", folded), ("rows", held)):
-            start = time.perf_counter()
-            run()
-            if rows[0].device.type == "cuda":
-                torch.cuda.synchronize(rows[0].device)
-            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
-    return min(times, key=times.__getitem__)
-
-
-def _folded_gramian(vjp: Callable, seeds: list[Tensor], params: list[Tensor], losses: Sequence[Tensor]) -> Tensor:
-    """Σ over params of block·blockᵀ, each block the T rows of `vmap(vjp)(seeds)` at one parameter."""
-    T = seeds[0].shape[0]
-    G = seeds[0].new_zeros(T, T)
-
-    def fold(grad: Tensor) -> Tensor:
-        # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
-        if _functorch.is_batchedtensor(grad):
-            block = _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0).reshape(T, -1)
-            G.addmm_(block, block.T)
-        else:  # the same gradient for every row
-            G.add_(grad.detach().pow(2).sum())
-        return grad.new_zeros(()).expand(grad.shape)  # nothing of size |p| is kept
-
-    handles = [p.register_hook(fold) for p in params]
+        outputs, rows = [vec], [torch.eye(len(losses), dtype=vec.dtype, device=vec.device)]
+        specific_grads = None  # taken in `apply`, by a backward of Σ_t L_t
+    else:
+        below = {id(v) for v in reachable_leaves_from(edge.node for edge in edges)}
+        stop = not any(id(x) in below for x in specific)
+        rows, specific_grads = _edge_rows(losses, edges, list(specific), stop=stop)
+        outputs = edges
+    starts = [edge.node for edge in edges] if edges is not None else [outputs[0].grad_fn]  # type: ignore[union-attr]
+    layers = layers_with_rules((loss.grad_fn for loss in losses), starts, params)
+    covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
+    rest = [p for p in params if id(p) not in covered]
+    hold = len(rows[0]) * sum(p.numel() for p in rest) <= _HELD_ELEMENTS
     try:
-        torch.func.vmap(vjp)(*seeds)
+        G, updates, held = _layered_gramian(outputs, rows, layers, rest, hold)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
         warnings.warn(
-            f"the task backward passes could not be batched ({error}); computing the {T} task "
+            f"the task backward passes could not be batched ({error}); computing the {len(losses)} task "
             "gradients one at a time for their Gramian. Pass chunk_size=1 to do so directly.",
             RuntimeWarning,
             stacklevel=3,
         )
-        for handle in handles:
-            handle.remove()
-        return gramian(task_jacobian(_as_list(losses), params))
+        G, layers, updates, held = gramian(task_jacobian(_as_list(losses), params)), [], [], {}
+        rest = params
+
+    def apply(weights: Tensor) -> Tensor:
+        w = weights.detach()
+        if specific_grads is None:
+            if specific:
+                torch.autograd.backward(_as_vector(losses).sum(), inputs=list(specific), retain_graph=True)
+        else:
+            _add_grads(specific, specific_grads)
+        grads: dict[int, Tensor | None] = {}
+        for layer, update in zip(layers, updates):
+            weight_grad, bias_grad = update(w.to(layer.weight)) if update is not None else (None, None)
+            grads[id(layer.weight)] = weight_grad
+            if layer.bias is not None:
+                grads[id(layer.bias)] = bias_grad
+        grads.update((id(p), (w.to(held[id(p)]) @ held[id(p)]).view_as(p)) for p in rest if id(p) in held)
+        unheld = [p for p in rest if id(p) not in held]
+        if unheld:
+            seeds = [torch.tensordot(w.to(r), r, dims=1) for r in rows]
+            grads.update(zip(map(id, unheld), torch.autograd.grad(outputs, unheld, seeds, allow_unused=True)))
+        return _add_grads(params, [grads[id(p)] for p in params])
+
+    return G, apply
+
+
+_HELD_ELEMENTS = 2**22  # the T×|p| blocks of the parameters outside linear layers are kept up to this size
+
+
+def _layered_gramian(
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], hold: bool
+) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
+    """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`; None
+    where no gradient reaches the layer), held blocks.
+
+    The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
+    produces their batched gradient, and hand the engine a zero-stride stand-in. With
+    `hold`, their T×|p| blocks are kept ({id(p): block}) for the update; without, at most
+    one is alive at a time.
+    """
+    T = seeds[0].shape[0]
+    G = seeds[0].new_zeros(T, T)
+    held: dict[int, Tensor] = {}
+
+    def fold(p: Tensor, grad: Tensor) -> Tensor:
+        # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
+        if _functorch.is_batchedtensor(grad):
+            block = _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0).reshape(T, -1)
+        else:  # the same gradient for every row
+            block = grad.detach().reshape(1, -1).expand(T, -1)
+        G.addmm_(block, block.T)
+        if hold:
+            held[id(p)] = block
+        return grad.new_zeros(()).expand(grad.shape)  # the engine keeps nothing of size |p|
+
+    def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
+        inputs = [layer.output for layer in layers] + rest
+        # torch takes edges and tensors together here; its annotation allows one kind at a time
+        grads = torch.autograd.grad(outputs, inputs, rows, retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
+        # vmap returns tensors only: an unbatched 0-d zero stands for a layer no gradient reaches
+        # (a backward that returns None for it); the first one keeps the result non-empty.
+        unreached = rows[0].new_zeros(())
+        return (unreached, *(unreached if g is None else g for g in grads[: len(layers)]))
+
+    handles = [p.register_hook(functools.partial(fold, p)) for p in rest]
+    try:
+        deltas = list(torch.func.vmap(vjp)(*seeds)[1:])
     finally:
         for handle in handles:
             handle.remove()
-    return G
+    updates: list[Callable | None] = []
+    for layer in layers:
+        delta = deltas.pop(0)
+        if delta.dim() == 1:  # unreached: no block, a zero update
+            updates.append(None)
+            continue
+        block, update = layer.fold(delta)
+        G += block
+        updates.append(update)
+    return (G + G.T) / 2, updates, held
 
 
 def gramian_root(G: Tensor) -> Tensor:
     """A T×T matrix R with R Rᵀ = G (G symmetric PSD): stands in for J in a method that sees only JJᵀ."""
     eigenvalues, vectors = torch.linalg.eigh(G.double())
     return (vectors * eigenvalues.clamp(min=0).sqrt()).to(G.dtype)
-
-
-def weighted_backward(
-    losses: Sequence[Tensor], weights: Tensor, *, params: Sequence[Tensor], specific: Sequence[Tensor] = ()
-) -> Tensor:
-    """Add ∂Σ_t w_t L_t/∂params to the params' `.grad` (and ∂Σ_t L_t/∂`specific` to theirs).
-
-    Returns the flat update written to `params` (length P). Frees the graph.
-    """
-    vec = _as_vector(losses)
-    if specific:
-        torch.autograd.backward(vec.sum(), inputs=list(specific), retain_graph=True)
-    grads = torch.autograd.grad((weights.detach().to(vec) * vec).sum(), list(params), allow_unused=True)
-    return _add_grads(params, grads)
 
 
 def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape: bool = False) -> Tensor:
