@@ -80,7 +80,9 @@ class Scorer:
     `beta`), `f1_micro`, `f1_macro`, `matthews_corrcoef`, `roc_auc`. Regression: `mse`,
     `mae`, `r2`; a scorer holds one kind only, and `is_regression` says which. Values
     are Python floats computed in float64 from a `ScoreState`'s sufficient statistics
-    (the confusion matrix; per-output error and target sums for regression).
+    (the confusion matrix; per-output error and target sums for regression), except
+    `roc_auc`: torchmetrics' AUROC (imported when first scored) of the float64
+    probabilities, which it accumulates in float32 (within 1e-6 of scikit-learn's).
 
     Classes: every label in golds or preds, plus 0..C-1 for probs of width C (0 and 1
     otherwise). With exactly the classes {0, 1}, precision/recall/f1/fbeta are those of
@@ -408,22 +410,13 @@ def _from_confusion(metric: str, matrix: Tensor, classes: Tensor, beta: float) -
     return float(per_class[present].mean())
 
 
-def _binary_auc(scores: Tensor, positive: Tensor) -> float:
-    """Area under the ROC curve by the Mann-Whitney rank sum (tied scores share their mean rank)."""
-    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(torch.float64)
-    ranks = (ends - (counts - 1) / 2)[inverse]
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
+    """torchmetrics' AUROC of float64 probs: class 1's for two classes, else the macro one-vs-rest AUC."""
     if probs is None:
         raise ValueError("Scorer: metric 'roc_auc' needs probs")
     if bool((classes < 0).any()):
         raise ValueError(f"Scorer: roc_auc has no probability column for the negative labels in {classes.tolist()}")
-    probs = probs.to(torch.float64)
+    probs = probs.to(torch.float64)  # ranks scores that a lower precision would tie
     width = probs.shape[1] if probs.dim() == 2 else 2
     missing = sorted(set(range(width)) - set(golds.unique().tolist()))
     if missing:
@@ -439,11 +432,13 @@ def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
             "like logits; give the task an output function: Task(output_func=...), an architecture's "
             "output_funcs={task: softmax}, or an MTLModel entry's 'output'"
         )
-    if probs.dim() == 1:
-        return _binary_auc(probs, golds == 1)
+    # Imported here, not at the top: loading torchmetrics takes seconds, and only this metric needs it.
+    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+
     if width == 2:
-        return _binary_auc(probs[:, 1], golds == 1)
-    return sum(_binary_auc(probs[:, c], golds == c) for c in range(width)) / width
+        scores = probs if probs.dim() == 1 else probs[:, 1]
+        return float(binary_auroc(scores, (golds == 1).long()))
+    return float(multiclass_auroc(probs, golds.long(), num_classes=width, average="macro"))
 
 
 def metric_score(
