@@ -348,13 +348,15 @@ class MultitaskClassifier(nn.Module):
         every forward, and `parameters()` costs several times more.
         """
         for kind in ("_parameters", "_buffers"):
-            stack: list[nn.Module] = [self]
+            stack: list[nn.Module | None] = [self]
             while stack:
                 module = stack.pop()
+                if module is None:  # a submodule slot set to None
+                    continue
                 for tensor in getattr(module, kind).values():
                     if tensor is not None:
                         return tensor.device
-                stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+                stack.extend(reversed(module._modules.values()))
         return None
 
     def _check_new_task(self, task: Task) -> None:

@@ -11,7 +11,6 @@ checks `mtlkit.checks` runs on the first batch of each training dataset.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -125,11 +124,14 @@ def _may_hold(target: Tensor, marker: Marker) -> Tensor | bool:
         return False
     if not len(target):
         return True  # the exact count (zero) leaves the task out
-    if isinstance(value, float) and math.isnan(value):
+    if value != value:  # NaN
         return target.sum().isnan() if target.is_floating_point() else False
-    if target.dtype == torch.bool or target.dtype.is_complex:
+    if target.dtype in _UNORDERED:
         return True
     return target.amin() <= value
+
+
+_UNORDERED = (torch.bool, torch.complex32, torch.complex64, torch.complex128)  # no cheap bound: count exactly
 
 
 def host_values(tensors: Sequence[Tensor]) -> list[Any]:

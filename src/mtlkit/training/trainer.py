@@ -502,13 +502,18 @@ class _EpochLosses:
         self.total = 0.0
         self.steps = 0
         self.sums: dict[str, list[float]] = {}
+        self._sums: dict[tuple[str, int], list[float]] = {}  # the same sums, by (task, id(dataset))
 
     def add(self, values: dict[str, float], counts: dict[str, int], dataset: Any) -> None:
         self.total += sum(values.values())
         self.steps += 1
         for task, value in values.items():
             n = counts.get(task, 1)
-            acc = self.sums.setdefault(f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0])
+            acc = self._sums.get((task, id(dataset)))
+            if acc is None:
+                acc = self._sums[task, id(dataset)] = self.sums.setdefault(
+                    f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0]
+                )
             acc[0] += value * n
             acc[1] += n
 
