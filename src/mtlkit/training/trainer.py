@@ -318,15 +318,14 @@ class Trainer:
         for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             done = self._train_step(batches)
+            if done is not None:
+                out, values, result, dataset = done
+                losses.add(values, out.counts, dataset)
+                if not bar.disable:  # drawn on the epoch's first step, then whenever tqdm redraws (`mininterval`)
+                    bar.set_postfix_str(f"loss={losses.running:.4f}", refresh=losses.steps == 1)
+                if loggers and self.step % cfg.log_every == 0:
+                    _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
             bar.update()
-            if done is None:
-                continue
-            out, values, result, dataset = done
-            losses.add(values, out.counts, dataset)
-            if not bar.disable:
-                bar.set_postfix(loss=f"{losses.running:.4f}")
-            if loggers and self.step % cfg.log_every == 0:
-                _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
         bar.close()
         return losses.means()
 
