@@ -4,7 +4,8 @@ one per-task loss helper that every front door calls.
 `MultitaskClassifier` (Snorkel flows), `MTLModel` (torchMTL dict graphs) and every
 architecture in `mtlkit.architectures` implement `MultiTaskModel`, so one Trainer, one
 set of balancers and one scoring loop serve all three front doors. Each computes a
-task's loss with `labelled_targets` then `task_loss`, so all three follow one label convention
+task's loss with `labelled_targets` (`labelled_batch` for all of a batch's tasks at once)
+then `task_loss`, so all three follow one label convention
 (`mtlkit.labels`: class label -1 and regression NaN mean "no label") and share the
 checks `mtlkit.checks` runs on the first batch of each training dataset.
 """
