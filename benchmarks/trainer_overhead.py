@@ -12,11 +12,14 @@ each task's validation accuracy every epoch.
 - cold: each repetition is a fresh process that imports torch (and mtlkit) untimed and
   then runs the two fits once, so first-use costs (lazy imports, first scoring) count.
 - `--profile`: cProfile of one warm mtlkit run, the top functions by own time.
+- `--device cuda`: both sides train on the GPU (batches moved per step, as the Trainer
+  does; each fit ends with a device synchronisation); use `--clock wall` there.
 
 Times are process CPU time (`time.process_time`, all threads), so waiting for a core on a
 busy machine is not counted; `--clock wall` for wall time.
 
-Run: python benchmarks/trainer_overhead.py [--repeats 5] [--cold-repeats 3] [--threads default] [--profile]
+Run: python benchmarks/trainer_overhead.py [--repeats 5] [--cold-repeats 3] [--threads default] [--clock wall]
+     [--device cuda] [--profile]
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ def _data():
     }
 
 
-def mtlkit_fits(clock) -> float:
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def mtlkit_fits(clock, device: str = "cpu") -> float:
     """The tutorial's two fits with mtlkit; seconds."""
     sys.path.insert(0, str(ROOT / "examples"))
     import torch.nn.functional as F
@@ -72,21 +82,22 @@ def mtlkit_fits(clock) -> float:
 
     tasks = [task(name) for name in data]
     start = clock()
-    trainer = Trainer(n_epochs=EPOCHS, lr=LR, progress_bar=False)
+    trainer = Trainer(n_epochs=EPOCHS, lr=LR, progress_bar=False, device=device)
     trainer.fit(MultitaskClassifier(tasks[:2]), loaders["circle"] + loaders["square"])
     trainer.fit(MultitaskClassifier(tasks), [loader for name in data for loader in loaders[name]])
+    _synchronize(device)
     return clock() - start
 
 
-def plain_fits(clock) -> float:
+def plain_fits(clock, device: str = "cpu") -> float:
     """The same steps in a plain PyTorch loop (shuffled batches, Adam, per-epoch validation accuracy); seconds."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     data = _data()
-    base = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU())
-    heads = {name: nn.Linear(4, 2) for name in data}
+    base = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU()).to(device)
+    heads = {name: nn.Linear(4, 2).to(device) for name in data}
     start = clock()
     for names in (["circle", "square"], list(data)):
         params = list(base.parameters()) + [p for name in names for p in heads[name].parameters()]
@@ -101,14 +112,16 @@ def plain_fits(clock) -> float:
                 k, index = batches[j]
                 X, Y = data[names[k]][0]
                 optimizer.zero_grad()
-                loss = F.cross_entropy(heads[names[k]](base(X[index])), Y[index])
+                x, y = X[index].to(device), Y[index].to(device)
+                loss = F.cross_entropy(heads[names[k]](base(x)), y)
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
             with torch.no_grad():
                 for name in names:
                     X, Y = data[name][1]
-                    (heads[name](base(X)).argmax(dim=1) == Y).float().mean().item()
+                    (heads[name](base(X.to(device))).argmax(dim=1) == Y.to(device)).float().mean().item()
+    _synchronize(device)
     return clock() - start
 
 
@@ -122,6 +135,7 @@ def _clock(name: str):
 def _cold(side: str, args) -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, __file__, "--one", side, "--clock", args.clock, "--threads", args.threads]
+    command += ["--device", args.device]
     out = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -132,6 +146,7 @@ def main() -> None:
     parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--threads", default="default", help="'default' or a number of torch threads")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--device", default="cpu", help="where both sides train: cpu (default) or cuda")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--one", choices=list(SIDES), help=argparse.SUPPRESS)  # a cold run, in a child process
     args = parser.parse_args()
@@ -143,21 +158,22 @@ def main() -> None:
     if args.one:
         if args.one == "mtlkit":
             import mtlkit  # noqa: F401 - the import is not what is timed
-        print(SIDES[args.one](clock))
+        print(SIDES[args.one](clock, args.device))
         return
     for fits in SIDES.values():
-        fits(clock)  # warm-up: imports, first scoring
+        fits(clock, args.device)  # warm-up: imports, first scoring
     warm: dict[str, list[float]] = {side: [] for side in SIDES}
     for _ in range(args.repeats):
         for side, fits in SIDES.items():
-            warm[side].append(fits(clock))
+            warm[side].append(fits(clock, args.device))
     cold: dict[str, list[float]] = {side: [] for side in SIDES}
     for _ in range(args.cold_repeats):
         for side in SIDES:
             cold[side].append(_cold(side, args))
     print(
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads, {'process CPU time' if args.clock == 'cpu' else 'wall time'}; two fits, 1,250 steps of batch 32.\n"
+        f"threads, {'process CPU time' if args.clock == 'cpu' else 'wall time'}, device {args.device}; "
+        "two fits, 1,250 steps of batch 32.\n"
     )
     print("| run | plain loop (s) | mtlkit Trainer (s) | ratio |")
     print("|---|---:|---:|---:|")
@@ -172,7 +188,7 @@ def main() -> None:
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
-        mtlkit_fits(clock)
+        mtlkit_fits(clock, args.device)
         profiler.disable()
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)

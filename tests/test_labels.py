@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer
+from mtlkit import DictDataLoader, DictDataset, Scorer, Trainer, protocol
 from mtlkit.cli import main
 from mtlkit.labels import labelled_rows, missing
 from mtlkit.metrics import score
-from mtlkit.protocol import labelled_targets, task_loss
+from mtlkit.protocol import labelled_batch, labelled_targets, task_loss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from front_doors import FRONT_DOORS, PENGUINS_GRAPH, architecture, flows
@@ -150,3 +150,57 @@ def test_a_yaml_graph_trains_on_penguins_whose_sex_labels_are_partly_missing(tmp
     assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| sex | penguins | accuracy |" in out and "| body_mass | penguins | mae |" in out
+
+
+NAN, INF = float("nan"), float("inf")
+BATCH_CASES = [  # (targets, marker)
+    (torch.tensor([0, 1, 2]), "auto"),
+    (torch.tensor([0, -1, 2]), "auto"),
+    (torch.tensor([-1, -1]), "auto"),
+    (torch.tensor([-3, 1]), "auto"),  # below the marker but not it: labelled
+    (torch.tensor([0.5, 1.5]), "auto"),
+    (torch.tensor([0.5, NAN]), "auto"),
+    (torch.tensor([INF, -INF, 1.0]), "auto"),  # the sum is NaN, no entry is: a false alarm, counted exactly
+    (torch.tensor([[1.0, NAN], [NAN, NAN], [0.0, 1.0]]), "auto"),
+    (torch.tensor([[0, 1], [-1, -1]]), "auto"),
+    (torch.tensor([-1.0, 2.0]), -1),  # float targets, numeric marker
+    (torch.tensor([NAN, 2.0]), -1),  # NaN is a value under a numeric marker
+    (torch.tensor([3, 99, 4]), 99),  # a marker above the labels
+    (torch.tensor([3, 4]), 99),
+    (torch.tensor([True, False]), 0),
+    (torch.tensor([0, -1]), None),
+    (torch.tensor([], dtype=torch.long), "auto"),
+    (torch.tensor([], dtype=torch.long), None),
+    (torch.tensor([1, 2], dtype=torch.int8), "auto"),
+]
+
+
+@pytest.mark.parametrize(("target", "marker"), BATCH_CASES)
+def test_labelled_batch_finds_the_rows_the_convention_defines(target, marker):
+    expected = labelled_rows(target, marker) if len(target) else torch.zeros(0, dtype=torch.bool)
+    got = labelled_batch({"t": target}, {"t": marker}).get("t")
+    if marker is not None and not bool(expected.any()):
+        assert got is None  # no labelled row: the task is left out
+        return
+    assert got is not None and got.count == int(expected.sum()) and got.marker == marker
+    assert got.target is target
+    if got.rows is None:
+        assert bool(expected.all())
+    else:
+        assert torch.equal(got.rows, expected)
+
+
+def test_a_fully_labelled_batch_costs_one_read_and_no_row_mask(monkeypatch):
+    reads = []
+    real = protocol.host_values
+    monkeypatch.setattr(protocol, "host_values", lambda tensors: reads.append(len(tensors)) or real(tensors))
+    monkeypatch.setattr(protocol, "unlabelled_rows", lambda *a: pytest.fail("no row mask is needed"))
+    targets = {"a": torch.tensor([0, 1]), "b": torch.tensor([0.5, 2.0]), "c": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
+    got = labelled_batch(targets, {})
+    assert reads == [3]  # one read for the three tasks
+    assert {task: (labels.rows, labels.count) for task, labels in got.items()} == {t: (None, 2) for t in targets}
+
+
+def test_labelled_batch_names_a_task_whose_targets_are_not_a_tensor():
+    with pytest.raises(TypeError, match="task 'b': targets must be a tensor, got list"):
+        labelled_batch({"a": torch.tensor([0]), "b": [0, 1]}, {})

@@ -21,6 +21,8 @@ CLASSIFICATION = [
     "matthews_corrcoef",
     "roc_auc",
 ]
+# roc_auc is torchmetrics' AUROC: it ranks float64 scores, but accumulates the curve in float32
+ROC_AUC_TOL = 1e-6
 
 
 def _random_classification(n, num_classes, seed):
@@ -45,8 +47,8 @@ def test_binary_metrics_match_sklearn():
         "f1_micro": skm.f1_score(y, p, average="micro"),
         "f1_macro": skm.f1_score(y, p, average="macro"),
         "matthews_corrcoef": skm.matthews_corrcoef(y, p),
-        "roc_auc": skm.roc_auc_score(y, probs[:, 1].numpy()),
     }
+    assert got.pop("roc_auc") == pytest.approx(skm.roc_auc_score(y, probs[:, 1].numpy()), abs=ROC_AUC_TOL)
     assert got == pytest.approx(expected, abs=1e-12)
 
 
@@ -63,8 +65,9 @@ def test_multiclass_metrics_match_sklearn_macro_averages():
         "f1_micro": skm.f1_score(y, p, average="micro"),
         "f1_macro": skm.f1_score(y, p, average="macro"),
         "matthews_corrcoef": skm.matthews_corrcoef(y, p),
-        "roc_auc": skm.roc_auc_score(y, probs.double().numpy(), multi_class="ovr", average="macro"),
     }
+    roc_auc = skm.roc_auc_score(y, probs.double().numpy(), multi_class="ovr", average="macro")
+    assert got.pop("roc_auc") == pytest.approx(roc_auc, abs=ROC_AUC_TOL)
     assert got == pytest.approx(expected, abs=1e-12)
 
 
@@ -350,12 +353,23 @@ def test_roc_auc_refuses_logits_and_names_the_fix():
     assert Scorer(metrics=["roc_auc"]).score(golds, probs=probs)["roc_auc"] == pytest.approx(expected)
 
 
-def test_roc_auc_is_the_rank_statistic_in_float64():
+def test_roc_auc_matches_sklearn_with_ties_and_ranks_float64_scores():
     golds, _, probs = _random_classification(120, 2, seed=5)
     probs = probs.double()
     probs[::4] = torch.tensor([0.5, 0.5], dtype=torch.float64)  # tied scores share their mean rank
     got = Scorer(["roc_auc"]).score(golds, None, probs)["roc_auc"]
-    assert got == pytest.approx(skm.roc_auc_score(golds.numpy(), probs[:, 1].numpy()), abs=1e-15)
+    assert got == pytest.approx(skm.roc_auc_score(golds.numpy(), probs[:, 1].numpy()), abs=ROC_AUC_TOL)
+    # Scores 1e-12 apart tie in float32 (AUC 0.5) but not in float64, where the positive ranks first.
+    close = torch.tensor([[0.5, 0.5], [0.5 - 1e-12, 0.5 + 1e-12]], dtype=torch.float64)
+    assert skm.roc_auc_score([0, 1], close[:, 1].numpy()) == 1.0
+    assert Scorer(["roc_auc"]).score([0, 1], None, close)["roc_auc"] == 1.0
+
+
+def test_multiclass_roc_auc_is_the_mean_of_the_one_vs_rest_aucs():
+    golds, _, probs = _random_classification(90, 3, seed=6)
+    one_vs_rest = [skm.roc_auc_score((golds == c).numpy(), probs[:, c].double().numpy()) for c in range(3)]
+    got = Scorer(["roc_auc"]).score(golds, None, probs)["roc_auc"]
+    assert got == pytest.approx(sum(one_vs_rest) / 3, abs=ROC_AUC_TOL)
 
 
 class _Constant(nn.Module):

@@ -32,7 +32,7 @@ from mtlkit.graph.executor import INPUT, execute
 from mtlkit.graph.task_graph import Node, TaskGraph
 from mtlkit.labels import marker_of
 from mtlkit.metrics import Scorer
-from mtlkit.protocol import Labelled, StepOutput, labelled_targets, task_loss
+from mtlkit.protocol import StepOutput, labelled_batch, task_loss
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -253,16 +253,15 @@ class MultitaskClassifier(nn.Module):
         for the default cross-entropy), computed by `mtlkit.protocol.task_loss`. Tasks
         without a labelled row are absent from both dicts and their heads are not run.
         """
-        active: dict[str, Labelled] = {}
-        for label, Y in Y_dict.items():
+        markers = {}
+        for label in Y_dict:
             if label not in self.tasks:
                 raise ValueError(
                     f"Y_dict has labels {label!r}, but model {self.name!r} has no task of that name; tasks: "
                     f"{list(self.tasks)}. Add such a task, or drop/rename the label in the dataset"
                 )
-            labels = labelled_targets(label, Y, marker_of(self.tasks[label].scorer))
-            if labels is not None:
-                active[label] = labels
+            markers[label] = marker_of(self.tasks[label].scorer)
+        active = labelled_batch(Y_dict, markers)
         if not active:
             return {}, {}
         values = self.forward(X_dict, list(active))
@@ -343,10 +342,21 @@ class MultitaskClassifier(nn.Module):
         return self._heads[task_name]
 
     def _device(self) -> torch.device | None:
-        for parameter in self.parameters():
-            return parameter.device
-        for buffer in self.buffers():
-            return buffer.device
+        """The device of the first parameter (else buffer) in `parameters()` order; None without either.
+
+        Walks the module tree itself, stopping at the first module holding one: this runs on
+        every forward, and `parameters()` costs several times more.
+        """
+        for kind in ("_parameters", "_buffers"):
+            stack: list[nn.Module | None] = [self]
+            while stack:
+                module = stack.pop()
+                if module is None:  # a submodule slot set to None
+                    continue
+                for tensor in getattr(module, kind).values():
+                    if tensor is not None:
+                        return tensor.device
+                stack.extend(reversed(module._modules.values()))
         return None
 
     def _check_new_task(self, task: Task) -> None:

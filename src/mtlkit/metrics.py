@@ -9,8 +9,9 @@ the model scoring loop.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,9 @@ class Scorer:
     `beta`), `f1_micro`, `f1_macro`, `matthews_corrcoef`, `roc_auc`. Regression: `mse`,
     `mae`, `r2`; a scorer holds one kind only, and `is_regression` says which. Values
     are Python floats computed in float64 from a `ScoreState`'s sufficient statistics
-    (the confusion matrix; per-output error and target sums for regression).
+    (the confusion matrix; per-output error and target sums for regression), except
+    `roc_auc`: torchmetrics' AUROC (imported when first scored) of the float64
+    probabilities, which it accumulates in float32 (within 1e-6 of scikit-learn's).
 
     Classes: every label in golds or preds, plus 0..C-1 for probs of width C (0 and 1
     otherwise). With exactly the classes {0, 1}, precision/recall/f1/fbeta are those of
@@ -407,22 +410,13 @@ def _from_confusion(metric: str, matrix: Tensor, classes: Tensor, beta: float) -
     return float(per_class[present].mean())
 
 
-def _binary_auc(scores: Tensor, positive: Tensor) -> float:
-    """Area under the ROC curve by the Mann-Whitney rank sum (tied scores share their mean rank)."""
-    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(torch.float64)
-    ranks = (ends - (counts - 1) / 2)[inverse]
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
+    """torchmetrics' AUROC of float64 probs: class 1's for two classes, else the macro one-vs-rest AUC."""
     if probs is None:
         raise ValueError("Scorer: metric 'roc_auc' needs probs")
     if bool((classes < 0).any()):
         raise ValueError(f"Scorer: roc_auc has no probability column for the negative labels in {classes.tolist()}")
-    probs = probs.to(torch.float64)
+    probs = probs.to(torch.float64)  # ranks scores that a lower precision would tie
     width = probs.shape[1] if probs.dim() == 2 else 2
     missing = sorted(set(range(width)) - set(golds.unique().tolist()))
     if missing:
@@ -438,11 +432,13 @@ def _roc_auc(golds: Tensor, probs: Tensor | None, classes: Tensor) -> float:
             "like logits; give the task an output function: Task(output_func=...), an architecture's "
             "output_funcs={task: softmax}, or an MTLModel entry's 'output'"
         )
-    if probs.dim() == 1:
-        return _binary_auc(probs, golds == 1)
+    # Imported here, not at the top: loading torchmetrics takes seconds, and only this metric needs it.
+    from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+
     if width == 2:
-        return _binary_auc(probs[:, 1], golds == 1)
-    return sum(_binary_auc(probs[:, c], golds == c) for c in range(width)) / width
+        scores = probs if probs.dim() == 1 else probs[:, 1]
+        return float(binary_auroc(scores, (golds == 1).long()))
+    return float(multiclass_auroc(probs, golds.long(), num_classes=width, average="macro"))
 
 
 def metric_score(
@@ -590,6 +586,19 @@ def _model_device(model: Any) -> torch.device | None:
     return None
 
 
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """The model (an `nn.Module`) in eval mode within the block, then back in the mode it had."""
+    was_training = model.training if isinstance(model, nn.Module) else None
+    if was_training is not None:
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training is not None:
+            model.train(was_training)
+
+
 def _dataset_of(dataloader: DataLoader) -> Any:
     dataset: Any = dataloader.dataset  # duck-typed: checked for a DictDataset's attributes below
     for attribute in ("name", "split", "Y_dict"):
@@ -606,36 +615,29 @@ def _dataset_of(dataloader: DataLoader) -> Any:
 def _collect(
     model: Any, dataloader: DataLoader, mapping: Mapping[str, str]
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Gold labels and task outputs of every labelled task over one dataloader (no grad, eval mode)."""
+    """Gold labels and task outputs of every labelled task over one dataloader (no grad; the caller sets eval mode)."""
     tasks = list(dict.fromkeys(mapping.values()))
     golds: dict[str, list[Tensor]] = defaultdict(list)
     outputs: dict[str, list[Tensor]] = defaultdict(list)
     device = _model_device(model)
-    was_training = model.training if isinstance(model, nn.Module) else None
-    if was_training is not None:
-        model.eval()
-    try:
-        with torch.no_grad():
-            for X, Y in dataloader:
-                if device is not None:
-                    X = move_to_device(X, device)
-                task_outputs = model.task_outputs(X, tasks) if tasks else {}
-                for label, task in mapping.items():
-                    if task not in task_outputs:
-                        raise KeyError(f"task_outputs returned no output for task {task!r} (label {label!r})")
-                    output, gold = task_outputs[task].detach(), Y[label].to(task_outputs[task].device)
-                    if gold.dim() == 2 and output.dim() == 3:  # token-level task: one row per position
-                        gold, output = gold.reshape(-1), output.reshape(-1, output.shape[-1])
-                    if len(gold) != len(output):
-                        raise ValueError(
-                            f"label {label!r} has {len(gold)} rows in a batch of dataset {_dataset_of(dataloader).name!r} "
-                            f"but task {task!r} returned {len(output)}; outputs need one row per label row"
-                        )
-                    golds[label].append(gold)
-                    outputs[label].append(output)
-    finally:
-        if was_training is not None:
-            model.train(was_training)
+    with torch.no_grad():
+        for X, Y in dataloader:
+            if device is not None:
+                X = move_to_device(X, device)
+            task_outputs = model.task_outputs(X, tasks) if tasks else {}
+            for label, task in mapping.items():
+                if task not in task_outputs:
+                    raise KeyError(f"task_outputs returned no output for task {task!r} (label {label!r})")
+                output, gold = task_outputs[task].detach(), Y[label].to(task_outputs[task].device)
+                if gold.dim() == 2 and output.dim() == 3:  # token-level task: one row per position
+                    gold, output = gold.reshape(-1), output.reshape(-1, output.shape[-1])
+                if len(gold) != len(output):
+                    raise ValueError(
+                        f"label {label!r} has {len(gold)} rows in a batch of dataset {_dataset_of(dataloader).name!r} "
+                        f"but task {task!r} returned {len(output)}; outputs need one row per label row"
+                    )
+                golds[label].append(gold)
+                outputs[label].append(output)
     return {k: torch.cat(v) for k, v in golds.items()}, {k: torch.cat(v) for k, v in outputs.items()}
 
 
@@ -672,6 +674,18 @@ def predict(
     row number (`mtlkit.utils.probs_to_preds`), or the outputs themselves for tasks whose Scorer is a regression
     scorer (`scorers` overrides `model.scorers()`).
     """
+    with _eval_mode(model):
+        return _predict(model, dataloader, return_preds, remap_labels, scorers)
+
+
+def _predict(
+    model: Any,
+    dataloader: DataLoader,
+    return_preds: bool,
+    remap_labels: Mapping[str, str | None] | None,
+    scorers: Mapping[str, Scorer] | None,
+) -> dict[str, dict[str, Tensor]]:
+    """`predict`, with the model already in eval mode."""
     dataset = _dataset_of(dataloader)
     mapping = labels_to_tasks(dataset.Y_dict.keys(), model.task_names, remap_labels)
     golds, probs = _collect(model, dataloader, mapping)
@@ -702,18 +716,19 @@ def score(
     task_scorers = dict(model.scorers()) if scorers is None else dict(scorers)
     scores: dict[str, float] = {}
     seen: set[tuple[str, str, str]] = set()
-    for dataloader in dataloaders:
-        dataset = _dataset_of(dataloader)
-        mapping = labels_to_tasks(dataset.Y_dict.keys(), model.task_names, remap_labels)
-        for label in mapping:  # two loaders may share a dataset name and split if their labels differ (Snorkel)
-            if (label, dataset.name, dataset.split) in seen:
-                raise ValueError(
-                    f"two dataloaders both score label {label!r} as dataset {dataset.name!r}, split {dataset.split!r}; "
-                    "give them different names"
-                )
-            seen.add((label, dataset.name, dataset.split))
-        results = predict(model, dataloader, return_preds=True, remap_labels=remap_labels, scorers=task_scorers)
-        scores.update(score_predictions(results, mapping, task_scorers, f"{dataset.name}/{dataset.split}"))
+    with _eval_mode(model):
+        for dataloader in dataloaders:
+            dataset = _dataset_of(dataloader)
+            mapping = labels_to_tasks(dataset.Y_dict.keys(), model.task_names, remap_labels)
+            for label in mapping:  # two loaders may share a dataset name and split if their labels differ (Snorkel)
+                if (label, dataset.name, dataset.split) in seen:
+                    raise ValueError(
+                        f"two dataloaders both score label {label!r} as dataset {dataset.name!r}, "
+                        f"split {dataset.split!r}; give them different names"
+                    )
+                seen.add((label, dataset.name, dataset.split))
+            results = _predict(model, dataloader, True, remap_labels, task_scorers)
+            scores.update(score_predictions(results, mapping, task_scorers, f"{dataset.name}/{dataset.split}"))
     return _to_dataframe(scores) if as_dataframe else scores
 
 

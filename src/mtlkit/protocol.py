@@ -4,21 +4,23 @@ one per-task loss helper that every front door calls.
 `MultitaskClassifier` (Snorkel flows), `MTLModel` (torchMTL dict graphs) and every
 architecture in `mtlkit.architectures` implement `MultiTaskModel`, so one Trainer, one
 set of balancers and one scoring loop serve all three front doors. Each computes a
-task's loss with `labelled_targets` then `task_loss`, so all three follow one label convention
+task's loss with `labelled_targets` (`labelled_batch` for all of a batch's tasks at once)
+then `task_loss`, so all three follow one label convention
 (`mtlkit.labels`: class label -1 and regression NaN mean "no label") and share the
 checks `mtlkit.checks` runs on the first batch of each training dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from mtlkit import checks
-from mtlkit.labels import AUTO, Marker, unlabelled_rows
+from mtlkit.labels import AUTO, Marker, resolve, unlabelled_rows
 
 
 @dataclass
@@ -77,18 +79,73 @@ class Labelled:
 def labelled_targets(task: str, target: Any, marker: Marker = AUTO) -> Labelled | None:
     """The labelled rows of one task's targets (see `mtlkit.labels`), or None when no row has a label.
 
-    `marker` is the task Scorer's `abstain_label` where the task has one. Costs one
-    host sync (the count), none with ``marker=None``.
+    `marker` is the task Scorer's `abstain_label` where the task has one. Costs one host
+    read (`labelled_batch`), none with ``marker=None``.
     """
-    if not isinstance(target, Tensor):
-        raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
-    if marker is None:
-        return Labelled(target, None, len(target), marker)
-    absent = unlabelled_rows(target, marker)
-    count = len(absent) - int(absent.count_nonzero())
-    if count == 0:
-        return None
-    return Labelled(target, None if count == len(absent) else ~absent, count, marker)
+    return labelled_batch({task: target}, {task: marker}).get(task)
+
+
+def labelled_batch(targets: Mapping[str, Any], markers: Mapping[str, Marker]) -> dict[str, Labelled]:
+    """`labelled_targets` of every task in a batch's targets; tasks without a labelled row are left out.
+
+    `markers` gives each task's missing-label marker (default ``"auto"``). A task none of
+    whose entries is its marker (the usual batch) costs one reduction, and all the
+    tasks together one host read (`host_values`); only a task with missing labels pays
+    for its row mask and count (one more read).
+    """
+    checks: dict[str, Tensor | bool] = {}
+    for task, target in targets.items():
+        if not isinstance(target, Tensor):
+            raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
+        checks[task] = _may_hold(target, markers.get(task, AUTO))
+    pending = {task: check for task, check in checks.items() if isinstance(check, Tensor)}
+    checks.update(zip(pending, host_values(list(pending.values()))))
+    found: dict[str, Labelled] = {}
+    for task, target in targets.items():
+        marker = markers.get(task, AUTO)
+        if not checks[task]:
+            found[task] = Labelled(target, None, len(target), marker)
+            continue
+        absent = unlabelled_rows(target, marker)
+        count = len(absent) - int(absent.count_nonzero())
+        if count:
+            found[task] = Labelled(target, None if count == len(absent) else ~absent, count, marker)
+    return found
+
+
+def _may_hold(target: Tensor, marker: Marker) -> Tensor | bool:
+    """Whether an entry of `target` may be the marker: False, True (count exactly), or a 0-d
+    bool tensor from one reduction.
+
+    For NaN, the sum is NaN when an entry is (or when +inf meets -inf: a false alarm, which
+    the exact count settles); for a number, no entry is smaller than the minimum.
+    """
+    value = resolve(target, marker)
+    if value is None:
+        return False
+    if not len(target):
+        return True  # the exact count (zero) leaves the task out
+    if value != value:  # NaN
+        return target.sum().isnan() if target.is_floating_point() else False
+    if target.dtype in _UNORDERED:
+        return True
+    return target.amin() <= value
+
+
+_UNORDERED = (torch.bool, torch.complex32, torch.complex64, torch.complex128)  # no cheap bound: count exactly
+
+
+def host_values(tensors: Sequence[Tensor]) -> list[Any]:
+    """The values of one-element tensors as Python numbers.
+
+    On an accelerator all of them in one device sync (stacked); on the CPU, where a read
+    syncs nothing, each is read directly (cheaper than stacking them first).
+    """
+    if not tensors:
+        return []
+    if tensors[0].device.type == "cpu":
+        return [tensor.item() for tensor in tensors]
+    return torch.stack([tensor.detach().reshape(()) for tensor in tensors]).tolist()
 
 
 def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: Labelled) -> Tensor:

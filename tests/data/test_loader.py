@@ -183,3 +183,30 @@ def test_subclass_with_its_own_getitem_is_fetched_example_by_example():
     dataset = Doubled("d", "train", {"x": torch.arange(4.0)}, {"t": torch.arange(4)})
     (X, Y) = next(iter(DictDataLoader(dataset, batch_size=4)))
     assert X["x"].tolist() == [0.0, 2.0, 4.0, 6.0] and Y["t"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_direct_iteration_gives_torchs_batches_and_leaves_the_random_stream_as_torch_does(shuffle):
+    from torch.utils.data import DataLoader
+
+    loader = DictDataLoader(_mixed_dataset(), batch_size=4, shuffle=shuffle, seed=3)
+    runs = []
+    for iterate in (DictDataLoader.__iter__, DataLoader.__iter__):  # mtlkit's direct path, torch's iterator
+        loader.set_epoch(0)
+        torch.manual_seed(0)
+        iterator = iterate(loader)
+        runs.append((list(iterator), torch.rand(3)))
+    assert not isinstance(DictDataLoader.__iter__(loader), type(DataLoader.__iter__(loader)))  # two paths indeed
+    (ours, after_ours), (torchs, after_torchs) = runs
+    assert len(ours) == len(torchs) == 3
+    for a, b in zip(ours, torchs):
+        _assert_same_batch(a, b)
+    assert torch.equal(after_ours, after_torchs)  # torch draws a base seed per iterator: so does the direct path
+
+
+def test_worker_processes_keep_torchs_iterator():
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    iterator = iter(DictDataLoader(_dataset(), batch_size=4, num_workers=1))
+    assert isinstance(iterator, _BaseDataLoaderIter)
+    assert [len(Y["t"]) for _, Y in iterator] == [4, 4, 2]

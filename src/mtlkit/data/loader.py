@@ -178,6 +178,19 @@ class DictDataLoader(DataLoader):
             return _Gathering(sampler)
         return sampler
 
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]  # a generator on the direct path
+        """The batches; with `collate_dicts`, the loader's own sampler, no worker processes and no
+        pinned memory, gathered and collated directly, without torch's per-batch iterator machinery
+        (the same batches, in the same order; no `torch.profiler` span per batch)."""
+        batches = self._index_sampler
+        if self.num_workers == 0 and not self.pin_memory and isinstance(batches, _Gathering):
+            iterator = (collate_dicts(self.dataset.__getitems__(indices)) for indices in batches)
+            # torch's iterator draws a base seed from the loader's generator (the global one by
+            # default): drawing it too keeps every later random number what it was.
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            return iterator
+        return super().__iter__()
+
     @property
     def seed(self) -> int | None:
         """The shuffling seed (None when not shuffling or with a custom sampler)."""

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from mtlkit.checks import FitChecks
 from mtlkit.data import BatchScheduler, get_scheduler, move_to_device
 from mtlkit.errors import ConfigError
-from mtlkit.protocol import MultiTaskModel, StepOutput
+from mtlkit.protocol import MultiTaskModel, StepOutput, host_values
 from mtlkit.training.checkpoint import (
     Checkpointer,
     load_checkpoint,
@@ -153,16 +153,17 @@ class Trainer:
             if cfg.logging and self.is_main_process:
                 loggers = build_loggers(cfg.log_writers, cfg.log_dir, resume_step)
             self.log_writer = loggers[0] if loggers else None
-            while self.epoch < cfg.n_epochs and not self._should_stop():
-                epoch_losses = self._train_epoch(loggers)
-                self.balancer.epoch_end()
-                self.epoch += 1
-                self.strategy.epoch_end(self.model)
-                last = self.epoch == cfg.n_epochs
-                if self.epoch % cfg.evaluate_every == 0 or last:
-                    self._evaluate(epoch_losses, valid, loggers)
-                if cfg.checkpointing and (self.epoch % cfg.checkpoint_every == 0 or last):
-                    self._write_checkpoint(self._state, Path(cfg.checkpoint_dir) / "last.pt")
+            with self.balancer.losses_checked():  # each step checks the loss values it reads (`_train_step`)
+                while self.epoch < cfg.n_epochs and not self._should_stop():
+                    epoch_losses = self._train_epoch(loggers)
+                    self.balancer.epoch_end()
+                    self.epoch += 1
+                    self.strategy.epoch_end(self.model)
+                    last = self.epoch == cfg.n_epochs
+                    if self.epoch % cfg.evaluate_every == 0 or last:
+                        self._evaluate(epoch_losses, valid, loggers)
+                    if cfg.checkpointing and (self.epoch % cfg.checkpoint_every == 0 or last):
+                        self._write_checkpoint(self._state, Path(cfg.checkpoint_dir) / "last.pt")
             if self.best_model is not None and cfg.restore_best:
                 self.model.load_state_dict(self.best_model)
             scored = list({id(loader): loader for loader in valid + test}.values())  # a loader may be both
@@ -223,23 +224,22 @@ class Trainer:
         out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
-        # The step's one device sync: the loss values, for the finiteness check, the epoch means and the logs.
-        values = dict(zip(out.losses, torch.stack([loss.detach().sum() for loss in out.losses.values()]).tolist()))
+        values = self._loss_values(out.losses)
         nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
         if nonfinite:
             self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
             return None
         self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])
-        with self.balancer.losses_checked():  # checked above, on the values the step read anyway
-            result = self.strategy.backward(
-                self.balancer,
-                out.losses,
-                shared_params=self._shared_params() if out.shared_reps is None else None,
-                shared_reps=out.shared_reps,
-            )
+        # The balancer's own finiteness check is off for the fit (`fit`): the values above were checked.
+        result = self.strategy.backward(
+            self.balancer,
+            out.losses,
+            shared_params=self.model.shared_parameters() if self._reads_shared and out.shared_reps is None else None,
+            shared_reps=out.shared_reps,
+        )
         if cfg.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(self._parameters, cfg.grad_clip)
-            if not bool(torch.isfinite(norm)):
+            if not math.isfinite(norm.item()):  # a device sync, as `bool(torch.isfinite(norm))` would be
                 self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
                 return None
         self.optimizer.step()
@@ -249,12 +249,11 @@ class Trainer:
         self.step += 1
         return out, values, result, dataset
 
-    def _shared_params(self) -> Any:
-        """`model.shared_parameters()`, or None for a balancer that only weights the losses (and never reads them)."""
-        kind = type(self.balancer)
-        if kind._backward is LossBalancer._backward and kind.backward is Balancer.backward:
-            return None
-        return self.model.shared_parameters()
+    @staticmethod
+    def _loss_values(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The loss values, for the finiteness check, the epoch means and the logs (one device sync)."""
+        scalars = [loss if loss.numel() == 1 else loss.detach().sum() for loss in losses.values()]
+        return dict(zip(losses, host_values(scalars)))
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
@@ -270,8 +269,9 @@ class Trainer:
         """`training_step` through the strategy, with each dataset's first batch checked against the model."""
         with self._autocast(), self._checks.first_batch(dataset):
             out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
-        order = self._task_order
-        out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
+        if len(out.losses) > 1:
+            order = self._task_order
+            out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
         return out
 
     def _context_forward(self, X: Any, Y: Any) -> StepOutput:
@@ -318,15 +318,14 @@ class Trainer:
         for _ in range(self._batches_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]
             done = self._train_step(batches)
+            if done is not None:
+                out, values, result, dataset = done
+                losses.add(values, out.counts, dataset)
+                if not bar.disable:  # drawn on the epoch's first step, then whenever tqdm redraws (`mininterval`)
+                    bar.set_postfix_str(f"loss={losses.running:.4f}", refresh=losses.steps == 1)
+                if loggers and self.step % cfg.log_every == 0:
+                    _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
             bar.update()
-            if done is None:
-                continue
-            out, values, result, dataset = done
-            losses.add(values, out.counts, dataset)
-            if not bar.disable:
-                bar.set_postfix(loss=f"{losses.running:.4f}")
-            if loggers and self.step % cfg.log_every == 0:
-                _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
         bar.close()
         return losses.means()
 
@@ -362,6 +361,8 @@ class Trainer:
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self._task_order = {task: i for i, task in enumerate(model.task_names)}
         balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
+        kind = type(balancer)  # a balancer that only weights the losses never reads the shared parameters
+        self._reads_shared = kind._backward is not LossBalancer._backward or kind.backward is not Balancer.backward
         train = self.strategy.setup(model, balancer, train)
         optimizer = self._optimizer = build_optimizer(cfg, model.parameters(), balancer.parameters())
         self.strategy.setup_optimizer(optimizer)
@@ -501,13 +502,18 @@ class _EpochLosses:
         self.total = 0.0
         self.steps = 0
         self.sums: dict[str, list[float]] = {}
+        self._sums: dict[tuple[str, int], list[float]] = {}  # the same sums, by (task, id(dataset))
 
     def add(self, values: dict[str, float], counts: dict[str, int], dataset: Any) -> None:
         self.total += sum(values.values())
         self.steps += 1
         for task, value in values.items():
             n = counts.get(task, 1)
-            acc = self.sums.setdefault(f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0])
+            acc = self._sums.get((task, id(dataset)))
+            if acc is None:
+                acc = self._sums[task, id(dataset)] = self.sums.setdefault(
+                    f"{task}/{dataset.name}/{dataset.split}/loss", [0.0, 0.0]
+                )
             acc[0] += value * n
             acc[1] += n
 
