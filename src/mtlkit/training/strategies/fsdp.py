@@ -264,7 +264,9 @@ class FSDPStrategy(DDPStrategy):
         unused = {name for group in losses.unused for name in self._groups[group]}
         reached = any(name not in unused for name in shared_names)
         prior = [p.grad for p in shared]
-        rows: list[Tensor] = []
+        sizes = [_local(p).numel() for p in shared]
+        # T × this rank's shard of the shared parameters: row t, the shards of ∇L_t.
+        J = active[0].new_zeros(len(active), sum(sizes), dtype=shared[0].dtype if shared else active[0].dtype)
         try:
             for p in shared:
                 p.grad = None
@@ -272,14 +274,10 @@ class FSDPStrategy(DDPStrategy):
             for t, loss in enumerate(active):
                 total = loss if losses.touch is None else loss + losses.touch.to(loss.dtype)
                 total.backward(retain_graph=t < len(active) - 1)
-                row = []
-                for p in shared:
-                    grad = p.grad
-                    row.append(grad.to_local().reshape(-1) if isinstance(grad, DTensor) else p.new_zeros(0))
+                for p, row in zip(shared, J[t].split(sizes)):
+                    if isinstance(p.grad, DTensor):
+                        row.copy_(p.grad._local_tensor.reshape(-1))
                     p.grad = None
-                rows.append(torch.cat(row) if row else active[0].new_zeros(0))
-            J = torch.stack(rows)  # T × this rank's shard of the shared parameters
-            del rows
             G = (J @ J.T).contiguous()
             self.all_reduce_sum(G, "gramian")
             if reached:
@@ -304,7 +302,7 @@ class FSDPStrategy(DDPStrategy):
             cast(FSDPModule, root).set_reshard_after_backward(True)
             root.reshard()
         if reached:
-            for p, part, before in zip(shared, g.split([_local(p).numel() for p in shared]), prior):
+            for p, part, before in zip(shared, g.split(sizes), prior):
                 grad = DTensor.from_local(
                     part.view_as(_local(p)),
                     p.device_mesh,
@@ -322,7 +320,7 @@ class FSDPStrategy(DDPStrategy):
             loss=scaled.sum(),
             scaled_losses=dict(zip(names, scaled.unbind())),
             weights=dict(zip(names, w.unbind())) if weights is not None else {},
-            stats={"grad_norm": norm.sqrt().reshape(()).to(vec.dtype)},
+            stats={"grad_norm": norm.sqrt().reshape(())},
         )
 
     def _backward_on_parameters(
