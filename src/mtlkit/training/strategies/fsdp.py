@@ -300,9 +300,10 @@ class FSDPStrategy(DDPStrategy):
             raise
         finally:
             cast(FSDPModule, root).set_reshard_after_backward(True)
-            root.reshard()
+            cast(FSDPModule, root).reshard()
         if reached:
             for p, part, before in zip(shared, g.split(sizes), prior):
+                assert isinstance(p, DTensor)  # (every parameter of a `fully_shard`ed module)
                 grad = DTensor.from_local(
                     part.view_as(_local(p)),
                     p.device_mesh,
@@ -574,10 +575,11 @@ class _Reached:
 
 def _gramian_only(balancer: Balancer) -> bool:
     """Whether `balancer` runs the engine unchanged on a method defined by `weights(G)` (not a wrapper, not IMTL's hybrid)."""
+    if not isinstance(balancer, GradientBalancer):
+        return False
     cls = type(balancer)
     return (
-        isinstance(balancer, GradientBalancer)
-        and cls.backward is Balancer.backward
+        cls.backward is Balancer.backward
         and cls._backward is GradientBalancer._backward
         and cls._shared_backward is GradientBalancer._shared_backward
         and cls._backward_on_params is GradientBalancer._backward_on_params
