@@ -22,9 +22,12 @@ parameter, gradient and optimizer state between steps.
   the T×T Gramian over ranks, then runs one backward (as under DDP with
   `reduces_in_backward`), which FSDP reduce-scatters. Gradient methods on the shared
   parameters (the model one unit, so its parameters are whole after the forward):
-  FSDP's reduce-scatter is off for the step and the engine makes the shared gradients
-  global through the collectives, as under DDP (see `_backward_on_parameters`); with
-  named units they are refused (`ConfigError`).
+  methods defined by `weights(G)` take G from each rank's shard of the task gradients,
+  one backward per task reduce-scattered by FSDP and one T×T all-reduce
+  (`_backward_sharded_gramian`); the others (and all with `sharded_gramian=False`) take
+  the whole Jacobian with FSDP's reduce-scatter off, the engine making the shared
+  gradients global through the collectives, as under DDP (`_backward_on_parameters`).
+  With named units they are refused (`ConfigError`).
 - **Evaluation.** Each rank scores its shard as under DDP; a rank with fewer batches
   than another runs forwards on a spare batch (results dropped) until all ranks have
   run as many, so every all-gather has a partner.
