@@ -172,8 +172,12 @@ class FSDPStrategy(DDPStrategy):
         for group, tensor in candidates:
             if reached(tensor):
                 used[group] = 1.0
-            if self._by_shards or not reached(tensor):  # (one backward per task: each must reach every parameter)
+            elif not self._by_shards:
                 unreached.append(tensor)
+        if self._by_shards and candidates:
+            # The anchor of the per-task zero terms (`_backward_sharded_gramian`): an output of the root's
+            # forward, so that a backward through it runs FSDP's backward hooks on every rank.
+            unreached = [min((tensor for _, tensor in candidates), key=lambda tensor: tensor.numel())]
         self._used, self._touch = used, (_ZeroTouch.apply(*unreached) if unreached else None)
         state._post_forward(root, (X, Y), (*out.losses.values(), self._touch))
         self._outputs = []
@@ -238,9 +242,11 @@ class FSDPStrategy(DDPStrategy):
     ) -> BalanceResult:
         """A method defined by `weights(G)` on the shared parameters, from each rank's shard of the task gradients.
 
-        For each task t, one backward of L_t (plus the zero term `losses.touch`, so that
-        every rank's backward reaches every parameter and FSDP's reduce-scatters pair up)
-        with FSDP's reduce-scatter on: each rank then holds its shard of the global ∇L_t
+        For each task t, one backward of L_t plus a zero term (value and gradient 0) on the
+        parameters this rank's L_t does not reach and on `losses.touch`, an output of the
+        root's forward: every rank's backward then runs FSDP's hooks and reaches every
+        parameter, so that FSDP's reduce-scatters pair up. Each backward has FSDP's
+        reduce-scatter on: each rank then holds its shard of the global ∇L_t
         (the surrogate losses of `global_step` give each rank its share, FSDP averages the
         shares). The shards of the shared parameters' gradients are kept (T × P/N numbers)
         and their `.grad` reset; the task-specific parameters' sharded `.grad` accumulates
@@ -262,7 +268,8 @@ class FSDPStrategy(DDPStrategy):
             _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
         root = self._sharded.module
         given = {id(p) for p in _flatten_params(shared_params)}
-        shared_names = [name for name, p in root.named_parameters() if id(p) in given]  # (whole during the step)
+        whole = [p for p in root.parameters() if p.requires_grad]  # (whole during the step)
+        shared_names = [name for name, p in root.named_parameters() if id(p) in given]
         shared = [self._shards[name] for name in shared_names]
         unused = {name for group in losses.unused for name in self._groups[group]}
         reached = any(name not in unused for name in shared_names)
@@ -275,7 +282,8 @@ class FSDPStrategy(DDPStrategy):
                 p.grad = None
             cast(FSDPModule, root).set_reshard_after_backward(False)  # whole until the last task's backward
             for t, loss in enumerate(active):
-                total = loss if losses.touch is None else loss + losses.touch.to(loss.dtype)
+                missing = [p for p in whole if not _Reached([loss])(p)]
+                total = loss if losses.touch is None else loss + _ZeroTouch.apply(losses.touch, *missing).to(loss.dtype)
                 total.backward(retain_graph=t < len(active) - 1)
                 for p, row in zip(shared, J[t].split(sizes)):
                     if isinstance(p.grad, DTensor):
