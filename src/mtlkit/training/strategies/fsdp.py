@@ -198,7 +198,8 @@ class FSDPStrategy(DDPStrategy):
         and gradient exactly 0) makes every rank's backward reach all of them. One
         all-reduce of a flag per unit and per parameter of the model's own unit then tells
         which no rank's loss reached: `backward` leaves their gradients None, as one
-        process would.
+        process would. (With the sharded Gramian, each task's backward gets a zero term of
+        its own instead: `_backward_sharded_gramian`.)
         """
         self._touch = self._used = None
         out, dataset = super().global_step(local_step, task_names, loss_dtype)
