@@ -29,6 +29,8 @@ TIMEOUT_S = 60
 METHODS = ("ew", "uw", "famo")  # loss-weighting balancers
 REP_METHODS = ("mgda", "upgrad", "graddrop")  # gradient methods at the shared representation (GradDrop: gathered rows)
 PARAM_METHODS = ("mgda", "pcgrad", "graddrop")
+# Defined by weights(G): on the shared parameters, G from each rank's shard of the task gradients.
+GRAMIAN_METHODS = ("mgda", "upgrad", "imtl_g", "cagrad", "nash_mtl")
 HPS_RUNS = (("uw", False), ("mgda", True), ("pcgrad", False))
 
 
@@ -91,14 +93,31 @@ def hps_run(weighting: str, processes: int, rep_grad: bool = False, **overrides)
 
 
 def sharded_mgda() -> dict:
-    """MGDA on the shared parameters with G from each rank's slice of J's columns (one T×T all-reduce)."""
+    """MGDA on the shared parameters, the whole J on every rank (`sharded_gramian=False`), with G from each
+    rank's slice of J's columns (one T×T all-reduce)."""
     model = runs.make_model()
     trainer = Trainer(**runs.config("mgda", dist_timeout=TIMEOUT_S))
-    trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, shard_jacobian=True)
+    trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, shard_jacobian=True, sharded_gramian=False)
     final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH))
     return {
         "final": final,
         "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "timings": dict(trainer.strategy.timings),
+    }
+
+
+def whole_jacobian(weighting: str) -> dict:
+    """`fsdp(weighting)` with the whole T×P Jacobian on every rank (`sharded_gramian=False`)."""
+    model = runs.make_model()
+    trainer = Trainer(**runs.config(weighting, dist_timeout=TIMEOUT_S))
+    trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, sharded_gramian=False)
+    final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH))
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
+        "final": final,
+        "history": trainer.history,
+        "step": trainer.step,
         "timings": dict(trainer.strategy.timings),
     }
 
@@ -125,6 +144,13 @@ def _scenarios(rank: int, out: Path) -> dict:
     results["after_fit"] = probe_after_fit(out, rank)
     for method in PARAM_METHODS:  # gradient methods on the shared parameters
         results[f"{method}/params"] = fsdp(method)
+    for method in GRAMIAN_METHODS:  # (MGDA: in PARAM_METHODS above)
+        if method not in PARAM_METHODS:
+            results[f"{method}/params"] = fsdp(method)
+    # Adam moves a parameter whose gradient is zero after its first step, not one whose gradient is None:
+    # head b, which no rank's loss reaches on dsA's batches, must keep None as in one process.
+    results["mgda/params/adam"] = fsdp("mgda", optimizer="adam", lr=0.01)
+    results["mgda/params/whole_jacobian"] = whole_jacobian("mgda")
     results["mgda/params/sharded"] = sharded_mgda()
     results["mgda/params/units"] = runs._error(lambda: blocks_as_units("mgda"))
     results["modo/refused"] = runs._error(lambda: fsdp("modo"))  # draws extra batches in the backward

@@ -84,6 +84,33 @@ def test_gradient_methods_on_the_shared_parameters_train_under_fsdp_as_one_proce
     _assert_same_run(rank1[f"{method}/params"], one)
 
 
+@pytest.mark.parametrize("method", fsdp_runs.GRAMIAN_METHODS)
+def test_methods_defined_by_the_gramian_take_it_from_each_ranks_shard_of_the_task_gradients(spawned, method):
+    """T backwards reduce-scattered by FSDP, partial Gramians of the shards summed (T×T): one process's run."""
+    (rank0, rank1), _ = spawned
+    one = runs.run(method, 1)
+    for result in (rank0[f"{method}/params"], rank1[f"{method}/params"]):
+        _assert_same_run(result, one)
+        assert {"gramian", "update"} <= set(result["timings"])  # the T×T all-reduce and the norm's
+        assert "jacobian" not in result["timings"]  # no whole Jacobian reduced
+
+
+def test_the_sharded_gramian_leaves_no_gradient_on_a_parameter_no_rank_reaches(spawned):
+    """With Adam, head b (no rank's loss reaches it on dsA's batches) moves unless its gradient is None."""
+    (rank0, rank1), _ = spawned
+    one = runs.run("mgda", 1, optimizer="adam", lr=0.01)
+    _assert_same_run(rank0["mgda/params/adam"], one)
+    _assert_same_run(rank1["mgda/params/adam"], one)
+
+
+def test_the_whole_jacobian_path_stays_available_as_an_option(spawned):
+    (rank0, rank1), _ = spawned
+    one = runs.run("mgda", 1)
+    for result in (rank0["mgda/params/whole_jacobian"], rank1["mgda/params/whole_jacobian"]):
+        _assert_same_run(result, one)
+        assert "jacobian" in result["timings"]
+
+
 def test_the_gramian_from_each_ranks_slice_of_the_jacobian_gives_one_process_mgda(spawned):
     (rank0, rank1), _ = spawned
     one = runs.run("mgda", 1)

@@ -22,9 +22,12 @@ parameter, gradient and optimizer state between steps.
   the T×T Gramian over ranks, then runs one backward (as under DDP with
   `reduces_in_backward`), which FSDP reduce-scatters. Gradient methods on the shared
   parameters (the model one unit, so its parameters are whole after the forward):
-  FSDP's reduce-scatter is off for the step and the engine makes the shared gradients
-  global through the collectives, as under DDP (see `_backward_on_parameters`); with
-  named units they are refused (`ConfigError`).
+  methods defined by `weights(G)` take G from each rank's shard of the task gradients,
+  one backward per task reduce-scattered by FSDP and one T×T all-reduce
+  (`_backward_sharded_gramian`); the others (and all with `sharded_gramian=False`) take
+  the whole Jacobian with FSDP's reduce-scatter off, the engine making the shared
+  gradients global through the collectives, as under DDP (`_backward_on_parameters`).
+  With named units they are refused (`ConfigError`).
 - **Evaluation.** Each rank scores its shard as under DDP; a rank with fewer batches
   than another runs forwards on a spare batch (results dropped) until all ranks have
   run as many, so every all-gather has a partner.
@@ -57,8 +60,10 @@ from mtlkit.errors import ConfigError
 from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.distributed import shard_evaluation_loader
 from mtlkit.training.strategies.ddp import DDPStrategy, _as_module
-from mtlkit.weighting import Balancer, BalanceResult, LossBalancer
+from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer, LossBalancer
+from mtlkit.weighting.base import _check_finite_rows, _flatten_params, _innermost, _sees_only_gramian
 from mtlkit.weighting.context import EXTRA_TRAIN_BATCH, VALID_BATCH, needs_of
+from mtlkit.weighting.jacobian import gramian_root
 
 # What `fully_shard` and `register_fsdp_forward_method` add to a module's attributes.
 _ADDED_ATTRIBUTES = frozenset({"_is_fsdp_managed_module", "_fsdp_use_orig_params", "task_outputs"})
@@ -72,8 +77,12 @@ class FSDPStrategy(DDPStrategy):
     their own, each gathered only around its own forward and backward; every rank must
     run them in the same order in every step. None: the model is one unit (gathered for
     the whole step), which holds every parameter outside the named units.
-    `backend`, `timeout` and `shard_jacobian` (gradient methods on the shared parameters)
-    are `DDPStrategy`'s.
+    `sharded_gramian`: whether a method defined by `weights(G)` on the shared parameters
+    takes G from each rank's shard of the task gradients (`_backward_sharded_gramian`: T×P/N
+    numbers per rank); False: the whole T×P Jacobian on every rank, as under DDP
+    (`_backward_on_parameters`), which the other gradient methods on the shared
+    parameters always use. `backend`, `timeout` and `shard_jacobian` (that path) are
+    `DDPStrategy`'s.
     """
 
     def __init__(
@@ -82,9 +91,11 @@ class FSDPStrategy(DDPStrategy):
         timeout: float = 600.0,
         units: Sequence[str] | None = None,
         shard_jacobian: bool | None = None,
+        sharded_gramian: bool = True,
     ) -> None:
         super().__init__(backend, timeout, shard_jacobian)
         self.units = None if units is None else list(units)
+        self.sharded_gramian = sharded_gramian
         self._sharded: _ShardedModel | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._optimizer_hooks: list[RemovableHandle] = []
@@ -96,6 +107,8 @@ class FSDPStrategy(DDPStrategy):
         self._own: list[str] = []
         self._groups: list[list[str]] = []
         self._on_parameters = False  # a gradient method on the shared parameters (set by `_wrap`)
+        self._by_shards = False  # ... that takes G from the ranks' shards of the task gradients (set by `_wrap`)
+        self._shards: dict[str, Tensor] = {}  # the model's sharded parameters (DTensors), by name
 
     # ------------------------------------------------------------------ set-up
 
@@ -122,9 +135,11 @@ class FSDPStrategy(DDPStrategy):
                 f"units free. Leave units unset (the model is then one unit), train {type(model).__name__} with "
                 "rep_grad=True, or use strategy='ddp'"
             )
+        self._by_shards = self._on_parameters and self.sharded_gramian and _gramian_only(balancer)
         module = _as_module(model)
         units = self._unit_names(module)
         self._sharded = _ShardedModel(module, units, init_device_mesh(self.device.type, (self.world_size,)))
+        self._shards = dict(module.named_parameters())  # between steps, the parameters are the sharded ones
         # (torch marks a hook function it registers: a bound method cannot take the mark, a partial can)
         self._sharded.module.register_state_dict_post_hook(functools.partial(FSDPStrategy._full_model_state, self))
         self._sharded.module.register_load_state_dict_pre_hook(
@@ -157,8 +172,12 @@ class FSDPStrategy(DDPStrategy):
         for group, tensor in candidates:
             if reached(tensor):
                 used[group] = 1.0
-            else:
+            elif not self._by_shards:
                 unreached.append(tensor)
+        if self._by_shards and candidates:
+            # The anchor of the per-task zero terms (`_backward_sharded_gramian`): an output of the root's
+            # forward, so that a backward through it runs FSDP's backward hooks on every rank.
+            unreached = [min((tensor for _, tensor in candidates), key=lambda tensor: tensor.numel())]
         self._used, self._touch = used, (_ZeroTouch.apply(*unreached) if unreached else None)
         state._post_forward(root, (X, Y), (*out.losses.values(), self._touch))
         self._outputs = []
@@ -179,7 +198,8 @@ class FSDPStrategy(DDPStrategy):
         and gradient exactly 0) makes every rank's backward reach all of them. One
         all-reduce of a flag per unit and per parameter of the model's own unit then tells
         which no rank's loss reached: `backward` leaves their gradients None, as one
-        process would.
+        process would. (With the sharded Gramian, each task's backward gets a zero term of
+        its own instead: `_backward_sharded_gramian`.)
         """
         self._touch = self._used = None
         out, dataset = super().global_step(local_step, task_names, loss_dtype)
@@ -187,7 +207,9 @@ class FSDPStrategy(DDPStrategy):
         if self._used is not None:
             self.all_reduce_sum(self._used, "losses")
             losses.unused = [i for i, used in enumerate(self._used.tolist()) if used == 0]
-        if self._touch is not None and losses:
+        if self._by_shards:
+            losses.touch = self._touch  # added to every task's loss (`_backward_sharded_gramian`)
+        elif self._touch is not None and losses:
             first = next(iter(losses))
             losses[first] = losses[first] + self._touch.to(losses[first].dtype)
         self._touch = self._used = None
@@ -202,17 +224,117 @@ class FSDPStrategy(DDPStrategy):
         shared_reps: list[Tensor] | None,
     ) -> BalanceResult:
         """`DDPStrategy.backward`; the parameters of units no rank's loss reached keep no gradient."""
-        if self._on_parameters and shared_params is not None:
+        unused = losses.unused if isinstance(losses, _GlobalLosses) else []
+        if self._by_shards and shared_params is not None and isinstance(losses, _GlobalLosses):
+            result = self._backward_sharded_gramian(cast(GradientBalancer, balancer), losses, shared_params)
+        elif self._on_parameters and shared_params is not None:
             result = self._backward_on_parameters(balancer, losses, shared_params)
         else:
             result = super().backward(balancer, losses, shared_params, shared_reps)
-        unused = losses.unused if isinstance(losses, _GlobalLosses) else []
         if unused and self._sharded is not None:
             params = dict(self._sharded.module.named_parameters())
             for group in unused:
                 for name in self._groups[group]:
                     params[name].grad = None
         return result
+
+    def _backward_sharded_gramian(
+        self, balancer: GradientBalancer, losses: _GlobalLosses, shared_params: Any
+    ) -> BalanceResult:
+        """A method defined by `weights(G)` on the shared parameters, from each rank's shard of the task gradients.
+
+        For each task t, one backward of L_t plus a zero term (value and gradient 0) on the
+        parameters this rank's L_t does not reach and on `losses.touch`, an output of the
+        root's forward: every rank's backward then runs FSDP's hooks and reaches every
+        parameter, so that FSDP's reduce-scatters pair up. Each backward has FSDP's
+        reduce-scatter on: each rank then holds its shard of the global ∇L_t
+        (the surrogate losses of `global_step` give each rank its share, FSDP averages the
+        shares). The shards of the shared parameters' gradients are kept (T × P/N numbers)
+        and their `.grad` reset; the task-specific parameters' sharded `.grad` accumulates
+        Σ_t ∇L_t, their unweighted task gradients, as in one process. The partial Gramians
+        of the kept shards are summed in one T×T all-reduce: the exact global G, the same on
+        every rank, from which the method's weights w come (with the global losses, for
+        methods whose weights also depend on them). Each rank then writes Σ_t w_t (its shard
+        of ∇L_t) into its shared parameters' sharded `.grad`: exact, and cheaper than one more
+        backward of Σ_t w_t L_t (no backward, no communication; the shards are needed for G
+        anyway). One scalar all-reduce gives the update's norm (the `grad_norm` statistic, and
+        a finiteness check that every rank takes alike).
+        """
+        if self._sharded is None:
+            raise RuntimeError("FSDPStrategy.backward before setup")
+        _, names, index, active = balancer._active_losses(losses)
+        if not active:
+            raise ValueError("no task loss requires grad: nothing to backpropagate")
+        if not balancer._losses_checked:
+            _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
+        root = self._sharded.module
+        given = {id(p) for p in _flatten_params(shared_params)}
+        whole = [p for p in root.parameters() if p.requires_grad]  # (whole during the step)
+        shared_names = [name for name, p in root.named_parameters() if id(p) in given]
+        shared = [self._shards[name] for name in shared_names]
+        unused = {name for group in losses.unused for name in self._groups[group]}
+        reached = any(name not in unused for name in shared_names)
+        prior = [p.grad for p in shared]
+        sizes = [_local(p).numel() for p in shared]
+        # T × this rank's shard of the shared parameters: row t, the shards of ∇L_t.
+        J = active[0].new_zeros(len(active), sum(sizes), dtype=shared[0].dtype if shared else active[0].dtype)
+        try:
+            for p in shared:
+                p.grad = None
+            cast(FSDPModule, root).set_reshard_after_backward(False)  # whole until the last task's backward
+            for t, loss in enumerate(active):
+                missing = [p for p in whole if not _Reached([loss])(p)]
+                total = loss if losses.touch is None else loss + _ZeroTouch.apply(losses.touch, *missing).to(loss.dtype)
+                total.backward(retain_graph=t < len(active) - 1)
+                for p, row in zip(shared, J[t].split(sizes)):
+                    if isinstance(p.grad, DTensor):
+                        row.copy_(p.grad._local_tensor.reshape(-1))
+                    p.grad = None
+            G = (J @ J.T).contiguous()
+            self.all_reduce_sum(G, "gramian")
+            if reached:
+                _check_finite_rows(G.diagonal().unsqueeze(1), names, "gradient")
+                # Any matrix with Gramian G stands in for the global J: the method sees G only.
+                _, weights = balancer._combine_checked(gramian_root(G), names, active, index)
+                g = weights.detach().to(J.dtype) @ J
+            else:  # no rank's loss reaches the shared part: each task gets its own gradient, as in one process
+                weights, g = None, J.new_zeros(0)
+            norm = (g * g).sum().reshape(1)
+            self.all_reduce_sum(norm, "update")
+            if not bool(torch.isfinite(norm)):
+                raise FloatingPointError(
+                    f"{type(balancer).__name__} produced a non-finite update from finite task gradients "
+                    f"(tasks {names}); this is a bug in the method, please report it"
+                )
+        except BaseException:
+            for p in self._shards.values():
+                p.grad = None
+            raise
+        finally:
+            cast(FSDPModule, root).set_reshard_after_backward(True)
+            cast(FSDPModule, root).reshard()
+        if reached:
+            for p, part, before in zip(shared, g.split(sizes), prior):
+                assert isinstance(p, DTensor)  # (every parameter of a `fully_shard`ed module)
+                grad = DTensor.from_local(
+                    part.view_as(_local(p)),
+                    p.device_mesh,
+                    p.placements,
+                    run_check=False,
+                    shape=p.shape,
+                    stride=p.stride(),
+                )
+                p.grad = grad if before is None else before + grad  # (`backward` drops those no rank reached)
+        self.average_gradients(self._balancer_params)
+        vec = torch.stack(active).detach()
+        w = weights.detach() if weights is not None else torch.ones_like(vec)
+        scaled = w * vec
+        return BalanceResult(
+            loss=scaled.sum(),
+            scaled_losses=dict(zip(names, scaled.unbind())),
+            weights=dict(zip(names, w.unbind())) if weights is not None else {},
+            stats={"grad_norm": norm.sqrt().reshape(())},
+        )
 
     def _backward_on_parameters(
         self, balancer: Balancer, losses: dict[str, Tensor], shared_params: Sequence[Tensor]
@@ -362,11 +484,13 @@ class FSDPStrategy(DDPStrategy):
 
 
 class _GlobalLosses(dict[str, Tensor]):
-    """The global batch's losses (`global_step`), with the parameter groups no rank's loss reached (`unused`)."""
+    """The global batch's losses (`global_step`), with the parameter groups no rank's loss reached (`unused`)
+    and, when every task's backward must reach every parameter, the zero term that does (`touch`)."""
 
     def __init__(self, losses: dict[str, Tensor]) -> None:
         super().__init__(losses)
         self.unused: list[int] = []
+        self.touch: Tensor | None = None  # with `_by_shards`: the zero term that reaches every parameter
 
 
 class _ShardedModel:
@@ -459,6 +583,26 @@ class _Reached:
 
     def __call__(self, tensor: Tensor) -> bool:
         return tensor.grad_fn in self.nodes if tensor.grad_fn is not None else id(tensor) in self.leaves
+
+
+def _gramian_only(balancer: Balancer) -> bool:
+    """Whether `balancer` runs the engine unchanged on a method defined by `weights(G)` (not a wrapper, not IMTL's hybrid)."""
+    if not isinstance(balancer, GradientBalancer):
+        return False
+    cls = type(balancer)
+    return (
+        cls.backward is Balancer.backward
+        and cls._backward is GradientBalancer._backward
+        and cls._shared_backward is GradientBalancer._shared_backward
+        and cls._backward_on_params is GradientBalancer._backward_on_params
+        and _sees_only_gramian(cls)
+        and _sees_only_gramian(type(_innermost(balancer)))
+    )
+
+
+def _local(p: Tensor) -> Tensor:
+    """This rank's shard of a sharded parameter (a DTensor)."""
+    return p._local_tensor if isinstance(p, DTensor) else p
 
 
 def _owned_parameters(module: nn.Module, units: list[str]) -> tuple[list[list[str]], list[str]]:
