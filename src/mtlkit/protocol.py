@@ -167,7 +167,8 @@ def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: La
             )
         output, target = output[labels.rows.to(output.device)], target[labels.rows.to(target.device)]
     if isinstance(output, Tensor):
-        target = target.to(output.device)
+        if target.device != output.device:
+            target = target.to(output.device)
         if checks.loss_kind(loss_fn) == "elementwise":
             output, target = _squeeze_trailing_one(output, target)
     if checks.first_batch_dataset() is not None:

@@ -77,23 +77,24 @@ class BalanceResult:
         return iter((self.loss, self.scaled_losses if self.positional is None else self.positional))
 
 
-class _UnitWeightResult(BalanceResult):
-    """The `BalanceResult` of a step whose weights are all 1 (EW), with its tensors built on first read.
+class _LossResult(BalanceResult):
+    """The `BalanceResult` of a loss balancer's step, with its tensors built on first read.
 
-    The Trainer reads a result's weights only on steps it logs: the other steps build no
-    tensor. Values are those of the general path (`LossBalancer._backward`).
+    The Trainer reads a result's tensors only on the steps it logs: the others build none.
+    Holds the detached losses (stacked, or a list for EW) and a copy of the weights (None:
+    all 1), and builds from them what `LossBalancer` always built, with the same values.
     """
 
-    def __init__(self, names: list[str], losses: list[Tensor]) -> None:
-        self._names, self._losses = names, losses  # detached
+    def __init__(self, names: list[str], losses: Tensor | list[Tensor], weights: Tensor | None) -> None:
+        self._names, self._losses, self._weights = names, losses, weights
         self.stats = {}
         self.positional = None
 
     def __getattr__(self, name: str):  # only for attributes not set yet: loss, scaled_losses, weights
         if name not in ("loss", "scaled_losses", "weights"):
             raise AttributeError(name)
-        vec = torch.stack(self._losses)
-        w = vec.new_ones(vec.shape)
+        vec = torch.stack(self._losses) if isinstance(self._losses, list) else self._losses
+        w = vec.new_ones(vec.shape) if self._weights is None else self._weights
         scaled = w * vec
         self.loss, self.scaled_losses, self.weights = (
             scaled.sum(),
@@ -263,16 +264,12 @@ class LossBalancer(Balancer):
         # One backward of the weighted losses: a data-parallel wrapper (DDP) averages its gradients.
         if self.unit_weights:  # the same gradients as `combine`'s Σ_t 1·L_t, in fewer operations
             (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
-            return _UnitWeightResult(names, [loss.detach() for loss in losses])
+            return _LossResult(names, [loss.detach() for loss in losses], None)
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
-        scaled = (weights * vec).detach()
-        return BalanceResult(
-            loss=scaled.sum(),
-            scaled_losses=dict(zip(names, scaled)),
-            weights=dict(zip(names, weights.detach())),
-        )
+        # A copy of the weights: a method may update the tensor it returned in place later.
+        return _LossResult(names, vec.detach(), weights.detach().clone())
 
 
 class Collectives(Protocol):
