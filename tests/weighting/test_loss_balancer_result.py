@@ -14,6 +14,13 @@ class _EWThroughCombine(EW):
     unit_weights = False
 
 
+class _Doubled(EW):
+    """A subclass with weights of its own: `combine` is used, without a word about `unit_weights`."""
+
+    def combine(self, losses, index):
+        return 2.0 * losses.sum(), 2.0 * torch.ones_like(losses)
+
+
 def _losses(seed: int, active: list[bool]) -> tuple[list[torch.Tensor], list[nn.Parameter]]:
     torch.manual_seed(seed)
     trunk, heads = nn.Linear(3, 4), [nn.Linear(4, 1) for _ in active]
@@ -84,3 +91,11 @@ def test_task_index_follows_the_active_tasks_step_by_step():
         balancer.backward({name: loss for name, loss in zip("abc", losses) if name in active})
         touched = [name for name, g in zip("abc", balancer.log_var.grad) if g != 0]
         assert touched == active
+
+
+def test_a_subclass_that_overrides_combine_leaves_the_fast_path():
+    losses, params = _losses(4, [True, True, True])
+    reference = torch.autograd.grad(2.0 * (losses[0] + losses[1] + losses[2]), params, retain_graph=True)
+    result = _Doubled().backward(losses)
+    assert all(torch.allclose(p.grad, g, rtol=0, atol=1e-7) for p, g in zip(params, reference))
+    assert [w.item() for w in result.weights.values()] == [2.0, 2.0, 2.0]

@@ -252,9 +252,13 @@ class LossBalancer(Balancer):
     """Methods that weight the losses and call backward once."""
 
     # True for a method whose weights are constant ones (EW): its backward is that of Σ_t L_t,
-    # without `combine`, and its result's tensors are built only when read. A subclass that
-    # overrides `combine` must set it back to False.
+    # without `combine`. A subclass that overrides `combine` is False unless it says otherwise.
     unit_weights = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "combine" in vars(cls) and "unit_weights" not in vars(cls):
+            cls.unit_weights = False
 
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """Return (objective to backpropagate, per-task weights) for the active tasks."""
