@@ -124,7 +124,6 @@ class Balancer(nn.Module):
             tasks = [str(i) for i in range(tasks)]
         self.task_names: list[str] | None = list(tasks) if tasks is not None else None
         self._collectives: Collectives | None = None
-        self._indices: dict[tuple[tuple[int, ...], torch.device | None], Tensor] = {}  # `_task_index`
 
     @property
     def num_tasks(self) -> int:
@@ -239,12 +238,14 @@ class Balancer(nn.Module):
 
     def _task_index(self, positions: list[int], device: torch.device | None) -> Tensor:
         """`positions` as a tensor on `device`, kept for the next steps with the same active tasks."""
+        # In the instance's own dict: also there for a balancer pickled before it existed.
+        indices: dict[tuple[tuple[int, ...], torch.device | None], Tensor] = self.__dict__.setdefault("_indices", {})
         key = (tuple(positions), device)
-        index = self._indices.get(key)
+        index = indices.get(key)
         if index is None:
             index = torch.tensor(positions, dtype=torch.long, device=device)
-            if len(self._indices) < 64:  # the subsets of tasks a run meets: a few, one per kind of batch
-                self._indices[key] = index
+            if len(indices) < 64:  # the subsets of tasks a run meets: a few, one per kind of batch
+                indices[key] = index
         return index
 
 
