@@ -172,6 +172,11 @@ BATCH_CASES = [  # (targets, marker)
     (torch.tensor([], dtype=torch.long), "auto"),
     (torch.tensor([], dtype=torch.long), None),
     (torch.tensor([1, 2], dtype=torch.int8), "auto"),
+    (torch.tensor([0.1, 0.2]), 0.1),  # a marker not exact in float32: compared in the target's dtype
+    (torch.tensor([2, 255], dtype=torch.uint8), 255),
+    (torch.tensor([5, 7], dtype=torch.int32), 7),
+    (torch.tensor([2**62, 5]), 2**62),  # int64 targets: the minimum compared in Python, exactly
+    (torch.tensor([2**62 + 1, 2**62 + 2]), 2**62),
 ]
 
 

@@ -12,6 +12,9 @@ checks `mtlkit.checks` runs on the first batch of each training dataset.
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -93,13 +96,14 @@ def labelled_batch(targets: Mapping[str, Any], markers: Mapping[str, Marker]) ->
     tasks together one host read (`host_values`); only a task with missing labels pays
     for its row mask and count (one more read).
     """
-    checks: dict[str, Tensor | bool] = {}
+    checks: dict[str, Any] = {}
     for task, target in targets.items():
         if not isinstance(target, Tensor):
             raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
         checks[task] = _may_hold(target, markers.get(task, AUTO))
-    pending = {task: check for task, check in checks.items() if isinstance(check, Tensor)}
-    checks.update(zip(pending, host_values(list(pending.values()))))
+    pending = {task: check for task, check in checks.items() if isinstance(check, tuple)}
+    read = host_values([probe for probe, _ in pending.values()])
+    checks.update((task, test(value)) for (task, (_, test)), value in zip(pending.items(), read))
     found: dict[str, Labelled] = {}
     for task, target in targets.items():
         marker = markers.get(task, AUTO)
@@ -113,12 +117,14 @@ def labelled_batch(targets: Mapping[str, Any], markers: Mapping[str, Marker]) ->
     return found
 
 
-def _may_hold(target: Tensor, marker: Marker) -> Tensor | bool:
+def _may_hold(target: Tensor, marker: Marker) -> bool | tuple[Tensor, Callable[[Any], bool]]:
     """Whether an entry of `target` may be the marker: False, True (count exactly), or a 0-d
-    bool tensor from one reduction.
+    tensor from one reduction and the test of its value.
 
     For NaN, the sum is NaN when an entry is (or when +inf meets -inf: a false alarm, which
-    the exact count settles); for a number, no entry is smaller than the minimum.
+    the exact count settles); for a number, no entry is smaller than the minimum. The
+    minimum of int64 targets is compared with an int marker in Python (exact, one tensor
+    operation less); others in the target's dtype, as `mtlkit.labels.missing` compares.
     """
     value = resolve(target, marker)
     if value is None:
@@ -126,10 +132,12 @@ def _may_hold(target: Tensor, marker: Marker) -> Tensor | bool:
     if not len(target):
         return True  # the exact count (zero) leaves the task out
     if value != value:  # NaN
-        return target.sum().isnan() if target.is_floating_point() else False
+        return (target.sum(), math.isnan) if target.is_floating_point() else False
     if target.dtype in _UNORDERED:
         return True
-    return target.amin() <= value
+    if target.dtype == torch.int64 and type(value) is int and -(2**63) <= value < 2**63:
+        return target.amin(), functools.partial(operator.ge, value)  # value >= min
+    return target.amin() <= value, bool
 
 
 _UNORDERED = (torch.bool, torch.complex32, torch.complex64, torch.complex128)  # no cheap bound: count exactly
@@ -167,7 +175,8 @@ def task_loss(task: str, loss_fn: Callable[..., Tensor], output: Any, labels: La
             )
         output, target = output[labels.rows.to(output.device)], target[labels.rows.to(target.device)]
     if isinstance(output, Tensor):
-        target = target.to(output.device)
+        if target.device != output.device:
+            target = target.to(output.device)
         if checks.loss_kind(loss_fn) == "elementwise":
             output, target = _squeeze_trailing_one(output, target)
     if checks.first_batch_dataset() is not None:

@@ -212,7 +212,7 @@ class DictDataLoader(DataLoader):
 def move_to_device(obj: Any, device: torch.device | str) -> Any:
     """Move every tensor in nested dicts/lists/tuples to `device`; other values are returned as they are."""
     if isinstance(obj, Tensor):
-        return obj.to(device)
+        return obj if obj.device == device else obj.to(device)  # `to` returns it too, at a dispatch's cost
     if isinstance(obj, dict):
         return {key: move_to_device(value, device) for key, value in obj.items()}
     if isinstance(obj, list):

@@ -77,6 +77,33 @@ class BalanceResult:
         return iter((self.loss, self.scaled_losses if self.positional is None else self.positional))
 
 
+class _LossResult(BalanceResult):
+    """The `BalanceResult` of a loss balancer's step, with its tensors built on first read.
+
+    The Trainer reads a result's tensors only on the steps it logs: the others build none.
+    Holds the detached losses (stacked, or a list for EW) and a copy of the weights (None:
+    all 1), and builds from them what `LossBalancer` always built, with the same values.
+    """
+
+    def __init__(self, names: list[str], losses: Tensor | list[Tensor], weights: Tensor | None) -> None:
+        self._names, self._losses, self._weights = names, losses, weights
+        self.stats = {}
+        self.positional = None
+
+    def __getattr__(self, name: str):  # only for attributes not set yet: loss, scaled_losses, weights
+        if name not in ("loss", "scaled_losses", "weights"):
+            raise AttributeError(name)
+        vec = torch.stack(self._losses) if isinstance(self._losses, list) else self._losses
+        w = vec.new_ones(vec.shape) if self._weights is None else self._weights
+        scaled = w * vec
+        self.loss, self.scaled_losses, self.weights = (
+            scaled.sum(),
+            dict(zip(self._names, scaled)),
+            dict(zip(self._names, w)),
+        )
+        return getattr(self, name)
+
+
 class Balancer(nn.Module):
     """Base class: `backward(losses, shared_params=..., shared_reps=...)` fills `.grad`.
 
@@ -179,33 +206,60 @@ class Balancer(nn.Module):
         """The task name of each loss (in input order); names, task indices and the (0-d) losses of
         the tasks whose loss requires grad."""
         if isinstance(losses, Mapping):
-            items = list(losses.items())
             if self.task_names is None:
-                self.task_names = [name for name, _ in items]
+                self.task_names = list(losses)
             position = {name: i for i, name in enumerate(self.task_names)}
-            unknown = [name for name, _ in items if name not in position]
+            every = list(losses)
+            unknown = [name for name in every if name not in position]
             if unknown:
                 raise KeyError(f"{type(self).__name__}: unknown task(s) {unknown}; known tasks: {self.task_names}")
-            keyed = [(name, position[name], loss) for name, loss in items]
+            keyed = zip(every, [position[name] for name in every], losses.values())
         else:
             losses = list(losses)
             if self.task_names is None:
                 self.task_names = [str(i) for i in range(len(losses))]
             if len(losses) != len(self.task_names):
                 raise ValueError(f"{type(self).__name__}: got {len(losses)} losses for {len(self.task_names)} tasks")
-            keyed = [(self.task_names[i], i, loss) for i, loss in enumerate(losses)]
-        active = [(n, i, loss) for n, i, loss in keyed if isinstance(loss, Tensor) and loss.requires_grad]
-        for name, _, loss in active:
-            if loss.numel() != 1:
-                raise ValueError(f"the loss of task {name!r} must be a scalar, got shape {tuple(loss.shape)}")
-        names = [n for n, _, _ in active]
-        device = active[0][2].device if active else None
-        index = torch.tensor([i for _, i, _ in active], dtype=torch.long, device=device)
-        return [n for n, _, _ in keyed], names, index, [loss.reshape(()) for _, _, loss in active]
+            every = list(self.task_names)
+            keyed = zip(every, range(len(losses)), losses)
+        names: list[str] = []
+        positions: list[int] = []
+        active: list[Tensor] = []
+        for name, i, loss in keyed:
+            if isinstance(loss, Tensor) and loss.requires_grad:
+                if loss.dim() != 0:
+                    if loss.numel() != 1:
+                        raise ValueError(f"the loss of task {name!r} must be a scalar, got shape {tuple(loss.shape)}")
+                    loss = loss.reshape(())
+                names.append(name)
+                positions.append(i)
+                active.append(loss)
+        return every, names, self._task_index(positions, active[0].device if active else None), active
+
+    def _task_index(self, positions: list[int], device: torch.device | None) -> Tensor:
+        """`positions` as a tensor on `device`, kept for the next steps with the same active tasks."""
+        # In the instance's own dict: also there for a balancer pickled before it existed.
+        indices: dict[tuple[tuple[int, ...], torch.device | None], Tensor] = self.__dict__.setdefault("_indices", {})
+        key = (tuple(positions), device)
+        index = indices.get(key)
+        if index is None:
+            index = torch.tensor(positions, dtype=torch.long, device=device)
+            if len(indices) < 64:  # the subsets of tasks a run meets: a few, one per kind of batch
+                indices[key] = index
+        return index
 
 
 class LossBalancer(Balancer):
     """Methods that weight the losses and call backward once."""
+
+    # True for a method whose weights are constant ones (EW): its backward is that of Σ_t L_t,
+    # without `combine`. A subclass that overrides `combine` is False unless it says otherwise.
+    unit_weights = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "combine" in vars(cls) and "unit_weights" not in vars(cls):
+            cls.unit_weights = False
 
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """Return (objective to backpropagate, per-task weights) for the active tasks."""
@@ -213,15 +267,14 @@ class LossBalancer(Balancer):
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         # One backward of the weighted losses: a data-parallel wrapper (DDP) averages its gradients.
+        if self.unit_weights:  # the same gradients as `combine`'s Σ_t 1·L_t, in fewer operations
+            (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
+            return _LossResult(names, [loss.detach() for loss in losses], None)
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
-        scaled = (weights * vec).detach()
-        return BalanceResult(
-            loss=scaled.sum(),
-            scaled_losses=dict(zip(names, scaled)),
-            weights=dict(zip(names, weights.detach())),
-        )
+        # A copy of the weights: a method may update the tensor it returned in place later.
+        return _LossResult(names, vec.detach(), weights.detach().clone())
 
 
 class Collectives(Protocol):

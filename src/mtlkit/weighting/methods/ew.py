@@ -17,5 +17,7 @@ class EW(LossBalancer):
     is optional.
     """
 
+    unit_weights = True
+
     def combine(self, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         return losses.sum(), losses.new_ones(losses.shape)
