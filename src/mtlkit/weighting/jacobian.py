@@ -9,8 +9,8 @@
 - `jacobian(losses, inputs)`: J from the frontier rows (or from the losses when there is
   no frontier), either as one batched backward (`is_grads_batched`, which vmaps the
   backward graph; `chunk_size` rows at a time) or as one plain backward per row; with
-  `chunk_size=None` the engine times both on the first call for a set of inputs and T
-  and keeps the faster. `chunk_size=1` always runs T plain `autograd.grad` calls, for
+  `chunk_size=None` a fixed rule on the workload picks the way (`_rows_batched`: no
+  timing, so the same run takes the same way, and rounds the same, every time). `chunk_size=1` always runs T plain `autograd.grad` calls, for
   graphs whose backward cannot be vmapped (a custom `autograd.Function` that leaves
   PyTorch in its backward, `.item()` in a hook); when the batched pass hits such an
   operation the engine says so in a `RuntimeWarning` and computes the rows one by one.
@@ -35,7 +35,6 @@
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 
@@ -58,9 +57,9 @@ def jacobian(
 
     `losses` holds T scalar losses (a sequence, or a 1-D tensor). `chunk_size` bounds
     how many rows one batched backward computes; 1 means one plain backward per loss
-    (`task_jacobian`). With None, the engine measures once per set of inputs and number
-    of tasks whether one batched backward or one backward per task is faster, and keeps
-    that choice. Where the losses' graphs meet at a frontier (`_frontier`), the rows
+    (`task_jacobian`). With None, `_rows_batched` picks one batched backward or one
+    backward per task from the workload alone (never from timings), so a seeded run is
+    reproducible bit for bit. Where the losses' graphs meet at a frontier (`_frontier`), the rows
     start there, so the heads are traversed once. Inputs a loss does not reach get zeros.
     """
     if chunk_size is not None and chunk_size < 1:
@@ -74,13 +73,10 @@ def jacobian(
         outputs, seeds = [vec], [torch.eye(vec.numel(), dtype=vec.dtype, device=vec.device)]
     else:
         outputs, (seeds, _) = edges, _edge_rows(losses, edges, [])
-    key = (tuple(map(id, inputs)), len(seeds[0]), seeds[0].device.type)
     try:
-        if chunk_size is not None or _FASTER.get(key) == "batched":
+        if chunk_size is not None or _rows_batched(len(seeds[0]), seeds, inputs):
             return _batched(outputs, seeds, inputs, chunk_size)
-        if _FASTER.get(key) == "per task":
-            return _one_by_one(outputs, seeds, inputs)
-        return _measure_once(key, outputs, seeds, inputs)
+        return _one_by_one(outputs, seeds, inputs)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -93,25 +89,22 @@ def jacobian(
         return task_jacobian(_as_list(losses), inputs, retain_graph=retain_graph)
 
 
-_FASTER: dict[tuple, str] = {}  # (ids of the inputs, T, device type) -> "batched" | "per task"
+def _rows_batched(T: int, seeds: list[Tensor], inputs: list[Tensor]) -> bool:
+    """Whether one batched backward (rather than T plain ones) takes the rows: a fixed rule on the workload.
+
+    Batched, except on CPU for a convolution (an input of 3 or more dimensions) at T = 2 or
+    with rows of `_LARGE_ROW` elements or more: there the batched pass's input-gradient
+    convolution runs T·B samples at once, which CPU kernels do at a superlinear cost, and T
+    passes of B were faster in `benchmarks/jacobian_ways.py`; elsewhere the batched pass
+    won or tied. Shapes, T and the device decide, never a timing, so a run takes the same
+    way (and rounds the same) every time.
+    """
+    if seeds[0].device.type != "cpu" or all(x.dim() < 3 for x in inputs):
+        return True
+    return T > 2 and sum(s[0].numel() for s in seeds) < _LARGE_ROW
 
 
-def _measure_once(key: tuple, outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
-    """Time both ways of computing the rows (twice each, best of two) and remember the faster."""
-    ways: dict[str, Callable[[], Tensor]] = {
-        "batched": lambda: _batched(outputs, seeds, inputs, None),
-        "per task": lambda: _one_by_one(outputs, seeds, inputs),
-    }
-    times: dict[str, float] = {}
-    for _ in range(2):
-        for way, compute in ways.items():
-            start = time.perf_counter()
-            J = compute()
-            if J.device.type == "cuda":
-                torch.cuda.synchronize(J.device)
-            times[way] = min(times.get(way, float("inf")), time.perf_counter() - start)
-    _FASTER[key] = min(times, key=times.__getitem__)
-    return J
+_LARGE_ROW = 2**20  # elements of one task's row at the frontier (e.g. 256 samples × 4096 features)
 
 
 def _one_by_one(outputs: list, seeds: list[Tensor], inputs: list[Tensor]) -> Tensor:
