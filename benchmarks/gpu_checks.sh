@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks and timings that need a CUDA machine, in one run (about 8 minutes on one H200).
+# The checks and timings that need a CUDA machine, in one run (about 12 minutes on one H200).
 #
 #   OUT=/some/folder bash benchmarks/gpu_checks.sh
 #
@@ -35,6 +35,11 @@ part graph_cuda 120 $PY benchmarks/graph_overhead.py --device cuda --threads def
 part trainer_cuda 200 $PY benchmarks/trainer_overhead.py --device cuda --threads default --clock wall
 part distributed_cuda 120 $PY benchmarks/distributed.py --device cuda --procs 1 --batch 256 --repeats 1 \
     --configs ew/plain ew mgda mgda/rep imtl_g imtl_g/rep
+
+# Do the batched and per-task Jacobian passes round alike on CUDA, and which is faster there.
+part determinism_cuda 240 $PY benchmarks/determinism.py --device cuda
+part jacobian_ways_cuda 200 $PY benchmarks/jacobian_ways.py --device cuda --clock wall --rounds 5
+part fsdp_gramian_cpu 120 $PY benchmarks/fsdp_gramian.py
 
 # Weak scaling on the machine's idle CPU cores (gloo, one thread per process).
 part distributed_cpu 240 $PY benchmarks/distributed.py --procs 1 2 4 --repeats 1
