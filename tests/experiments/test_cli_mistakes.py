@@ -202,3 +202,27 @@ def test_train_and_eval_a_factory_dataset(tmp_path, capsys, monkeypatch):
 def test_bench_with_an_unknown_method_exits_2_before_training(capsys):
     assert main(["bench", "balancers", "--dataset", "penguins", "--methods", "ew,nope"]) == 2
     assert "unknown balancer(s) ['nope']" in one_line_error(capsys)
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_the_folder_free(tmp_path, capsys):
+    wrong = {**SMALL, "trainer": {"n_epochs": 1, "checkpoint_metric": "species/penguins/valid/acuracy:max"}}
+    run_dir = tmp_path / "r"
+    assert train(config_file(tmp_path, wrong), "--run-dir", run_dir) == 2
+    assert "acuracy" in one_line_error(capsys)
+    assert not (run_dir / "config.yaml").exists()  # nothing trained: the corrected run needs no --overwrite
+    assert train(config_file(tmp_path, SMALL, "right.yaml"), "--run-dir", run_dir) == 0
+
+
+def test_a_folder_with_any_log_or_checkpoint_is_not_released(tmp_path):
+    from mtlkit.experiments.run_folder import release_unstarted
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "config.yaml").write_text("name: t\n")
+    (tmp_path / "logs" / "log.jsonl").write_text("")
+    release_unstarted(tmp_path)  # an empty log: nothing was trained
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "logs").exists()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "config.yaml").write_text("name: t\n")
+    (tmp_path / "logs" / "log.jsonl").write_text('{"step": 1}\n')
+    release_unstarted(tmp_path)
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "logs" / "log.jsonl").exists()

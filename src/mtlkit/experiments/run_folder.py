@@ -51,6 +51,25 @@ def claim_run_folder(
         yield checkpoint
 
 
+def release_unstarted(run_dir: Path) -> None:
+    """Free a folder whose run failed before it trained: no checkpoint, no log line yet.
+
+    Such a folder holds only the `config.yaml` the run wrote (and empty `logs`/`checkpoints`
+    folders); removing them lets the corrected run use the folder without `--overwrite`.
+    A folder with any checkpoint or log content is left as it is.
+    """
+    logs, checkpoints = run_dir / "logs", run_dir / "checkpoints"
+    for folder in (logs, checkpoints):
+        if folder.is_dir() and any(path.is_file() and path.stat().st_size for path in folder.rglob("*")):
+            return
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def check_free(run_dir: Path) -> None:
     """Raise if `run_dir` already holds a run (for callers that create many folders up front)."""
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]

@@ -25,7 +25,7 @@ from mtlkit.errors import ConfigError
 from mtlkit.experiments.build import build_loaders, build_model, load_data, model_graph, select_tasks
 from mtlkit.experiments.config import ExperimentConfig, load_config, weighting_spec
 from mtlkit.experiments.report import plot_curves, scores_table
-from mtlkit.experiments.run_folder import claim_run_folder
+from mtlkit.experiments.run_folder import claim_run_folder, release_unstarted
 from mtlkit.graph import MTLModel
 from mtlkit.training import Trainer, is_main_process
 from mtlkit.training.checkpoint import load_checkpoint
@@ -100,7 +100,12 @@ def run(
             }
         trainer = Trainer(**trainer_options)
         start = time.perf_counter()
-        scores = trainer.fit(model, loaders, resume_from=resume_from)
+        try:
+            scores = trainer.fit(model, loaders, resume_from=resume_from)
+        except BaseException:
+            if run_dir is not None and main and resume_from is None:
+                release_unstarted(run_dir)  # a run that failed before its first step leaves the folder free
+            raise
         seconds = (time.perf_counter() - start) / max(trainer.epoch, 1)
         result = RunResult(config, scores, trainer.history, seconds, model, run_dir)
         if run_dir is not None and main:
