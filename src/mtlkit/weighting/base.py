@@ -382,15 +382,7 @@ class GradientBalancer(Balancer):
 
     def _backward(self, names, index, losses, shared_params, shared_reps) -> BalanceResult:
         g, weights = self._shared_backward(names, index, losses, shared_params, shared_reps)
-        vec = torch.stack(losses).detach()
-        w = weights.detach() if weights is not None else torch.ones_like(vec)
-        scaled = w * vec
-        return BalanceResult(
-            loss=scaled.sum(),
-            scaled_losses=dict(zip(names, scaled.unbind())),
-            weights=dict(zip(names, w.unbind())) if weights is not None else {},
-            stats={"grad_norm": g.detach().norm()},
-        )
+        return gradient_step_result(names, losses, weights, g.detach().norm())
 
     def _shared_backward(self, names, index, losses, shared_params, shared_reps) -> tuple[Tensor, Tensor | None]:
         """Backward of `losses` with the combined task gradient on the shared part: (g, weights).
@@ -747,6 +739,21 @@ class GradientBalancer(Balancer):
 
 def _replace(value: Tensor, grad: Tensor) -> Tensor:
     return value
+
+
+def gradient_step_result(
+    names: list[str], losses: list[Tensor], weights: Tensor | None, grad_norm: Tensor
+) -> BalanceResult:
+    """A gradient method's `BalanceResult`: the losses scaled by its weights (1 without them), the update's norm."""
+    vec = torch.stack(losses).detach()
+    w = weights.detach() if weights is not None else torch.ones_like(vec)
+    scaled = w * vec
+    return BalanceResult(
+        loss=scaled.sum(),
+        scaled_losses=dict(zip(names, scaled.unbind())),
+        weights=dict(zip(names, w.unbind())) if weights is not None else {},
+        stats={"grad_norm": grad_norm.reshape(())},
+    )
 
 
 def _checked_update(balancer: GradientBalancer, g: Tensor, names: list[str]) -> Tensor:

@@ -61,7 +61,13 @@ from mtlkit.protocol import MultiTaskModel, StepOutput
 from mtlkit.training.distributed import shard_evaluation_loader
 from mtlkit.training.strategies.ddp import DDPStrategy, _as_module
 from mtlkit.weighting import Balancer, BalanceResult, GradientBalancer, LossBalancer
-from mtlkit.weighting.base import _check_finite_rows, _flatten_params, _innermost, _sees_only_gramian
+from mtlkit.weighting.base import (
+    _check_finite_rows,
+    _flatten_params,
+    _innermost,
+    _sees_only_gramian,
+    gradient_step_result,
+)
 from mtlkit.weighting.context import EXTRA_TRAIN_BATCH, VALID_BATCH, needs_of
 from mtlkit.weighting.jacobian import gramian_root
 
@@ -326,15 +332,7 @@ class FSDPStrategy(DDPStrategy):
                 )
                 p.grad = grad if before is None else before + grad  # (`backward` drops those no rank reached)
         self.average_gradients(self._balancer_params)
-        vec = torch.stack(active).detach()
-        w = weights.detach() if weights is not None else torch.ones_like(vec)
-        scaled = w * vec
-        return BalanceResult(
-            loss=scaled.sum(),
-            scaled_losses=dict(zip(names, scaled.unbind())),
-            weights=dict(zip(names, w.unbind())) if weights is not None else {},
-            stats={"grad_norm": norm.sqrt().reshape(())},
-        )
+        return gradient_step_result(names, active, weights, norm.sqrt())
 
     def _backward_on_parameters(
         self, balancer: Balancer, losses: dict[str, Tensor], shared_params: Sequence[Tensor]
