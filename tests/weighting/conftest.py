@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -55,3 +56,29 @@ class SmallMTL(nn.Module):
 @pytest.fixture
 def small_mtl():
     return SmallMTL
+
+
+@pytest.fixture
+def simplex_projection():
+    """The Euclidean projection onto the probability simplex by scipy's constrained least squares.
+
+    An independent reference for `mtlkit.weighting._simplex.project_to_simplex` and the
+    methods built on it (MoDo, MoCo); skips without scipy.
+    """
+    optimize = pytest.importorskip("scipy.optimize")
+
+    def project(v: np.ndarray) -> np.ndarray:
+        """argmin_w ½‖w − v‖² subject to w ≥ 0, Σ w = 1 (SLSQP, tight tolerance)."""
+        n = len(v)
+        result = optimize.minimize(
+            lambda w: 0.5 * np.sum((w - v) ** 2),
+            np.full(n, 1.0 / n),
+            jac=lambda w: w - v,
+            bounds=[(0, None)] * n,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(n)}],
+            method="SLSQP",
+            options={"ftol": 1e-15, "maxiter": 500},
+        )
+        return result.x
+
+    return project

@@ -30,7 +30,7 @@ class _LinearTasks:
         return StepContext(0, self.losses, draw, draw, [self.theta], [self.theta], lr=0.1)
 
 
-def test_modo_steps_lambda_with_the_cross_batch_product_and_applies_it_to_this_batch():
+def test_modo_steps_lambda_with_the_cross_batch_product_and_applies_it_to_this_batch(simplex_projection):
     rows = [[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]], [[2.0, 0.0, 1.0], [1.0, 0.0, 0.0]]]
     tasks = _LinearTasks(rows)
     modo = get("modo", tasks=["a", "b"], gamma=0.05, rho=0.1)
@@ -39,7 +39,7 @@ def test_modo_steps_lambda_with_the_cross_batch_product_and_applies_it_to_this_b
     J0, J1, J2 = (torch.tensor(r, dtype=torch.float64) for r in rows)
     lam0 = np.full(2, 0.5)
     step = lam0 - 0.05 * ((J1 @ J2.T).numpy() @ lam0 + 0.1 * lam0)
-    expected = _project(step)
+    expected = simplex_projection(step)
     assert tasks.drawn == 2
     assert np.allclose(modo.lambdas.numpy(), expected)
     assert torch.allclose(tasks.theta.grad, torch.tensor(expected) @ J0)
@@ -89,16 +89,3 @@ def test_sdmgrad_applies_w_plus_lambda_over_t_to_this_batch():
     assert tasks.drawn == 2 and torch.allclose(sdm.simplex_weights.double(), w, atol=1e-6)
     assert torch.allclose(tasks.theta.grad, weights @ J0, atol=1e-6)
     assert torch.isclose(sum(result.weights.values()), torch.tensor(1.0, dtype=torch.float64))
-
-
-def _project(v):
-    """Simplex projection by scipy (independent of mtlkit's)."""
-    n = len(v)
-    return scipy_optimize.minimize(
-        lambda w: 0.5 * np.sum((w - v) ** 2),
-        np.full(n, 1.0 / n),
-        bounds=[(0, None)] * n,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
-        method="SLSQP",
-        options={"ftol": 1e-15},
-    ).x

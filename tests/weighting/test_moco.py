@@ -7,22 +7,8 @@ import torch
 from mtlkit.weighting import get
 from mtlkit.weighting.methods.mgda import mgda_weights
 
-scipy_optimize = pytest.importorskip("scipy.optimize")
 
-
-def _project(v):
-    n = len(v)
-    return scipy_optimize.minimize(
-        lambda w: 0.5 * np.sum((w - v) ** 2),
-        np.full(n, 1.0 / n),
-        bounds=[(0, None)] * n,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
-        method="SLSQP",
-        options={"ftol": 1e-15},
-    ).x
-
-
-def test_tracking_and_weight_steps_follow_the_paper_recursion():
+def test_tracking_and_weight_steps_follow_the_paper_recursion(simplex_projection):
     generator = torch.Generator().manual_seed(0)
     Js = [torch.randn(3, 4, generator=generator, dtype=torch.float64) for _ in range(4)]
     moco = get("moco", tasks=3, beta=0.5, beta_sigma=0.5, gamma=0.3, gamma_sigma=0.5, rho=0.1)
@@ -30,7 +16,7 @@ def test_tracking_and_weight_steps_follow_the_paper_recursion():
     for k, J in enumerate(Js, start=1):
         d, weights = moco.combine(J, torch.ones(3, dtype=torch.float64), torch.arange(3))
         y = y - 0.5 / k**0.5 * (y - J.numpy())
-        lam = _project(lam - 0.3 / k**0.5 * (y @ y.T + 0.1 * np.eye(3)) @ lam)
+        lam = simplex_projection(lam - 0.3 / k**0.5 * (y @ y.T + 0.1 * np.eye(3)) @ lam)
         assert np.allclose(weights.numpy(), lam, atol=1e-6)
         assert np.allclose(d.numpy(), lam @ y, atol=1e-6)
 

@@ -6,27 +6,11 @@ import torch
 
 from mtlkit.weighting._simplex import project_to_simplex, restrict
 
-scipy_optimize = pytest.importorskip("scipy.optimize")
-
-
-def _scipy_projection(v):
-    n = len(v)
-    result = scipy_optimize.minimize(
-        lambda w: 0.5 * np.sum((w - v) ** 2),
-        np.full(n, 1.0 / n),
-        jac=lambda w: w - v,
-        bounds=[(0, None)] * n,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(n)}],
-        method="SLSQP",
-        options={"ftol": 1e-14, "maxiter": 500},
-    )
-    return result.x
-
 
 @pytest.mark.parametrize("seed", range(5))
-def test_projection_matches_scipy(seed):
+def test_projection_matches_scipy(seed, simplex_projection):
     v = torch.randn(6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
-    assert np.allclose(project_to_simplex(v).numpy(), _scipy_projection(v.numpy()), atol=1e-7)
+    assert np.allclose(project_to_simplex(v).numpy(), simplex_projection(v.numpy()), atol=1e-7)
 
 
 def test_points_of_the_simplex_are_fixed_and_shifts_along_ones_do_not_matter():

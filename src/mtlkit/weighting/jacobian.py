@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -307,19 +307,7 @@ def _keep_output_grad(deltas: list, i: int, grad_outputs: tuple) -> None:
 
 def _reaches(node: Node, wanted: set[int], stops: set) -> bool:
     """Whether a leaf whose id is in `wanted` lies below `node`, not passing through `stops`."""
-    seen, stack = set(), [fn for fn, _ in node.next_functions]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen or fn in stops:
-            continue
-        seen.add(fn)
-        variable = getattr(fn, "variable", None)
-        if variable is not None:
-            if id(variable) in wanted:
-                return True
-            continue
-        stack.extend(next_fn for next_fn, _ in fn.next_functions)
-    return False
+    return any(id(leaf) in wanted for leaf in _leaves_below((fn for fn, _ in node.next_functions), stops))
 
 
 def _factors_are_cheaper(widths: list[int], reps: list[Tensor], T: int) -> bool:
@@ -346,20 +334,7 @@ def leaves_above(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> list[Tenso
     """Leaf tensors requiring grad that the losses reach without going through `reps`."""
     stops = {r.grad_fn for r in reps if r.grad_fn is not None}
     stop_leaves = {id(r) for r in reps if r.grad_fn is None}
-    leaves, seen = [], set()
-    stack = [loss.grad_fn for loss in losses]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen or node in stops:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            if id(variable) not in stop_leaves:
-                leaves.append(variable)
-            continue
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
-    return leaves
+    return [leaf for leaf in _leaves_below((loss.grad_fn for loss in losses), stops) if id(leaf) not in stop_leaves]
 
 
 def gramian(J: Tensor) -> Tensor:
@@ -513,37 +488,28 @@ def _add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None], reshape
 
 def reachable_leaves_from(nodes: Iterable[Node | None]) -> list[Tensor]:
     """Leaf tensors requiring grad at or below these autograd nodes."""
-    leaves, seen = [], set()
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)
-        if variable is not None:
-            leaves.append(variable)
-            continue
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
-    return leaves
+    return list(_leaves_below(nodes))
 
 
 def reachable_leaves(losses: Tensor) -> list[Tensor]:
     """Leaf tensors requiring grad that `losses` depends on, in graph order."""
-    leaves: list[Tensor] = []
-    seen_nodes: set = set()
-    stack = [losses.grad_fn] if losses.grad_fn is not None else []
+    return list(_leaves_below([losses.grad_fn]))
+
+
+def _leaves_below(nodes: Iterable[Node | None], stops: set | frozenset = frozenset()) -> Iterator[Tensor]:
+    """The leaf tensors at or below `nodes` (depth first, each once), not passing through the nodes in `stops`."""
+    seen: set = set()
+    stack = list(nodes)
     while stack:
         node = stack.pop()
-        if node in seen_nodes:
+        if node is None or node in seen or node in stops:
             continue
-        seen_nodes.add(node)
+        seen.add(node)
         variable = getattr(node, "variable", None)
         if variable is not None:
-            leaves.append(variable)
+            yield variable
             continue
-        stack.extend(next_fn for next_fn, _ in node.next_functions if next_fn is not None)
-    return leaves
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
 
 
 def _frontier(losses: Sequence[Tensor], params: Sequence[Tensor]) -> list[GradientEdge] | None:
