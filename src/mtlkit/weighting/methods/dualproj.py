@@ -9,7 +9,6 @@ from torch import Tensor
 
 from mtlkit.weighting._qp import dual_cone_weights, host
 from mtlkit.weighting.base import GradientBalancer
-from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.registry import register
 
 # Ridge on the correlation matrix, as UPGrad's (`upgrad._RIDGE`): keeps the active-set solver finite.
@@ -72,7 +71,6 @@ class DualProj(GradientBalancer):
             )
         return dualproj_weights(G, self.preference)
 
-    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
         preference = None if self.preference is None else self.preference[index.cpu()]
-        w = dualproj_weights(gramian(J), preference)
-        return w @ J, w
+        return dualproj_weights(G, preference)

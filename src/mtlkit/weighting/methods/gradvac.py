@@ -10,7 +10,6 @@ from torch import Tensor
 
 from mtlkit.weighting._qp import host
 from mtlkit.weighting.base import GradientBalancer
-from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.methods.pcgrad import random_orders
 from mtlkit.weighting.registry import register
 
@@ -91,9 +90,8 @@ class GradVac(GradientBalancer):
         """One step on the Gramian of all tasks (it updates the targets)."""
         return self._step(G, torch.arange(G.shape[0]))
 
-    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        w = self._step(gramian(J), index)
-        return w @ J, w
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
+        return self._step(G, index)
 
     def _step(self, G: Tensor, index: Tensor) -> Tensor:
         rows = index.to(self.targets.device)

@@ -9,7 +9,6 @@ from torch import Tensor
 
 from mtlkit.weighting._qp import host
 from mtlkit.weighting.base import GradientBalancer
-from mtlkit.weighting.jacobian import gramian
 from mtlkit.weighting.registry import register
 
 # Ridge on the correlation matrix (unit diagonal): keeps the problem bounded when 0 lies
@@ -118,8 +117,7 @@ class NashMTL(GradientBalancer):
     def weights(self, G: Tensor) -> Tensor:
         return _clip(nash_weights(G), G, self.max_norm)
 
-    def combine(self, J: Tensor, losses: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        G = gramian(J)
+    def _gramian_weights(self, G: Tensor, losses: Tensor, index: Tensor) -> Tensor:
         rows = index.to(self.alpha.device)
         stored = self.alpha[rows]
         if int(self.step) % self.update_weights_every == 0 or bool(torch.isnan(stored).any()):
@@ -128,5 +126,4 @@ class NashMTL(GradientBalancer):
         else:
             alpha = stored.to(G)
         self.step += 1
-        w = _clip(alpha, G, self.max_norm)
-        return w @ J, w
+        return _clip(alpha, G, self.max_norm)
