@@ -239,7 +239,7 @@ def rep_gramian(
         edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
         if index is None or edges != [index]:
             return None
-        m = node._saved_mat2
+        m = node._saved_mat2.detach()  # the head weight saved for the product: values only, no graph
         alpha = getattr(node, "_saved_alpha", 1)
         readers.append((t, targets.index(node.next_functions[index]), node, m if alpha == 1 else alpha * m))
     widths = [sum(m.shape[1] for _, k, _, m in readers if k == j) for j in range(len(reps))]
