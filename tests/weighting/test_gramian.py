@@ -94,11 +94,9 @@ def _check(losses, params, T):
 @pytest.mark.parametrize("T", [1, 2, 10])
 @pytest.mark.parametrize("trunk", list(TRUNKS))
 def test_layered_gramian_and_update_equal_the_explicit_jacobians(trunk, T, held, monkeypatch):
-    # held=False: the blocks of parameters outside linear layers are not kept; their update
-    # comes from one more backward.
-    import mtlkit.weighting.jacobian as engine
-
-    monkeypatch.setattr(engine, "_HELD_ELEMENTS", engine._HELD_ELEMENTS if held else 0)
+    # held=False: nothing is kept for the update (layers fold their blocks as the backward
+    # reaches them); the update comes from one more backward.
+    _hold(held, monkeypatch)
     body, heads, x, y = _model(trunk, T)
     _check(_losses(body, heads, x, y), list(body.parameters()), T)
 
@@ -135,7 +133,15 @@ def test_only_qualifying_products_take_the_rule():
     assert layers_with_rules(roots, roots, [body.weight]) == []
 
 
-def test_a_parameter_reached_by_tasks_through_different_paths():
+def _hold(held: bool, monkeypatch) -> None:
+    import mtlkit.weighting.jacobian as engine
+
+    monkeypatch.setattr(engine, "_HELD_ELEMENTS", engine._HELD_ELEMENTS if held else 0)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_parameter_reached_by_tasks_through_different_paths(held, monkeypatch):
+    _hold(held, monkeypatch)
     # Task 1 reads the first layer's output directly, task 2 also reads the trunk's output
     # and the first layer's weight a second time: several frontier edges, one tied weight.
     body, heads, x, y = _model("linear-relu stack", 3)
@@ -150,7 +156,9 @@ def test_a_parameter_reached_by_tasks_through_different_paths():
     _check(losses, params, 3)
 
 
-def test_a_task_with_masked_samples():
+@pytest.mark.parametrize("held", [True, False])
+def test_a_task_with_masked_samples(held, monkeypatch):
+    _hold(held, monkeypatch)
     # A task labelled on some samples only: its loss reads a subset of the batch.
     body, heads, x, y = _model("linear-relu stack", 3)
     params = list(body.parameters())
@@ -204,7 +212,9 @@ class _FirstOnly(torch.autograd.Function):
         return grad, None
 
 
-def test_a_layer_no_gradient_reaches_gets_a_zero_update():
+@pytest.mark.parametrize("held", [True, False])
+def test_a_layer_no_gradient_reaches_gets_a_zero_update(held, monkeypatch):
+    _hold(held, monkeypatch)
     torch.manual_seed(0)
     reached, cut = nn.Linear(3, 4).to(D64), nn.Linear(3, 4).to(D64)
     x = torch.randn(5, 3, dtype=D64)
@@ -213,3 +223,47 @@ def test_a_layer_no_gradient_reaches_gets_a_zero_update():
     params = [*reached.parameters(), *cut.parameters()]
     _check(losses, params, 2)
     assert all(torch.count_nonzero(p.grad) == 0 for p in cut.parameters())
+
+
+def _peak_bytes(step) -> int:
+    """The most bytes of CPU tensors alive at once during `step()`, above what was alive before it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def test_without_holding_the_peak_memory_does_not_grow_with_depth(monkeypatch):
+    # Chains of 3 and 9 equal layers, T = 8. Holding keeps every layer's T output gradients
+    # for the update: one chunk (T×B×D numbers) more per layer. Folding each layer's block as
+    # the backward reaches it keeps a fixed number of chunks alive whatever the depth (the
+    # T rows at the representation, the backward's own two, a layer's output gradient and
+    # the one it passes down, and the fold's product); what grows is the update itself, the
+    # parameters' gradients (`.grad` and the flat copy `apply` returns).
+    import mtlkit.weighting.jacobian as engine
+
+    T, B, D = 8, 64, 128
+    chunk = T * B * D * 4
+    peaks = {}
+    for depth in (3, 9):
+        torch.manual_seed(0)
+        body = nn.Sequential(*(m for _ in range(depth) for m in (nn.Linear(D, D), nn.Tanh())))
+        heads = nn.ModuleList(nn.Linear(D, 1) for _ in range(T))
+        x, y = torch.randn(B, D), torch.randn(T, B, 1)
+        for held in (True, False):
+            monkeypatch.setattr(engine, "_HELD_ELEMENTS", 2**40 if held else 0)
+            losses = _losses(body, heads, x, y)
+            params = list(body.parameters())
+            peaks[depth, held] = _peak_bytes(
+                lambda losses=losses, params=params: params_gramian(losses, params)[1](torch.ones(T))
+            )
+    assert peaks[9, True] - peaks[3, True] > 5.5 * chunk
+    grads = 2 * 6 * (D * D + D) * 4  # the 6 more layers' update, twice
+    assert peaks[9, False] - peaks[3, False] < grads + 0.25 * chunk
+    assert peaks[3, False] < 3.5 * chunk

@@ -26,6 +26,7 @@ weight used twice) keeps the generic path: its block comes from its batched grad
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,11 @@ class LinearLayer:
     @property
     def output(self) -> GradientEdge:
         return GradientEdge(self.node, 0)
+
+    @property
+    def output_numel(self) -> int:
+        """Entries of one task's gradient at the output."""
+        return math.prod(self.node._input_metadata[0].shape)  # type: ignore[attr-defined]
 
     def input(self) -> Tensor:
         """X (B×Din), as autograd saved it for the weight's gradient."""
@@ -108,6 +114,11 @@ class Conv2dLayer:
     @property
     def output(self) -> GradientEdge:
         return GradientEdge(self.node, 0)
+
+    @property
+    def output_numel(self) -> int:
+        """Entries of one task's gradient at the output."""
+        return math.prod(self.node._input_metadata[0].shape)  # type: ignore[attr-defined]
 
     def fold(self, delta: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
         """This layer's T×T block of G from the T×B×Cout×H×W output gradients, and its `update`."""

@@ -16,12 +16,13 @@
   operation the engine says so in a `RuntimeWarning` and computes the rows one by one.
 - `params_gramian(losses, params)`: G = JJᵀ on shared parameters without holding J, and
   an `apply(w)` that writes the weighted update. One vmapped backward runs the T rows
-  together. Linear layers (`mtlkit.weighting.gramian`) give their blocks from their
-  inputs and the T output gradients, with no weight gradient computed, and `apply` takes
-  their update from the same output gradients; every other parameter folds its T×|p|
-  block into G as the backward produces it (a hook hands the engine a zero-stride
-  stand-in), and `apply` takes their update from those blocks when they are small
-  (`_HELD_ELEMENTS`), else from one backward for those parameters only. Methods that see J
+  together. Linear and conv layers (`mtlkit.weighting.gramian`) give their blocks from
+  their inputs and the T output gradients, with no weight gradient computed; every other
+  parameter folds its T×|p| block into G as the backward produces it (a hook hands the
+  engine a zero-stride stand-in). While all of these hold at most `_HELD_ELEMENTS`
+  numbers, they are kept and `apply` takes the update from them; beyond, each layer folds
+  its block when its output gradients arrive (a hook on its node), so memory does not
+  grow with depth, and `apply` runs one more backward of Σ_t w_t L_t. Methods that see J
   only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
   shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
@@ -376,9 +377,10 @@ def params_gramian(
     layers = layers_with_rules((loss.grad_fn for loss in losses), starts, params)
     covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
     rest = [p for p in params if id(p) not in covered]
-    hold = len(rows[0]) * sum(p.numel() for p in rest) <= _HELD_ELEMENTS
+    T = len(rows[0])
+    keep = T * (sum(layer.output_numel for layer in layers) + sum(p.numel() for p in rest)) <= _HELD_ELEMENTS
     try:
-        G, updates, held = _layered_gramian(outputs, rows, layers, rest, hold)
+        G, updates, held = _layered_gramian(outputs, rows, layers, rest, keep)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -388,8 +390,10 @@ def params_gramian(
             RuntimeWarning,
             stacklevel=3,
         )
-        G, layers, updates, held = gramian(task_jacobian(_as_list(losses), params)), [], [], {}
-        rest = params
+        G, updates, held = gramian(task_jacobian(_as_list(losses), params)), [], {}
+        keep = False
+    if not keep:  # the update from one more backward
+        layers, updates, rest = [], [], params
 
     def apply(weights: Tensor) -> Tensor:
         w = weights.detach()
@@ -414,53 +418,61 @@ def params_gramian(
     return G, apply
 
 
-_HELD_ELEMENTS = 2**22  # the T×|p| blocks of the parameters outside linear layers are kept up to this size
+_HELD_ELEMENTS = 2**22  # what `params_gramian` keeps for the update, at most (numbers)
 
 
 def _layered_gramian(
-    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], hold: bool
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], keep: bool
 ) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
     """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`; None
     where no gradient reaches the layer), held blocks.
 
     The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
     produces their batched gradient, and hand the engine a zero-stride stand-in. With
-    `hold`, their T×|p| blocks are kept ({id(p): block}) for the update; without, at most
-    one is alive at a time.
+    `keep`, their T×|p| blocks ({id(p): block}) and the layers' output gradients are kept
+    for the update. Without, every layer the backward must pass through (something asked
+    for lies below it) folds its block as its output gradient arrives, so that at most one
+    layer's T output gradients are alive at a time (plus those of the lowest layers, taken
+    at the end); nothing is kept and the update needs one more backward.
     """
     T = seeds[0].shape[0]
     G = seeds[0].new_zeros(T, T)
     held: dict[int, Tensor] = {}
 
     def fold(p: Tensor, grad: Tensor) -> Tensor:
-        # `grad` is the batched gradient (one row per task) of one parameter, seen per row inside vmap.
-        if _functorch.is_batchedtensor(grad):
-            block = _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0).reshape(T, -1)
-        else:  # the same gradient for every row
-            block = grad.detach().reshape(1, -1).expand(T, -1)
+        block = _task_rows(grad, T).reshape(T, -1)
         G.addmm_(block, block.T)
-        if hold:
+        if keep:
             held[id(p)] = block
         return grad.new_zeros(()).expand(grad.shape)  # the engine keeps nothing of size |p|
 
+    def fold_layer(layer: Layer, grad_outputs: tuple) -> None:
+        if grad_outputs[0] is not None:
+            G.add_(layer.fold(_task_rows(grad_outputs[0], T))[0])
+
+    passed = set() if keep else _passed_through(layers, rest)
+    taken = [layer for layer in layers if layer.node not in passed]
+
     def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
-        inputs = [layer.output for layer in layers] + rest
+        inputs = [layer.output for layer in taken] + rest
         # torch takes edges and tensors together here; its annotation allows one kind at a time
         grads = torch.autograd.grad(outputs, inputs, rows, retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
         # vmap returns tensors only: an unbatched 0-d zero stands for a layer no gradient reaches
         # (a backward that returns None for it); the first one keeps the result non-empty.
         unreached = rows[0].new_zeros(())
-        return (unreached, *(unreached if g is None else g for g in grads[: len(layers)]))
+        return (unreached, *(unreached if g is None else g for g in grads[: len(taken)]))
 
     handles = [p.register_hook(functools.partial(fold, p)) for p in rest]
+    handles += [
+        layer.node.register_prehook(functools.partial(fold_layer, layer)) for layer in layers if layer.node in passed
+    ]
     try:
         deltas = list(torch.func.vmap(vjp)(*seeds)[1:])
     finally:
         for handle in handles:
             handle.remove()
     updates: list[Callable | None] = []
-    for layer in layers:
-        delta = deltas.pop(0)
+    for layer, delta in zip(taken, deltas):
         if delta.dim() == 1:  # unreached: no block, a zero update
             updates.append(None)
             continue
@@ -468,6 +480,35 @@ def _layered_gramian(
         G += block
         updates.append(update)
     return (G + G.T) / 2, updates, held
+
+
+def _task_rows(grad: Tensor, T: int) -> Tensor:
+    """The T rows (one per task, stacked on dim 0) of a gradient seen inside the vmapped backward."""
+    if _functorch.is_batchedtensor(grad):
+        return _functorch.get_unwrapped(grad).movedim(_functorch.maybe_get_bdim(grad), 0)
+    return grad.detach().unsqueeze(0).expand(T, *grad.shape)  # the same gradient for every row
+
+
+def _passed_through(layers: list[Layer], rest: list[Tensor]) -> set[Node]:
+    """The nodes of `layers` below which lies another of them or a leaf of `rest` (one walk)."""
+    wanted = {id(p) for p in rest}
+    targets = {layer.node for layer in layers}
+    below: dict[Node, bool] = {}  # node: whether a target or a wanted leaf lies strictly below it
+    for start in targets:
+        stack: list[tuple[Node, bool]] = [(start, False)]
+        while stack:
+            node, done = stack.pop()
+            children = [child for child, _ in node.next_functions if child is not None]
+            if done:
+                below[node] = any(
+                    child in targets or id(getattr(child, "variable", None)) in wanted or below[child]
+                    for child in children
+                )
+            elif node not in below:
+                below[node] = False  # visited; set for good once its children are done
+                stack.append((node, True))
+                stack.extend((child, False) for child in children if child not in below)
+    return {node for node in targets if below[node]}
 
 
 def gramian_root(G: Tensor) -> Tensor:
