@@ -9,6 +9,9 @@ rows instead of the heads' factors). Entries of one cell:
   defined by weights(G) take the Gramian path: G layer by layer from one backward batched
   over the tasks, linear and conv layers from their inputs and output gradients, then
   the weighted update from the same per-layer tensors);
+- `<method> params/fold`: the same with nothing kept for the update (the path `params` takes
+  beyond 2²² kept numbers): each layer folds its block as the backward reaches it and the
+  update is one more backward; peak memory does not grow with depth;
 - `<method> reps/sample`, `reps/batch`: mtlkit at the representation (rep_grad), with
   `rep_reduce="sample"` (per-sample rows, T×(B·D)) and `"batch"` (LibMTL's batch sums, T×D);
 - `<method> torchjd-autojac`: TorchJD's `mtl_backward` + `jac_to_grad(shared, aggregator)`;
@@ -22,6 +25,9 @@ as the process's CPU time (all threads; `--clock wall` for wall time, synchronis
 so waiting for a core on a busy machine is not counted. Peak memory: the highest total of
 live tensor bytes allocated during one step above what was allocated before it, from torch's
 profiler (`profile_memory=True`, CPU allocations; `torch.cuda.max_memory_allocated` on CUDA).
+Work: the floating-point operations of one step as `torch.utils.flop_counter.FlopCounterMode`
+counts them (matrix products and convolutions), the same on every machine: a time ratio
+below the work ratio is won by bigger, more efficient kernels; above it, by overhead.
 
 Tables: (1) the issue's workload, MLP 64→256→256 (ReLU), batch 256, T = 2, 10, 40;
 (2) other shapes at T = 10: MLP 64→1024→1024, a small CNN (3×16×16 input, two convs),
@@ -59,6 +65,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+import mtlkit.weighting.jacobian as gramian_engine
 from mtlkit.weighting import available, get
 from mtlkit.weighting.context import POST_STEP_LOSSES, StepContext, needs_of
 
@@ -118,7 +125,9 @@ def _ew(net: Net, T: int) -> Callable:
 
 def _mtlkit(net: Net, T: int, name: str, mode: str, batch: tuple[torch.Tensor, torch.Tensor]) -> Callable:
     balancer = get(name, tasks=T)
-    if mode != "params" and not getattr(balancer, "batch_rows_only", False):  # MoCo, ExcessMTL: batch rows only
+    if not mode.startswith("params") and not getattr(
+        balancer, "batch_rows_only", False
+    ):  # MoCo, ExcessMTL: batch rows only
         balancer.rep_reduce = mode.split("/")[1]
     needs = needs_of(balancer)
     context = _context(net, balancer.task_names, batch) if needs else None
@@ -129,6 +138,12 @@ def _mtlkit(net: Net, T: int, name: str, mode: str, batch: tuple[torch.Tensor, t
         balancer.context = context
         if mode == "params":
             balancer.backward(losses, shared_params=shared)
+        elif mode == "params/fold":  # the Gramian path keeps nothing for the update, whatever the size
+            kept, gramian_engine._HELD_ELEMENTS = gramian_engine._HELD_ELEMENTS, 0
+            try:
+                balancer.backward(losses, shared_params=shared)
+            finally:
+                gramian_engine._HELD_ELEMENTS = kept
         else:
             balancer.backward(losses, shared_reps=z)
 
@@ -203,7 +218,7 @@ def entries(
     for name in methods:
         reps = getattr(type(get(name, tasks=T)), "supports_shared_reps", True)
         for mode in modes:
-            if mode == "params" or reps:
+            if mode.startswith("params") or reps:
                 made[f"{name} {mode}"] = lambda n, name=name, mode=mode: _mtlkit(n, T, name, mode, batch)
         if torchjd and name in TORCHJD_NAMES:
             for kind, build in (("autojac", _autojac), ("autogram", _autogram)):
@@ -216,8 +231,8 @@ def entries(
     return made
 
 
-def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str, tuple[float, float]]:
-    """Entry -> (median step seconds, peak MB of one step)."""
+def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str, tuple[float, float, float]]:
+    """Entry -> (median step seconds, peak MB of one step, FLOP of one step)."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     base = Net(kind, T, args.heads).to(device)
@@ -258,7 +273,19 @@ def measure(kind: str, T: int, batch: int, methods: list[str], args) -> dict[str
             if cuda:
                 torch.cuda.synchronize()
             samples[entry].append(clock() - start)
-    return {entry: (statistics.median(samples[entry]), _peak_mb(step, device)) for entry, step in steps.items()}
+    return {
+        entry: (statistics.median(samples[entry]), _peak_mb(step, device), _flops(step))
+        for entry, step in steps.items()
+    }
+
+
+def _flops(step: Callable[[], None]) -> float:
+    """Floating-point operations of one step, as torch's FlopCounterMode counts them (matmuls, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
 
 
 def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
@@ -281,7 +308,7 @@ def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
     return peak / 2**20
 
 
-def table(title: str, cells: dict[tuple, dict[str, tuple[float, float]]], columns: list[tuple]) -> str:
+def table(title: str, cells: dict[tuple, dict[str, tuple[float, float, float]]], columns: list[tuple]) -> str:
     lines = [title, "", "| entry | " + " | ".join(_label(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     names = list(dict.fromkeys(name for c in columns for name in cells[c]))
     for name in names:
@@ -291,17 +318,22 @@ def table(title: str, cells: dict[tuple, dict[str, tuple[float, float]]], column
             if name not in cell:
                 row.append("n/a")
                 continue
-            seconds, peak = cell[name]
-            ew_seconds, ew_peak = cell["ew"]
+            seconds, peak, flops = cell[name]
+            ew_seconds, ew_peak, ew_flops = cell["ew"]
             if name == "ew":
-                row.append(f"{seconds * 1e3:.2f} ms, {peak:.1f} MB")
+                row.append(f"{seconds * 1e3:.2f} ms, {peak:.1f} MB, {flops / 1e6:.0f} MFLOP")
             else:
-                row.append(f"{seconds / ew_seconds:.2f}×, {peak / max(ew_peak, 1e-9):.1f}× mem")
+                row.append(
+                    f"{seconds / ew_seconds:.2f}×, {peak / max(ew_peak, 1e-9):.1f}× mem, "
+                    f"{flops / max(ew_flops, 1.0):.2f}× flop"
+                )
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def method_table(cells: dict[tuple, dict[str, tuple[float, float]]], columns: list[tuple], methods: list[str]) -> str:
+def method_table(
+    cells: dict[tuple, dict[str, tuple[float, float, float]]], columns: list[tuple], methods: list[str]
+) -> str:
     """One row per method: its step time / EW's in each mode (`--all-methods`)."""
     modes = {"params": "params", "reps/sample": "reps", "reps/batch": "reps/batch"}
     heads = [(c, mode) for c in columns for mode in modes if any(f" {mode}" in e for e in cells[c])]
@@ -322,7 +354,9 @@ def _label(c: tuple) -> str:
     return f"{kind} T={T} B={batch} {threads} thr"
 
 
-def speedups(cells: dict[tuple, dict[str, tuple[float, float]]], columns: list[tuple], methods: list[str]) -> str:
+def speedups(
+    cells: dict[tuple, dict[str, tuple[float, float, float]]], columns: list[tuple], methods: list[str]
+) -> str:
     lines = ["TorchJD time / mtlkit `params` time (> 1: mtlkit faster), per cell:", ""]
     for c in columns:
         parts = []
@@ -360,8 +394,8 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=["params", "reps/sample", "reps/batch"],
-        default=["params", "reps/sample", "reps/batch"],
+        choices=["params", "params/fold", "reps/sample", "reps/batch"],
+        default=["params", "params/fold", "reps/sample", "reps/batch"],
         help="mtlkit entries per method (reps/*: rep_grad at the representation); EW is always measured",
     )
     args = parser.parse_args()
