@@ -267,3 +267,24 @@ def test_without_holding_the_peak_memory_does_not_grow_with_depth(monkeypatch):
     grads = 2 * 6 * (D * D + D) * 4  # the 6 more layers' update, twice
     assert peaks[9, False] - peaks[3, False] < grads + 0.25 * chunk
     assert peaks[3, False] < 3.5 * chunk
+
+
+def test_a_given_chunk_size_takes_the_jacobian_that_many_rows_at_a_time(small_mtl, monkeypatch):
+    # chunk_size=2 is the user's choice of how many rows one backward takes: the Gramian
+    # path (which runs all T rows at once) is not taken, and the result is the same.
+    import mtlkit.weighting.base as engine
+
+    tasks = ["a", "b", "c", "d"]
+    grads = {}
+    original = engine.jacobian
+    for chunk_size in (None, 2):
+        model = small_mtl(num_tasks=4, dtype=D64)
+        balancer = get("mgda", tasks=tasks, chunk_size=chunk_size)
+        calls: list[dict] = []
+        monkeypatch.setattr(engine, "jacobian", lambda *a, calls=calls, **k: calls.append(k) or original(*a, **k))
+        losses, _ = model()
+        balancer.backward(dict(zip(tasks, losses)), shared_params=model.trunk.parameters())
+        grads[chunk_size] = [p.grad for p in model.parameters()]
+        assert calls == ([] if chunk_size is None else [{"chunk_size": 2}])
+    for default, chunked in zip(*grads.values()):
+        assert torch.allclose(default, chunked, rtol=1e-10, atol=1e-12)

@@ -325,7 +325,11 @@ class GradientBalancer(Balancer):
     otherwise. Stateful methods override `combine`, which also sees the losses.
 
     `chunk_size` bounds the rows of one batched backward on the shared parameters
-    (None: all T at once; 1: one plain backward per task, for graphs vmap cannot batch).
+    (1: one plain backward per task, for graphs vmap cannot batch). With None (the default)
+    the engine chooses: methods defined by `weights(G)` take G layer by layer without
+    holding J (`mtlkit.weighting.jacobian.params_gramian`), the others J in one batched
+    backward or one backward per task. A given `chunk_size` always takes J that many rows
+    at a time (J is then held, also for methods that need only G).
 
     `rep_reduce` (with `shared_reps`; set it on the balancer, or pass it to
     `mtlkit.weighting.get`) says which rows at the representation give the weights:
@@ -422,7 +426,7 @@ class GradientBalancer(Balancer):
         # that the Jacobians line up; the global J then drops what no process reached.
         given = _flatten_params(shared_params)
         params = [p for p in given if id(p) in reached or collectives is not None]
-        if params and collectives is None and self.chunk_size != 1 and _sees_only_gramian(type(self)):
+        if params and collectives is None and self.chunk_size is None and _sees_only_gramian(type(self)):
             # The Gramian path (see mtlkit.weighting.jacobian): G without holding J, then one weighted backward.
             specific = [leaf for leaf in leaves if all(leaf is not p for p in params)]
             G, apply = params_gramian(losses, params, specific)
