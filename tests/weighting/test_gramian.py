@@ -288,3 +288,20 @@ def test_a_given_chunk_size_takes_the_jacobian_that_many_rows_at_a_time(small_mt
         assert calls == ([] if chunk_size is None else [{"chunk_size": 2}])
     for default, chunked in zip(*grads.values()):
         assert torch.allclose(default, chunked, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_task", [True, False])
+def test_convolutions_on_cpu_take_one_backward_per_task(per_task, monkeypatch):
+    # On CPU a kept (small) Gramian step whose backward passes through a 2-D convolution
+    # runs one plain backward per task (vmap would run the convolution sample by sample);
+    # both ways give the explicit Jacobian's G and update.
+    import mtlkit.weighting.jacobian as engine
+
+    if not per_task:
+        monkeypatch.setattr(engine, "_convolutions_on_cpu", lambda *args: False)
+    vmapped = []
+    vmap = torch.func.vmap
+    monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: vmapped.append(1) or vmap(*a, **k))
+    body, heads, x, y = _model("conv2d", 3)
+    _check(_losses(body, heads, x, y), list(body.parameters()), 3)
+    assert bool(vmapped) is not per_task

@@ -20,7 +20,9 @@
   their inputs and the T output gradients, with no weight gradient computed; every other
   parameter folds its T×|p| block into G as the backward produces it (a hook hands the
   engine a zero-stride stand-in). While all of these hold at most `_HELD_ELEMENTS`
-  numbers, they are kept and `apply` takes the update from them; beyond, each layer folds
+  numbers, they are kept and `apply` takes the update from them (on CPU, where the
+  backward passes through a 2-D convolution, one plain backward per task takes them:
+  vmap runs a convolution's input gradient sample by sample); beyond, each layer folds
   its block when its output gradients arrive (a hook on its node), so memory does not
   grow with depth, and `apply` runs one more backward of Σ_t w_t L_t. Methods that see J
   only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
@@ -450,7 +452,11 @@ def _layered_gramian(
         if grad_outputs[0] is not None:
             G.add_(layer.fold(_task_rows(grad_outputs[0], T))[0])
 
-    passed = set() if keep else _passed_through(layers, rest)
+    passed = _passed_through(layers, rest)
+    if keep and _convolutions_on_cpu(passed, seeds[0]):
+        return _one_by_one_gramian(outputs, seeds, layers, rest)
+    if keep:
+        passed = set()
     taken = [layer for layer in layers if layer.node not in passed]
 
     def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
@@ -480,6 +486,48 @@ def _layered_gramian(
         G += block
         updates.append(update)
     return (G + G.T) / 2, updates, held
+
+
+def _convolutions_on_cpu(passed: set[Node], seed: Tensor) -> bool:
+    """Whether the backward computes a convolution's input gradient on CPU: batched there, vmap runs the
+    convolution sample by sample and copies the results together, slower than one backward per task."""
+    return seed.device.type == "cpu" and any(type(node).__name__ == "ConvolutionBackward0" for node in passed)
+
+
+def _one_by_one_gramian(
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor]
+) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
+    """`_layered_gramian`'s result (with everything kept) from one plain backward per task."""
+    T = seeds[0].shape[0]
+    inputs = [layer.output for layer in layers] + rest
+    per_task = [
+        # torch takes edges and tensors together here; its annotation allows one kind at a time
+        torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
+        for t in range(T)
+    ]
+    G = seeds[0].new_zeros(T, T)
+    updates: list[Callable | None] = []
+    for layer, column in zip(layers, zip(*per_task)):
+        delta = _stacked(column)
+        if delta is None:  # unreached: no block, a zero update
+            updates.append(None)
+            continue
+        block, update = layer.fold(delta)
+        G += block
+        updates.append(update)
+    held: dict[int, Tensor] = {}
+    for p, column in zip(rest, list(zip(*per_task))[len(layers) :]):
+        block = _stacked(column)
+        if block is not None:
+            held[id(p)] = block.reshape(T, -1)
+            G.addmm_(held[id(p)], held[id(p)].T)
+    return (G + G.T) / 2, updates, held
+
+
+def _stacked(grads: Sequence[Tensor | None]) -> Tensor | None:
+    """The T tasks' gradients stacked (zeros for a task that does not reach); None if none reaches."""
+    example = next((g for g in grads if g is not None), None)
+    return None if example is None else torch.stack([torch.zeros_like(example) if g is None else g for g in grads])
 
 
 def _task_rows(grad: Tensor, T: int) -> Tensor:
