@@ -517,9 +517,9 @@ def _one_by_one_gramian(
         updates.append(update)
     held: dict[int, Tensor] = {}
     for p, column in zip(rest, list(zip(*per_task))[len(layers) :]):
-        block = _stacked(column)
-        if block is not None:
-            held[id(p)] = block.reshape(T, -1)
+        grads = _stacked(column)
+        if grads is not None:
+            held[id(p)] = grads.reshape(T, -1)
             G.addmm_(held[id(p)], held[id(p)].T)
     return (G + G.T) / 2, updates, held
 
