@@ -23,8 +23,9 @@ solvers (its UPGrad/CAGrad/Nash-MTL need quadprog/cvxpy). All entries of a cell 
 step by step in one process; each time is an entry's median over `--rounds` steps, measured
 as the process's CPU time (all threads; `--clock wall` for wall time, synchronised on CUDA),
 so waiting for a core on a busy machine is not counted. Peak memory: the highest total of
-live tensor bytes allocated during one step above what was allocated before it, from torch's
-profiler (`profile_memory=True`, CPU allocations; `torch.cuda.max_memory_allocated` on CUDA).
+live tensor bytes allocated during one step above what was allocated before it, from the
+stream of allocations and frees torch's profiler records (`profile_memory=True`; on CUDA
+`torch.cuda.max_memory_allocated`).
 Work: the floating-point operations of one step as `torch.utils.flop_counter.FlopCounterMode`
 counts them (matrix products and convolutions), the same on every machine: a time ratio
 below the work ratio is won by bigger, more efficient kernels; above it, by overhead.
@@ -300,10 +301,12 @@ def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    # Every allocation (+bytes) and free (-bytes) in the order they happened. (An operator's
+    # `self_cpu_memory_usage` nets its allocations against its frees, which hides peaks.)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]  # type: ignore[union-attr]
     live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
         peak = max(peak, live)
     return peak / 2**20
 

@@ -231,10 +231,10 @@ def _peak_bytes(step) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
+    for event in sorted(events, key=lambda e: e.start_ns()):  # allocations (+bytes) and frees (-bytes)
+        live += event.nbytes()
         peak = max(peak, live)
     return peak
 
