@@ -20,11 +20,13 @@
   their inputs and the T output gradients, with no weight gradient computed; every other
   parameter folds its T×|p| block into G as the backward produces it (a hook hands the
   engine a zero-stride stand-in). While all of these hold at most `_HELD_ELEMENTS`
-  numbers, they are kept and `apply` takes the update from them (on CPU, where the
-  backward passes through a 2-D convolution, one plain backward per task takes them:
-  vmap runs a convolution's input gradient sample by sample); beyond, each layer folds
+  numbers, they are kept and `apply` takes the update from them; beyond, each layer folds
   its block when its output gradients arrive (a hook on its node), so memory does not
-  grow with depth, and `apply` runs one more backward of Σ_t w_t L_t. Methods that see J
+  grow with depth, and `apply` runs one more backward of Σ_t w_t L_t. On CPU, where the
+  backward passes through a 2-D convolution (vmap runs a convolution's input gradient
+  sample by sample and copies the results together), one plain backward per task takes the
+  rows instead, and each convolution keeps its T weight gradients (small) rather than its
+  T output gradients, which counts for the limit. Methods that see J
   only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
   shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
@@ -46,7 +48,7 @@ from torch import Tensor
 from torch._C import _functorch
 from torch.autograd.graph import GradientEdge, Node
 
-from mtlkit.weighting.gramian import Layer, layers_with_rules
+from mtlkit.weighting.gramian import Conv2dLayer, Layer, layers_with_rules
 
 
 def jacobian(
@@ -380,9 +382,15 @@ def params_gramian(
     covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
     rest = [p for p in params if id(p) not in covered]
     T = len(rows[0])
-    keep = T * (sum(layer.output_numel for layer in layers) + sum(p.numel() for p in rest)) <= _HELD_ELEMENTS
+    passed = _passed_through(layers, rest)
+    per_task = _convolutions_on_cpu(passed, rows[0])
+    kept = T * (sum(layer.kept_numel(per_task) for layer in layers) + sum(p.numel() for p in rest))
+    keep = kept <= _HELD_ELEMENTS
     try:
-        G, updates, held = _layered_gramian(outputs, rows, layers, rest, keep)
+        if keep and per_task:
+            G, updates, held = _one_by_one_gramian(outputs, rows, layers, rest)
+        else:
+            G, updates, held = _layered_gramian(outputs, rows, layers, rest, passed if not keep else set())
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -424,19 +432,20 @@ _HELD_ELEMENTS = 2**22  # what `params_gramian` keeps for the update, at most (n
 
 
 def _layered_gramian(
-    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], keep: bool
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], passed: set[Node]
 ) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
     """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`; None
     where no gradient reaches the layer), held blocks.
 
     The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
-    produces their batched gradient, and hand the engine a zero-stride stand-in. With
-    `keep`, their T×|p| blocks ({id(p): block}) and the layers' output gradients are kept
-    for the update. Without, every layer the backward must pass through (something asked
-    for lies below it) folds its block as its output gradient arrives, so that at most one
-    layer's T output gradients are alive at a time (plus those of the lowest layers, taken
-    at the end); nothing is kept and the update needs one more backward.
+    produces their batched gradient, and hand the engine a zero-stride stand-in. With no
+    `passed` nodes, their T×|p| blocks ({id(p): block}) and the layers' output gradients are
+    kept for the update. Else nothing is kept: the layers the backward must pass through
+    (`passed`: something asked for lies below them) fold their blocks as their output
+    gradients arrive, so that at most one layer's T output gradients are alive at a time
+    (plus those of the lowest layers, taken at the end), and the update needs one more backward.
     """
+    keep = not passed
     T = seeds[0].shape[0]
     G = seeds[0].new_zeros(T, T)
     held: dict[int, Tensor] = {}
@@ -452,11 +461,6 @@ def _layered_gramian(
         if grad_outputs[0] is not None:
             G.add_(layer.fold(_task_rows(grad_outputs[0], T))[0])
 
-    passed = _passed_through(layers, rest)
-    if keep and _convolutions_on_cpu(passed, seeds[0]):
-        return _one_by_one_gramian(outputs, seeds, layers, rest)
-    if keep:
-        passed = set()
     taken = [layer for layer in layers if layer.node not in passed]
 
     def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
@@ -497,29 +501,41 @@ def _convolutions_on_cpu(passed: set[Node], seed: Tensor) -> bool:
 def _one_by_one_gramian(
     outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor]
 ) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
-    """`_layered_gramian`'s result (with everything kept) from one plain backward per task."""
+    """`_layered_gramian`'s result, everything kept, from one plain backward per task.
+
+    A convolution turns each task's output gradient into its weight gradient at once
+    (`Conv2dLayer.task_rows`), so only one task's output gradients are alive at a time there.
+    """
     T = seeds[0].shape[0]
     inputs = [layer.output for layer in layers] + rest
-    per_task = [
+    columns: list[list] = [[] for _ in inputs]
+    for t in range(T):
         # torch takes edges and tensors together here; its annotation allows one kind at a time
-        torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
-        for t in range(T)
-    ]
+        grads = torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
+        for column, layer, grad in zip(columns, layers, grads):
+            column.append(layer.task_rows(grad[None]) if isinstance(layer, Conv2dLayer) and grad is not None else grad)
+        for column, grad in zip(columns[len(layers) :], grads[len(layers) :]):
+            column.append(grad)
     G = seeds[0].new_zeros(T, T)
     updates: list[Callable | None] = []
-    for layer, column in zip(layers, zip(*per_task)):
-        delta = _stacked(column)
-        if delta is None:  # unreached: no block, a zero update
+    for layer, column in zip(layers, columns):
+        if all(entry is None for entry in column):  # unreached: no block, a zero update
             updates.append(None)
             continue
-        block, update = layer.fold(delta)
+        if isinstance(layer, Conv2dLayer):
+            example = next(entry for entry in column if entry is not None)
+            zeros = tuple(None if part is None else torch.zeros_like(part) for part in example)
+            rows, sums = zip(*(zeros if entry is None else entry for entry in column))
+            block, update = layer.fold_rows(torch.cat(rows), None if sums[0] is None else torch.cat(sums))
+        else:
+            block, update = layer.fold(_stacked(column))  # type: ignore[arg-type]
         G += block
         updates.append(update)
     held: dict[int, Tensor] = {}
-    for p, column in zip(rest, list(zip(*per_task))[len(layers) :]):
-        grads = _stacked(column)
-        if grads is not None:
-            held[id(p)] = grads.reshape(T, -1)
+    for p, column in zip(rest, columns[len(layers) :]):
+        stacked = _stacked(column)
+        if stacked is not None:
+            held[id(p)] = stacked.reshape(T, -1)
             G.addmm_(held[id(p)], held[id(p)].T)
     return (G + G.T) / 2, updates, held
 
