@@ -390,7 +390,7 @@ def params_gramian(
         if keep and per_task:
             G, updates, held = _one_by_one_gramian(outputs, rows, layers, rest)
         else:
-            G, updates, held = _layered_gramian(outputs, rows, layers, rest, passed if not keep else set())
+            G, updates, held = _layered_gramian(outputs, rows, layers, rest, keep, passed)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -432,20 +432,21 @@ _HELD_ELEMENTS = 2**22  # what `params_gramian` keeps for the update, at most (n
 
 
 def _layered_gramian(
-    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], passed: set[Node]
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], keep: bool, passed: set[Node]
 ) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
     """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`; None
     where no gradient reaches the layer), held blocks.
 
     The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
-    produces their batched gradient, and hand the engine a zero-stride stand-in. With no
-    `passed` nodes, their T×|p| blocks ({id(p): block}) and the layers' output gradients are
-    kept for the update. Else nothing is kept: the layers the backward must pass through
+    produces their batched gradient, and hand the engine a zero-stride stand-in. With
+    `keep`, their T×|p| blocks ({id(p): block}) and the layers' output gradients are kept
+    for the update. Without, nothing is kept: the layers the backward must pass through
     (`passed`: something asked for lies below them) fold their blocks as their output
     gradients arrive, so that at most one layer's T output gradients are alive at a time
     (plus those of the lowest layers, taken at the end), and the update needs one more backward.
     """
-    keep = not passed
+    if keep:
+        passed = set()
     T = seeds[0].shape[0]
     G = seeds[0].new_zeros(T, T)
     held: dict[int, Tensor] = {}
