@@ -53,6 +53,9 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     for _ in range(10 * T + 10):
         point, bounded = _affine_minimiser(K, R, a_list, c, eps, support)
         if bounded and all(point[i] > 0 for i in support):
+            if len(support) == T and best_value == float("inf"):
+                best = point  # inside on the first support, every vertex: none can enter, the optimum
+                break
             w = point
             Gw = (G @ torch.tensor(w, dtype=G.dtype)).tolist()
             q = sum(x * y for x, y in zip(w, Gw)) + eps
@@ -215,29 +218,33 @@ def _warm_start(G: Tensor, rhs: Tensor, tol: float) -> tuple[Tensor, Tensor]:
     Guess each row's passive set as the coordinates where uᵀG < 0 (for u = e_i, the
     tasks that conflict with task i) and drop those whose subproblem solution is not
     positive until all are: the result is a valid Lawson–Hanson iterate (the minimiser
-    on its passive set, positive there), usually close to the answer.
+    on its passive set, positive there), usually close to the answer. After the first
+    solve, only the rows that dropped a coordinate are solved again.
     """
     passive = rhs > tol
-    V = torch.zeros_like(rhs)
-    for _ in range(rhs.shape[1]):
-        if not bool(passive.any()):
-            break
-        S = _passive_solve(G, rhs, passive)
-        bad = passive & (S <= 0)
-        if not bool(bad.any()):
-            V = torch.where(passive, S, V)
-            break
-        passive &= ~bad
+    if not bool(passive.any()):
+        return passive, torch.zeros_like(rhs)
+    V = _passive_solve(G, rhs, passive)  # zero off the passive sets
+    bad = passive & (V <= 0)
+    rows = bad.any(dim=1).nonzero().flatten()
+    while rows.numel():  # each pass drops a coordinate from each of these rows: at most T passes
+        kept = passive[rows] & ~bad[rows]
+        passive[rows] = kept
+        S = _passive_solve(G, rhs[rows], kept)
+        V[rows] = S
+        bad_rows = (kept & (S <= 0)).any(dim=1)
+        bad[rows] = kept & (S <= 0)
+        rows = rows[bad_rows]
     return passive, V
 
 
 def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:
     """Row b: G[P,P] s_P = rhs_b[P] on its passive set P, zero elsewhere (one batched solve)."""
-    both = passive.unsqueeze(2) & passive.unsqueeze(1)
-    A = torch.where(both, G.unsqueeze(0), 0.0)
-    A = A + torch.diag_embed((~passive).to(G.dtype))
+    m = passive.to(G.dtype)
+    A = G * (m.unsqueeze(2) * m.unsqueeze(1))  # G's principal block, zero elsewhere
+    A.diagonal(dim1=1, dim2=2).add_(1.0 - m)  # and the identity off the block
     b = torch.where(passive, rhs, 0.0).unsqueeze(2)
-    L, info = torch.linalg.cholesky_ex(A)  # A: G's principal block, identity elsewhere
+    L, info = torch.linalg.cholesky_ex(A)
     if bool(info.any()):  # rounding left a block indefinite; LU still solves it
         return torch.linalg.solve(A, b).squeeze(2)
     return torch.cholesky_solve(b, L).squeeze(2)
