@@ -76,19 +76,34 @@ class BalanceResult:
     def __iter__(self):
         return iter((self.loss, self.scaled_losses if self.positional is None else self.positional))
 
+    def _in_order(self, every: list[str], losses: list) -> None:
+        """For losses given as a list (every task's name, in order): `positional`, a left-out loss unscaled."""
+        self.positional = [
+            self.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
+            for name, loss in zip(every, losses)
+        ]
 
-class _LossResult(BalanceResult):
-    """The `BalanceResult` of a loss balancer's step, with its tensors built on first read.
+
+class _LazyResult(BalanceResult):
+    """A `BalanceResult` with its tensors built on first read.
 
     The Trainer reads a result's tensors only on the steps it logs: the others build none.
-    Holds the detached losses (stacked, or a list for EW) and a copy of the weights (None:
-    all 1), and builds from them what `LossBalancer` always built, with the same values.
+    Holds the detached losses of the active tasks (stacked, or a list) and a copy of the
+    weights (None: all 1, listed in `weights` only with `unit_weights_listed`), and builds
+    from them what an eager result holds, with the same values.
     """
 
-    def __init__(self, names: list[str], losses: Tensor | list[Tensor], weights: Tensor | None) -> None:
-        self._names, self._losses, self._weights = names, losses, weights
-        self.stats = {}
-        self.positional = None
+    def __init__(
+        self,
+        names: list[str],
+        losses: Tensor | list[Tensor],
+        weights: Tensor | None,
+        stats: dict[str, Tensor] | None = None,
+        unit_weights_listed: bool = True,
+    ) -> None:
+        self._names, self._losses, self._weights, self._listed = names, losses, weights, unit_weights_listed
+        self.stats = {} if stats is None else stats
+        self._order: tuple[list[str], dict] | None = None
 
     def __getattr__(self, name: str):  # only for attributes not set yet: loss, scaled_losses, weights
         if name not in ("loss", "scaled_losses", "weights"):
@@ -96,12 +111,23 @@ class _LossResult(BalanceResult):
         vec = torch.stack(self._losses) if isinstance(self._losses, list) else self._losses
         w = vec.new_ones(vec.shape) if self._weights is None else self._weights
         scaled = w * vec
-        self.loss, self.scaled_losses, self.weights = (
-            scaled.sum(),
-            dict(zip(self._names, scaled)),
-            dict(zip(self._names, w)),
-        )
+        self.loss, self.scaled_losses = scaled.sum(), dict(zip(self._names, scaled))
+        self.weights = dict(zip(self._names, w)) if self._weights is not None or self._listed else {}
         return getattr(self, name)
+
+    @property  # type: ignore[override]
+    def positional(self) -> list[Tensor] | None:
+        if self._order is None:
+            return None
+        every, left_out = self._order
+        scaled = self.scaled_losses
+        return [scaled[name] if name in scaled else left_out[name] for name in every]
+
+    def _in_order(self, every: list[str], losses: list) -> None:
+        # The active tasks' scaled losses are all in `scaled_losses`: keep the others' losses only.
+        active = set(self._names)
+        left_out = {n: x.detach() if isinstance(x, Tensor) else x for n, x in zip(every, losses) if n not in active}
+        self._order = (every, left_out)
 
 
 class Balancer(nn.Module):
@@ -169,10 +195,7 @@ class Balancer(nn.Module):
             finally:
                 self._collectives = None
         if not isinstance(losses, Mapping):
-            result.positional = [
-                result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
-                for name, loss in zip(every, losses)
-            ]
+            result._in_order(every, losses)
         return result
 
     @contextlib.contextmanager
@@ -269,12 +292,12 @@ class LossBalancer(Balancer):
         # One backward of the weighted losses: a data-parallel wrapper (DDP) averages its gradients.
         if self.unit_weights:  # the same gradients as `combine`'s Σ_t 1·L_t, in fewer operations
             (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
-            return _LossResult(names, [loss.detach() for loss in losses], None)
+            return _LazyResult(names, [loss.detach() for loss in losses], None)
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
         # A copy of the weights: a method may update the tensor it returned in place later.
-        return _LossResult(names, vec.detach(), weights.detach().clone())
+        return _LazyResult(names, vec.detach(), weights.detach().clone())
 
 
 class Collectives(Protocol):
@@ -563,7 +586,8 @@ class GradientBalancer(Balancer):
         shared_reps: Reps,
         collectives: Collectives | None,
     ):
-        self.column_blocks = None
+        if self.column_blocks is not None:  # (nn.Module's setattr costs a few µs a step)
+            self.column_blocks = None
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -747,15 +771,16 @@ def _replace(value: Tensor, grad: Tensor) -> Tensor:
 def gradient_step_result(
     names: list[str], losses: list[Tensor], weights: Tensor | None, grad_norm: Tensor
 ) -> BalanceResult:
-    """A gradient method's `BalanceResult`: the losses scaled by its weights (1 without them), the update's norm."""
-    vec = torch.stack(losses).detach()
-    w = weights.detach() if weights is not None else torch.ones_like(vec)
-    scaled = w * vec
-    return BalanceResult(
-        loss=scaled.sum(),
-        scaled_losses=dict(zip(names, scaled.unbind())),
-        weights=dict(zip(names, w.unbind())) if weights is not None else {},
-        stats={"grad_norm": grad_norm.reshape(())},
+    """A gradient method's `BalanceResult`: the losses scaled by its weights (1 without them), the update's norm.
+
+    Built on first read (a copy of the weights: a method may update the tensor it returned in place later).
+    """
+    return _LazyResult(
+        names,
+        [loss.detach() for loss in losses],
+        None if weights is None else weights.detach().clone(),
+        {"grad_norm": grad_norm.reshape(())},
+        unit_weights_listed=False,
     )
 
 

@@ -244,26 +244,25 @@ def rep_gramian(
     owner = heads_above(losses, reps)[0] if readers == "find" else readers
     if owner is None:
         return None
+    wanted, stops = {id(x) for x in also}, {fn for fn, _ in targets}
     products: list[tuple[int, int, Node, Tensor]] = []  # (task, rep, node, alpha·m)
     for node, t in owner.items():
         index = _PRODUCT_READERS.get(type(node).__name__)
-        edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
-        if index is None or edges != [index]:
+        nexts = node.next_functions
+        if index is None or [i for i, edge in enumerate(nexts) if edge in targets] != [index]:
+            return None
+        # The pass runs a reader (and its pre-hook, which sees δ after any tensor hooks) only
+        # when a parameter in `also` lies behind it (a head's own weight or bias).
+        if not _reaches(nexts, wanted, stops):
             return None
         m = node._saved_mat2.detach()  # the head weight saved for the product: values only, no graph
         alpha = getattr(node, "_saved_alpha", 1)
-        products.append((t, targets.index(node.next_functions[index]), node, m if alpha == 1 else alpha * m))
+        products.append((t, targets.index(nexts[index]), node, m if alpha == 1 else alpha * m))
     widths = [sum(m.shape[1] for _, k, _, m in products if k == j) for j in range(len(reps))]
     T = len(losses)
     if not _factors_are_cheaper(widths, reps, T):
         return None
-    below = {id(v) for v in reachable_leaves_from(fn for fn, _ in targets)}
-    if any(id(x) in below for x in also):
-        return None
-    # The pass runs a reader (and its pre-hook, which sees δ after any tensor hooks) only
-    # when a parameter in `also` lies behind it (a head's own weight or bias).
-    wanted, stops = {id(x) for x in also}, {fn for fn, _ in targets}
-    if not all(_reaches(node, wanted, stops) for _, _, node, _ in products):
+    if any(id(v) in wanted for v in reachable_leaves_from(stops)):
         return None
     deltas: list[Tensor | None] = [None] * len(products)
     handles = [
@@ -316,9 +315,12 @@ def _keep_output_grad(deltas: list, i: int, grad_outputs: tuple) -> None:
     deltas[i] = grad_outputs[0]
 
 
-def _reaches(node: Node, wanted: set[int], stops: set) -> bool:
-    """Whether a leaf whose id is in `wanted` lies below `node`, not passing through `stops`."""
-    return any(id(leaf) in wanted for leaf in _leaves_below((fn for fn, _ in node.next_functions), stops))
+def _reaches(edges: tuple, wanted: set[int], stops: set) -> bool:
+    """Whether a leaf whose id is in `wanted` lies at or below the nodes of `edges`, not passing through `stops`."""
+    nodes = [fn for fn, _ in edges]
+    if any(type(fn) is _AccumulateGrad and id(fn.variable) in wanted for fn in nodes):  # a bias, say: no walk
+        return True
+    return any(id(leaf) in wanted for leaf in _leaves_below(nodes, stops))
 
 
 def _factors_are_cheaper(widths: list[int], reps: list[Tensor], T: int) -> bool:
