@@ -43,7 +43,7 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
     else:
         R[:T, 1] = -a
         a_list = a.tolist()
-    top = float(G.diagonal().max())
+    top = None  # G's largest diagonal entry, for the tolerances: read when first needed
     # Start from the centre with every vertex in the support: in multi-task problems the
     # optimum usually keeps most tasks, so few vertices have to be dropped (or added).
     support = list(range(T))
@@ -63,6 +63,7 @@ def simplex_min(G: Tensor, a: Tensor | None = None, c: float = 1.0, eps: float =
             if value >= best_value - 1e-12 * (1.0 + abs(best_value)):
                 break  # no progress: nearly affinely dependent gradients make rounding cycle
             best, best_value = w, value
+            top = float(G.diagonal().max()) if top is None else top
             entering = _entering_vertex(top, a_list, c, w, Gw, q, support)
             if entering is None:
                 break

@@ -185,7 +185,9 @@ class Balancer(nn.Module):
         if shared_reps is not None and not self.supports_shared_reps:
             raise shared_reps_refused(self)
         if not self._losses_checked:
-            _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
+            vec = torch.stack(active).detach()
+            if not bool(torch.isfinite(vec).all()):
+                _check_finite_rows(vec.unsqueeze(1), names, "loss")
         if collectives is None:  # `_collectives` is None outside a call: nothing to set (nn.Module's setattr is slow)
             result = self._backward(names, index, active, shared_params, shared_reps)
         else:
