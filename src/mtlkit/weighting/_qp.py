@@ -240,12 +240,31 @@ def _warm_start(G: Tensor, rhs: Tensor, tol: float) -> tuple[Tensor, Tensor]:
 
 
 def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:
-    """Row b: G[P,P] s_P = rhs_b[P] on its passive set P, zero elsewhere (one batched solve)."""
-    m = passive.to(G.dtype)
-    A = G * (m.unsqueeze(2) * m.unsqueeze(1))  # G's principal block, zero elsewhere
+    """Row b: G[P,P] s_P = rhs_b[P] on its passive set P, zero elsewhere (one batched solve).
+
+    Each row's system is G's principal block on P, padded with the identity to a common
+    size: T, or for many tasks (T ≥ `_COMPACT_FROM`) the largest |P| with each row's
+    passive coordinates gathered first, which for passive sets of about half the tasks
+    costs a fraction of the T×T factorisations.
+    """
+    T = G.shape[0]
+    width = int(passive.sum(dim=1).max()) if T >= _COMPACT_FROM else T
+    if width == T:
+        index, kept = None, passive
+    else:  # each row's passive coordinates first (in order), then the others
+        index = torch.argsort((~passive).to(torch.int8), dim=1, stable=True)[:, :width]
+        kept = passive.gather(1, index)
+    m = kept.to(G.dtype)
+    block = G if index is None else G.take(index.unsqueeze(2) * T + index.unsqueeze(1))  # (take: faster than G[i, j])
+    A = block * (m.unsqueeze(2) * m.unsqueeze(1))  # the principal block, zero elsewhere
     A.diagonal(dim1=1, dim2=2).add_(1.0 - m)  # and the identity off the block
-    b = torch.where(passive, rhs, 0.0).unsqueeze(2)
+    b = torch.where(kept, rhs if index is None else rhs.gather(1, index), 0.0).unsqueeze(2)
     L, info = torch.linalg.cholesky_ex(A)
     if bool(info.any()):  # rounding left a block indefinite; LU still solves it
-        return torch.linalg.solve(A, b).squeeze(2)
-    return torch.cholesky_solve(b, L).squeeze(2)
+        s = torch.linalg.solve(A, b).squeeze(2)
+    else:
+        s = torch.cholesky_solve(b, L).squeeze(2)
+    return s if index is None else torch.zeros_like(rhs).scatter_(1, index, s)
+
+
+_COMPACT_FROM = 24  # tasks from which the passive systems are gathered to their largest passive set
