@@ -260,11 +260,9 @@ def _passive_solve(G: Tensor, rhs: Tensor, passive: Tensor) -> Tensor:
     A.diagonal(dim1=1, dim2=2).add_(1.0 - m)  # and the identity off the block
     b = torch.where(kept, rhs if index is None else rhs.gather(1, index), 0.0).unsqueeze(2)
     L, info = torch.linalg.cholesky_ex(A)
-    if bool(info.any()):  # rounding left a block indefinite; LU still solves it
-        s = torch.linalg.solve(A, b).squeeze(2)
-    else:
-        s = torch.cholesky_solve(b, L).squeeze(2)
-    return s if index is None else torch.zeros_like(rhs).scatter_(1, index, s)
+    # (where rounding left a block indefinite, LU still solves it)
+    s = torch.linalg.solve(A, b) if bool(info.any()) else torch.cholesky_solve(b, L)
+    return s.squeeze(2) if index is None else torch.zeros_like(rhs).scatter_(1, index, s.squeeze(2))
 
 
 _COMPACT_FROM = 24  # tasks from which the passive systems are gathered to their largest passive set

@@ -42,8 +42,8 @@ from mtlkit.weighting.jacobian import (
     batch_rows,
     gramian,
     gramian_root,
-    jacobian,
     heads_above,
+    jacobian,
     params_gramian,
     reachable_leaves,
     rep_gramian,
@@ -115,8 +115,8 @@ class _LazyResult(BalanceResult):
         self.weights = dict(zip(self._names, w)) if self._weights is not None or self._listed else {}
         return getattr(self, name)
 
-    @property  # type: ignore[override]
-    def positional(self) -> list[Tensor] | None:
+    @property
+    def positional(self) -> list[Tensor] | None:  # type: ignore[override]
         if self._order is None:
             return None
         every, left_out = self._order
@@ -616,9 +616,7 @@ class GradientBalancer(Balancer):
             weights = self._rows_gramian_weights(G, names, losses, index)
             g = _checked_update(self, times(weights), names)
         else:
-            J, specific_grads = rep_jacobian(
-                losses, reps, also=specific, retain_graph=one_backward, readers=readers
-            )
+            J, specific_grads = rep_jacobian(losses, reps, also=specific, retain_graph=one_backward, readers=readers)
             if self.rep_reduce != "sample" or self.batch_rows_only:
                 # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
                 _check_rep_reduce(self)

@@ -138,7 +138,7 @@ def rep_jacobian(
     *,
     also: Sequence[Tensor] = (),
     retain_graph: bool = True,
-    readers: dict | None | Literal["find"] = "find",
+    readers: dict | Literal["find"] | None = "find",
 ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
     """T×N Jacobian at shared representations from one backward pass, and ∂Σ_t L_t/∂`also`.
 
@@ -222,7 +222,7 @@ def rep_gramian(
     reps: Sequence[Tensor],
     *,
     also: Sequence[Tensor] = (),
-    readers: dict | None | Literal["find"] = "find",
+    readers: dict | Literal["find"] | None = "find",
 ) -> tuple[Tensor, Callable[[Tensor], Tensor], tuple[Tensor | None, ...]] | None:
     """G = JJᵀ of the per-sample rows at 2-D representations without forming J, `times(w)` = wᵀJ, ∂Σ_t L_t/∂`also`.
 
@@ -625,7 +625,7 @@ def _reader_owners(losses: Sequence[Tensor], targets: list[tuple]) -> dict | Non
     return _above(losses, targets)[0]
 
 
-_AccumulateGrad = torch._C._functions.AccumulateGrad  # the node of a leaf tensor that requires grad
+_AccumulateGrad = torch._C._functions.AccumulateGrad  # type: ignore[attr-defined]  # a leaf's node
 
 
 def _above(
@@ -650,7 +650,7 @@ def _above(
                 continue
             seen.add(node)
             if type(node) is _AccumulateGrad:
-                variable = node.variable
+                variable = node.variable  # type: ignore[attr-defined]
                 if id(variable) not in skip:
                     leaves.setdefault(id(variable), variable)
                 continue
