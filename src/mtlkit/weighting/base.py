@@ -602,24 +602,24 @@ class GradientBalancer(Balancer):
         # heads' own gradients), one through the trunk from g. A batched pass would push T
         # rows (T−1 of them zero) through every head.
         one_backward = collectives is not None and collectives.reduces_in_backward
+        batch = self.rep_reduce != "sample" or self.batch_rows_only
+        if batch:  # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows
+            _check_rep_reduce(self)
         readers, above = heads_above(losses, reps)
         specific = [] if one_backward else above
-        plain = (
-            self._combines_gramian()
-            and collectives is None
-            and self.rep_reduce == "sample"
-            and not self.batch_rows_only
+        plain = self._combines_gramian() and collectives is None and not self.batch_rows_only
+        found = (
+            rep_gramian(losses, reps, also=specific, readers=readers, reduce="batch" if batch else "sample")
+            if plain
+            else None
         )
-        found = rep_gramian(losses, reps, also=specific, readers=readers) if plain else None
         if found is not None:
             G, times, specific_grads = found
             weights = self._rows_gramian_weights(G, names, losses, index)
             g = _checked_update(self, times(weights), names)
         else:
             J, specific_grads = rep_jacobian(losses, reps, also=specific, retain_graph=one_backward, readers=readers)
-            if self.rep_reduce != "sample" or self.batch_rows_only:
-                # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-                _check_rep_reduce(self)
+            if batch:
                 rows = batch_rows(J, reps)
                 if collectives is not None:  # the global batch's rows: sums add up (see _combine_global_gramian)
                     rows = rows.contiguous()

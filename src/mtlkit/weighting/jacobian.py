@@ -223,6 +223,7 @@ def rep_gramian(
     *,
     also: Sequence[Tensor] = (),
     readers: dict | Literal["find"] | None = "find",
+    reduce: Literal["sample", "batch"] = "sample",
 ) -> tuple[Tensor, Callable[[Tensor], Tensor], tuple[Tensor | None, ...]] | None:
     """G = JJᵀ of the per-sample rows at 2-D representations without forming J, `times(w)` = wᵀJ, ∂Σ_t L_t/∂`also`.
 
@@ -236,6 +237,8 @@ def rep_gramian(
     (nothing run) where it does not apply: another reader, a representation that is not
     2-D, a parameter in `also` below the representations, or no parameter in `also`.
     The pass frees the part of the graph it traverses (the heads). `readers`: as in `rep_jacobian`.
+    `reduce="batch"`: G of the rows summed over the batch (`batch_rows`), from 1ᵀΔ in place of
+    Δ; `times` still applies w to the per-sample rows.
     """
     reps, also = list(reps), list(also)
     if not reps or not also or any(r.dim() != 2 or r.is_complex() for r in reps):
@@ -286,7 +289,8 @@ def rep_gramian(
             continue
         delta = torch.cat([r.new_zeros(r.shape[0], m.shape[1]) if d is None else d for _, m, d in mine], 1).to(dtype)
         M = torch.cat([m for _, m, _ in mine], dim=1).to(dtype)
-        C = (delta.T @ delta) * (M.T @ M)
+        left = delta if reduce == "sample" else delta.sum(dim=0, keepdim=True)
+        C = (left.T @ left) * (M.T @ M)
         tasks = [t for t, m, _ in mine for _ in range(m.shape[1])]
         column_task = None
         if tasks != list(range(T)):  # add up the rows and columns of each task's readers (no 0·inf)
