@@ -187,11 +187,12 @@ def dual_cone_weights(G: Tensor, U: Tensor) -> Tensor:
     tol = 1e-12 * float(G.diagonal().max())
     passive, V = _warm_start(G, rhs, tol)
     for _ in range(3 * T + 10):
-        grad = (U + V) @ G
+        W = U + V
+        grad = W @ G
         candidates = ~passive & (grad < -tol)
+        if not bool(candidates.any()):
+            return W
         moving = candidates.any(dim=1).nonzero().flatten()
-        if moving.numel() == 0:
-            break
         entering = torch.where(candidates, grad, torch.full_like(grad, float("inf"))).argmin(dim=1)
         passive[moving, entering[moving]] = True
         for _ in range(3 * T + 10):
@@ -227,6 +228,8 @@ def _warm_start(G: Tensor, rhs: Tensor, tol: float) -> tuple[Tensor, Tensor]:
         return passive, torch.zeros_like(rhs)
     V = _passive_solve(G, rhs, passive)  # zero off the passive sets
     bad = passive & (V <= 0)
+    if not bool(bad.any()):
+        return passive, V
     rows = bad.any(dim=1).nonzero().flatten()
     while rows.numel():  # each pass drops a coordinate from each of these rows: at most T passes
         kept = passive[rows] & ~bad[rows]
