@@ -357,8 +357,9 @@ class GradientBalancer(Balancer):
     "sample" (default) keeps one row block per sample, T×(B·D), the exact task Jacobian
     at the representation; "batch" sums each task's gradient over the batch first, T×D,
     as LibMTL's `rep_grad=True` does. Either way the weights then combine the per-sample
-    rows that go through the trunk. "batch" is cheaper (a T×D Gramian) and needs a method
-    defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
+    rows that go through the trunk. "batch" needs a method defined by `weights(G)`; the two
+    give different weights (benchmarks/README.md compares them). Heads starting with
+    `nn.Linear` give either Gramian from their factors, without the rows (`rep_gramian`).
     A method whose state follows the coordinates of its task gradients across steps (MoCo,
     ExcessMTL) sets `batch_rows_only`: per-sample rows change meaning with every batch, so at
     a representation it takes "batch" rows only (its default) and reports weights for them.

@@ -27,8 +27,10 @@
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
   the one pass over the heads, which also yields the heads' own gradients.
 - `rep_gramian(losses, reps, also=head_params)`: for heads whose first operation on the
-  representation is a matrix product (`nn.Linear`), G of those rows and w ↦ wᵀJ from the
-  heads' output gradients and weights, without the rows (where that is cheaper).
+  representation is a matrix product (`nn.Linear`), G of those rows (or of their batch
+  sums) and w ↦ wᵀJ from the heads' output gradients and weights, without the rows (where
+  that is cheaper). Both take the readers that `heads_above` found in its one walk of the
+  heads, which also gives the heads' parameters.
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
