@@ -57,3 +57,22 @@ def test_nearly_identical_gradients_terminate_at_the_min_norm_point():
 def test_simplex_min_needs_a_positive_c():
     with pytest.raises(ValueError, match="c > 0"):
         simplex_min(torch.eye(2, dtype=torch.float64), c=0.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dual_cone_weights_for_many_tasks_gather_the_passive_systems_to_the_same_solution(seed, monkeypatch):
+    # T >= _COMPACT_FROM: each row's passive system is gathered to the largest passive set.
+    import mtlkit.weighting._qp as qp
+
+    gen = torch.Generator().manual_seed(seed)
+    T = qp._COMPACT_FROM + 6 * seed
+    J = torch.randn(T, 3 * T, generator=gen, dtype=torch.float64) - 0.1 * seed
+    G = J @ J.T / (3 * T) + 1e-9 * torch.eye(T, dtype=torch.float64)
+    U = torch.diag(torch.rand(T, generator=gen, dtype=torch.float64))
+    W = dual_cone_weights(G, U)
+    grad = W @ G
+    assert bool((W >= U - 1e-12).all())
+    assert bool((grad >= -1e-9).all())
+    assert float(((W - U) * grad).abs().max()) < 1e-9
+    monkeypatch.setattr(qp, "_COMPACT_FROM", T + 1)  # the T×T systems, padded with the identity
+    assert torch.allclose(dual_cone_weights(G, U), W, rtol=1e-10, atol=1e-13)

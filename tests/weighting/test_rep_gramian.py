@@ -6,7 +6,7 @@ from torch import nn
 
 import mtlkit.weighting.jacobian as engine
 from mtlkit.weighting import get
-from mtlkit.weighting.jacobian import gramian, leaves_above, rep_gramian, rep_jacobian, task_jacobian
+from mtlkit.weighting.jacobian import batch_rows, gramian, leaves_above, rep_gramian, rep_jacobian, task_jacobian
 
 
 def _model(kind: str, T: int = 3):
@@ -49,14 +49,16 @@ def factors_always(monkeypatch):
     monkeypatch.setattr(engine, "_factors_are_cheaper", lambda *args: True)
 
 
+@pytest.mark.parametrize("reduce", ["sample", "batch"])
 @pytest.mark.parametrize("kind", ["width 1", "width 3", "no bias", "two readers", "two reps"])
-def test_factored_gramian_and_update_equal_those_of_the_rows_in_float64(kind, factors_always):
+def test_factored_gramian_and_update_equal_those_of_the_rows_in_float64(kind, reduce, factors_always):
     losses, reps, heads = _model(kind)
     J = task_jacobian(losses, reps)  # one plain backward per task: the independent reference
+    rows = J if reduce == "sample" else batch_rows(J, reps)
     expected_heads = torch.autograd.grad(sum(losses), heads, retain_graph=True)
-    G, times, grads = rep_gramian(losses, reps, also=heads)
+    G, times, grads = rep_gramian(losses, reps, also=heads, reduce=reduce)
     w = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64)
-    assert torch.allclose(G, gramian(J), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(G, gramian(rows), rtol=1e-12, atol=1e-14)
     assert torch.allclose(times(w), w @ J, rtol=1e-12, atol=1e-14)
     assert all(torch.allclose(g, e, rtol=1e-12, atol=1e-14) for g, e in zip(grads, expected_heads))
 
@@ -109,12 +111,15 @@ def test_factored_gramian_declines_where_it_does_not_apply():
     [("mgda", {}), ("mgda", {"normalization": "loss+"}), ("upgrad", {"preference": [0.2, 0.3, 0.5]}), ("imtl_g", {})],
 )
 @pytest.mark.parametrize("kind", ["width 1", "two readers"])
-def test_reps_backward_from_factors_equals_the_per_task_reference_in_float64(name, options, kind, monkeypatch):
-    # The reference: rows from one plain backward per task, the method's weights from their Gramian.
+@pytest.mark.parametrize("reduce", ["sample", "batch"])
+def test_reps_backward_from_factors_equals_the_per_task_reference_in_float64(name, options, kind, reduce, monkeypatch):
+    # The reference: rows from one plain backward per task, the method's weights from their Gramian
+    # (of the batch-summed rows with rep_reduce="batch"), applied to the per-sample rows.
     losses, reps, heads = _model(kind)
     J = task_jacobian(losses, reps)
     balancer = get(name, tasks=3, **options)
-    _, w = balancer.combine(J, torch.stack(losses).detach(), torch.arange(3))
+    rows = J if reduce == "sample" else batch_rows(J, reps)
+    _, w = balancer.combine(rows, torch.stack(losses).detach(), torch.arange(3))
     rep = reps[0]
     leaves = [leaf for leaf in engine.reachable_leaves_from([rep.grad_fn])]
     expected_trunk = torch.autograd.grad(rep, leaves, (w @ J).view_as(rep), retain_graph=True)
@@ -123,7 +128,9 @@ def test_reps_backward_from_factors_equals_the_per_task_reference_in_float64(nam
         monkeypatch.setattr(engine, "_factors_are_cheaper", lambda *args, factored=factored: factored)
         losses, reps, heads = _model(kind)
         leaves = engine.reachable_leaves_from([reps[0].grad_fn])
-        result = get(name, tasks=3, **options).backward(losses, shared_reps=reps[0])
+        method = get(name, tasks=3, **options)
+        method.rep_reduce = reduce
+        result = method.backward(losses, shared_reps=reps[0])
         assert torch.allclose(torch.stack(list(result.weights.values())), w, rtol=1e-12, atol=1e-14)
         for p, e in zip([*leaves, *heads], [*expected_trunk, *expected_heads]):
             assert torch.allclose(p.grad, e, rtol=1e-12, atol=1e-14), (factored, p.shape)

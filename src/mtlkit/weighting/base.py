@@ -42,8 +42,8 @@ from mtlkit.weighting.jacobian import (
     batch_rows,
     gramian,
     gramian_root,
+    heads_above,
     jacobian,
-    leaves_above,
     params_gramian,
     reachable_leaves,
     rep_gramian,
@@ -76,19 +76,34 @@ class BalanceResult:
     def __iter__(self):
         return iter((self.loss, self.scaled_losses if self.positional is None else self.positional))
 
+    def _in_order(self, every: list[str], losses: list) -> None:
+        """For losses given as a list (every task's name, in order): `positional`, a left-out loss unscaled."""
+        self.positional = [
+            self.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
+            for name, loss in zip(every, losses)
+        ]
 
-class _LossResult(BalanceResult):
-    """The `BalanceResult` of a loss balancer's step, with its tensors built on first read.
+
+class _LazyResult(BalanceResult):
+    """A `BalanceResult` with its tensors built on first read.
 
     The Trainer reads a result's tensors only on the steps it logs: the others build none.
-    Holds the detached losses (stacked, or a list for EW) and a copy of the weights (None:
-    all 1), and builds from them what `LossBalancer` always built, with the same values.
+    Holds the detached losses of the active tasks (stacked, or a list) and a copy of the
+    weights (None: all 1, listed in `weights` only with `unit_weights_listed`), and builds
+    from them what an eager result holds, with the same values.
     """
 
-    def __init__(self, names: list[str], losses: Tensor | list[Tensor], weights: Tensor | None) -> None:
-        self._names, self._losses, self._weights = names, losses, weights
-        self.stats = {}
-        self.positional = None
+    def __init__(
+        self,
+        names: list[str],
+        losses: Tensor | list[Tensor],
+        weights: Tensor | None,
+        stats: dict[str, Tensor] | None = None,
+        unit_weights_listed: bool = True,
+    ) -> None:
+        self._names, self._losses, self._weights, self._listed = names, losses, weights, unit_weights_listed
+        self.stats = {} if stats is None else stats
+        self._order: tuple[list[str], dict] | None = None
 
     def __getattr__(self, name: str):  # only for attributes not set yet: loss, scaled_losses, weights
         if name not in ("loss", "scaled_losses", "weights"):
@@ -96,12 +111,23 @@ class _LossResult(BalanceResult):
         vec = torch.stack(self._losses) if isinstance(self._losses, list) else self._losses
         w = vec.new_ones(vec.shape) if self._weights is None else self._weights
         scaled = w * vec
-        self.loss, self.scaled_losses, self.weights = (
-            scaled.sum(),
-            dict(zip(self._names, scaled)),
-            dict(zip(self._names, w)),
-        )
+        self.loss, self.scaled_losses = scaled.sum(), dict(zip(self._names, scaled))
+        self.weights = dict(zip(self._names, w)) if self._weights is not None or self._listed else {}
         return getattr(self, name)
+
+    @property
+    def positional(self) -> list[Tensor] | None:  # type: ignore[override]
+        if self._order is None:
+            return None
+        every, left_out = self._order
+        scaled = self.scaled_losses
+        return [scaled[name] if name in scaled else left_out[name] for name in every]
+
+    def _in_order(self, every: list[str], losses: list) -> None:
+        # The active tasks' scaled losses are all in `scaled_losses`: keep the others' losses only.
+        active = set(self._names)
+        left_out = {n: x.detach() if isinstance(x, Tensor) else x for n, x in zip(every, losses) if n not in active}
+        self._order = (every, left_out)
 
 
 class Balancer(nn.Module):
@@ -159,7 +185,9 @@ class Balancer(nn.Module):
         if shared_reps is not None and not self.supports_shared_reps:
             raise shared_reps_refused(self)
         if not self._losses_checked:
-            _check_finite_rows(torch.stack(active).detach().unsqueeze(1), names, "loss")
+            vec = torch.stack(active).detach()
+            if not bool(torch.isfinite(vec).all()):
+                _check_finite_rows(vec.unsqueeze(1), names, "loss")
         if collectives is None:  # `_collectives` is None outside a call: nothing to set (nn.Module's setattr is slow)
             result = self._backward(names, index, active, shared_params, shared_reps)
         else:
@@ -169,10 +197,7 @@ class Balancer(nn.Module):
             finally:
                 self._collectives = None
         if not isinstance(losses, Mapping):
-            result.positional = [
-                result.scaled_losses.get(name, loss.detach() if isinstance(loss, Tensor) else loss)
-                for name, loss in zip(every, losses)
-            ]
+            result._in_order(every, losses)
         return result
 
     @contextlib.contextmanager
@@ -269,12 +294,12 @@ class LossBalancer(Balancer):
         # One backward of the weighted losses: a data-parallel wrapper (DDP) averages its gradients.
         if self.unit_weights:  # the same gradients as `combine`'s Σ_t 1·L_t, in fewer operations
             (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
-            return _LossResult(names, [loss.detach() for loss in losses], None)
+            return _LazyResult(names, [loss.detach() for loss in losses], None)
         vec = torch.stack(losses)
         objective, weights = self.combine(vec, index)
         objective.backward()
         # A copy of the weights: a method may update the tensor it returned in place later.
-        return _LossResult(names, vec.detach(), weights.detach().clone())
+        return _LazyResult(names, vec.detach(), weights.detach().clone())
 
 
 class Collectives(Protocol):
@@ -336,8 +361,9 @@ class GradientBalancer(Balancer):
     "sample" (default) keeps one row block per sample, T×(B·D), the exact task Jacobian
     at the representation; "batch" sums each task's gradient over the batch first, T×D,
     as LibMTL's `rep_grad=True` does. Either way the weights then combine the per-sample
-    rows that go through the trunk. "batch" is cheaper (a T×D Gramian) and needs a method
-    defined by `weights(G)`; the two give different weights (benchmarks/README.md compares them).
+    rows that go through the trunk. "batch" needs a method defined by `weights(G)`; the two
+    give different weights (benchmarks/README.md compares them). Heads starting with
+    `nn.Linear` give either Gramian from their factors, without the rows (`rep_gramian`).
     A method whose state follows the coordinates of its task gradients across steps (MoCo,
     ExcessMTL) sets `batch_rows_only`: per-sample rows change meaning with every batch, so at
     a representation it takes "batch" rows only (its default) and reports weights for them.
@@ -567,7 +593,8 @@ class GradientBalancer(Balancer):
         shared_reps: Reps,
         collectives: Collectives | None,
     ):
-        self.column_blocks = None
+        if self.column_blocks is not None:  # (nn.Module's setattr costs a few µs a step)
+            self.column_blocks = None
         reps = [shared_reps] if isinstance(shared_reps, Tensor) else list(shared_reps)
         for i, r in enumerate(reps):
             if not r.requires_grad:
@@ -580,23 +607,24 @@ class GradientBalancer(Balancer):
         # heads' own gradients), one through the trunk from g. A batched pass would push T
         # rows (T−1 of them zero) through every head.
         one_backward = collectives is not None and collectives.reduces_in_backward
-        specific = [] if one_backward else leaves_above(losses, reps)
-        plain = (
-            self._combines_gramian()
-            and collectives is None
-            and self.rep_reduce == "sample"
-            and not self.batch_rows_only
+        batch = self.rep_reduce != "sample" or self.batch_rows_only
+        if batch:  # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows
+            _check_rep_reduce(self)
+        readers, above = heads_above(losses, reps)
+        specific = [] if one_backward else above
+        plain = self._combines_gramian() and collectives is None and not self.batch_rows_only
+        found = (
+            rep_gramian(losses, reps, also=specific, readers=readers, reduce="batch" if batch else "sample")
+            if plain
+            else None
         )
-        found = rep_gramian(losses, reps, also=specific) if plain else None
         if found is not None:
             G, times, specific_grads = found
             weights = self._rows_gramian_weights(G, names, losses, index)
             g = _checked_update(self, times(weights), names)
         else:
-            J, specific_grads = rep_jacobian(losses, reps, also=specific, retain_graph=one_backward)
-            if self.rep_reduce != "sample" or self.batch_rows_only:
-                # LibMTL's rep_grad: weights from the batch-summed rows, applied to the per-sample rows.
-                _check_rep_reduce(self)
+            J, specific_grads = rep_jacobian(losses, reps, also=specific, retain_graph=one_backward, readers=readers)
+            if batch:
                 rows = batch_rows(J, reps)
                 if collectives is not None:  # the global batch's rows: sums add up (see _combine_global_gramian)
                     rows = rows.contiguous()
@@ -748,15 +776,16 @@ def _replace(value: Tensor, grad: Tensor) -> Tensor:
 def gradient_step_result(
     names: list[str], losses: list[Tensor], weights: Tensor | None, grad_norm: Tensor
 ) -> BalanceResult:
-    """A gradient method's `BalanceResult`: the losses scaled by its weights (1 without them), the update's norm."""
-    vec = torch.stack(losses).detach()
-    w = weights.detach() if weights is not None else torch.ones_like(vec)
-    scaled = w * vec
-    return BalanceResult(
-        loss=scaled.sum(),
-        scaled_losses=dict(zip(names, scaled.unbind())),
-        weights=dict(zip(names, w.unbind())) if weights is not None else {},
-        stats={"grad_norm": grad_norm.reshape(())},
+    """A gradient method's `BalanceResult`: the losses scaled by its weights (1 without them), the update's norm.
+
+    Built on first read (a copy of the weights: a method may update the tensor it returned in place later).
+    """
+    return _LazyResult(
+        names,
+        [loss.detach() for loss in losses],
+        None if weights is None else weights.detach().clone(),
+        {"grad_norm": grad_norm.reshape(())},
+        unit_weights_listed=False,
     )
 
 

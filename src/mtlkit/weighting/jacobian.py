@@ -32,8 +32,10 @@
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
   the one pass over the heads, which also yields the heads' own gradients.
 - `rep_gramian(losses, reps, also=head_params)`: for heads whose first operation on the
-  representation is a matrix product (`nn.Linear`), G of those rows and w ↦ wᵀJ from the
-  heads' output gradients and weights, without the rows (where that is cheaper).
+  representation is a matrix product (`nn.Linear`), G of those rows (or of their batch
+  sums) and w ↦ wᵀJ from the heads' output gradients and weights, without the rows (where
+  that is cheaper). Both take the readers that `heads_above` found in its one walk of the
+  heads, which also gives the heads' parameters.
 - `task_jacobian(losses, inputs)`: one plain backward per loss, on its own graph.
 """
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -137,7 +140,12 @@ def task_jacobian(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, retain_
 
 
 def rep_jacobian(
-    losses: Sequence[Tensor], reps: Sequence[Tensor], *, also: Sequence[Tensor] = (), retain_graph: bool = True
+    losses: Sequence[Tensor],
+    reps: Sequence[Tensor],
+    *,
+    also: Sequence[Tensor] = (),
+    retain_graph: bool = True,
+    readers: dict | Literal["find"] | None = "find",
 ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
     """T×N Jacobian at shared representations from one backward pass, and ∂Σ_t L_t/∂`also`.
 
@@ -151,11 +159,12 @@ def rep_jacobian(
     representation), the shares cannot be told apart and the rows come from
     `task_jacobian` instead. `retain_graph=False` frees the part of the graph the pass
     traverses (the heads) as it goes; the graph below the representations is kept.
+    `readers`: the first of `heads_above(losses, reps)`, when the caller has it.
     """
     reps, also = list(reps), list(also)
     total = torch.stack(list(losses)).sum()
     targets = [(r.grad_fn, r.output_nr) for r in reps]
-    owner = _reader_owners(losses, targets)
+    owner = heads_above(losses, reps)[0] if readers == "find" else readers
     if owner is None:
         J = task_jacobian(losses, reps)
         return J, torch.autograd.grad(total, also, retain_graph=True, allow_unused=True) if also else ()
@@ -216,7 +225,12 @@ _PRODUCT_READERS = {"AddmmBackward0": 1, "MmBackward0": 0}
 
 
 def rep_gramian(
-    losses: Sequence[Tensor], reps: Sequence[Tensor], *, also: Sequence[Tensor] = ()
+    losses: Sequence[Tensor],
+    reps: Sequence[Tensor],
+    *,
+    also: Sequence[Tensor] = (),
+    readers: dict | Literal["find"] | None = "find",
+    reduce: Literal["sample", "batch"] = "sample",
 ) -> tuple[Tensor, Callable[[Tensor], Tensor], tuple[Tensor | None, ...]] | None:
     """G = JJᵀ of the per-sample rows at 2-D representations without forming J, `times(w)` = wᵀJ, ∂Σ_t L_t/∂`also`.
 
@@ -229,40 +243,41 @@ def rep_gramian(
     K²(B + D) against T²·B·D for JJᵀ (K = Σ k_r), so it is taken only when not costlier. None
     (nothing run) where it does not apply: another reader, a representation that is not
     2-D, a parameter in `also` below the representations, or no parameter in `also`.
-    The pass frees the part of the graph it traverses (the heads).
+    The pass frees the part of the graph it traverses (the heads). `readers`: as in `rep_jacobian`.
+    `reduce="batch"`: G of the rows summed over the batch (`batch_rows`), from 1ᵀΔ in place of
+    Δ; `times` still applies w to the per-sample rows.
     """
     reps, also = list(reps), list(also)
     if not reps or not also or any(r.dim() != 2 or r.is_complex() for r in reps):
         return None
     targets = [(r.grad_fn, r.output_nr) for r in reps]
-    owner = _reader_owners(losses, targets)
+    owner = heads_above(losses, reps)[0] if readers == "find" else readers
     if owner is None:
         return None
-    readers: list[tuple[int, int, Node, Tensor]] = []  # (task, rep, node, alpha·m)
+    wanted, stops = {id(x) for x in also}, {fn for fn, _ in targets}
+    products: list[tuple[int, int, Node, Tensor]] = []  # (task, rep, node, alpha·m)
     for node, t in owner.items():
         index = _PRODUCT_READERS.get(type(node).__name__)
-        edges = [i for i, edge in enumerate(node.next_functions) if edge in targets]
-        if index is None or edges != [index]:
+        nexts = node.next_functions
+        if index is None or [i for i, edge in enumerate(nexts) if edge in targets] != [index]:
+            return None
+        # The pass runs a reader (and its pre-hook, which sees δ after any tensor hooks) only
+        # when a parameter in `also` lies behind it (a head's own weight or bias).
+        if not _reaches(nexts, wanted, stops):
             return None
         m = node._saved_mat2.detach()  # the head weight saved for the product: values only, no graph
         alpha = getattr(node, "_saved_alpha", 1)
-        readers.append((t, targets.index(node.next_functions[index]), node, m if alpha == 1 else alpha * m))
-    widths = [sum(m.shape[1] for _, k, _, m in readers if k == j) for j in range(len(reps))]
+        products.append((t, targets.index(nexts[index]), node, m if alpha == 1 else alpha * m))
+    widths = [sum(m.shape[1] for _, k, _, m in products if k == j) for j in range(len(reps))]
     T = len(losses)
     if not _factors_are_cheaper(widths, reps, T):
         return None
-    below = {id(v) for v in reachable_leaves_from(fn for fn, _ in targets)}
-    if any(id(x) in below for x in also):
+    if any(id(v) in wanted for v in reachable_leaves_from(stops)):
         return None
-    # The pass runs a reader (and its pre-hook, which sees δ after any tensor hooks) only
-    # when a parameter in `also` lies behind it (a head's own weight or bias).
-    wanted, stops = {id(x) for x in also}, {fn for fn, _ in targets}
-    if not all(_reaches(node, wanted, stops) for _, _, node, _ in readers):
-        return None
-    deltas: list[Tensor | None] = [None] * len(readers)
+    deltas: list[Tensor | None] = [None] * len(products)
     handles = [
         node.register_prehook(functools.partial(_keep_output_grad, deltas, i))
-        for i, (_, _, node, _) in enumerate(readers)
+        for i, (_, _, node, _) in enumerate(products)
     ]
     try:
         grads = torch.autograd.grad(torch.stack(list(losses)).sum(), also, allow_unused=True)
@@ -275,13 +290,14 @@ def rep_gramian(
     # (None when column t belongs to task t).
     factors: list[tuple[Tensor, Tensor, Tensor | None] | None] = []
     for j, r in enumerate(reps):
-        mine = [(t, m, d) for (t, k, _, m), d in zip(readers, deltas) if k == j]
+        mine = [(t, m, d) for (t, k, _, m), d in zip(products, deltas) if k == j]
         if not mine:
             factors.append(None)
             continue
         delta = torch.cat([r.new_zeros(r.shape[0], m.shape[1]) if d is None else d for _, m, d in mine], 1).to(dtype)
         M = torch.cat([m for _, m, _ in mine], dim=1).to(dtype)
-        C = (delta.T @ delta) * (M.T @ M)
+        left = delta if reduce == "sample" else delta.sum(dim=0, keepdim=True)
+        C = (left.T @ left) * (M.T @ M)
         tasks = [t for t, m, _ in mine for _ in range(m.shape[1])]
         column_task = None
         if tasks != list(range(T)):  # add up the rows and columns of each task's readers (no 0·inf)
@@ -310,9 +326,12 @@ def _keep_output_grad(deltas: list, i: int, grad_outputs: tuple) -> None:
     deltas[i] = grad_outputs[0]
 
 
-def _reaches(node: Node, wanted: set[int], stops: set) -> bool:
-    """Whether a leaf whose id is in `wanted` lies below `node`, not passing through `stops`."""
-    return any(id(leaf) in wanted for leaf in _leaves_below((fn for fn, _ in node.next_functions), stops))
+def _reaches(edges: tuple, wanted: set[int], stops: set) -> bool:
+    """Whether a leaf whose id is in `wanted` lies at or below the nodes of `edges`, not passing through `stops`."""
+    nodes = [fn for fn, _ in edges]
+    if any(type(fn) is _AccumulateGrad and id(fn.variable) in wanted for fn in nodes):  # a bias, say: no walk
+        return True
+    return any(id(leaf) in wanted for leaf in _leaves_below(nodes, stops))
 
 
 def _factors_are_cheaper(widths: list[int], reps: list[Tensor], T: int) -> bool:
@@ -337,9 +356,13 @@ def batch_rows(J: Tensor, reps: Sequence[Tensor]) -> Tensor:
 
 def leaves_above(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> list[Tensor]:
     """Leaf tensors requiring grad that the losses reach without going through `reps`."""
-    stops = {r.grad_fn for r in reps if r.grad_fn is not None}
-    stop_leaves = {id(r) for r in reps if r.grad_fn is None}
-    return [leaf for leaf in _leaves_below((loss.grad_fn for loss in losses), stops) if id(leaf) not in stop_leaves]
+    return heads_above(losses, reps)[1]
+
+
+def heads_above(losses: Sequence[Tensor], reps: Sequence[Tensor]) -> tuple[dict | None, list[Tensor]]:
+    """One walk above the representations: {node reading one: its task} (None if a node serves several tasks, or
+    a representation is a leaf), and `leaves_above`. `rep_jacobian` and `rep_gramian` take the first as `readers`."""
+    return _above(losses, [(r.grad_fn, r.output_nr) for r in reps], {id(r) for r in reps if r.grad_fn is None})
 
 
 def gramian(J: Tensor) -> Tensor:
@@ -711,32 +734,44 @@ def _batched(outputs: list, seeds: list[Tensor], inputs: list[Tensor], chunk_siz
 
 def _reader_owners(losses: Sequence[Tensor], targets: list[tuple]) -> dict | None:
     """{node reading a target: its task}, or None if a reader serves several tasks (or a target is a leaf)."""
-    if any(fn is None for fn, _ in targets):  # a leaf representation has no node to find
-        return None
-    owner: dict = {}
+    return _above(losses, targets)[0]
+
+
+_AccumulateGrad = torch._C._functions.AccumulateGrad  # type: ignore[attr-defined]  # a leaf's node
+
+
+def _above(
+    losses: Sequence[Tensor], targets: list[tuple], skip: set[int] | frozenset[int] = frozenset()
+) -> tuple[dict | None, list[Tensor]]:
+    """One walk of each loss's graph down to the edges `targets` (not below their nodes): the readers and the leaves.
+
+    Returns {node with an input edge in `targets`: its task} (None when such a node is on
+    several losses' graphs, or a target is a leaf's, which has no node), and the leaf
+    tensors requiring grad on the way, each once, those whose id is in `skip` left out.
+    """
+    edges = set(targets)
+    stops = {fn for fn, _ in edges}
+    owner: dict | None = None if None in stops else {}
+    leaves: dict[int, Tensor] = {}
     for t, loss in enumerate(losses):
-        for node in _readers(loss, targets):
-            if owner.setdefault(node, t) != t:
-                return None
-    return owner
-
-
-def _readers(loss: Tensor, targets: list[tuple]) -> set:
-    """Autograd nodes on `loss`'s graph with an input edge to one of `targets` (not below them)."""
-    found, seen = set(), set()
-    stack = [loss.grad_fn]
-    target_nodes = {fn for fn, _ in targets}
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen or node in target_nodes:
-            continue
-        seen.add(node)
-        for edge in node.next_functions:
-            if edge in targets:
-                found.add(node)
-            else:
-                stack.append(edge[0])
-    return found
+        seen = set()
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen or node in stops:
+                continue
+            seen.add(node)
+            if type(node) is _AccumulateGrad:
+                variable = node.variable  # type: ignore[attr-defined]
+                if id(variable) not in skip:
+                    leaves.setdefault(id(variable), variable)
+                continue
+            for edge in node.next_functions:
+                if edge not in edges:
+                    stack.append(edge[0])
+                elif owner is not None and owner.setdefault(node, t) != t:
+                    owner = None
+    return owner, list(leaves.values())
 
 
 def _record(row: list, edges: list[tuple[int, int]], grad_inputs: tuple, grad_outputs: tuple) -> tuple:

@@ -43,15 +43,16 @@ def upgrad_weights(
         weights = dual_cone_weights(regularised, torch.diag(p)).sum(dim=0)
         return weights.to(dtype=G.dtype, device=G.device)
     norms = G64.diagonal().clamp(min=0).sqrt()
-    top = float(norms.max())
+    values = norms.tolist()  # on the host at once: the checks below are on T numbers
+    top = max(values)
     if top <= 0:
         return p.to(dtype=G.dtype, device=G.device)
     live = norms > 1e-12 * top
-    every = bool(live.all())  # the usual case: no boolean indexing
+    every = all(x > 1e-12 * top for x in values)  # the usual case: no boolean indexing
     n = norms if every else norms[live]
     ridge = max(_RIDGE, n.numel() * torch.finfo(G.dtype).eps)
     C = (G64 if every else G64[live][:, live]) / (n.unsqueeze(0) * n.unsqueeze(1))
-    C = C + ridge * torch.eye(n.numel(), dtype=torch.float64)
+    C.diagonal().add_(ridge)  # (C is a new tensor)
     Y = dual_cone_weights(C, torch.diag((p if every else p[live]) * n))
     if every:
         weights = Y.sum(dim=0) / n
