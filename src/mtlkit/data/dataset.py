@@ -22,7 +22,12 @@ class GatherIndices(list):
 
     `DictDataset.__getitems__` gathers such a batch field by field (`Gathered`) instead
     of building one `(x_dict, y_dict)` pair per index; `collate_dicts` finishes it.
+    `index` holds the same indices as an int64 tensor when the loader has one.
     """
+
+    def __init__(self, indices: Sequence[int], index: Tensor | None = None) -> None:
+        super().__init__(indices)
+        self.index = index
 
 
 class Gathered(NamedTuple):
@@ -100,7 +105,7 @@ class DictDataset(Dataset):
         """
         if not isinstance(indices, GatherIndices) or type(self).__getitem__ is not DictDataset.__getitem__:
             return [self[i] for i in indices]
-        index = torch.tensor(indices, dtype=torch.long)
+        index = indices.index if indices.index is not None else torch.tensor(indices, dtype=torch.long)
         return Gathered(_gather(self.X_dict, indices, index), _gather(self.Y_dict, indices, index))
 
     def __len__(self) -> int:

@@ -76,6 +76,15 @@ class _Gathering:
     def __iter__(self) -> Iterator[GatherIndices]:
         return (GatherIndices(batch) for batch in self.batch_sampler)
 
+    def sliced(self) -> Iterator[GatherIndices]:
+        """The same batches, cut from the sampler's index tensor: each carries its indices as a
+        tensor too (`GatherIndices.index`), so that the dataset need not build one per batch."""
+        order = self.batch_sampler.sampler.order()
+        rows = order.tolist()
+        size, n = self.batch_sampler.batch_size, len(rows)
+        for start in range(0, n - n % size if self.batch_sampler.drop_last else n, size):
+            yield GatherIndices(rows[start : start + size], order[start : start + size])
+
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
@@ -111,16 +120,21 @@ class EpochSampler(Sampler[int]):
         self._passes = 0
 
     def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def order(self) -> Tensor:
+        """The indices of the next pass (what `iter` yields), as one int64 tensor; starts that pass."""
         if self.shuffle:
             if self.seed is None:
                 raise ValueError("a shuffling EpochSampler needs an integer seed")
-            indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes)).tolist()
+            indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes))
         else:
-            indices = list(range(self.length))
+            indices = torch.arange(self.length)
         self._passes += 1
         total = len(self) * self.num_replicas
-        padded = (indices * math.ceil(total / max(self.length, 1)))[:total]
-        return iter(padded[self.rank :: self.num_replicas])
+        if self.num_replicas == 1:
+            return indices
+        return indices.repeat(math.ceil(total / max(self.length, 1)))[:total][self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
         return math.ceil(self.length / self.num_replicas)
@@ -184,7 +198,7 @@ class DictDataLoader(DataLoader):
         (the same batches, in the same order; no `torch.profiler` span per batch)."""
         batches = self._index_sampler
         if self.num_workers == 0 and not self.pin_memory and isinstance(batches, _Gathering):
-            iterator = (collate_dicts(self.dataset.__getitems__(indices)) for indices in batches)
+            iterator = (collate_dicts(self.dataset.__getitems__(indices)) for indices in batches.sliced())
             # torch's iterator draws a base seed from the loader's generator (the global one by
             # default): drawing it too keeps every later random number what it was.
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)
