@@ -219,17 +219,19 @@ class Trainer:
 
     def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, dict[str, float], BalanceResult, Any] | None:
         """One optimizer step on the next batch: (losses, their values, balancer result, dataset), or None when skipped."""
-        cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer, contexts, grad_clip = self.optimizer, self._contexts, self.config.grad_clip
+        optimizer.zero_grad(set_to_none=True)
         out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
         values = self._loss_values(out.losses)
-        nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
-        if nonfinite:
-            self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
-            return None
-        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])
+        if not math.isfinite(sum(values.values())):  # a sum of finite values is finite unless it overflows
+            nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
+            if nonfinite:
+                self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
+                return None
+        if contexts.needs:
+            contexts.begin(*self._batch, lr=optimizer.param_groups[0]["lr"])
         # The balancer's own finiteness check is off for the fit (`fit`): the values above were checked.
         result = self.strategy.backward(
             self.balancer,
@@ -237,13 +239,14 @@ class Trainer:
             shared_params=self.model.shared_parameters() if self._reads_shared and out.shared_reps is None else None,
             shared_reps=out.shared_reps,
         )
-        if cfg.grad_clip is not None:
-            norm = nn.utils.clip_grad_norm_(self._parameters, cfg.grad_clip)
+        if grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(self._parameters, grad_clip)
             if not math.isfinite(norm.item()):  # a device sync, as `bool(torch.isfinite(norm))` would be
                 self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
                 return None
-        self.optimizer.step()
-        self._contexts.after_step()  # FAMO: the batch's losses after the step
+        optimizer.step()
+        if contexts.needs:
+            contexts.after_step()  # FAMO: the batch's losses after the step
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.step += 1
@@ -315,17 +318,20 @@ class Trainer:
         )
         batches = self.batch_scheduler.get_batches(self._train_loaders)
         self._contexts.start_epoch()
+        param_groups, train_step, log_every = self.optimizer.param_groups, self._train_step, cfg.log_every
         for _ in range(self._batches_per_epoch):
-            lr = self.optimizer.param_groups[0]["lr"]
-            done = self._train_step(batches)
+            # the learning rate of this step, read before the step when the step would log
+            lr = param_groups[0]["lr"] if loggers and (self.step + 1) % log_every == 0 else None
+            done = train_step(batches)
             if done is not None:
                 out, values, result, dataset = done
                 losses.add(values, out.counts, dataset)
                 if not bar.disable:  # drawn on the epoch's first step, then whenever tqdm redraws (`mininterval`)
                     bar.set_postfix_str(f"loss={losses.running:.4f}", refresh=losses.steps == 1)
-                if loggers and self.step % cfg.log_every == 0:
+                if lr is not None:
                     _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
-            bar.update()
+            if not bar.disable:
+                bar.update()
         bar.close()
         return losses.means()
 
