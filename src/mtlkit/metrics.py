@@ -238,14 +238,18 @@ class ScoreState:
                 raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
         keep = scorer.labelled(golds)
         self.counts[0] += int(keep.sum())
-        kept_golds = golds[keep.to(golds.device)]
-        kept_preds, kept_probs = (None if v is None else v[keep.to(v.device)] for v in (preds, probs))
-        if scorer.custom_metric_funcs or "roc_auc" in scorer.metrics:
+        keeps_rows = bool(scorer.custom_metric_funcs) or "roc_auc" in scorer.metrics
+        if not keeps_rows and not scorer.is_regression:  # the confusion matrix needs no copy of the labelled rows
+            if scorer.metrics:
+                self._update_classification(golds, preds, probs, keep)
+            return
+        kept_golds, kept_preds, kept_probs = (None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
+        if keeps_rows:
             self.rows.append([None if v is None else v.detach().cpu() for v in (kept_golds, kept_preds, kept_probs)])
         if not scorer.metrics:
             return
         if scorer.is_regression:
-            self._update_regression(kept_golds, kept_preds, kept_probs)
+            self._update_regression(kept_golds, kept_preds, kept_probs)  # type: ignore[arg-type]  # golds are given
         else:
             self._update_classification(golds, preds, probs, keep)
 
@@ -262,21 +266,25 @@ class ScoreState:
         preds = _as_labels("preds", preds).to(golds.device)
         marker = resolve(preds, scorer.abstain_label)
         no_answer = preds == (NO_CLASS if marker is None else marker)
-        self.counts[1] += len(preds)
-        self.counts[2] += int((~no_answer).sum())
-        kept = keep.to(golds.device) & ~scorer._is_abstain(preds)
+        answered = int(no_answer.logical_not_().sum())  # `no_answer` now holds the answered rows
+        self.counts[1:] += torch.tensor([len(preds), answered], dtype=torch.float64)
+        # the rows scored: labelled, and predicted (the abstains are the rows without an answer, if any)
+        kept = keep.to(golds.device) & no_answer if marker is not None else keep.to(golds.device)
         golds, preds = golds[kept], preds[kept]
         C = int(self.num_classes or 0)
         if probs is not None and probs.dim() == 2:
             self.width[0] = probs.shape[1]
             C = probs.shape[1]
         for name, values in (("golds", golds), ("preds", preds)):
-            if len(values) and (int(values.min()) < -1 or int(values.max()) >= C):
+            if not len(values):
+                continue
+            low, high = torch.aminmax(values)
+            if int(low) < -1 or int(high) >= C:
                 columns = (
                     f"probs have {C} columns" if probs is not None and probs.dim() == 2 else f"there are {C} classes"
                 )
                 raise ValueError(
-                    f"Scorer: {name} hold label {int(values.max()) if int(values.max()) >= C else int(values.min())} but "
+                    f"Scorer: {name} hold label {int(high) if int(high) >= C else int(low)} but "
                     f"{columns}; labels must lie in [0, {C - 1}] (is the abstain label right?)"
                 )
         index = (golds.cpu() + 1) * self.confusion.shape[1] + preds.cpu() + 1

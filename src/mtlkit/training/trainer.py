@@ -260,7 +260,7 @@ class Trainer:
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
-        return self.strategy.global_step(lambda: self._local_step(batches), self.model.task_names, self._loss_dtype)
+        return self.strategy.global_step(lambda: self._local_step(batches), self._task_names, self._loss_dtype)
 
     def _local_step(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """This process's next batch through the model, its losses in the model's task order, and its dataset."""
@@ -270,7 +270,7 @@ class Trainer:
 
     def _model_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
         """`training_step` through the strategy, with each dataset's first batch checked against the model."""
-        with self._autocast(), self._checks.first_batch(dataset):
+        with self._autocast, self._checks.first_batch(dataset):
             out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
         if len(out.losses) > 1:
             order = self._task_order
@@ -281,7 +281,7 @@ class Trainer:
         """The global losses of another batch (a balancer's extra or post-step forward), as in a training step."""
         dataset = self._batch[1].dataset
         out, _ = self.strategy.global_step(
-            lambda: (self._model_step(X, Y, dataset), dataset), self.model.task_names, self._loss_dtype
+            lambda: (self._model_step(X, Y, dataset), dataset), self._task_names, self._loss_dtype
         )
         return out
 
@@ -365,7 +365,9 @@ class Trainer:
         self._model = model
         self.device = _device_of(model)
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        self._task_order = {task: i for i, task in enumerate(model.task_names)}
+        self._task_names = list(model.task_names)
+        self._task_order = {task: i for i, task in enumerate(self._task_names)}
+        self._autocast = self._autocast_context()  # entered around every training forward
         balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
         kind = type(balancer)  # a balancer that only weights the losses never reads the shared parameters
         self._reads_shared = kind._backward is not LossBalancer._backward or kind.backward is not Balancer.backward
@@ -415,7 +417,7 @@ class Trainer:
         name, kwargs = (spec, {}) if isinstance(spec, str) else spec
         return get_balancer(name, tasks=list(task_names), **kwargs)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast_context(self) -> contextlib.AbstractContextManager:
         if self.config.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
