@@ -22,12 +22,7 @@ class GatherIndices(list):
 
     `DictDataset.__getitems__` gathers such a batch field by field (`Gathered`) instead
     of building one `(x_dict, y_dict)` pair per index; `collate_dicts` finishes it.
-    `index` holds the same indices as an int64 tensor when the loader has one.
     """
-
-    def __init__(self, indices: Sequence[int], index: Tensor | None = None) -> None:
-        super().__init__(indices)
-        self.index = index
 
 
 class Gathered(NamedTuple):
@@ -105,8 +100,12 @@ class DictDataset(Dataset):
         """
         if not isinstance(indices, GatherIndices) or type(self).__getitem__ is not DictDataset.__getitem__:
             return [self[i] for i in indices]
-        index = indices.index if indices.index is not None else torch.tensor(indices, dtype=torch.long)
-        return Gathered(_gather(self.X_dict, indices, index), _gather(self.Y_dict, indices, index))
+        return self.gather(torch.tensor(indices, dtype=torch.long))
+
+    def gather(self, index: Tensor) -> Gathered:
+        """The examples at `index` (a 1-D int64 tensor) field by field: one indexing per strided
+        tensor field (what stacking its rows gives), the list of its rows for any other field."""
+        return Gathered(_gather(self.X_dict, index), _gather(self.Y_dict, index))
 
     def __len__(self) -> int:
         return self._length
@@ -131,11 +130,10 @@ class DictDataset(Dataset):
         return cls(name=dataset_name, split=split, X_dict={input_data_key: X_tensor}, Y_dict={task_name: Y_tensor})
 
 
-def _gather(fields: dict[str, Any], indices: Sequence[int], index: Tensor) -> dict[str, Any]:
-    """Each field's rows at `indices`: one indexing for a strided tensor (what stacking its rows gives), else a list."""
+def _gather(fields: dict[str, Any], index: Tensor) -> dict[str, Any]:
     return {
         key: values[index]
         if isinstance(values, Tensor) and values.layout == torch.strided
-        else [values[i] for i in indices]
+        else [values[i] for i in index.tolist()]
         for key, values in fields.items()
     }

@@ -68,7 +68,8 @@ def _collate_gathered(where: str, key: str, values: Any, pad_value: float) -> Te
 
 
 class _Gathering:
-    """A batch sampler's batches as `GatherIndices`, for `DictDataset.__getitems__`."""
+    """A batch sampler's batches as `GatherIndices`, for `DictDataset.__getitems__`, or (`index_batches`)
+    as index tensors, for `DictDataset.gather`."""
 
     def __init__(self, batch_sampler: Any) -> None:
         self.batch_sampler = batch_sampler
@@ -76,14 +77,14 @@ class _Gathering:
     def __iter__(self) -> Iterator[GatherIndices]:
         return (GatherIndices(batch) for batch in self.batch_sampler)
 
-    def sliced(self) -> Iterator[GatherIndices]:
-        """The same batches, cut from the sampler's index tensor: each carries its indices as a
-        tensor too (`GatherIndices.index`), so that the dataset need not build one per batch."""
+    def index_batches(self) -> Iterator[Tensor]:
+        """The same batches as views of the sampler's index tensor (`EpochSampler.order`), without
+        a list of ints per batch."""
         order = self.batch_sampler.sampler.order()
-        rows = order.tolist()
-        size, n = self.batch_sampler.batch_size, len(rows)
-        for start in range(0, n - n % size if self.batch_sampler.drop_last else n, size):
-            yield GatherIndices(rows[start : start + size], order[start : start + size])
+        size, n = self.batch_sampler.batch_size, len(order)
+        return (
+            order[start : start + size] for start in range(0, n - n % size if self.batch_sampler.drop_last else n, size)
+        )
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -198,7 +199,14 @@ class DictDataLoader(DataLoader):
         (the same batches, in the same order; no `torch.profiler` span per batch)."""
         batches = self._index_sampler
         if self.num_workers == 0 and not self.pin_memory and isinstance(batches, _Gathering):
-            iterator = (collate_dicts(self.dataset.__getitems__(indices)) for indices in batches.sliced())
+            dataset = self.dataset
+            if (
+                type(dataset).__getitem__ is DictDataset.__getitem__
+                and type(dataset).__getitems__ is DictDataset.__getitems__
+            ):
+                iterator = (collate_dicts(dataset.gather(index)) for index in batches.index_batches())
+            else:  # a subclass's own way to fetch examples
+                iterator = (collate_dicts(dataset.__getitems__(indices)) for indices in batches)
             # torch's iterator draws a base seed from the loader's generator (the global one by
             # default): drawing it too keeps every later random number what it was.
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)
