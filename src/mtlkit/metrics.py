@@ -243,7 +243,9 @@ class ScoreState:
             if scorer.metrics:
                 self._update_classification(golds, preds, probs, keep)
             return
-        kept_golds, kept_preds, kept_probs = (None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs))
+        kept_golds, kept_preds, kept_probs = (
+            None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)
+        )
         if keeps_rows:
             self.rows.append([None if v is None else v.detach().cpu() for v in (kept_golds, kept_preds, kept_probs)])
         if not scorer.metrics:

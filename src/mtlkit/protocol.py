@@ -107,8 +107,8 @@ def labelled_batch(targets: Mapping[str, Any], markers: Mapping[str, Marker]) ->
         else:
             pending.append((task, *check))
     if pending:
-        read = host_values([probe for _, probe, _ in pending])
-        checks.update((task, test(value)) for (task, _, test), value in zip(pending, read))
+        for (task, _, test), value in zip(pending, host_values([probe for _, probe, _ in pending])):
+            checks[task] = test(value)
     found: dict[str, Labelled] = {}
     for task, target in targets.items():
         marker = markers.get(task, AUTO)
@@ -145,16 +145,10 @@ def _may_hold(target: Tensor, marker: Marker) -> bool | tuple[Tensor, Callable[[
         return (target.sum(), math.isnan) if target.is_floating_point() else False
     dtype = target.dtype
     if dtype is torch.int64 and type(value) is int and -(2**63) <= value < 2**63:
-        return target.amin(), _at_most(value)
+        return target.amin(), functools.partial(operator.ge, value)  # value >= min
     if dtype in _UNORDERED:
         return True
     return target.amin() <= value, bool
-
-
-@functools.lru_cache(maxsize=64)
-def _at_most(value: int) -> Callable[[Any], bool]:
-    """The test `minimum <= value` (kept per marker: one per task, not one per batch)."""
-    return functools.partial(operator.ge, value)
 
 
 _UNORDERED = (torch.bool, torch.complex32, torch.complex64, torch.complex128)  # no cheap bound: count exactly
@@ -168,7 +162,7 @@ def host_values(tensors: Sequence[Tensor]) -> list[Any]:
     """
     if not tensors:
         return []
-    if tensors[0].device.type == "cpu":
+    if tensors[0].is_cpu:
         return [tensor.item() for tensor in tensors]
     return torch.stack([tensor.detach().reshape(()) for tensor in tensors]).tolist()
 

@@ -244,3 +244,12 @@ def test_direct_iteration_of_a_shard_gives_torchs_batches(drop_last):
     assert len(ours) == len(torchs) == (1 if drop_last else 2)  # 6 rows on each rank: one batch of 4, then 2
     for a, b in zip(ours, torchs):
         _assert_same_batch(a, b)
+
+
+@pytest.mark.parametrize(
+    ("n", "drop_last", "sizes"), [(3, True, []), (3, False, [3]), (0, False, []), (9, True, [4, 4])]
+)
+def test_direct_iteration_gives_the_batch_samplers_batch_sizes(n, drop_last, sizes):
+    dataset = DictDataset("d", "train", {"x": torch.arange(float(n))}, {"t": torch.arange(n)})
+    loader = DictDataLoader(dataset, batch_size=4, shuffle=True, seed=0, drop_last=drop_last)
+    assert [len(Y["t"]) for _, Y in loader] == sizes == [len(batch) for batch in loader.batch_sampler]

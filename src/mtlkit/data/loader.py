@@ -77,14 +77,13 @@ class _Gathering:
     def __iter__(self) -> Iterator[GatherIndices]:
         return (GatherIndices(batch) for batch in self.batch_sampler)
 
-    def index_batches(self) -> Iterator[Tensor]:
+    def index_batches(self) -> list[Tensor]:
         """The same batches as views of the sampler's index tensor (`EpochSampler.order`), without
         a list of ints per batch."""
         order = self.batch_sampler.sampler.order()
         size, n = self.batch_sampler.batch_size, len(order)
-        return (
-            order[start : start + size] for start in range(0, n - n % size if self.batch_sampler.drop_last else n, size)
-        )
+        stop = n - n % size if self.batch_sampler.drop_last else n
+        return list(order[:stop].split(size)) if stop else []  # `split` of no rows gives one empty batch
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -235,8 +234,11 @@ def move_to_device(obj: Any, device: torch.device | str) -> Any:
     """Move every tensor in nested dicts/lists/tuples to `device`; other values are returned as they are."""
     if isinstance(obj, Tensor):
         return obj if obj.device == device else obj.to(device)  # `to` returns it too, at a dispatch's cost
-    if isinstance(obj, dict):
-        return {key: move_to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, dict):  # a batch's fields: a tensor already on `device` is kept without a call
+        return {
+            key: value if isinstance(value, Tensor) and value.device == device else move_to_device(value, device)
+            for key, value in obj.items()
+        }
     if isinstance(obj, list):
         return [move_to_device(value, device) for value in obj]
     if isinstance(obj, tuple):
