@@ -53,18 +53,14 @@ def collate_dicts(batch: Sequence[tuple[XDict, YDict]] | Gathered) -> tuple[XDic
     `Gathered` batch (`DictDataset.__getitems__`) is the same batch, its tensor fields
     already stacked.
     """
-    if isinstance(batch, Gathered):
-        X = {key: _collate_gathered("X_dict", key, values, X_PAD_VALUE) for key, values in batch.X.items()}
-        Y = {key: _collate_gathered("Y_dict", key, values, Y_PAD_VALUE) for key, values in batch.Y.items()}
+    if isinstance(batch, Gathered):  # its tensor fields are stacked already, any other field is the list of its rows
+        X = {k: v if isinstance(v, Tensor) else _collate_field("X_dict", k, v, X_PAD_VALUE) for k, v in batch.X.items()}
+        Y = {k: v if isinstance(v, Tensor) else _collate_field("Y_dict", k, v, Y_PAD_VALUE) for k, v in batch.Y.items()}
         return X, Y
     x_keys, y_keys = batch[0][0].keys(), batch[0][1].keys()
     X = {key: _collate_field("X_dict", key, [x[key] for x, _ in batch], X_PAD_VALUE) for key in x_keys}
     Y = {key: _collate_field("Y_dict", key, [y[key] for _, y in batch], Y_PAD_VALUE) for key in y_keys}
     return X, Y
-
-
-def _collate_gathered(where: str, key: str, values: Any, pad_value: float) -> Tensor | list[Any]:
-    return values if isinstance(values, Tensor) else _collate_field(where, key, values, pad_value)
 
 
 class _Gathering:
