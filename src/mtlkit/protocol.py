@@ -102,7 +102,7 @@ def labelled_batch(targets: Mapping[str, Any], markers: Mapping[str, Marker]) ->
         if not isinstance(target, Tensor):
             raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
         check = _may_hold(target, markers.get(task, AUTO))
-        if check.__class__ is bool:
+        if isinstance(check, bool):
             checks[task] = check
         else:
             pending.append((task, *check))
