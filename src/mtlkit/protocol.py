@@ -163,7 +163,7 @@ def host_values(tensors: Sequence[Tensor]) -> list[Any]:
     if not tensors:
         return []
     if tensors[0].is_cpu:
-        return [tensor.item() for tensor in tensors]
+        return list(map(Tensor.item, tensors))
     return torch.stack([tensor.detach().reshape(()) for tensor in tensors]).tolist()
 
 

@@ -131,9 +131,10 @@ class DictDataset(Dataset):
 
 
 def _gather(fields: dict[str, Any], index: Tensor) -> dict[str, Any]:
-    return {
-        key: values[index]
-        if isinstance(values, Tensor) and values.layout == torch.strided
-        else [values[i] for i in index.tolist()]
-        for key, values in fields.items()
-    }
+    gathered: dict[str, Any] = {}
+    for key, values in fields.items():
+        if isinstance(values, Tensor) and values.layout == torch.strided:
+            gathered[key] = values[index]
+        else:
+            gathered[key] = [values[i] for i in index.tolist()]
+    return gathered

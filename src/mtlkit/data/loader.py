@@ -50,13 +50,15 @@ def collate_dicts(batch: Sequence[tuple[XDict, YDict]] | Gathered) -> tuple[XDic
     Tensors of equal shape are stacked; 1-D/2-D tensors of different lengths are
     right-padded (X with 0, labels with -1 so that padded positions count as
     unlabelled); non-tensor X fields (strings, ids, ...) stay Python lists. A
-    `Gathered` batch (`DictDataset.__getitems__`) is the same batch, its tensor fields
-    already stacked.
+    `Gathered` batch (`DictDataset.gather`) is the same batch, its tensor fields
+    already stacked: its two dicts are completed in place and returned.
     """
     if isinstance(batch, Gathered):  # its tensor fields are stacked already, any other field is the list of its rows
-        X = {k: v if isinstance(v, Tensor) else _collate_field("X_dict", k, v, X_PAD_VALUE) for k, v in batch.X.items()}
-        Y = {k: v if isinstance(v, Tensor) else _collate_field("Y_dict", k, v, Y_PAD_VALUE) for k, v in batch.Y.items()}
-        return X, Y
+        for where, fields, pad_value in (("X_dict", batch.X, X_PAD_VALUE), ("Y_dict", batch.Y, Y_PAD_VALUE)):
+            for key, values in fields.items():
+                if not isinstance(values, Tensor):
+                    fields[key] = _collate_field(where, key, values, pad_value)
+        return batch.X, batch.Y
     x_keys, y_keys = batch[0][0].keys(), batch[0][1].keys()
     X = {key: _collate_field("X_dict", key, [x[key] for x, _ in batch], X_PAD_VALUE) for key in x_keys}
     Y = {key: _collate_field("Y_dict", key, [y[key] for _, y in batch], Y_PAD_VALUE) for key in y_keys}
@@ -230,11 +232,13 @@ def move_to_device(obj: Any, device: torch.device | str) -> Any:
     """Move every tensor in nested dicts/lists/tuples to `device`; other values are returned as they are."""
     if isinstance(obj, Tensor):
         return obj if obj.device == device else obj.to(device)  # `to` returns it too, at a dispatch's cost
-    if isinstance(obj, dict):  # a batch's fields: a tensor already on `device` is kept without a call
-        return {
-            key: value if isinstance(value, Tensor) and value.device == device else move_to_device(value, device)
-            for key, value in obj.items()
-        }
+    if isinstance(obj, dict):  # a batch's fields (a loop, not a comprehension: no frame per batch)
+        moved: dict[Any, Any] = {}
+        for key, value in obj.items():
+            moved[key] = (
+                value if isinstance(value, Tensor) and value.device == device else move_to_device(value, device)
+            )
+        return moved
     if isinstance(obj, list):
         return [move_to_device(value, device) for value in obj]
     if isinstance(obj, tuple):

@@ -16,7 +16,6 @@ Everything that depends on the number of processes lives in the strategy
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import warnings
@@ -219,7 +218,14 @@ class Trainer:
 
     def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, dict[str, float], BalanceResult, Any] | None:
         """One optimizer step on the next batch: (losses, their values, balancer result, dataset), or None when skipped."""
-        optimizer, contexts, grad_clip = self.optimizer, self._contexts, self.config.grad_clip
+        optimizer, balancer, contexts, grad_clip = (
+            self._optimizer,
+            self._balancer,
+            self._contexts,
+            self.config.grad_clip,
+        )
+        if optimizer is None or balancer is None:
+            raise RuntimeError("Trainer._train_step runs within fit")
         optimizer.zero_grad(set_to_none=True)
         out, dataset = self._forward(batches)
         if not out.losses:
@@ -234,7 +240,7 @@ class Trainer:
             contexts.begin(*self._batch, lr=optimizer.param_groups[0]["lr"])
         # The balancer's own finiteness check is off for the fit (`fit`): the values above were checked.
         result = self.strategy.backward(
-            self.balancer,
+            balancer,
             out.losses,
             shared_params=self.model.shared_parameters() if self._reads_shared and out.shared_reps is None else None,
             shared_reps=out.shared_reps,
@@ -270,8 +276,13 @@ class Trainer:
 
     def _model_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
         """`training_step` through the strategy, with each dataset's first batch checked against the model."""
-        with self._autocast, self._checks.first_batch(dataset):
-            out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+        with self._checks.first_batch(dataset):
+            X, Y = move_to_device(X, self.device), move_to_device(Y, self.device)
+            if self._autocast is None:
+                out = self.strategy.training_step(X, Y)
+            else:
+                with self._autocast:
+                    out = self.strategy.training_step(X, Y)
         if len(out.losses) > 1:
             order = self._task_order
             out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
@@ -367,7 +378,7 @@ class Trainer:
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self._task_names = list(model.task_names)
         self._task_order = {task: i for i, task in enumerate(self._task_names)}
-        self._autocast = self._autocast_context()  # entered around every training forward
+        self._autocast = self._autocast_context()  # entered around every training forward (None: full precision)
         balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
         kind = type(balancer)  # a balancer that only weights the losses never reads the shared parameters
         self._reads_shared = kind._backward is not LossBalancer._backward or kind.backward is not Balancer.backward
@@ -417,10 +428,10 @@ class Trainer:
         name, kwargs = (spec, {}) if isinstance(spec, str) else spec
         return get_balancer(name, tasks=list(task_names), **kwargs)
 
-    def _autocast_context(self) -> contextlib.AbstractContextManager:
+    def _autocast_context(self) -> torch.autocast | None:
         if self.config.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return None
 
     def _state(self) -> dict[str, Any]:
         return {
