@@ -7,6 +7,15 @@ progress bar, gradient clipping at norm 1.0 as in Snorkel). Plain side: the same
 batches, optimizer, clipping and number of steps in a hand-written loop that also computes
 each task's validation accuracy every epoch.
 
+What only the mtlkit side does, and is timed: each step checks the batch's labels for
+missing ones (one reduction and host read), reads the loss values and the clipped norm to
+raise (naming the task) on a non-finite one, keeps the epoch's mean losses; each epoch
+scores the validation loaders through `Scorer` (batch by batch as the loaders give them,
+Snorkel's tie-break, a confusion matrix), and each fit ends by scoring the validation and
+test loaders (the scores `fit` returns). The plain loop scores each validation split in
+one forward (argmax accuracy) and scores nothing at the end. The "of which scoring"
+columns time each side's scoring alone, so that the steps can be compared without it.
+
 - warm: both sides alternate `--repeats` times in one process (after one untimed round);
   each figure is the median.
 - cold: each repetition is a fresh process that imports torch (and mtlkit) untimed and
@@ -59,8 +68,8 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def mtlkit_fits(clock, device: str = "cpu") -> float:
-    """The tutorial's two fits with mtlkit; seconds."""
+def mtlkit_fits(clock, device: str = "cpu") -> tuple[float, float]:
+    """The tutorial's two fits with mtlkit; seconds in all, and of which scoring (per epoch and at the end)."""
     sys.path.insert(0, str(ROOT / "examples"))
     import torch.nn.functional as F
     from snorkel_tutorial import make_dataloaders
@@ -81,16 +90,28 @@ def mtlkit_fits(clock, device: str = "cpu") -> float:
         )
 
     tasks = [task(name) for name in data]
+    scoring = [0.0]
     start = clock()
     trainer = Trainer(n_epochs=EPOCHS, lr=LR, progress_bar=False, device=device)
+    score = trainer.strategy.score
+
+    def timed_score(*args):
+        began = clock()
+        try:
+            return score(*args)
+        finally:
+            scoring[0] += clock() - began
+
+    trainer.strategy.score = timed_score  # type: ignore[method-assign]
     trainer.fit(MultitaskClassifier(tasks[:2]), loaders["circle"] + loaders["square"])
     trainer.fit(MultitaskClassifier(tasks), [loader for name in data for loader in loaders[name]])
     _synchronize(device)
-    return clock() - start
+    return clock() - start, scoring[0]
 
 
-def plain_fits(clock, device: str = "cpu") -> float:
-    """The same steps in a plain PyTorch loop (shuffled batches, Adam, per-epoch validation accuracy); seconds."""
+def plain_fits(clock, device: str = "cpu") -> tuple[float, float]:
+    """The same steps in a plain PyTorch loop (shuffled batches, Adam, per-epoch validation accuracy);
+    seconds in all, and of which the validation accuracy."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -98,6 +119,7 @@ def plain_fits(clock, device: str = "cpu") -> float:
     data = _data()
     base = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU()).to(device)
     heads = {name: nn.Linear(4, 2).to(device) for name in data}
+    scoring = 0.0
     start = clock()
     for names in (["circle", "square"], list(data)):
         params = list(base.parameters()) + [p for name in names for p in heads[name].parameters()]
@@ -117,12 +139,14 @@ def plain_fits(clock, device: str = "cpu") -> float:
                 loss.backward()
                 nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
+            began = clock()
             with torch.no_grad():
                 for name in names:
                     X, Y = data[name][1]
                     (heads[name](base(X.to(device))).argmax(dim=1) == Y.to(device)).float().mean().item()
+            scoring += clock() - began
     _synchronize(device)
-    return clock() - start
+    return clock() - start, scoring
 
 
 SIDES = {"mtlkit": mtlkit_fits, "plain": plain_fits}
@@ -132,12 +156,13 @@ def _clock(name: str):
     return time.process_time if name == "cpu" else time.perf_counter
 
 
-def _cold(side: str, args) -> float:
+def _cold(side: str, args) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, __file__, "--one", side, "--clock", args.clock, "--threads", args.threads]
     command += ["--device", args.device]
     out = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    total, scoring = out.stdout.strip().splitlines()[-1].split()
+    return float(total), float(scoring)
 
 
 def main() -> None:
@@ -158,15 +183,15 @@ def main() -> None:
     if args.one:
         if args.one == "mtlkit":
             import mtlkit  # noqa: F401 - the import is not what is timed
-        print(SIDES[args.one](clock, args.device))
+        print(*SIDES[args.one](clock, args.device))
         return
     for fits in SIDES.values():
         fits(clock, args.device)  # warm-up: imports, first scoring
-    warm: dict[str, list[float]] = {side: [] for side in SIDES}
+    warm: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
     for _ in range(args.repeats):
         for side, fits in SIDES.items():
             warm[side].append(fits(clock, args.device))
-    cold: dict[str, list[float]] = {side: [] for side in SIDES}
+    cold: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
     for _ in range(args.cold_repeats):
         for side in SIDES:
             cold[side].append(_cold(side, args))
@@ -175,16 +200,24 @@ def main() -> None:
         f"threads, {'process CPU time' if args.clock == 'cpu' else 'wall time'}, device {args.device}; "
         "two fits, 1,250 steps of batch 32.\n"
     )
-    print("| run | plain loop (s) | mtlkit Trainer (s) | ratio |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| run | plain loop (s) | of which scoring | mtlkit Trainer (s) | of which scoring | ratio | "
+        "ratio without scoring |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, runs in (
         (f"warm (median of {args.repeats})", warm),
         (f"cold, fresh process (median of {args.cold_repeats})", cold),
     ):
         if not runs["plain"]:  # --repeats 0 or --cold-repeats 0
             continue
-        plain, ours = statistics.median(runs["plain"]), statistics.median(runs["mtlkit"])
-        print(f"| {label} | {plain:.2f} | {ours:.2f} | {ours / plain:.2f}× |")
+        (plain, plain_scoring), (ours, our_scoring) = (
+            [statistics.median(run[k] for run in runs[side]) for k in (0, 1)] for side in ("plain", "mtlkit")
+        )
+        print(
+            f"| {label} | {plain:.2f} | {plain_scoring:.2f} | {ours:.2f} | {our_scoring:.2f} | {ours / plain:.2f}× | "
+            f"{(ours - our_scoring) / (plain - plain_scoring):.2f}× |"
+        )
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

@@ -206,8 +206,8 @@ class Scorer:
 class ScoreState:
     """One scorer's metric state over a stream of rows: `update` with batches, `sync` across processes, `compute`.
 
-    The state is sufficient statistics in float64: the confusion matrix and row counts
-    (classification), per-output sums of errors and targets (regression); the rows
+    The state is sufficient statistics: row counts (Python ints), the confusion matrix
+    (classification) and per-output sums of errors and targets (regression) in float64; the rows
     themselves only for `roc_auc` and custom metric functions, which need them. So the
     scores of a dataset split across processes are those of the whole: each process
     updates with its share, `sync` sums the states, every process computes the same
@@ -220,10 +220,10 @@ class ScoreState:
         self.scorer = scorer
         self.num_classes = num_classes
         # labelled rows; all rows and those with an answer (coverage counts the gold-abstain rows too, as Snorkel)
-        self.counts = torch.zeros(3, dtype=torch.float64)
+        self.counts = [0, 0, 0]
         size = (num_classes or 0) + 1  # index = label + 1: -1 is an ordinary class when abstain_label is None
         self.confusion = torch.zeros(size, size, dtype=torch.float64)
-        self.width = torch.zeros(1, dtype=torch.float64)  # the width of 2-D probs (0: none seen)
+        self.width = 0  # the width of 2-D probs (0: none seen)
         self.sums: Tensor | None = None  # regression: Σe², Σ|e|, Σy, Σy² per output column
         self.rows: list[list[Tensor | None]] = []  # kept for roc_auc and custom metric functions only
 
@@ -238,14 +238,20 @@ class ScoreState:
                 raise ValueError(f"Scorer: {name} has {len(values)} rows but golds has {len(golds)}")
         keep = scorer.labelled(golds)
         self.counts[0] += int(keep.sum())
-        kept_golds = golds[keep.to(golds.device)]
-        kept_preds, kept_probs = (None if v is None else v[keep.to(v.device)] for v in (preds, probs))
-        if scorer.custom_metric_funcs or "roc_auc" in scorer.metrics:
+        keeps_rows = bool(scorer.custom_metric_funcs) or "roc_auc" in scorer.metrics
+        if not keeps_rows and not scorer.is_regression:  # the confusion matrix needs no copy of the labelled rows
+            if scorer.metrics:
+                self._update_classification(golds, preds, probs, keep)
+            return
+        kept_golds, kept_preds, kept_probs = (
+            None if v is None else v[keep.to(v.device)] for v in (golds, preds, probs)
+        )
+        if keeps_rows:
             self.rows.append([None if v is None else v.detach().cpu() for v in (kept_golds, kept_preds, kept_probs)])
         if not scorer.metrics:
             return
         if scorer.is_regression:
-            self._update_regression(kept_golds, kept_preds, kept_probs)
+            self._update_regression(kept_golds, kept_preds, kept_probs)  # type: ignore[arg-type]  # golds are given
         else:
             self._update_classification(golds, preds, probs, keep)
 
@@ -262,24 +268,30 @@ class ScoreState:
         preds = _as_labels("preds", preds).to(golds.device)
         marker = resolve(preds, scorer.abstain_label)
         no_answer = preds == (NO_CLASS if marker is None else marker)
+        answered = int(no_answer.logical_not_().sum())  # `no_answer` now holds the answered rows
         self.counts[1] += len(preds)
-        self.counts[2] += int((~no_answer).sum())
-        kept = keep.to(golds.device) & ~scorer._is_abstain(preds)
+        self.counts[2] += answered
+        # the rows scored: labelled, and predicted (the abstains are the rows without an answer, if any)
+        kept = keep.to(golds.device) & no_answer if marker is not None else keep.to(golds.device)
         golds, preds = golds[kept], preds[kept]
         C = int(self.num_classes or 0)
         if probs is not None and probs.dim() == 2:
-            self.width[0] = probs.shape[1]
+            self.width = probs.shape[1]
             C = probs.shape[1]
         for name, values in (("golds", golds), ("preds", preds)):
-            if len(values) and (int(values.min()) < -1 or int(values.max()) >= C):
+            if not len(values):
+                continue
+            low, high = torch.aminmax(values)
+            if int(low) < -1 or int(high) >= C:
                 columns = (
                     f"probs have {C} columns" if probs is not None and probs.dim() == 2 else f"there are {C} classes"
                 )
                 raise ValueError(
-                    f"Scorer: {name} hold label {int(values.max()) if int(values.max()) >= C else int(values.min())} but "
+                    f"Scorer: {name} hold label {int(high) if int(high) >= C else int(low)} but "
                     f"{columns}; labels must lie in [0, {C - 1}] (is the abstain label right?)"
                 )
-        index = (golds.cpu() + 1) * self.confusion.shape[1] + preds.cpu() + 1
+        size = self.confusion.shape[1]
+        index = golds.cpu() * size + preds.cpu() + (size + 1)  # (gold + 1, pred + 1) in row-major order
         self.confusion += torch.bincount(index, minlength=self.confusion.numel()).reshape(self.confusion.shape).double()
 
     def _update_regression(self, golds: Tensor, preds: Tensor | None, probs: Tensor | None) -> None:
@@ -301,9 +313,11 @@ class ScoreState:
         """Sum the states over the processes of the default torch.distributed group (every one must call it)."""
         import torch.distributed as dist
 
-        dist.all_reduce(self.counts)
+        counts, width = torch.tensor(self.counts, dtype=torch.float64), torch.tensor([self.width], dtype=torch.float64)
+        dist.all_reduce(counts)
         dist.all_reduce(self.confusion)
-        dist.all_reduce(self.width, op=dist.ReduceOp.MAX)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        self.counts, self.width = [int(n) for n in counts.tolist()], int(width)
         if self.scorer.is_regression and self.scorer.metrics:
             columns = torch.tensor([0 if self.sums is None else self.sums.shape[1]], dtype=torch.float64)
             dist.all_reduce(columns, op=dist.ReduceOp.MAX)
@@ -318,7 +332,7 @@ class ScoreState:
     def compute(self) -> dict[str, float]:
         """The scores of every row added (and, after `sync`, of every process's rows)."""
         scorer = self.scorer
-        labelled, rows, answered = (int(n) for n in self.counts.tolist())
+        labelled, rows, answered = self.counts
         if labelled == 0:
             raise ValueError(f"Scorer: every gold label is the abstain label {scorer.abstain_label}; nothing to score")
         results: dict[str, float] = {}
@@ -335,7 +349,7 @@ class ScoreState:
 
     def _classification(self, rows: int, answered: int) -> dict[str, float]:
         scorer = self.scorer
-        width = int(self.width) or 2
+        width = self.width or 2
         present = (self.confusion.sum(0) + self.confusion.sum(1)) > 0
         present[1 : width + 1] = True  # 0..width-1: the columns of probs (else 0 and 1)
         classes = torch.arange(-1, len(present) - 1)[present]

@@ -96,25 +96,35 @@ def labelled_batch(targets: Mapping[str, Any], markers: Mapping[str, Marker]) ->
     tasks together one host read (`host_values`); only a task with missing labels pays
     for its row mask and count (one more read).
     """
-    checks: dict[str, Any] = {}
+    checks: dict[str, bool] = {}
+    pending: list[tuple[str, Tensor, Callable[[Any], bool]]] = []
     for task, target in targets.items():
         if not isinstance(target, Tensor):
             raise TypeError(f"task {task!r}: targets must be a tensor, got {type(target).__name__}")
-        checks[task] = _may_hold(target, markers.get(task, AUTO))
-    pending = {task: check for task, check in checks.items() if isinstance(check, tuple)}
-    read = host_values([probe for probe, _ in pending.values()])
-    checks.update((task, test(value)) for (task, (_, test)), value in zip(pending.items(), read))
+        check = _may_hold(target, markers.get(task, AUTO))
+        if isinstance(check, bool):
+            checks[task] = check
+        else:
+            pending.append((task, *check))
+    if pending:
+        for (task, _, test), value in zip(pending, host_values([probe for _, probe, _ in pending])):
+            checks[task] = test(value)
     found: dict[str, Labelled] = {}
     for task, target in targets.items():
         marker = markers.get(task, AUTO)
         if not checks[task]:
-            found[task] = Labelled(target, None, len(target), marker)
+            found[task] = Labelled(target, None, _rows(target), marker)
             continue
         absent = unlabelled_rows(target, marker)
-        count = len(absent) - int(absent.count_nonzero())
+        count = _rows(absent) - int(absent.count_nonzero())
         if count:
-            found[task] = Labelled(target, None if count == len(absent) else ~absent, count, marker)
+            found[task] = Labelled(target, None if count == _rows(absent) else ~absent, count, marker)
     return found
+
+
+def _rows(tensor: Tensor) -> int:
+    """`len(tensor)` (the first dimension), without `Tensor.__len__`'s Python-level checks."""
+    return tensor.shape[0] if tensor.dim() else len(tensor)
 
 
 def _may_hold(target: Tensor, marker: Marker) -> bool | tuple[Tensor, Callable[[Any], bool]]:
@@ -129,14 +139,15 @@ def _may_hold(target: Tensor, marker: Marker) -> bool | tuple[Tensor, Callable[[
     value = resolve(target, marker)
     if value is None:
         return False
-    if not len(target):
+    if not _rows(target):
         return True  # the exact count (zero) leaves the task out
     if value != value:  # NaN
         return (target.sum(), math.isnan) if target.is_floating_point() else False
-    if target.dtype in _UNORDERED:
-        return True
-    if target.dtype == torch.int64 and type(value) is int and -(2**63) <= value < 2**63:
+    dtype = target.dtype
+    if dtype is torch.int64 and type(value) is int and -(2**63) <= value < 2**63:
         return target.amin(), functools.partial(operator.ge, value)  # value >= min
+    if dtype in _UNORDERED:
+        return True
     return target.amin() <= value, bool
 
 
@@ -151,8 +162,8 @@ def host_values(tensors: Sequence[Tensor]) -> list[Any]:
     """
     if not tensors:
         return []
-    if tensors[0].device.type == "cpu":
-        return [tensor.item() for tensor in tensors]
+    if tensors[0].is_cpu:
+        return list(map(Tensor.item, tensors))
     return torch.stack([tensor.detach().reshape(()) for tensor in tensors]).tolist()
 
 

@@ -210,3 +210,46 @@ def test_worker_processes_keep_torchs_iterator():
     iterator = iter(DictDataLoader(_dataset(), batch_size=4, num_workers=1))
     assert isinstance(iterator, _BaseDataLoaderIter)
     assert [len(Y["t"]) for _, Y in iterator] == [4, 4, 2]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_sharded_order_wraps_around_as_torchs_distributed_sampler(shuffle):
+    from torch.utils.data import DistributedSampler
+
+    from mtlkit.data.seeding import generator
+
+    n, replicas = 10, 4
+    whole = torch.randperm(n, generator=generator(5, 2, 0)).tolist() if shuffle else list(range(n))
+    padded = whole + whole[: 12 - n]  # DistributedSampler's padding: the first indices again
+    for rank in range(replicas):
+        sampler = EpochSampler(n, shuffle=shuffle, seed=5, num_replicas=replicas, rank=rank)
+        sampler.set_epoch(2)
+        order = sampler.order()
+        assert order.dtype == torch.int64 and order.tolist() == padded[rank::replicas]
+        if not shuffle:  # torch's own sampler, which shuffles with another generator
+            assert order.tolist() == list(DistributedSampler(range(n), replicas, rank, shuffle=False))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_direct_iteration_of_a_shard_gives_torchs_batches(drop_last):
+    from torch.utils.data import DataLoader
+
+    loader = DictDataLoader(
+        _mixed_dataset(), batch_size=4, shuffle=True, seed=1, num_replicas=2, rank=1, drop_last=drop_last
+    )
+    loader.set_epoch(3)
+    ours = list(DictDataLoader.__iter__(loader))
+    loader.set_epoch(3)
+    torchs = list(DataLoader.__iter__(loader))
+    assert len(ours) == len(torchs) == (1 if drop_last else 2)  # 6 rows on each rank: one batch of 4, then 2
+    for a, b in zip(ours, torchs):
+        _assert_same_batch(a, b)
+
+
+@pytest.mark.parametrize(
+    ("n", "drop_last", "sizes"), [(3, True, []), (3, False, [3]), (0, False, []), (9, True, [4, 4])]
+)
+def test_direct_iteration_gives_the_batch_samplers_batch_sizes(n, drop_last, sizes):
+    dataset = DictDataset("d", "train", {"x": torch.arange(float(n))}, {"t": torch.arange(n)})
+    loader = DictDataLoader(dataset, batch_size=4, shuffle=True, seed=0, drop_last=drop_last)
+    assert [len(Y["t"]) for _, Y in loader] == sizes == [len(batch) for batch in loader.batch_sampler]

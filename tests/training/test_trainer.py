@@ -271,6 +271,18 @@ def test_json_log_holds_task_losses_lr_weights_and_metrics(make_model, make_load
     assert "a/dsA/test/accuracy" in evals[-1] and "model/all/train/loss" in evals[0]
 
 
+def test_logged_lr_is_the_one_each_logged_step_used(make_model, make_loaders, tmp_path):
+    # LinearLR from lr to 0 over the run's 16 steps: step k (from 1) runs at lr * (1 - (k - 1) / 16)
+    trainer = Trainer(
+        n_epochs=2, lr=0.1, lr_scheduler="linear", logging=True, log_dir=str(tmp_path), log_every=3, **QUIET
+    )
+    trainer.fit(make_model(), make_loaders())
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["train/lr"] for r in records if "train/lr" in r}
+    assert trainer.step == 16 and list(logged) == [3, 6, 9, 12, 15]
+    assert logged == {k: pytest.approx(0.1 * (1 - (k - 1) / 16), rel=1e-9) for k in logged}
+
+
 def test_tensorboard_writer_writes_event_files(make_model, make_loaders, tmp_path):
     Trainer(logging=True, log_writers="tensorboard", log_dir=str(tmp_path), **QUIET).fit(make_model(), make_loaders())
     assert list(tmp_path.glob("events.out.tfevents.*"))

@@ -100,8 +100,12 @@ class DictDataset(Dataset):
         """
         if not isinstance(indices, GatherIndices) or type(self).__getitem__ is not DictDataset.__getitem__:
             return [self[i] for i in indices]
-        index = torch.tensor(indices, dtype=torch.long)
-        return Gathered(_gather(self.X_dict, indices, index), _gather(self.Y_dict, indices, index))
+        return self.gather(torch.tensor(indices, dtype=torch.long))
+
+    def gather(self, index: Tensor) -> Gathered:
+        """The examples at `index` (a 1-D int64 tensor) field by field: one indexing per strided
+        tensor field (what stacking its rows gives), the list of its rows for any other field."""
+        return Gathered(_gather(self.X_dict, index), _gather(self.Y_dict, index))
 
     def __len__(self) -> int:
         return self._length
@@ -126,11 +130,11 @@ class DictDataset(Dataset):
         return cls(name=dataset_name, split=split, X_dict={input_data_key: X_tensor}, Y_dict={task_name: Y_tensor})
 
 
-def _gather(fields: dict[str, Any], indices: Sequence[int], index: Tensor) -> dict[str, Any]:
-    """Each field's rows at `indices`: one indexing for a strided tensor (what stacking its rows gives), else a list."""
-    return {
-        key: values[index]
-        if isinstance(values, Tensor) and values.layout == torch.strided
-        else [values[i] for i in indices]
-        for key, values in fields.items()
-    }
+def _gather(fields: dict[str, Any], index: Tensor) -> dict[str, Any]:
+    gathered: dict[str, Any] = {}
+    for key, values in fields.items():
+        if isinstance(values, Tensor) and values.layout == torch.strided:
+            gathered[key] = values[index]
+        else:
+            gathered[key] = [values[i] for i in index.tolist()]
+    return gathered

@@ -50,31 +50,38 @@ def collate_dicts(batch: Sequence[tuple[XDict, YDict]] | Gathered) -> tuple[XDic
     Tensors of equal shape are stacked; 1-D/2-D tensors of different lengths are
     right-padded (X with 0, labels with -1 so that padded positions count as
     unlabelled); non-tensor X fields (strings, ids, ...) stay Python lists. A
-    `Gathered` batch (`DictDataset.__getitems__`) is the same batch, its tensor fields
-    already stacked.
+    `Gathered` batch (`DictDataset.gather`) is the same batch, its tensor fields
+    already stacked: its two dicts are completed in place and returned.
     """
-    if isinstance(batch, Gathered):
-        X = {key: _collate_gathered("X_dict", key, values, X_PAD_VALUE) for key, values in batch.X.items()}
-        Y = {key: _collate_gathered("Y_dict", key, values, Y_PAD_VALUE) for key, values in batch.Y.items()}
-        return X, Y
+    if isinstance(batch, Gathered):  # its tensor fields are stacked already, any other field is the list of its rows
+        for where, fields, pad_value in (("X_dict", batch.X, X_PAD_VALUE), ("Y_dict", batch.Y, Y_PAD_VALUE)):
+            for key, values in fields.items():
+                if not isinstance(values, Tensor):
+                    fields[key] = _collate_field(where, key, values, pad_value)
+        return batch.X, batch.Y
     x_keys, y_keys = batch[0][0].keys(), batch[0][1].keys()
     X = {key: _collate_field("X_dict", key, [x[key] for x, _ in batch], X_PAD_VALUE) for key in x_keys}
     Y = {key: _collate_field("Y_dict", key, [y[key] for _, y in batch], Y_PAD_VALUE) for key in y_keys}
     return X, Y
 
 
-def _collate_gathered(where: str, key: str, values: Any, pad_value: float) -> Tensor | list[Any]:
-    return values if isinstance(values, Tensor) else _collate_field(where, key, values, pad_value)
-
-
 class _Gathering:
-    """A batch sampler's batches as `GatherIndices`, for `DictDataset.__getitems__`."""
+    """A batch sampler's batches as `GatherIndices`, for `DictDataset.__getitems__`, or (`index_batches`)
+    as index tensors, for `DictDataset.gather`."""
 
     def __init__(self, batch_sampler: Any) -> None:
         self.batch_sampler = batch_sampler
 
     def __iter__(self) -> Iterator[GatherIndices]:
         return (GatherIndices(batch) for batch in self.batch_sampler)
+
+    def index_batches(self) -> list[Tensor]:
+        """The same batches as views of the sampler's index tensor (`EpochSampler.order`), without
+        a list of ints per batch."""
+        order = self.batch_sampler.sampler.order()
+        size, n = self.batch_sampler.batch_size, len(order)
+        stop = n - n % size if self.batch_sampler.drop_last else n
+        return list(order[:stop].split(size)) if stop else []  # `split` of no rows gives one empty batch
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -111,16 +118,21 @@ class EpochSampler(Sampler[int]):
         self._passes = 0
 
     def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def order(self) -> Tensor:
+        """The indices of the next pass (what `iter` yields), as one int64 tensor; starts that pass."""
         if self.shuffle:
             if self.seed is None:
                 raise ValueError("a shuffling EpochSampler needs an integer seed")
-            indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes)).tolist()
+            indices = torch.randperm(self.length, generator=generator(self.seed, self.epoch, self._passes))
         else:
-            indices = list(range(self.length))
+            indices = torch.arange(self.length)
         self._passes += 1
         total = len(self) * self.num_replicas
-        padded = (indices * math.ceil(total / max(self.length, 1)))[:total]
-        return iter(padded[self.rank :: self.num_replicas])
+        if self.num_replicas == 1:
+            return indices
+        return indices.repeat(math.ceil(total / max(self.length, 1)))[:total][self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
         return math.ceil(self.length / self.num_replicas)
@@ -184,7 +196,14 @@ class DictDataLoader(DataLoader):
         (the same batches, in the same order; no `torch.profiler` span per batch)."""
         batches = self._index_sampler
         if self.num_workers == 0 and not self.pin_memory and isinstance(batches, _Gathering):
-            iterator = (collate_dicts(self.dataset.__getitems__(indices)) for indices in batches)
+            dataset = self.dataset
+            if (
+                type(dataset).__getitem__ is DictDataset.__getitem__
+                and type(dataset).__getitems__ is DictDataset.__getitems__
+            ):
+                iterator = (collate_dicts(dataset.gather(index)) for index in batches.index_batches())
+            else:  # a subclass's own way to fetch examples
+                iterator = (collate_dicts(dataset.__getitems__(indices)) for indices in batches)
             # torch's iterator draws a base seed from the loader's generator (the global one by
             # default): drawing it too keeps every later random number what it was.
             torch.empty((), dtype=torch.int64).random_(generator=self.generator)
@@ -213,8 +232,13 @@ def move_to_device(obj: Any, device: torch.device | str) -> Any:
     """Move every tensor in nested dicts/lists/tuples to `device`; other values are returned as they are."""
     if isinstance(obj, Tensor):
         return obj if obj.device == device else obj.to(device)  # `to` returns it too, at a dispatch's cost
-    if isinstance(obj, dict):
-        return {key: move_to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, dict):  # a batch's fields (a loop, not a comprehension: no frame per batch)
+        moved: dict[Any, Any] = {}
+        for key, value in obj.items():
+            moved[key] = (
+                value if isinstance(value, Tensor) and value.device == device else move_to_device(value, device)
+            )
+        return moved
     if isinstance(obj, list):
         return [move_to_device(value, device) for value in obj]
     if isinstance(obj, tuple):

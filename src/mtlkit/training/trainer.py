@@ -16,7 +16,6 @@ Everything that depends on the number of processes lives in the strategy
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import warnings
@@ -219,31 +218,41 @@ class Trainer:
 
     def _train_step(self, batches: Iterator[Any]) -> tuple[StepOutput, dict[str, float], BalanceResult, Any] | None:
         """One optimizer step on the next batch: (losses, their values, balancer result, dataset), or None when skipped."""
-        cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer, balancer, contexts, grad_clip = (
+            self._optimizer,
+            self._balancer,
+            self._contexts,
+            self.config.grad_clip,
+        )
+        if optimizer is None or balancer is None:
+            raise RuntimeError("Trainer._train_step runs within fit")
+        optimizer.zero_grad(set_to_none=True)
         out, dataset = self._forward(batches)
         if not out.losses:
             return None  # no task has a label in this batch: nothing to learn from it
         values = self._loss_values(out.losses)
-        nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
-        if nonfinite:
-            self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
-            return None
-        self._contexts.begin(*self._batch, lr=self.optimizer.param_groups[0]["lr"])
+        if not math.isfinite(sum(values.values())):  # a sum of finite values is finite unless it overflows
+            nonfinite = [task for task, value in values.items() if not math.isfinite(value)]
+            if nonfinite:
+                self._nonfinite(f"the loss of task(s) {nonfinite}", dataset)
+                return None
+        if contexts.needs:
+            contexts.begin(*self._batch, lr=optimizer.param_groups[0]["lr"])
         # The balancer's own finiteness check is off for the fit (`fit`): the values above were checked.
         result = self.strategy.backward(
-            self.balancer,
+            balancer,
             out.losses,
             shared_params=self.model.shared_parameters() if self._reads_shared and out.shared_reps is None else None,
             shared_reps=out.shared_reps,
         )
-        if cfg.grad_clip is not None:
-            norm = nn.utils.clip_grad_norm_(self._parameters, cfg.grad_clip)
+        if grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(self._parameters, grad_clip)
             if not math.isfinite(norm.item()):  # a device sync, as `bool(torch.isfinite(norm))` would be
                 self._nonfinite(f"the gradient of task(s) {list(out.losses)}", dataset)
                 return None
-        self.optimizer.step()
-        self._contexts.after_step()  # FAMO: the batch's losses after the step
+        optimizer.step()
+        if contexts.needs:
+            contexts.after_step()  # FAMO: the batch's losses after the step
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.step += 1
@@ -257,7 +266,7 @@ class Trainer:
 
     def _forward(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """The global batch's task losses (the strategy's) and the dataset of this process's batch."""
-        return self.strategy.global_step(lambda: self._local_step(batches), self.model.task_names, self._loss_dtype)
+        return self.strategy.global_step(lambda: self._local_step(batches), self._task_names, self._loss_dtype)
 
     def _local_step(self, batches: Iterator[Any]) -> tuple[StepOutput, Any]:
         """This process's next batch through the model, its losses in the model's task order, and its dataset."""
@@ -267,8 +276,13 @@ class Trainer:
 
     def _model_step(self, X: Any, Y: Any, dataset: Any) -> StepOutput:
         """`training_step` through the strategy, with each dataset's first batch checked against the model."""
-        with self._autocast(), self._checks.first_batch(dataset):
-            out = self.strategy.training_step(move_to_device(X, self.device), move_to_device(Y, self.device))
+        with self._checks.first_batch(dataset):
+            X, Y = move_to_device(X, self.device), move_to_device(Y, self.device)
+            if self._autocast is None:
+                out = self.strategy.training_step(X, Y)
+            else:
+                with self._autocast:
+                    out = self.strategy.training_step(X, Y)
         if len(out.losses) > 1:
             order = self._task_order
             out.losses = dict(sorted(out.losses.items(), key=lambda item: order.get(item[0], len(order))))
@@ -278,7 +292,7 @@ class Trainer:
         """The global losses of another batch (a balancer's extra or post-step forward), as in a training step."""
         dataset = self._batch[1].dataset
         out, _ = self.strategy.global_step(
-            lambda: (self._model_step(X, Y, dataset), dataset), self.model.task_names, self._loss_dtype
+            lambda: (self._model_step(X, Y, dataset), dataset), self._task_names, self._loss_dtype
         )
         return out
 
@@ -315,17 +329,20 @@ class Trainer:
         )
         batches = self.batch_scheduler.get_batches(self._train_loaders)
         self._contexts.start_epoch()
+        param_groups, train_step, log_every = self.optimizer.param_groups, self._train_step, cfg.log_every
         for _ in range(self._batches_per_epoch):
-            lr = self.optimizer.param_groups[0]["lr"]
-            done = self._train_step(batches)
+            # the learning rate of this step, read before the step when the step would log
+            lr = param_groups[0]["lr"] if loggers and (self.step + 1) % log_every == 0 else None
+            done = train_step(batches)
             if done is not None:
                 out, values, result, dataset = done
                 losses.add(values, out.counts, dataset)
                 if not bar.disable:  # drawn on the epoch's first step, then whenever tqdm redraws (`mininterval`)
                     bar.set_postfix_str(f"loss={losses.running:.4f}", refresh=losses.steps == 1)
-                if loggers and self.step % cfg.log_every == 0:
+                if lr is not None:
                     _log(loggers, _step_record(values, result, lr), self.step, self.epoch)
-            bar.update()
+            if not bar.disable:
+                bar.update()
         bar.close()
         return losses.means()
 
@@ -359,7 +376,9 @@ class Trainer:
         self._model = model
         self.device = _device_of(model)
         self._loss_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        self._task_order = {task: i for i, task in enumerate(model.task_names)}
+        self._task_names = list(model.task_names)
+        self._task_order = {task: i for i, task in enumerate(self._task_names)}
+        self._autocast = self._autocast_context()  # entered around every training forward (None: full precision)
         balancer = self._balancer = self._build_balancer(model.task_names).to(self.device)
         kind = type(balancer)  # a balancer that only weights the losses never reads the shared parameters
         self._reads_shared = kind._backward is not LossBalancer._backward or kind.backward is not Balancer.backward
@@ -409,10 +428,10 @@ class Trainer:
         name, kwargs = (spec, {}) if isinstance(spec, str) else spec
         return get_balancer(name, tasks=list(task_names), **kwargs)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast_context(self) -> torch.autocast | None:
         if self.config.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return None
 
     def _state(self) -> dict[str, Any]:
         return {
