@@ -26,7 +26,6 @@ weight used twice) keeps the generic path: its block comes from its batched grad
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -55,10 +54,6 @@ class LinearLayer:
     def output_numel(self) -> int:
         """Entries of one task's gradient at the output."""
         return math.prod(self.node._input_metadata[0].shape)  # type: ignore[attr-defined]
-
-    def kept_numel(self, per_task: bool) -> int:
-        """Numbers kept per task for the update (its output gradients, at most)."""
-        return self.output_numel
 
     def input(self) -> Tensor:
         """X (B×Din), as autograd saved it for the weight's gradient."""
@@ -125,43 +120,22 @@ class Conv2dLayer:
         """Entries of one task's gradient at the output."""
         return math.prod(self.node._input_metadata[0].shape)  # type: ignore[attr-defined]
 
-    def kept_numel(self, per_task: bool) -> int:
-        """Numbers kept per task for the update: its weight gradients when tasks come one by one, else
-        (the engine's batched backward returns them all) its output gradients."""
-        if not per_task:
-            return self.output_numel
-        return self.weight.numel() + (0 if self.bias is None else self.bias.numel())
-
-    @functools.cached_property
-    def patches(self) -> Tensor:
-        """The unfolded input, (B·L)×(Cin·k²): one row per sample and output position."""
+    def fold(self, delta: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
+        """This layer's T×T block of G from the T×B×Cout×H×W output gradients, and its `update`."""
         node = self.node
         x = node._saved_input.detach()  # type: ignore[attr-defined]
-        unfolded = torch.nn.functional.unfold(
+        patches = torch.nn.functional.unfold(
             x,
             self.weight.shape[2:],
             dilation=node._saved_dilation,  # type: ignore[attr-defined]
             padding=node._saved_padding,  # type: ignore[attr-defined]
             stride=node._saved_stride,  # type: ignore[attr-defined]
         )  # B×(Cin·k²)×L
-        return unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
-
-    def task_rows(self, delta: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The T weight gradients (T×|W|) and bias gradients (T×Cout) from the T×B×Cout×H×W output gradients."""
         T, B, c_out = delta.shape[:3]
         grads = delta.reshape(T, B, c_out, -1).transpose(1, 2).reshape(T * c_out, -1)  # (T·Cout)×(B·L)
-        sums = delta.sum(dim=(1, 3, 4)) if self.bias is not None else None
-        return (grads @ self.patches).reshape(T, -1), sums
-
-    def fold(self, delta: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
-        """This layer's T×T block of G from the T×B×Cout×H×W output gradients, and its `update`."""
-        return self.fold_rows(*self.task_rows(delta))
-
-    def fold_rows(
-        self, rows: Tensor, sums: Tensor | None
-    ) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
-        """This layer's T×T block of G and its `update` from the T weight and bias gradients (`task_rows`)."""
+        rows = (grads @ patches.transpose(1, 2).reshape(-1, patches.shape[1])).reshape(T, -1)
         G = rows @ rows.T
+        sums = delta.sum(dim=(1, 3, 4)) if self.bias is not None else None
         if sums is not None:
             G.addmm_(sums, sums.T)
 

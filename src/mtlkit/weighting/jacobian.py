@@ -25,8 +25,8 @@
   grow with depth, and `apply` runs one more backward of Σ_t w_t L_t. On CPU, where the
   backward passes through a 2-D convolution (vmap runs a convolution's input gradient
   sample by sample and copies the results together), one plain backward per task takes the
-  rows instead, and each convolution keeps its T weight gradients (small) rather than its
-  T output gradients, which counts for the limit. Methods that see J
+  rows instead while they can be kept, convolutions' weights being plain parameters there
+  (the engine's own weight gradients, T×|W| kept, beat the unfolded input). Methods that see J
   only through G (MGDA, UPGrad, IMTL-G, CAGrad, Aligned-MTL, Nash-MTL, PCGrad, ...) run on
   shared parameters this way.
 - `rep_jacobian(losses, reps, also=head_params)`: rows at a shared representation from
@@ -407,8 +407,15 @@ def params_gramian(
     T = len(rows[0])
     passed = _passed_through(layers, rest)
     per_task = _convolutions_on_cpu(passed, rows[0])
-    kept = T * (sum(layer.kept_numel(per_task) for layer in layers) + sum(p.numel() for p in rest))
-    keep = kept <= _HELD_ELEMENTS
+    ruled, others = layers, rest
+    # One backward per task; convolutions' weights are plain parameters there (the engine's gradients are fastest).
+    if per_task:
+        convs = [layer for layer in ruled if isinstance(layer, Conv2dLayer)]
+        layers = [layer for layer in ruled if not isinstance(layer, Conv2dLayer)]
+        rest = others + [p for conv in convs for p in (conv.weight, conv.bias) if p is not None]
+    keep = T * (sum(layer.output_numel for layer in layers) + sum(p.numel() for p in rest)) <= _HELD_ELEMENTS
+    if per_task and not keep:  # too large to keep: the batched backward, folding as it goes
+        layers, rest, per_task = ruled, others, False
     try:
         if keep and per_task:
             G, updates, held = _one_by_one_gramian(outputs, rows, layers, rest)
@@ -525,34 +532,23 @@ def _convolutions_on_cpu(passed: set[Node], seed: Tensor) -> bool:
 def _one_by_one_gramian(
     outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor]
 ) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
-    """`_layered_gramian`'s result, everything kept, from one plain backward per task.
-
-    A convolution turns each task's output gradient into its weight gradient at once
-    (`Conv2dLayer.task_rows`), so only one task's output gradients are alive at a time there.
-    """
+    """`_layered_gramian`'s result, everything kept, from one plain backward per task."""
     T = seeds[0].shape[0]
     inputs = [layer.output for layer in layers] + rest
-    columns: list[list] = [[] for _ in inputs]
-    for t in range(T):
+    per_task = [
         # torch takes edges and tensors together here; its annotation allows one kind at a time
-        grads = torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
-        for column, layer, grad in zip(columns, layers, grads):
-            column.append(layer.task_rows(grad[None]) if isinstance(layer, Conv2dLayer) and grad is not None else grad)
-        for column, grad in zip(columns[len(layers) :], grads[len(layers) :]):
-            column.append(grad)
+        torch.autograd.grad(outputs, inputs, [s[t] for s in seeds], retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
+        for t in range(T)
+    ]
+    columns = list(zip(*per_task))
     G = seeds[0].new_zeros(T, T)
     updates: list[Callable | None] = []
     for layer, column in zip(layers, columns):
-        if all(entry is None for entry in column):  # unreached: no block, a zero update
+        delta = _stacked(column)
+        if delta is None:  # unreached: no block, a zero update
             updates.append(None)
             continue
-        if isinstance(layer, Conv2dLayer):
-            example = next(entry for entry in column if entry is not None)
-            zeros = tuple(None if part is None else torch.zeros_like(part) for part in example)
-            rows, sums = zip(*(zeros if entry is None else entry for entry in column))
-            block, update = layer.fold_rows(torch.cat(rows), None if sums[0] is None else torch.cat(sums))
-        else:
-            block, update = layer.fold(_stacked(column))  # type: ignore[arg-type]
+        block, update = layer.fold(delta)
         G += block
         updates.append(update)
     held: dict[int, Tensor] = {}
