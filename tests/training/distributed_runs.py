@@ -228,6 +228,11 @@ def run(
     batch = LOCAL_BATCH * (WORLD // processes)
     valid = {"valid_batch": batch, "valid_rows": 16} if weighting.split("@")[0] in VALID_METHODS else {}
     final = trainer.fit(model, make_loaders(batch, uneven=uneven, **valid), resume_from=resume_from)
+    return outcome(model, trainer, final)
+
+
+def outcome(model: nn.Module, trainer: Trainer, final: dict) -> dict:
+    """What a run's comparison reads: parameters, balancer state, final scores, history, steps, timings."""
     return {
         "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},

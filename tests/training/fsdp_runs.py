@@ -83,13 +83,7 @@ def hps_run(weighting: str, processes: int, rep_grad: bool = False, **overrides)
     model = hps_model(rep_grad)
     trainer = Trainer(**runs.config(weighting, **overrides))
     final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH * (WORLD // processes)))
-    return {
-        "params": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
-        "final": final,
-        "history": trainer.history,
-        "step": trainer.step,
-    }
+    return runs.outcome(model, trainer, final)
 
 
 def sharded_mgda() -> dict:
@@ -112,14 +106,7 @@ def whole_jacobian(weighting: str) -> dict:
     trainer = Trainer(**runs.config(weighting, dist_timeout=TIMEOUT_S))
     trainer.strategy = FSDPStrategy(timeout=TIMEOUT_S, sharded_gramian=False)
     final = trainer.fit(model, runs.make_loaders(runs.LOCAL_BATCH))
-    return {
-        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "balancer": {k: v.cpu().clone() for k, v in trainer.balancer.state_dict().items() if torch.is_tensor(v)},
-        "final": final,
-        "history": trainer.history,
-        "step": trainer.step,
-        "timings": dict(trainer.strategy.timings),
-    }
+    return runs.outcome(model, trainer, final)
 
 
 def blocks_as_units(weighting: str = "ew") -> dict:

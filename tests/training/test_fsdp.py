@@ -67,13 +67,17 @@ def test_an_architecture_that_skips_unlabelled_heads_trains_under_fsdp_as_one_pr
     _assert_same_run(rank1[f"hps/{method}"], one)
 
 
+def _assert_same_params_and_scores(result: dict, one: dict) -> None:
+    for name, value in one["params"].items():
+        torch.testing.assert_close(result["params"][name], value, rtol=1e-10, atol=1e-12)
+    assert result["final"] == pytest.approx(one["final"], rel=1e-9)
+
+
 def test_each_trunk_block_may_be_a_unit_of_its_own(spawned):
     (rank0, rank1), _ = spawned
     one = runs.run("ew", 1)
     for result in (rank0["blocks"], rank1["blocks"]):
-        for name, value in one["params"].items():
-            torch.testing.assert_close(result["params"][name], value, rtol=1e-10, atol=1e-12)
-        assert result["final"] == pytest.approx(one["final"], rel=1e-9)
+        _assert_same_params_and_scores(result, one)
 
 
 @pytest.mark.parametrize("method", fsdp_runs.PARAM_METHODS)
@@ -115,9 +119,7 @@ def test_the_gramian_from_each_ranks_slice_of_the_jacobian_gives_one_process_mgd
     (rank0, rank1), _ = spawned
     one = runs.run("mgda", 1)
     for result in (rank0["mgda/params/sharded"], rank1["mgda/params/sharded"]):
-        for name, value in one["params"].items():
-            torch.testing.assert_close(result["params"][name], value, rtol=1e-10, atol=1e-12)
-        assert result["final"] == pytest.approx(one["final"], rel=1e-9)
+        _assert_same_params_and_scores(result, one)
         assert {"jacobian", "gramian", "update"} <= set(result["timings"])  # reduce-scatter, T×T, all-gather
 
 

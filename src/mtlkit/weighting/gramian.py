@@ -38,13 +38,12 @@ _PRODUCTS = {"AddmmBackward0": (1, 2), "MmBackward0": (0, 1)}  # node name: (inp
 
 
 @dataclass
-class LinearLayer:
-    """A matrix product whose Gramian block comes from its input and output gradient."""
+class _RuledLayer:
+    """A layer's autograd node (its output is where Δ is taken) and its parameters."""
 
-    node: Node  # the product's autograd node; its output is where Δ is taken
+    node: Node
     weight: Tensor
     bias: Tensor | None
-    transposed: bool  # the product reads weight.T (nn.Linear), else the weight itself
 
     @property
     def output(self) -> GradientEdge:
@@ -54,6 +53,13 @@ class LinearLayer:
     def output_numel(self) -> int:
         """Entries of one task's gradient at the output."""
         return math.prod(self.node._input_metadata[0].shape)  # type: ignore[attr-defined]
+
+
+@dataclass
+class LinearLayer(_RuledLayer):
+    """A matrix product whose Gramian block comes from its input and output gradient."""
+
+    transposed: bool  # the product reads weight.T (nn.Linear), else the weight itself
 
     def input(self) -> Tensor:
         """X (B×Din), as autograd saved it for the weight's gradient."""
@@ -97,7 +103,7 @@ class LinearLayer:
 
 
 @dataclass
-class Conv2dLayer:
+class Conv2dLayer(_RuledLayer):
     """A 2-D convolution (groups 1, not transposed) whose T weight gradients come from its input and Δ_t.
 
     Task t's weight gradient is Σ over samples and positions of Δ_t ⊗ (the input patch),
@@ -106,19 +112,6 @@ class Conv2dLayer:
     compute the same gradients more slowly, and a second backward would compute them again
     for the update.
     """
-
-    node: Node
-    weight: Tensor
-    bias: Tensor | None
-
-    @property
-    def output(self) -> GradientEdge:
-        return GradientEdge(self.node, 0)
-
-    @property
-    def output_numel(self) -> int:
-        """Entries of one task's gradient at the output."""
-        return math.prod(self.node._input_metadata[0].shape)  # type: ignore[attr-defined]
 
     def fold(self, delta: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor | None]]]:
         """This layer's T×T block of G from the T×B×Cout×H×W output gradients, and its `update`."""

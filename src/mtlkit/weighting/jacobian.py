@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -405,12 +405,12 @@ def params_gramian(
     covered = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
     rest = [p for p in params if id(p) not in covered]
     T = len(rows[0])
-    passed = _passed_through(layers, rest)
-    per_task = _convolutions_on_cpu(passed, rows[0])
     ruled, others = layers, rest
+    convs = [layer for layer in ruled if isinstance(layer, Conv2dLayer)]
+    passed = _passed_through(ruled, others) if convs else None  # otherwise walked only when nothing is kept
+    per_task = passed is not None and _convolutions_on_cpu(passed, rows[0])
     # One backward per task; convolutions' weights are plain parameters there (the engine's gradients are fastest).
     if per_task:
-        convs = [layer for layer in ruled if isinstance(layer, Conv2dLayer)]
         layers = [layer for layer in ruled if not isinstance(layer, Conv2dLayer)]
         rest = others + [p for conv in convs for p in (conv.weight, conv.bias) if p is not None]
     keep = T * (sum(layer.output_numel for layer in layers) + sum(p.numel() for p in rest)) <= _HELD_ELEMENTS
@@ -419,8 +419,11 @@ def params_gramian(
     try:
         if keep and per_task:
             G, updates, held = _one_by_one_gramian(outputs, rows, layers, rest)
+        elif keep:
+            G, updates, held = _layered_gramian(outputs, rows, layers, rest, None)
         else:
-            G, updates, held = _layered_gramian(outputs, rows, layers, rest, keep, passed)
+            passed = _passed_through(layers, rest) if passed is None else passed
+            G, updates, held = _layered_gramian(outputs, rows, layers, rest, passed)
     except RuntimeError as error:
         if not _is_vmap_failure(error):
             raise
@@ -462,21 +465,21 @@ _HELD_ELEMENTS = 2**22  # what `params_gramian` keeps for the update, at most (n
 
 
 def _layered_gramian(
-    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], keep: bool, passed: set[Node]
+    outputs: list, seeds: list[Tensor], layers: list[Layer], rest: list[Tensor], passed: set[Node] | None
 ) -> tuple[Tensor, list[Callable | None], dict[int, Tensor]]:
     """G from one backward of the T `seeds` rows vmapped, each layer's `update` (`Layer.fold`; None
     where no gradient reaches the layer), held blocks.
 
     The parameters `rest` (outside `layers`) fold block·blockᵀ into G as the backward
     produces their batched gradient, and hand the engine a zero-stride stand-in. With
-    `keep`, their T×|p| blocks ({id(p): block}) and the layers' output gradients are kept
-    for the update. Without, nothing is kept: the layers the backward must pass through
+    `passed` None, their T×|p| blocks ({id(p): block}) and the layers' output gradients
+    are kept for the update. Else nothing is kept: the layers the backward must pass through
     (`passed`: something asked for lies below them) fold their blocks as their output
     gradients arrive, so that at most one layer's T output gradients are alive at a time
     (plus those of the lowest layers, taken at the end), and the update needs one more backward.
     """
-    if keep:
-        passed = set()
+    keep = passed is None
+    folded = passed or set()
     T = seeds[0].shape[0]
     G = seeds[0].new_zeros(T, T)
     held: dict[int, Tensor] = {}
@@ -492,7 +495,7 @@ def _layered_gramian(
         if grad_outputs[0] is not None:
             G.add_(layer.fold(_task_rows(grad_outputs[0], T))[0])
 
-    taken = [layer for layer in layers if layer.node not in passed]
+    taken = [layer for layer in layers if layer.node not in folded]
 
     def vjp(*rows: Tensor) -> tuple[Tensor, ...]:
         inputs = [layer.output for layer in taken] + rest
@@ -505,22 +508,28 @@ def _layered_gramian(
 
     handles = [p.register_hook(functools.partial(fold, p)) for p in rest]
     handles += [
-        layer.node.register_prehook(functools.partial(fold_layer, layer)) for layer in layers if layer.node in passed
+        layer.node.register_prehook(functools.partial(fold_layer, layer)) for layer in layers if layer.node in folded
     ]
     try:
         deltas = list(torch.func.vmap(vjp)(*seeds)[1:])
     finally:
         for handle in handles:
             handle.remove()
+    updates = _fold_layers(G, taken, [None if delta.dim() == 1 else delta for delta in deltas])
+    return (G + G.T) / 2, updates, held
+
+
+def _fold_layers(G: Tensor, layers: list[Layer], deltas: list[Tensor | None]) -> list[Callable | None]:
+    """Add each layer's block (`Layer.fold` of its T output gradients) to G; their updates (None: unreached)."""
     updates: list[Callable | None] = []
-    for layer, delta in zip(taken, deltas):
-        if delta.dim() == 1:  # unreached: no block, a zero update
+    for layer, delta in zip(layers, deltas):
+        if delta is None:  # unreached: no block, a zero update
             updates.append(None)
             continue
         block, update = layer.fold(delta)
         G += block
         updates.append(update)
-    return (G + G.T) / 2, updates, held
+    return updates
 
 
 def _convolutions_on_cpu(passed: set[Node], seed: Tensor) -> bool:
@@ -542,15 +551,7 @@ def _one_by_one_gramian(
     ]
     columns = list(zip(*per_task))
     G = seeds[0].new_zeros(T, T)
-    updates: list[Callable | None] = []
-    for layer, column in zip(layers, columns):
-        delta = _stacked(column)
-        if delta is None:  # unreached: no block, a zero update
-            updates.append(None)
-            continue
-        block, update = layer.fold(delta)
-        G += block
-        updates.append(update)
+    updates = _fold_layers(G, layers, [_stacked(column) for column in columns[: len(layers)]])
     held: dict[int, Tensor] = {}
     for p, column in zip(rest, columns[len(layers) :]):
         stacked = _stacked(column)
@@ -704,12 +705,10 @@ def _edge_rows(
     finally:
         for handle in handles:
             handle.remove()
-    stacked = []
-    for k in range(len(edges)):
-        column = [row[k] for row in rows]
-        example = next(v for v in column if v is not None)
-        stacked.append(torch.stack([v if v is not None else torch.zeros_like(example) for v in column]))
-    return stacked, grads[len(edges) :]
+    stacked = [_stacked([row[k] for row in rows]) for k in range(len(edges))]
+    if any(column is None for column in stacked):  # every edge is read by some task (`_frontier`)
+        raise RuntimeError("no task's gradient reached a frontier edge; this is a bug in mtlkit, please report it")
+    return cast(list[Tensor], stacked), grads[len(edges) :]
 
 
 def _batched(outputs: list, seeds: list[Tensor], inputs: list[Tensor], chunk_size: int | None) -> Tensor:
